@@ -1,0 +1,1 @@
+//! switchyard: the edge proxy (built in the data-plane issue).
