@@ -2,8 +2,13 @@
 //!
 //! - `cargo xtask test [--long]`: everything CI runs. Installs what the tests
 //!   need and is missing (Debian packages via apt when running as root),
-//!   then runs the lints and `cargo test --workspace --locked`. `--long` adds
-//!   the slow suites.
+//!   then runs the lints, `cargo test --workspace --locked` and the delivery
+//!   checks (Dockerfiles, Helm charts, workflows). `--long`
+//!   adds the slow suites.
+//! - `cargo xtask image-tag`: prints the image tag for the current git
+//!   context (see [`image_tag`]).
+
+mod image_tag;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,27 +16,33 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// Debian packages the test suites start for real: `(package, binary it provides)`.
-const APT_PACKAGES: &[(&str, &str)] = &[("redis-server", "redis-server"), ("prometheus", "promtool")];
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("redis-server", "redis-server"),
+    ("prometheus", "promtool"),
+    ("nodejs", "node"),
+    ("npm", "npm"),
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(args[1..].iter().any(|a| a == "--long")),
+        Some("image-tag") if args.len() == 1 => image_tag::main(),
         _ => {
-            eprintln!("usage: cargo xtask test [--long]");
+            eprintln!("usage: cargo xtask test [--long]\n       cargo xtask image-tag");
             std::process::exit(2);
         }
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
 }
 
-fn have(bin: &str) -> bool {
+pub(crate) fn have(bin: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
         || Path::new("/usr/sbin").join(bin).is_file()
@@ -45,7 +56,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
     let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
@@ -56,11 +67,19 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// Installs the Debian packages whose binaries are missing, or says exactly how.
 fn ensure_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    let mut missing: Vec<&str> = APT_PACKAGES
         .iter()
         .filter(|(_, bin)| !have(bin))
         .map(|(pkg, _)| *pkg)
         .collect();
+    // The delivery checks make a Python venv; Debian's python3 needs python3-venv for that.
+    let venv_ok = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !venv_ok {
+        missing.push("python3-venv");
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -79,7 +98,7 @@ fn ensure_apt_packages() -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
     cmd
