@@ -1,0 +1,347 @@
+//! The load generator: N keep-alive HTTP/1.1 connections, one per worker,
+//! on their own threads and runtimes, recording one [`Sample`] per request.
+//!
+//! - Closed loop (no rate): each worker sends its next request as soon as
+//!   the previous one is answered — as fast as the machine allows.
+//! - Open loop (`rate`): requests have fixed intended send times
+//!   (`start + i / rate`) shared by all workers; a worker that falls behind
+//!   sends late, and the latency is counted from the intended time, so a
+//!   slow server cannot hide the queueing it causes (coordinated omission).
+//!
+//! Each worker drives its own `hyper::client::conn::http1` connection in
+//! its own task (no separate connection task), so the send time taken just
+//! before `send_request` is taken just before the first byte is written.
+//! A failed request is recorded and the worker reconnects; nothing is fatal.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::sample::{parse_version, Sample, VersionInterner};
+use crate::target::Target;
+
+/// Where each worker puts its samples. One sink per worker, so recording
+/// needs no lock; the sinks are handed back by [`LoadGen::stop`].
+pub trait Sink: Send + 'static {
+    /// Called once per finished request, on the worker's thread.
+    fn record(&mut self, sample: Sample);
+}
+
+impl Sink for Vec<Sample> {
+    fn record(&mut self, sample: Sample) {
+        self.push(sample);
+    }
+}
+
+/// How to generate load.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The URL every request asks for.
+    pub target: Target,
+    /// Number of connections (= workers), each with one request in flight.
+    pub concurrency: usize,
+    /// Requests per second for the whole generator (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
+    /// OS threads, each with a `current_thread` runtime; workers are spread over them.
+    pub threads: usize,
+    /// A request not answered within this is failed and its connection dropped.
+    pub request_timeout: Duration,
+    /// Pause after a failed connect before the worker tries again (closed loop),
+    /// so a server that is down is not hammered by a busy loop.
+    pub reconnect_backoff: Duration,
+}
+
+impl LoadConfig {
+    /// Closed loop, one thread, 10 s request timeout, 10 ms reconnect backoff.
+    pub fn new(target: Target, concurrency: usize) -> Self {
+        Self {
+            target,
+            concurrency,
+            rate: None,
+            threads: 1,
+            request_timeout: Duration::from_secs(10),
+            reconnect_backoff: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A running load generator. [`stop`](Self::stop) it to get the sinks back;
+/// dropping it stops it too (and waits for the workers).
+pub struct LoadGen<S> {
+    stop: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<Vec<(usize, S)>>>,
+}
+
+/// What all workers share.
+struct Shared {
+    cfg: LoadConfig,
+    clock: Clock,
+    host: HeaderValue,
+    /// Open loop: the next slot in the schedule, claimed by whichever worker is free.
+    next_slot: AtomicU64,
+    /// Open loop: when slot 0 is due.
+    start_ns: u64,
+}
+
+impl<S: Sink> LoadGen<S> {
+    /// Starts `cfg.concurrency` workers; `make_sink(i)` makes worker `i`'s sink.
+    pub fn start(
+        cfg: LoadConfig,
+        clock: Clock,
+        mut make_sink: impl FnMut(usize) -> S,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(cfg.concurrency > 0, "concurrency must be at least 1");
+        if let Some(rate) = cfg.rate {
+            anyhow::ensure!(rate > 0.0 && rate.is_finite(), "rate must be a positive number");
+        }
+        let threads = cfg.threads.clamp(1, cfg.concurrency);
+        let host = HeaderValue::from_str(&cfg.target.authority)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            start_ns: clock.now_ns(),
+            cfg,
+            clock,
+            host,
+            next_slot: AtomicU64::new(0),
+        });
+        let mut per_thread: Vec<Vec<(usize, S)>> = (0..threads).map(|_| Vec::new()).collect();
+        for i in 0..shared.cfg.concurrency {
+            per_thread[i % threads].push((i, make_sink(i)));
+        }
+        let mut handles = Vec::with_capacity(threads);
+        for (t, sinks) in per_thread.into_iter().enumerate() {
+            let shared = shared.clone();
+            let stop_rx = stop_rx.clone();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = std::thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let mut set = tokio::task::JoinSet::new();
+                        for (i, mut sink) in sinks {
+                            let shared = shared.clone();
+                            let stop_rx = stop_rx.clone();
+                            set.spawn(async move {
+                                worker(&shared, stop_rx, &mut sink).await;
+                                (i, sink)
+                            });
+                        }
+                        let mut out = Vec::new();
+                        while let Some(r) = set.join_next().await {
+                            match r {
+                                Ok(done) => out.push(done),
+                                Err(e) => std::panic::resume_unwind(e.into_panic()),
+                            }
+                        }
+                        out
+                    })
+                })?;
+            handles.push(handle);
+        }
+        Ok(Self {
+            stop,
+            threads: handles,
+        })
+    }
+
+    /// Signals the workers to stop, lets in-flight requests finish (each is
+    /// bounded by the request timeout) and returns the sinks in worker order.
+    pub fn stop(mut self) -> Vec<S> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Vec<S> {
+        let _ = self.stop.send(true);
+        let mut all: Vec<(usize, S)> = Vec::new();
+        for h in self.threads.drain(..) {
+            match h.join() {
+                Ok(v) => all.extend(v),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, s)| s).collect()
+    }
+}
+
+impl<S> Drop for LoadGen<S> {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+type Conn = Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+
+/// One keep-alive connection: the request handle and the connection state
+/// machine, polled by the worker itself.
+struct Client {
+    sender: SendRequest<Empty<Bytes>>,
+    /// `None` once the connection has finished (closed or failed).
+    conn: Option<Pin<Box<Conn>>>,
+}
+
+async fn connect(target: &Target) -> anyhow::Result<Client> {
+    let stream = TcpStream::connect(target.connect.as_str()).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    Ok(Client {
+        sender,
+        conn: Some(Box::pin(conn)),
+    })
+}
+
+/// Runs `work` while also driving the connection, until `work` is done.
+async fn drive<F: Future>(conn: &mut Option<Pin<Box<Conn>>>, work: F) -> F::Output {
+    let mut work = pin!(work);
+    loop {
+        let Some(c) = conn.as_mut() else {
+            return work.await;
+        };
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            _ = c.as_mut() => {
+                // Closed or failed: dropping it fails whatever is pending on it.
+                *conn = None;
+            }
+        }
+    }
+}
+
+/// Waits for the worker's next slot; `None` once the generator is stopping.
+async fn next_slot(shared: &Shared, stop: &mut watch::Receiver<bool>) -> Option<u64> {
+    if *stop.borrow() {
+        return None;
+    }
+    let Some(rate) = shared.cfg.rate else {
+        return Some(shared.clock.now_ns());
+    };
+    let slot = shared.next_slot.fetch_add(1, Ordering::Relaxed);
+    let due = shared.start_ns + (slot as f64 * 1e9 / rate) as u64;
+    if due > shared.clock.now_ns() {
+        let at = tokio::time::Instant::from_std(shared.clock.instant_at(due));
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+    }
+    Some(due)
+}
+
+async fn worker(shared: &Shared, mut stop: watch::Receiver<bool>, sink: &mut impl Sink) {
+    let clock = shared.clock;
+    let cfg = &shared.cfg;
+    let mut versions = VersionInterner::default();
+    let mut client: Option<Client> = None;
+    while let Some(intended) = next_slot(shared, &mut stop).await {
+        // A usable connection: reuse the kept-alive one, else connect.
+        // A connection the server closed between requests is not a failure.
+        if let Some(c) = client.as_mut() {
+            if drive(&mut c.conn, c.sender.ready()).await.is_err() {
+                client = None;
+            }
+        }
+        if client.is_none() {
+            let sent = clock.now_ns();
+            let attempt = tokio::time::timeout(cfg.request_timeout, connect(&cfg.target)).await;
+            match attempt.map_err(anyhow::Error::from).and_then(|r| r) {
+                Ok(mut c) => match drive(&mut c.conn, c.sender.ready()).await {
+                    Ok(()) => client = Some(c),
+                    Err(e) => {
+                        record_error(sink, intended, sent, clock.now_ns(), format!("connect: {e}"));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    record_error(sink, intended, sent, clock.now_ns(), format!("connect: {e}"));
+                    if cfg.rate.is_none() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(cfg.reconnect_backoff) => {}
+                            _ = stop.wait_for(|s| *s) => {}
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let req = Request::get(cfg.target.path.as_str())
+            .header(HOST, shared.host.clone())
+            .body(Empty::<Bytes>::new())
+            .expect("a GET with a parsed path and host is a valid request");
+        let sent = clock.now_ns();
+        let response = c.sender.send_request(req);
+        let work = async {
+            let resp = response.await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        let result = tokio::time::timeout(cfg.request_timeout, drive(&mut c.conn, work)).await;
+        let done = clock.now_ns();
+        match result {
+            Ok(Ok((status, body))) => sink.record(Sample {
+                intended_ns: intended,
+                sent_ns: sent,
+                done_ns: done,
+                status,
+                version: parse_version(&body).map(|v| versions.intern(v)),
+                error: None,
+            }),
+            Ok(Err(e)) => {
+                client = None;
+                record_error(sink, intended, sent, done, describe(&e));
+            }
+            Err(_) => {
+                client = None;
+                record_error(
+                    sink,
+                    intended,
+                    sent,
+                    done,
+                    format!("timeout after {:?}", cfg.request_timeout),
+                );
+            }
+        }
+    }
+}
+
+fn record_error(sink: &mut impl Sink, intended: u64, sent: u64, done: u64, error: String) {
+    sink.record(Sample {
+        intended_ns: intended,
+        sent_ns: sent,
+        done_ns: done,
+        status: 0,
+        version: None,
+        error: Some(error.into()),
+    });
+}
+
+/// hyper's error with its cause chain ("connection closed before message completed" etc.).
+fn describe(e: &hyper::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
