@@ -1,0 +1,265 @@
+//! The admin listener: `/switch`, `/rollback`, `/status`, `/metrics`,
+//! `/healthz`, `/readyz` (DESIGN.md's table). It runs on the control
+//! runtime, never on a data-plane core.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::reload::{Command, SwitchError, SwitchOutcome};
+use crate::Shared;
+
+/// Largest admin request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin handlers need.
+pub struct Admin {
+    /// State shared with the data plane.
+    pub shared: Arc<Shared>,
+    /// The writer's mailbox.
+    pub writer: mpsc::Sender<Command>,
+    /// The bearer token POSTs need, when `token_file` is set.
+    pub token: Option<String>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, detail: &str) -> Resp {
+    let reason = status.canonical_reason().unwrap_or("error");
+    json_response(status, &json!({ "error": reason, "errors": [detail] }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed; use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    to: Option<String>,
+    if_generation: Option<u64>,
+    force: Option<bool>,
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        let path = req.uri().path();
+        match (path, req.method()) {
+            ("/healthz", &Method::GET | &Method::HEAD) => {
+                json_response(StatusCode::OK, &json!({"status": "ok"}))
+            }
+            ("/healthz", _) => method_not_allowed("GET"),
+            ("/readyz", &Method::GET | &Method::HEAD) => {
+                if self.shared.ready.load(Ordering::Acquire) {
+                    json_response(StatusCode::OK, &json!({"ready": true}))
+                } else {
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false}))
+                }
+            }
+            ("/readyz", _) => method_not_allowed("GET"),
+            ("/metrics", &Method::GET) => {
+                let mut r = Response::new(Full::new(Bytes::from(self.shared.metrics.render())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            ("/metrics", _) => method_not_allowed("GET"),
+            ("/status", &Method::GET) => json_response(StatusCode::OK, &self.status()),
+            ("/status", _) => method_not_allowed("GET"),
+            ("/switch" | "/rollback", &Method::POST) => {
+                if let Some(r) = self.unauthorized(&req) {
+                    tracing::warn!(target: "switchyard::audit", client = %peer, path, "refused: missing or wrong bearer token");
+                    return r;
+                }
+                let rollback = path == "/rollback";
+                let query_to = query_param(req.uri().query(), "to");
+                let body = match read_body(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let body: SwitchBody = if body.iter().all(u8::is_ascii_whitespace) {
+                    SwitchBody::default()
+                } else {
+                    match serde_json::from_slice(&body) {
+                        Ok(b) => b,
+                        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
+                    }
+                };
+                if body.force.is_some() {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "`force` is not supported yet (it comes with health checks)",
+                    );
+                }
+                let (reply, rx) = oneshot::channel();
+                let who = peer.to_string();
+                let cmd = if rollback {
+                    if body.to.is_some() || query_to.is_some() {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "/rollback takes no `to`: it returns to the previous pool",
+                        );
+                    }
+                    Command::Rollback {
+                        if_generation: body.if_generation,
+                        who,
+                        reply,
+                    }
+                } else {
+                    let to = match (body.to, query_to) {
+                        (Some(a), Some(b)) if a != b => {
+                            return error(StatusCode::BAD_REQUEST, "`to` in the query and the body differ")
+                        }
+                        (Some(to), _) | (None, Some(to)) => to,
+                        (None, None) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "missing `to`: send {\"to\":\"<pool>\"} or ?to=<pool>",
+                            )
+                        }
+                    };
+                    Command::Switch {
+                        to,
+                        if_generation: body.if_generation,
+                        who,
+                        reply,
+                    }
+                };
+                if self.writer.send(cmd).await.is_err() {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &SwitchError::Unavailable.to_string(),
+                    );
+                }
+                match rx.await {
+                    Ok(Ok(outcome)) => switch_response(&outcome),
+                    Ok(Err(e)) => {
+                        let status = match e {
+                            SwitchError::UnknownPool { .. } => StatusCode::BAD_REQUEST,
+                            SwitchError::Conflict { .. } | SwitchError::NothingToRollBack => {
+                                StatusCode::CONFLICT
+                            }
+                            SwitchError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                        };
+                        error(status, &e.to_string())
+                    }
+                    Err(_) => error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &SwitchError::Unavailable.to_string(),
+                    ),
+                }
+            }
+            ("/switch" | "/rollback", _) => method_not_allowed("POST"),
+            _ => error(StatusCode::NOT_FOUND, &format!("no such admin endpoint: {path}")),
+        }
+    }
+
+    fn unauthorized(&self, req: &Request<Incoming>) -> Option<Resp> {
+        let token = self.token.as_ref()?;
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(given, token.as_bytes()).into();
+        if ok {
+            return None;
+        }
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <token>",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(r)
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        status_json(&self.shared)
+    }
+}
+
+/// The `/status` document of a proxy.
+pub fn status_json(shared: &Shared) -> serde_json::Value {
+    let table = shared.table.load_full();
+    let control = shared
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut pools = serde_json::Map::new();
+    for (i, p) in table.pools.iter().enumerate() {
+        let inflight = p.inflight().max(0);
+        let endpoints: Vec<_> = p
+            .endpoints
+            .iter()
+            .map(|e| json!({ "address": e.addr, "healthy": e.healthy.get() == 1 }))
+            .collect();
+        pools.insert(
+            p.name.clone(),
+            json!({
+                "active": i == table.active,
+                "endpoints": endpoints,
+                "inflight": inflight,
+                "drained": i != table.active && inflight == 0,
+            }),
+        );
+    }
+    json!({
+        "active": table.active_pool().name,
+        "previous": control.previous,
+        "override": control.overridden,
+        "generation": table.generation,
+        "source": table.source.as_str(),
+        "switched_at": humantime::format_rfc3339_millis(table.switched_at).to_string(),
+        "last_reload_error": control.last_reload_error,
+        "pools": pools,
+    })
+}
+
+fn switch_response(o: &SwitchOutcome) -> Resp {
+    json_response(StatusCode::OK, &serde_json::to_value(o).unwrap_or_default())
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+        )),
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| v.to_string())
+    })
+}

@@ -1,0 +1,216 @@
+//! Body types of the data plane: what is sent upstream, what is sent back,
+//! and the completion record that counts a request once it is over.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::client::{LocalClient, Sender};
+use crate::metrics::ErrorKind;
+use crate::pool::{Endpoint, Pool};
+
+/// A request body sent upstream: the client's streamed body, or none (a
+/// retried body-less request).
+pub enum UpstreamBody {
+    /// The client's body, streamed as it arrives.
+    Incoming(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Incoming(b) => b.is_end_stream(),
+            UpstreamBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Incoming(b) => b.size_hint(),
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// What the access log line needs to know about a request.
+pub struct AccessInfo {
+    /// `X-Request-Id` as sent upstream.
+    pub request_id: HeaderValue,
+    /// Client address.
+    pub client: std::net::IpAddr,
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub uri: Uri,
+}
+
+/// Counts a request while it is in flight and records it (metrics, access
+/// log) when dropped: after the response body ended or was abandoned.
+pub struct Completion {
+    /// The pool that served it.
+    pub pool: Arc<Pool>,
+    /// When its head was read.
+    pub start: Instant,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// The endpoint that answered, if any.
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// Present when the access log is on.
+    pub access: Option<AccessInfo>,
+}
+
+impl Completion {
+    /// Starts counting a request on `pool`.
+    pub fn start(pool: Arc<Pool>, start: Instant, access: Option<AccessInfo>) -> Completion {
+        pool.metrics.inflight.inc();
+        Completion {
+            pool,
+            start,
+            status: 0,
+            bytes: 0,
+            endpoint: None,
+            access,
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let m = &self.pool.metrics;
+        m.inflight.dec();
+        m.request(self.status);
+        let elapsed = self.start.elapsed();
+        m.duration.observe(elapsed.as_secs_f64());
+        if let Some(a) = &self.access {
+            tracing::info!(
+                target: "switchyard::access",
+                request_id = a.request_id.to_str().unwrap_or("-"),
+                client = %a.client,
+                method = %a.method,
+                path = %a.uri,
+                status = self.status,
+                pool = %self.pool.name,
+                endpoint = self.endpoint.as_ref().map_or("-", |e| e.addr.as_str()),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes = self.bytes,
+            );
+        }
+    }
+}
+
+/// Where a connection goes back once its response body has been read.
+pub struct Recycle {
+    /// The connection.
+    pub sender: Sender,
+    /// This core's pool.
+    pub client: Rc<LocalClient>,
+    /// Its endpoint's id.
+    pub endpoint_id: u64,
+}
+
+/// A response body sent to the client.
+// Boxing the large variant would cost an allocation per proxied request.
+#[allow(clippy::large_enum_variant)]
+pub enum ProxyBody {
+    /// A body the proxy made itself (errors, admin answers).
+    Full(Option<Bytes>),
+    /// An upstream's body, streamed.
+    Stream {
+        /// The upstream body.
+        inner: Incoming,
+        /// Recorded when this body is dropped.
+        completion: Completion,
+        /// Returned to the pool at the end of the body.
+        recycle: Option<Recycle>,
+    },
+}
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Stream {
+                inner,
+                completion,
+                recycle,
+            } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            completion.bytes += d.len() as u64;
+                        }
+                        if inner.is_end_stream() {
+                            give_back(recycle);
+                        }
+                    }
+                    Poll::Ready(None) => give_back(recycle),
+                    Poll::Ready(Some(Err(_))) => {
+                        recycle.take();
+                        completion.pool.metrics.error(ErrorKind::Reset);
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+fn give_back(recycle: &mut Option<Recycle>) {
+    if let Some(r) = recycle.take() {
+        r.client.put(r.endpoint_id, r.sender);
+    }
+}

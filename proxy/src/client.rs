@@ -1,0 +1,137 @@
+//! The per-core upstream connection pool: for each endpoint, the idle
+//! `hyper::client::conn::http1` handles of *this* core's runtime. Nothing
+//! here is shared between cores, so nothing is locked: the pool lives in a
+//! `RefCell` of a `current_thread` runtime.
+//!
+//! A connection goes back to the pool only once its response body was read
+//! to the end; idle connections expire after `timeouts.upstream_idle` (set
+//! below the upstream's own keep-alive timeout so the proxy, not the
+//! upstream, closes them), and at most [`MAX_IDLE_PER_ENDPOINT`] are kept
+//! per endpoint and core.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+use crate::body::UpstreamBody;
+use crate::pool::Endpoint;
+
+/// Idle connections kept per endpoint on one core.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// A sender to one upstream connection.
+pub type Sender = SendRequest<UpstreamBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One core's connection pool; see the module doc.
+pub struct LocalClient {
+    idle: RefCell<HashMap<u64, VecDeque<Idle>>>,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// Why a new connection could not be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// No connection within `timeouts.connect`.
+    Timeout,
+    /// Refused, unreachable, unresolvable…
+    Io(std::io::Error),
+    /// The HTTP/1 handshake failed.
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => f.write_str("connect timed out"),
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::Handshake(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl LocalClient {
+    /// An empty pool.
+    pub fn new(idle_timeout: Duration, connect_timeout: Duration) -> LocalClient {
+        LocalClient {
+            idle: RefCell::new(HashMap::new()),
+            idle_timeout,
+            connect_timeout,
+        }
+    }
+
+    /// The most recently used idle connection to `ep` that is still open and
+    /// not expired. It may still turn out closed: callers check `ready()`.
+    pub fn take(&self, ep: &Endpoint) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let queue = idle.get_mut(&ep.id)?;
+        while let Some(conn) = queue.pop_back() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < self.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub fn put(&self, endpoint_id: u64, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let queue = idle.entry(endpoint_id).or_default();
+        if queue.len() >= MAX_IDLE_PER_ENDPOINT {
+            queue.pop_front();
+        }
+        queue.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Opens a new connection to `ep` and drives it on this core.
+    pub async fn connect(&self, ep: &Endpoint) -> Result<Sender, ConnectError> {
+        let stream = match tokio::time::timeout(self.connect_timeout, ep.connect()).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::task::spawn_local(async move {
+            // Ends when the upstream or we close it; errors surface on the request.
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    /// Drops expired and closed idle connections (run periodically).
+    pub fn sweep(&self) {
+        let mut idle = self.idle.borrow_mut();
+        idle.retain(|_, queue| {
+            queue.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+            !queue.is_empty()
+        });
+    }
+
+    /// Closes every idle connection (at shutdown).
+    pub fn clear(&self) {
+        self.idle.borrow_mut().clear();
+    }
+
+    /// Idle connections held, for tests and debugging.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(VecDeque::len).sum()
+    }
+}

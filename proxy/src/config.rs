@@ -1,0 +1,487 @@
+//! The serde shapes of `proxy.toml` and `upstreams.toml`, and their loading.
+//!
+//! These are the *raw* shapes, checked for syntax, unknown keys and the
+//! features that are not built yet. Turning an [`UpstreamsFile`] into the
+//! routing table (and its semantic checks) is [`crate::table`]'s job.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::ConfigError;
+
+/// Default `[upstreams] reread`: the periodic re-read backing up file events.
+pub const DEFAULT_REREAD: Duration = Duration::from_secs(5);
+/// Default `[timeouts] connect`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `[timeouts] request`: the whole request, upstream answer included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `[timeouts] client_idle`.
+pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// Default `[timeouts] upstream_idle`; below the upstream's own keep-alive.
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(50);
+/// Default `[timeouts] shutdown_delay`.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// Default `[timeouts] shutdown`: grace for in-flight requests.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Largest upstreams file we read; anything bigger is rejected unparsed.
+pub const MAX_UPSTREAMS_BYTES: u64 = 1 << 20;
+
+/// `proxy.toml`: static settings, read once at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    /// `[listen]`.
+    pub listen: Listen,
+    /// `[admin]`.
+    #[serde(default)]
+    pub admin: Admin,
+    /// `[upstreams]`.
+    pub upstreams: UpstreamsRef,
+    /// `[headers]`.
+    #[serde(default)]
+    pub headers: Headers,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: Log,
+    /// `[timeouts]`.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// `[tls]` (later): rejected as not supported yet.
+    pub tls: Option<Spanned<toml::Value>>,
+}
+
+/// `[listen]`: the data-plane listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Plain HTTP listener address (IPv4 or IPv6; port 0 picks a free port).
+    pub http: SocketAddr,
+    /// HTTPS listener (later): rejected as not supported yet.
+    pub https: Option<Spanned<toml::Value>>,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Admin listener address; never the data listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// When set, POST endpoints need `Authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+    /// Write admin switches back into the upstreams file.
+    #[serde(default)]
+    pub persist: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: default_admin_listen(),
+            token_file: None,
+            persist: false,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+/// `[upstreams]`: where the watched upstreams file is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsRef {
+    /// Path of the upstreams file, relative to `proxy.toml`'s directory.
+    pub file: PathBuf,
+    /// Periodic re-read that backs up file events.
+    #[serde(default = "default_reread", with = "humantime_serde")]
+    pub reread: Duration,
+}
+
+fn default_reread() -> Duration {
+    DEFAULT_REREAD
+}
+
+/// `[headers]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Headers {
+    /// Add `x-switchyard-pool` / `x-switchyard-generation` to responses.
+    #[serde(default = "yes")]
+    pub expose: bool,
+    /// Peers whose `X-Forwarded-For` is extended instead of replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            expose: true,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// One access-log line per request.
+    #[serde(default = "yes")]
+    pub access: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { access: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[timeouts]`, all humantime strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Upstream connect.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Whole request until the upstream's response head.
+    #[serde(with = "humantime_serde")]
+    pub request: Duration,
+    /// Idle keep-alive client connection (also bounds reading a request head).
+    #[serde(with = "humantime_serde")]
+    pub client_idle: Duration,
+    /// Idle pooled upstream connection.
+    #[serde(with = "humantime_serde")]
+    pub upstream_idle: Duration,
+    /// On SIGTERM: keep serving this long with `/readyz` = 503.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// Then: grace for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            request: DEFAULT_REQUEST_TIMEOUT,
+            client_idle: DEFAULT_CLIENT_IDLE,
+            upstream_idle: DEFAULT_UPSTREAM_IDLE,
+            shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
+            shutdown: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// `upstreams.toml`: the desired state, watched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsFile {
+    /// Name of the pool that gets the traffic.
+    pub active: Spanned<String>,
+    /// The pools by name, in file order.
+    pub pools: Spanned<toml::map::Map<String, toml::Value>>,
+    /// `[health]` (later).
+    pub health: Option<Spanned<toml::Value>>,
+    /// `[preview]` (later).
+    pub preview: Option<Spanned<toml::Value>>,
+    /// `[split]` (later).
+    pub split: Option<Spanned<toml::Value>>,
+    /// `[rollback]` (later).
+    pub rollback: Option<Spanned<toml::Value>>,
+}
+
+/// `[pools.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// `host:port` endpoints (IP literals or DNS names).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// `dns` (later).
+    pub dns: Option<toml::Value>,
+    /// `min_healthy` (later).
+    pub min_healthy: Option<toml::Value>,
+}
+
+/// A fully loaded `proxy.toml` with paths resolved against its directory.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The parsed file.
+    pub file: ProxyFile,
+    /// Where `proxy.toml` was read from.
+    pub path: PathBuf,
+    /// The upstreams file's path, resolved against `proxy.toml`'s directory.
+    pub upstreams_path: PathBuf,
+    /// The admin token file's path, resolved likewise.
+    pub token_path: Option<PathBuf>,
+}
+
+/// 1-based line of a byte offset in `text`.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn not_supported(path: &Path, text: &str, key: &str, span: std::ops::Range<usize>) -> ConfigError {
+    ConfigError::Invalid {
+        file: path.to_path_buf(),
+        line: Some(line_of(text, span.start)),
+        reason: format!("`{key}` is not supported yet"),
+    }
+}
+
+impl Settings {
+    /// Reads and checks `proxy.toml`; every error found is returned.
+    pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                file: path.to_path_buf(),
+                source,
+            }]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `proxy.toml`'s text (read from `path`).
+    pub fn parse(path: &Path, text: &str) -> Result<Settings, Vec<ConfigError>> {
+        let file: ProxyFile = toml::from_str(text).map_err(|e| vec![ConfigError::toml(path, text, &e)])?;
+        let mut errors = Vec::new();
+        if let Some(tls) = &file.tls {
+            errors.push(not_supported(path, text, "tls", tls.span()));
+        }
+        if let Some(https) = &file.listen.https {
+            errors.push(not_supported(path, text, "listen.https", https.span()));
+        }
+        if file.admin.listen == file.listen.http && file.listen.http.port() != 0 {
+            errors.push(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: None,
+                reason: "admin.listen must not be the data listener's address".into(),
+            });
+        }
+        let t = &file.timeouts;
+        for (name, value) in [
+            ("connect", t.connect),
+            ("request", t.request),
+            ("client_idle", t.client_idle),
+        ] {
+            if value.is_zero() {
+                errors.push(ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    line: None,
+                    reason: format!("timeouts.{name} must be greater than 0"),
+                });
+            }
+        }
+        if file.upstreams.reread.is_zero() {
+            errors.push(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: None,
+                reason: "upstreams.reread must be greater than 0".into(),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let upstreams_path = dir.join(&file.upstreams.file);
+        let token_path = file.admin.token_file.as_ref().map(|t| dir.join(t));
+        Ok(Settings {
+            file,
+            path: path.to_path_buf(),
+            upstreams_path,
+            token_path,
+        })
+    }
+
+    /// Reads the admin token (trimmed); `None` when no token file is set.
+    pub fn read_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_path else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.clone(),
+            source,
+        })?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: path.clone(),
+                line: None,
+                reason: "the token file is empty".into(),
+            });
+        }
+        Ok(Some(token))
+    }
+}
+
+/// Reads an upstreams file by path, refusing files over [`MAX_UPSTREAMS_BYTES`].
+pub fn read_upstreams(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_UPSTREAMS_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_UPSTREAMS_BYTES {
+        return Err(ConfigError::Invalid {
+            file: path.to_path_buf(),
+            line: None,
+            reason: format!("the file is larger than {MAX_UPSTREAMS_BYTES} bytes"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The pools of an upstreams file: name, shape, line of its header.
+pub type PoolList = Vec<(String, PoolFile, usize)>;
+
+/// Parses an upstreams file's bytes into its raw shape plus the pools, checking
+/// the syntax, the keys and the (later) features. Semantic checks are in `table`.
+pub fn parse_upstreams(path: &Path, bytes: &[u8]) -> Result<(UpstreamsFile, PoolList), Vec<ConfigError>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        vec![ConfigError::Invalid {
+            file: path.to_path_buf(),
+            line: Some(line_of(
+                &String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
+                usize::MAX,
+            )),
+            reason: "the file is not valid UTF-8".into(),
+        }]
+    })?;
+    if text.trim().is_empty() {
+        return Err(vec![ConfigError::Invalid {
+            file: path.to_path_buf(),
+            line: None,
+            reason: "the file is empty".into(),
+        }]);
+    }
+    let file: UpstreamsFile = toml::from_str(text).map_err(|e| vec![ConfigError::toml(path, text, &e)])?;
+    let mut errors = Vec::new();
+    for (key, value) in [
+        ("health", &file.health),
+        ("preview", &file.preview),
+        ("split", &file.split),
+        ("rollback", &file.rollback),
+    ] {
+        if let Some(v) = value {
+            errors.push(not_supported(path, text, key, v.span()));
+        }
+    }
+    let pools_line = line_of(text, file.pools.span().start);
+    let mut pools = Vec::new();
+    for (name, value) in file.pools.get_ref() {
+        // Spans are lost inside `toml::Value`; find the pool's header line instead.
+        let line = find_line(text, &format!("[pools.{name}]")).unwrap_or(pools_line);
+        match PoolFile::deserialize(value.clone()) {
+            Ok(pool) => {
+                if pool.dns.is_some() {
+                    errors.push(ConfigError::Invalid {
+                        file: path.to_path_buf(),
+                        line: Some(line),
+                        reason: format!("pools.{name}: `dns` is not supported yet"),
+                    });
+                }
+                if pool.min_healthy.is_some() {
+                    errors.push(ConfigError::Invalid {
+                        file: path.to_path_buf(),
+                        line: Some(line),
+                        reason: format!("pools.{name}: `min_healthy` is not supported yet"),
+                    });
+                }
+                pools.push((name.clone(), pool, line));
+            }
+            Err(e) => errors.push(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: Some(line),
+                reason: format!("pools.{name}: {}", e.message()),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok((file, pools))
+    } else {
+        Err(errors)
+    }
+}
+
+fn find_line(text: &str, needle: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Settings::parse(
+            Path::new("p.toml"),
+            "[listen]\nhttp = \"127.0.0.1:1\"\nhtp = 1\n[upstreams]\nfile = \"u\"\n",
+        )
+        .unwrap_err();
+        let msg = err[0].to_string();
+        assert!(msg.contains("htp") && msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn later_keys_are_not_supported_yet() {
+        let text = "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\ndns = \"x:1\"\n[split]\nweights = {}\n";
+        let errs = parse_upstreams(Path::new("u.toml"), text.as_bytes()).unwrap_err();
+        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            all.iter()
+                .any(|m| m.contains("`split` is not supported yet") && m.contains("line 5")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .any(|m| m.contains("`dns` is not supported yet") && m.contains("line 2")),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn pool_unknown_key_is_an_error() {
+        let text = "active = \"blue\"\n[pools.blue]\nendpoint = [\"127.0.0.1:1\"]\n";
+        let errs = parse_upstreams(Path::new("u.toml"), text.as_bytes()).unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.contains("endpoint") && msg.contains("pools.blue"), "{msg}");
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let s = Settings::parse(
+            Path::new("/etc/sy/proxy.toml"),
+            "[listen]\nhttp = \"[::1]:8080\"\n[upstreams]\nfile = \"u.toml\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.upstreams_path, Path::new("/etc/sy/u.toml"));
+        assert_eq!(s.file.timeouts.upstream_idle, DEFAULT_UPSTREAM_IDLE);
+        assert!(s.file.headers.expose && s.file.log.access && !s.file.admin.persist);
+    }
+}

@@ -1,0 +1,442 @@
+//! One request: load the table once, choose the pool and an endpoint,
+//! rewrite the headers, forward, retry where that is safe, and answer.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{AccessInfo, Completion, ProxyBody, Recycle, UpstreamBody};
+use crate::client::{ConnectError, LocalClient, Sender};
+use crate::error::ForwardError;
+use crate::metrics::ErrorKind;
+use crate::pool::{Endpoint, Pool};
+use crate::Shared;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_SWITCHYARD_POOL: HeaderName = HeaderName::from_static("x-switchyard-pool");
+static X_SWITCHYARD_GENERATION: HeaderName = HeaderName::from_static("x-switchyard-generation");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual extras), never forwarded.
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+];
+
+/// One core's share of the data plane.
+pub struct Worker {
+    /// State shared by every core.
+    pub shared: Arc<Shared>,
+    /// This core's upstream connections.
+    pub client: Rc<LocalClient>,
+    /// Request id prefix of this core (random per process and core).
+    id_prefix: u64,
+    /// Request id counter of this core.
+    id_next: std::cell::Cell<u64>,
+}
+
+impl Worker {
+    /// A core's worker.
+    pub fn new(shared: Arc<Shared>, client: Rc<LocalClient>, core: usize) -> Worker {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(core);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        Worker {
+            shared,
+            client,
+            id_prefix: h.finish(),
+            id_next: std::cell::Cell::new(0),
+        }
+    }
+
+    fn new_request_id(&self) -> HeaderValue {
+        let n = self.id_next.get().wrapping_add(1);
+        self.id_next.set(n);
+        let mut buf = [0u8; 32];
+        hex16(self.id_prefix, &mut buf[..16]);
+        hex16(n, &mut buf[16..]);
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+fn hex16(v: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// A client connection: who is on the other end.
+pub struct Conn {
+    /// The core's worker.
+    pub worker: Rc<Worker>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the peer's `X-Forwarded-For` is extended rather than replaced.
+    pub trusted: bool,
+    /// The peer's address as a header value, made once per connection.
+    pub peer_header: HeaderValue,
+}
+
+impl Conn {
+    /// A new client connection from `peer`.
+    pub fn new(worker: Rc<Worker>, peer: SocketAddr) -> Conn {
+        let ip = canonical_ip(peer.ip());
+        let trusted = worker.shared.opts.trusted_proxies.iter().any(|n| n.contains(&ip));
+        let peer_header =
+            HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Conn {
+            worker,
+            peer: SocketAddr::new(ip, peer.port()),
+            trusted,
+            peer_header,
+        }
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket…).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+/// Removes the hop-by-hop headers and those that `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn restore_upgrade(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Handles one request of a client connection. Never fails: errors become
+/// the proxy's own JSON answers.
+pub async fn handle(
+    conn: Rc<Conn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let start = Instant::now();
+    let worker = &conn.worker;
+    let shared = &worker.shared;
+    let opts = &shared.opts;
+
+    // The one load of the routing table for this request.
+    let (pool, generation_header) = {
+        let table = shared.table.load();
+        (Arc::clone(table.active_pool()), table.generation_header.clone())
+    };
+
+    let upgrade = wants_upgrade(req.headers());
+    let headers = req.headers_mut();
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    restore_upgrade(headers, upgrade_value.clone());
+
+    // X-Forwarded-For: extended for a trusted proxy, replaced for anyone else.
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if conn.trusted => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + conn.peer_header.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.peer_header.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_header.clone())
+        }
+        _ => conn.peer_header.clone(),
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+    }
+    let request_id = match headers.get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => {
+            let id = worker.new_request_id();
+            headers.insert(&X_REQUEST_ID, id.clone());
+            id
+        }
+    };
+
+    let access = opts.access_log.then(|| AccessInfo {
+        request_id: request_id.clone(),
+        client: conn.peer.ip(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+    });
+    let mut completion = Completion::start(Arc::clone(&pool), start, access);
+
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let outcome = tokio::time::timeout(opts.request_timeout, send(&worker.client, &pool, req)).await;
+    let result = match outcome {
+        Ok(r) => r,
+        Err(_) => Err(ForwardError::Timeout {
+            endpoint: pool.name.clone(),
+        }),
+    };
+
+    let mut response = match result {
+        Ok((mut resp, endpoint, sender)) => {
+            completion.endpoint = Some(Arc::clone(&endpoint));
+            completion.status = resp.status().as_u16();
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+                let up_value = resp.headers().get(header::UPGRADE).cloned();
+                strip_hop_by_hop(resp.headers_mut());
+                restore_upgrade(resp.headers_mut(), up_value);
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                if let Some(client_upgrade) = client_upgrade {
+                    // The tunnel keeps the request counted in flight until it closes.
+                    tokio::task::spawn_local(async move {
+                        let _completion = completion;
+                        if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u))
+                                .await;
+                        }
+                    });
+                }
+                drop(sender);
+                let (parts, _) = resp.into_parts();
+                Response::from_parts(parts, ProxyBody::Full(None))
+            } else {
+                strip_hop_by_hop(resp.headers_mut());
+                *resp.version_mut() = http::Version::HTTP_11;
+                let (parts, inner) = resp.into_parts();
+                let mut recycle = Some(Recycle {
+                    sender,
+                    client: Rc::clone(&worker.client),
+                    endpoint_id: endpoint.id,
+                });
+                if http_body::Body::is_end_stream(&inner) {
+                    if let Some(r) = recycle.take() {
+                        r.client.put(r.endpoint_id, r.sender);
+                    }
+                }
+                Response::from_parts(
+                    parts,
+                    ProxyBody::Stream {
+                        inner,
+                        completion,
+                        recycle,
+                    },
+                )
+            }
+        }
+        Err(e) => {
+            if let Some(kind) = e.kind() {
+                pool.metrics.error(kind);
+            }
+            tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.name, error = %e, "request failed");
+            let status = e.status();
+            completion.status = status.as_u16();
+            drop(completion);
+            let mut r = Response::new(ProxyBody::full(e.body()));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+    };
+    let h = response.headers_mut();
+    if opts.expose_headers {
+        h.insert(&X_SWITCHYARD_POOL, pool.header.clone());
+        h.insert(&X_SWITCHYARD_GENERATION, generation_header);
+    }
+    h.insert(&X_REQUEST_ID, request_id);
+    Ok(response)
+}
+
+/// A retry-able copy of a body-less idempotent request.
+struct Template {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn of(req: &Request<UpstreamBody>) -> Option<Template> {
+        (is_idempotent(req.method())
+            && http_body::Body::is_end_stream(req.body())
+            && !wants_upgrade(req.headers()))
+        .then(|| Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn build(&self) -> Request<UpstreamBody> {
+        let mut r = Request::new(UpstreamBody::Empty);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+type Sent = (Response<Incoming>, Arc<Endpoint>, Sender);
+
+/// A ready connection to `ep`: a pooled one unless `fresh`, else a new one.
+/// The flag says whether it came from the pool.
+async fn acquire(client: &LocalClient, ep: &Endpoint, fresh: bool) -> Result<(Sender, bool), ConnectError> {
+    if !fresh {
+        while let Some(mut s) = client.take(ep) {
+            if s.ready().await.is_ok() {
+                return Ok((s, true));
+            }
+        }
+    }
+    let mut s = client.connect(ep).await?;
+    s.ready().await.map_err(ConnectError::Handshake)?;
+    Ok((s, false))
+}
+
+/// Sends the request to an endpoint of `pool`, following DESIGN.md's retry
+/// rules: a request that could not be sent goes to the next endpoint (or, if
+/// a pooled connection turned out dead, to a new connection); an idempotent
+/// body-less request whose pooled connection closed before any response byte
+/// is retried once on a new connection. Never to another pool.
+async fn send(client: &LocalClient, pool: &Pool, req: Request<Incoming>) -> Result<Sent, ForwardError> {
+    let n = pool.endpoints.len();
+    if n == 0 {
+        return Err(ForwardError::NoEndpoint {
+            pool: pool.name.clone(),
+        });
+    }
+    let (parts, body) = req.into_parts();
+    let mut req = Request::from_parts(parts, UpstreamBody::Incoming(body));
+    let template = Template::of(&req);
+    let mut resent = false;
+    let mut fresh = false;
+    let first = pool.next_start();
+    let mut last_err = None;
+    let mut i = 0;
+    while i < n {
+        let ep = &pool.endpoints[(first + i) % n];
+        let (mut sender, pooled) = match acquire(client, ep, fresh).await {
+            Ok(s) => s,
+            Err(e) => {
+                pool.metrics.error(ErrorKind::Connect);
+                last_err = Some(ForwardError::Connect {
+                    endpoint: ep.addr.clone(),
+                    reason: e.to_string(),
+                });
+                i += 1;
+                fresh = false;
+                if i < n {
+                    pool.metrics.retries.inc();
+                }
+                continue;
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, Arc::clone(ep), sender)),
+            Err(mut e) => {
+                let err = ForwardError::Upstream {
+                    endpoint: ep.addr.clone(),
+                    reason: e.error().to_string(),
+                };
+                match e.take_message() {
+                    // Not sent at all: the same request goes out again.
+                    Some(back) => {
+                        req = back;
+                        if pooled {
+                            fresh = true;
+                        } else {
+                            i += 1;
+                            fresh = false;
+                        }
+                        if i < n {
+                            pool.metrics.retries.inc();
+                        }
+                        last_err = Some(err);
+                    }
+                    // Sent, and the connection closed before any response byte.
+                    None => match &template {
+                        Some(t) if pooled && !resent => {
+                            resent = true;
+                            fresh = true;
+                            pool.metrics.error(ErrorKind::Reset);
+                            pool.metrics.retries.inc();
+                            req = t.build();
+                        }
+                        _ => return Err(err),
+                    },
+                }
+            }
+        }
+    }
+    Err(last_err.unwrap_or(ForwardError::NoEndpoint {
+        pool: pool.name.clone(),
+    }))
+}

@@ -1,0 +1,204 @@
+//! The data plane's shape: one `current_thread` runtime per core, each with
+//! its own `SO_REUSEPORT` listener, its own upstream connections, and its own
+//! accept loop; they share only the `ArcSwap` table, the metrics and the
+//! stop signal. Also the admin listener's accept loop.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::admin::Admin;
+use crate::client::LocalClient;
+use crate::forward::{self, Conn, Worker};
+use crate::Shared;
+
+/// Pause after an accept error (EMFILE…) before accepting again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Binds a listening socket with `SO_REUSEPORT` (so each core can have one).
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Open client connections of one core, so a drain can wait for zero.
+#[derive(Default)]
+struct Tracker {
+    open: Cell<usize>,
+    zero: Notify,
+}
+
+struct Tracked(Rc<Tracker>, prometheus::IntGauge);
+
+impl Tracked {
+    fn new(t: &Rc<Tracker>, gauge: &prometheus::IntGauge) -> Tracked {
+        t.open.set(t.open.get() + 1);
+        gauge.inc();
+        Tracked(Rc::clone(t), gauge.clone())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.1.dec();
+        let n = self.0.open.get() - 1;
+        self.0.open.set(n);
+        if n == 0 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+/// One core: accept until told to stop, then let every connection finish
+/// its in-flight requests (closing idle keep-alive connections) within
+/// `grace`. Runs inside a `LocalSet` on a `current_thread` runtime.
+pub async fn run_core(
+    core: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(core, error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    let opts = &shared.opts;
+    let client = Rc::new(LocalClient::new(opts.upstream_idle, opts.connect_timeout));
+    let worker = Rc::new(Worker::new(Arc::clone(&shared), Rc::clone(&client), core));
+    let tracker = Rc::new(Tracker::default());
+    let gauge = shared.metrics.client_connections("http");
+    let sweep_every = (opts.upstream_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let sweeper = {
+        let client = Rc::clone(&client);
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(sweep_every);
+            loop {
+                tick.tick().await;
+                client.sweep();
+            }
+        })
+    };
+    let conn_stop = stop.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Rc::new(Conn::new(Rc::clone(&worker), peer));
+                    let guard = Tracked::new(&tracker, &gauge);
+                    tokio::task::spawn_local(serve(stream, conn, shared.opts.client_idle, conn_stop.clone(), guard));
+                }
+                Err(e) => {
+                    tracing::warn!(core, error = %e, "accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let grace = shared.opts.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while tracker.open.get() > 0 {
+            let zero = tracker.zero.notified();
+            if tracker.open.get() == 0 {
+                break;
+            }
+            zero.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            core,
+            open = tracker.open.get(),
+            ?grace,
+            "shutdown grace over; closing the remaining connections"
+        );
+    }
+    sweeper.abort();
+    client.clear();
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    conn: Rc<Conn>,
+    client_idle: Duration,
+    mut stop: watch::Receiver<bool>,
+    _guard: Tracked,
+) {
+    let service = service_fn(move |req| forward::handle(Rc::clone(&conn), req));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Bounds both the wait for the next request on an idle keep-alive
+        // connection and the reading of a request head (slowloris).
+        .header_read_timeout(client_idle)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// The admin accept loop, on the control runtime, until `stop`.
+pub async fn run_admin(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let admin = Arc::clone(&admin);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let admin = Arc::clone(&admin);
+                            async move { Ok::<_, std::convert::Infallible>(admin.handle(req, peer).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(Duration::from_secs(10))
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+}
+
+/// Resolves once `stop` is (or already was) set.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -1,0 +1,261 @@
+//! Prometheus metrics: a [`Metrics`] value owning its own `Registry` (never
+//! the global one, so two proxies can live in one process), and the
+//! pre-resolved per-pool handles the hot path uses ([`PoolMetrics`]).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// `switchyard_upstream_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Connect refused, reset or timed out before anything was sent.
+    Connect,
+    /// No answer within `timeouts.request`.
+    Timeout,
+    /// The connection failed after the request was sent.
+    Reset,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 3] = [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Reset];
+    fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+        }
+    }
+}
+
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const RELOAD_RESULTS: [&str; 3] = ["ok", "error", "unchanged"];
+const SOURCES: [&str; 4] = ["admin", "file", "rollback", "auto"];
+
+/// Every metric family of the proxy, registered in one `Registry`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    inflight: IntGaugeVec,
+    active_pool: IntGaugeVec,
+    switches: IntCounterVec,
+    /// `switchyard_config_generation`.
+    pub generation: IntGauge,
+    reloads: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    healthy: IntGaugeVec,
+    /// `switchyard_last_switch_timestamp_seconds`.
+    pub last_switch: IntGauge,
+    client_connections: IntGaugeVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only fails on an invalid metric definition or a duplicate registration,
+    // both programming errors fixed at compile time in this module.
+    r.expect("metric definitions in metrics.rs are valid and registered once")
+}
+
+impl Metrics {
+    /// Creates and registers every family in a new registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("switchyard".into()), None).expect("static prefix is valid");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = must(IntGaugeVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let requests = counter(
+            "requests_total",
+            "Requests answered, by pool and status class.",
+            &["pool", "code"],
+        );
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request head to end of response, by pool.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["pool"],
+        ));
+        must(registry.register(Box::new(duration.clone())));
+        let inflight = gauge("inflight_requests", "Requests in flight, by pool.", &["pool"]);
+        let active_pool = gauge(
+            "active_pool",
+            "1 for the pool that gets new requests, else 0.",
+            &["pool"],
+        );
+        let switches = counter(
+            "switches_total",
+            "Changes of the active pool, by source.",
+            &["source"],
+        );
+        let generation = must(IntGauge::new(
+            "config_generation",
+            "Generation of the routing table.",
+        ));
+        must(registry.register(Box::new(generation.clone())));
+        let reloads = counter(
+            "config_reloads_total",
+            "Upstreams file reloads, by result.",
+            &["result"],
+        );
+        let upstream_errors = counter(
+            "upstream_errors_total",
+            "Upstream failures, by pool and kind.",
+            &["pool", "kind"],
+        );
+        let retries = counter(
+            "upstream_retries_total",
+            "Requests retried on another connection, by pool.",
+            &["pool"],
+        );
+        let healthy = gauge(
+            "upstream_healthy",
+            "1 when the endpoint counts as healthy.",
+            &["pool", "endpoint"],
+        );
+        let last_switch = must(IntGauge::new(
+            "last_switch_timestamp_seconds",
+            "Unix time of the last change of the active pool.",
+        ));
+        must(registry.register(Box::new(last_switch.clone())));
+        let client_connections = gauge(
+            "client_connections",
+            "Open client connections, by listener.",
+            &["listener"],
+        );
+        // Families without labels from the config are initialised so they show at 0.
+        for s in SOURCES {
+            switches.with_label_values(&[s]);
+        }
+        for r in RELOAD_RESULTS {
+            reloads.with_label_values(&[r]);
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            inflight,
+            active_pool,
+            switches,
+            generation,
+            reloads,
+            upstream_errors,
+            retries,
+            healthy,
+            last_switch,
+            client_connections,
+        }
+    }
+
+    /// Resolves (and creates at 0) every series of one pool, for the hot path.
+    pub fn pool(&self, pool: &str) -> PoolMetrics {
+        let requests = CODE_CLASSES.map(|c| self.requests.with_label_values(&[pool, c]));
+        let errors = ErrorKind::ALL.map(|k| self.upstream_errors.with_label_values(&[pool, k.label()]));
+        PoolMetrics {
+            requests,
+            duration: self.duration.with_label_values(&[pool]),
+            inflight: self.inflight.with_label_values(&[pool]),
+            active: self.active_pool.with_label_values(&[pool]),
+            errors,
+            retries: self.retries.with_label_values(&[pool]),
+        }
+    }
+
+    /// The `upstream_healthy` gauge of one endpoint.
+    pub fn endpoint_healthy(&self, pool: &str, endpoint: &str) -> IntGauge {
+        self.healthy.with_label_values(&[pool, endpoint])
+    }
+
+    /// Deletes every series of a pool that a new table removed.
+    pub fn remove_pool(&self, pool: &str) {
+        for c in CODE_CLASSES {
+            let _ = self.requests.remove_label_values(&[pool, c]);
+        }
+        for k in ErrorKind::ALL {
+            let _ = self.upstream_errors.remove_label_values(&[pool, k.label()]);
+        }
+        let _ = self.duration.remove_label_values(&[pool]);
+        let _ = self.inflight.remove_label_values(&[pool]);
+        let _ = self.active_pool.remove_label_values(&[pool]);
+        let _ = self.retries.remove_label_values(&[pool]);
+    }
+
+    /// Deletes the `upstream_healthy` series of a removed endpoint.
+    pub fn remove_endpoint(&self, pool: &str, endpoint: &str) {
+        let _ = self.healthy.remove_label_values(&[pool, endpoint]);
+    }
+
+    /// Counts a switch of the active pool.
+    pub fn switched(&self, source: &str) {
+        self.switches.with_label_values(&[source]).inc();
+    }
+
+    /// Counts a reload of the upstreams file (`ok`, `error`, `unchanged`).
+    pub fn reload(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The `client_connections` gauge of one listener.
+    pub fn client_connections(&self, listener: &str) -> IntGauge {
+        self.client_connections.with_label_values(&[listener])
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec only fails on a malformed family, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One pool's series, resolved once when the pool is built.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    requests: [IntCounter; 5],
+    /// `request_duration_seconds{pool}`.
+    pub duration: Histogram,
+    /// `inflight_requests{pool}`.
+    pub inflight: IntGauge,
+    /// `active_pool{pool}`.
+    pub active: IntGauge,
+    errors: [IntCounter; 3],
+    /// `upstream_retries_total{pool}`.
+    pub retries: IntCounter,
+}
+
+impl PoolMetrics {
+    /// Counts one answered request by its status class.
+    pub fn request(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+    }
+
+    /// Counts one upstream failure.
+    pub fn error(&self, kind: ErrorKind) {
+        let i = match kind {
+            ErrorKind::Connect => 0,
+            ErrorKind::Timeout => 1,
+            ErrorKind::Reset => 2,
+        };
+        self.errors[i].inc();
+    }
+}

@@ -1,0 +1,312 @@
+//! The routing table: one immutable value that decides where every request
+//! goes, built and validated completely before it is stored in the
+//! `ArcSwap` that the data plane loads once per request.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderValue;
+
+use crate::config::{self, PoolFile};
+use crate::error::ConfigError;
+use crate::metrics::Metrics;
+use crate::pool::{Endpoint, Pool};
+
+/// Who made a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The upstreams file (at start, on a change, on SIGHUP).
+    File,
+    /// `POST /switch`.
+    Admin,
+    /// `POST /rollback`.
+    Rollback,
+    /// (later) the automatic rollback.
+    Auto,
+}
+
+impl Source {
+    /// The label used in metrics, logs and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Admin => "admin",
+            Source::Rollback => "rollback",
+            Source::Auto => "auto",
+        }
+    }
+}
+
+/// The pools of an upstreams file, validated: names and endpoint strings in
+/// file order, and the file's `active`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// The file's `active`.
+    pub active: String,
+    /// `(pool name, endpoints)` in file order.
+    pub pools: Vec<(String, Vec<String>)>,
+}
+
+impl Desired {
+    /// Parses and validates an upstreams file's bytes; every error is listed.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Desired, Vec<ConfigError>> {
+        let (file, pools) = config::parse_upstreams(path, bytes)?;
+        let text = String::from_utf8_lossy(bytes);
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        for (name, PoolFile { endpoints, .. }, line) in pools {
+            let err = |reason: String| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: Some(line),
+                reason,
+            };
+            if !valid_name(&name) {
+                errors.push(err(format!(
+                    "pool name `{name}` must be 1-64 characters of a-z, 0-9, `-` or `_`"
+                )));
+            }
+            if endpoints.is_empty() {
+                errors.push(err(format!("pools.{name}: a pool needs at least one endpoint")));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for ep in &endpoints {
+                if let Err(reason) = check_endpoint(ep) {
+                    errors.push(err(format!("pools.{name}: endpoint `{ep}`: {reason}")));
+                } else if !seen.insert(ep.as_str()) {
+                    errors.push(err(format!("pools.{name}: endpoint `{ep}` is listed twice")));
+                }
+            }
+            out.push((name, endpoints));
+        }
+        if out.is_empty() {
+            errors.push(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: Some(config::line_of(&text, file.pools.span().start)),
+                reason: "no pool is defined".into(),
+            });
+        }
+        let active = file.active.get_ref().clone();
+        if !out.iter().any(|(n, _)| *n == active) {
+            let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+            errors.push(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: Some(config::line_of(&text, file.active.span().start)),
+                reason: format!(
+                    "active = \"{active}\" is not a pool (pools: {})",
+                    names.join(", ")
+                ),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Desired { active, pools: out })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Whether `name` is one of the pools.
+    pub fn has_pool(&self, name: &str) -> bool {
+        self.pools.iter().any(|(n, _)| n == name)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Checks a `host:port` endpoint: an IP literal (`[v6]:port` for IPv6) or a DNS name.
+pub fn check_endpoint(ep: &str) -> Result<(), String> {
+    if let Ok(addr) = ep.parse::<std::net::SocketAddr>() {
+        return if addr.port() == 0 {
+            Err("port 0 is not a port (1-65535)".into())
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = ep.rsplit_once(':') else {
+        return Err("expected host:port".into());
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("`{port}` is not a port (1-65535)"));
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if host_ok {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is neither an IP address nor a DNS name"))
+    }
+}
+
+/// The immutable routing table the data plane reads.
+pub struct RoutingTable {
+    /// Counts changes of routing intent; starts at 1.
+    pub generation: u64,
+    /// Who made this table.
+    pub source: Source,
+    /// Every pool, in file order.
+    pub pools: Vec<Arc<Pool>>,
+    /// Index of the active pool in `pools`.
+    pub active: usize,
+    /// `x-switchyard-generation`, pre-built.
+    pub generation_header: HeaderValue,
+    /// When the active pool last changed (or the table was first loaded).
+    pub switched_at: SystemTime,
+}
+
+impl RoutingTable {
+    /// The pool that gets new requests.
+    pub fn active_pool(&self) -> &Arc<Pool> {
+        &self.pools[self.active]
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// Builds a table for `desired` with `active` as the active pool, reusing
+    /// the pools (and so the endpoints and their warm connections) of `old`
+    /// that did not change. `active` must be a pool of `desired`.
+    pub fn build(
+        desired: &Desired,
+        active: &str,
+        generation: u64,
+        source: Source,
+        switched_at: SystemTime,
+        old: Option<&RoutingTable>,
+        metrics: &Metrics,
+    ) -> RoutingTable {
+        let pools: Vec<Arc<Pool>> = desired
+            .pools
+            .iter()
+            .map(|(name, endpoints)| {
+                let old_pool = old.and_then(|t| t.pool(name));
+                match old_pool {
+                    Some(p) if p.endpoint_names().eq(endpoints.iter().map(String::as_str)) => Arc::clone(p),
+                    _ => {
+                        let eps = endpoints
+                            .iter()
+                            .map(|addr| {
+                                old_pool
+                                    .and_then(|p| p.endpoints.iter().find(|e| e.addr == *addr))
+                                    .cloned()
+                                    .unwrap_or_else(|| Arc::new(Endpoint::new(name, addr, metrics)))
+                            })
+                            .collect();
+                        Arc::new(Pool::new(name, eps, metrics))
+                    }
+                }
+            })
+            .collect();
+        let active = pools.iter().position(|p| p.name == active).unwrap_or(0);
+        for (i, p) in pools.iter().enumerate() {
+            p.metrics.active.set(i64::from(i == active));
+        }
+        if let Some(old) = old {
+            for p in &old.pools {
+                match pools.iter().find(|n| n.name == p.name) {
+                    None => {
+                        metrics.remove_pool(&p.name);
+                        for e in &p.endpoints {
+                            metrics.remove_endpoint(&p.name, &e.addr);
+                        }
+                    }
+                    Some(n) => {
+                        for e in &p.endpoints {
+                            if !n.endpoints.iter().any(|x| x.addr == e.addr) {
+                                metrics.remove_endpoint(&p.name, &e.addr);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        metrics.generation.set(generation as i64);
+        RoutingTable {
+            generation,
+            source,
+            pools,
+            active,
+            generation_header: HeaderValue::from(generation),
+            switched_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Desired, Vec<String>> {
+        Desired::parse(Path::new("u.toml"), text.as_bytes())
+            .map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn valid_file() {
+        let d = parse("active = \"green\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"[::1]:2\", \"api.default.svc:80\"]\n").unwrap();
+        assert_eq!(d.active, "green");
+        assert_eq!(d.pools.len(), 2);
+    }
+
+    #[test]
+    fn unknown_active_pool_names_line() {
+        let errs =
+            parse("\n\nactive = \"purple\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n").unwrap_err();
+        assert!(
+            errs[0].contains("line 3:") && errs[0].contains("purple"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn empty_pool_and_bad_endpoint_are_listed_together() {
+        let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = []\n[pools.green]\nendpoints = [\"nohost\", \"1.2.3.4:0\"]\n")
+            .unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].contains("at least one endpoint"));
+    }
+
+    #[test]
+    fn empty_and_garbage_files_are_errors() {
+        assert!(parse("").unwrap_err()[0].contains("empty"));
+        assert!(parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"").is_err());
+        assert!(Desired::parse(Path::new("u"), &[0xff, 0xfe, 0x00]).is_err());
+    }
+
+    #[test]
+    fn build_reuses_unchanged_pools_and_endpoints() {
+        let m = Metrics::new();
+        let d1 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n").unwrap();
+        let t1 = RoutingTable::build(&d1, "blue", 1, Source::File, SystemTime::now(), None, &m);
+        let d2 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\n").unwrap();
+        let t2 = RoutingTable::build(&d2, "green", 2, Source::Admin, SystemTime::now(), Some(&t1), &m);
+        assert!(Arc::ptr_eq(&t1.pools[0], &t2.pools[0]));
+        assert!(!Arc::ptr_eq(&t1.pools[1], &t2.pools[1]));
+        assert!(Arc::ptr_eq(&t1.pools[1].endpoints[0], &t2.pools[1].endpoints[0]));
+        assert_eq!(t2.active_pool().name, "green");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("switchyard_active_pool{pool=\"green\"} 1"),
+            "{text}"
+        );
+        // Removing a pool removes its series.
+        let d3 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n").unwrap();
+        let _t3 = RoutingTable::build(&d3, "blue", 3, Source::File, SystemTime::now(), Some(&t2), &m);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("pool=\"green\""), "{text}");
+    }
+}
