@@ -1,0 +1,225 @@
+//! Admin switches under load: atomic, linearizable, and the admin API's rules.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_switch_under_load_has_no_failure_and_no_stale_answer_after_ack() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    // Every client connection is opened before the switch.
+    let load = Load::start(tp.proxy().http_addr(), 16, "/version").await;
+    load.wait_more(500).await;
+
+    let (status, body) = admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None).await;
+    let ack = Instant::now();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], true);
+    assert_eq!(body["active"], "green");
+    assert_eq!(body["previous"], "blue");
+    assert_eq!(body["generation"], 2);
+    assert_eq!(body["source"], "admin");
+
+    load.wait_more(500).await;
+    let samples = load.stop().await;
+    assert_no_failures(&samples);
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.sent > ack).collect();
+    let stale: Vec<&&Sample> = after
+        .iter()
+        .filter(|s| s.version != "0.0.2" || s.pool != "green")
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} requests sent after the ack were answered by blue: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(3)]
+    );
+    // The switch reached connections opened before it: each one sent after the ack.
+    for conn in 0..16 {
+        assert!(
+            after.iter().any(|s| s.conn == conn),
+            "connection {conn} sent nothing after the switch"
+        );
+    }
+    assert!(
+        samples.iter().any(|s| s.version == "0.0.1"),
+        "blue answered before the switch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_rollback_and_admin_errors() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    let a = tp.admin();
+
+    // Nothing to roll back to at start.
+    let (s, b) = admin(a, "POST", "/rollback", "", None).await;
+    assert_eq!(s, 409, "{b}");
+
+    // Stale if_generation: 409, nothing changes.
+    let (s, b) = admin(a, "POST", "/switch", r#"{"to":"green","if_generation":7}"#, None).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(b["errors"][0].as_str().unwrap().contains("generation"), "{b}");
+    assert_eq!((tp.active().as_str(), tp.generation()), ("blue", 1));
+
+    // Matching if_generation, via the query string.
+    let (s, b) = admin(a, "POST", "/switch?to=green", r#"{"if_generation":1}"#, None).await;
+    assert_eq!((s, b["generation"].as_u64()), (200, Some(2)), "{b}");
+    // Idempotent: already active.
+    let (s, b) = admin(a, "POST", "/switch", r#"{"to":"green"}"#, None).await;
+    assert_eq!(
+        (s, &b["changed"], b["generation"].as_u64()),
+        (200, &serde_json::json!(false), Some(2)),
+        "{b}"
+    );
+
+    // Rollback once: back to blue; twice: 409.
+    let (s, b) = admin(a, "POST", "/rollback", r#"{"if_generation":2}"#, None).await;
+    assert_eq!(
+        (s, b["active"].as_str(), b["source"].as_str()),
+        (200, Some("blue"), Some("rollback")),
+        "{b}"
+    );
+    let (s, _) = admin(a, "POST", "/rollback", "", None).await;
+    assert_eq!(s, 409);
+    assert_eq!((tp.active().as_str(), tp.generation()), ("blue", 3));
+
+    // Bad input: 4xx with a JSON error naming it, and no change.
+    for (method, path, body, want) in [
+        ("POST", "/switch", r#"{"to":"purple"}"#, 400),
+        ("POST", "/switch", r#"{"to":"#, 400),
+        ("POST", "/switch", r#"{"too":"green"}"#, 400),
+        ("POST", "/switch", "", 400),
+        ("GET", "/switch", "", 405),
+        ("PUT", "/rollback", "", 405),
+        ("POST", "/status", "", 405),
+        ("GET", "/nope", "", 404),
+    ] {
+        let (s, b) = admin(a, method, path, body, None).await;
+        assert_eq!(s, want, "{method} {path} {body}: {b}");
+        assert!(b["errors"][0].is_string(), "{b}");
+    }
+    assert_eq!((tp.active().as_str(), tp.generation()), ("blue", 3));
+
+    // /status
+    let (s, st) = admin(a, "GET", "/status", "", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(st["active"], "blue");
+    assert_eq!(st["generation"], 3);
+    assert_eq!(st["source"], "rollback");
+    assert_eq!(st["pools"]["green"]["drained"], true);
+    assert_eq!(st["pools"]["blue"]["drained"], false);
+    assert_eq!(
+        st["pools"]["blue"]["endpoints"][0]["address"],
+        blue.addr().to_string()
+    );
+    assert_eq!(admin(a, "GET", "/healthz", "", None).await.0, 200);
+    assert_eq!(admin(a, "GET", "/readyz", "", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_protects_mutations_only() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+    std::fs::write(
+        dir.path().join("upstreams.toml"),
+        two_pools("blue", blue.addr(), green.addr()),
+    )
+    .unwrap();
+    let tp = TestProxy::start_in(dir, "upstreams.toml", "[admin]\ntoken_file = \"token\"");
+    let a = tp.admin();
+    assert_eq!(
+        admin(a, "POST", "/switch", r#"{"to":"green"}"#, None).await.0,
+        401
+    );
+    assert_eq!(
+        admin(a, "POST", "/switch", r#"{"to":"green"}"#, Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(tp.active(), "blue");
+    assert_eq!(admin(a, "GET", "/status", "", None).await.0, 200);
+    assert_eq!(
+        admin(a, "POST", "/switch", r#"{"to":"green"}"#, Some("s3cret"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(tp.active(), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_rollout_and_pass_promtool() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/version").await.unwrap().0, 200);
+    }
+    admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None).await;
+    assert_eq!(c.get("/api/v1/translate?phrase=nope").await.unwrap().0, 404);
+    let m = tp.metrics();
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{code=\"2xx\",pool=\"blue\"}"),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{code=\"4xx\",pool=\"green\"}"),
+        1.0
+    );
+    assert_eq!(metric(&m, "switchyard_active_pool{pool=\"green\"}"), 1.0);
+    assert_eq!(metric(&m, "switchyard_active_pool{pool=\"blue\"}"), 0.0);
+    assert_eq!(metric(&m, "switchyard_switches_total{source=\"admin\"}"), 1.0);
+    assert_eq!(metric(&m, "switchyard_config_generation"), 2.0);
+    assert_eq!(
+        metric(&m, "switchyard_request_duration_seconds_count{pool=\"blue\"}"),
+        3.0
+    );
+    assert!(metric(&m, "switchyard_last_switch_timestamp_seconds") > 1.7e9);
+    assert_eq!(
+        metric(&m, "switchyard_client_connections{listener=\"http\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}",
+                blue.addr()
+            )
+        ),
+        1.0
+    );
+
+    // promtool (Debian's prometheus package) must find nothing to complain about.
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (cargo xtask test installs the prometheus package)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
