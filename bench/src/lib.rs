@@ -17,8 +17,13 @@
 //! - [`report`]   the cut-over arithmetic: pure functions over samples
 //! - [`plot`]     the SVG timeline
 //! - [`table`]    the report as a text table
+//! - [`admin`]    a timed client for switchyard's admin API
+//! - [`upstreams`] switching by file: temp file + rename, the ConfigMap `..data` swap
+//! - [`driver`]   a scenario: load through a proxy while switching it, phase by phase
 
+pub mod admin;
 pub mod clock;
+pub mod driver;
 pub mod loadgen;
 pub mod plot;
 pub mod report;
@@ -26,3 +31,4 @@ pub mod sample;
 pub mod stats;
 pub mod table;
 pub mod target;
+pub mod upstreams;

@@ -43,6 +43,10 @@ pub struct Switch {
     pub phase: Range<u64>,
     /// The generation the proxy reported for the switch, when known.
     pub generation: Option<u64>,
+    /// The version that should answer after the switch, when known.
+    pub expected: Option<String>,
+    /// Why the switch could not be made, if it could not.
+    pub error: Option<String>,
 }
 
 /// A value before, during (±100 ms) and after a switch.
@@ -89,12 +93,21 @@ pub struct CutoverReport {
     pub rps: Segments<Option<f64>>,
     /// Latency percentiles (from the intended send time) of the requests answered in each segment.
     pub latency: Segments<Latency>,
+    /// The version that should answer after the switch, when known.
+    pub expected: Option<String>,
+    /// Why the switch could not be made, if it could not.
+    pub error: Option<String>,
 }
 
 impl CutoverReport {
-    /// True when the version changed, nothing failed and nothing was stale.
+    /// True when the switch was made, the version changed (to the expected
+    /// one, when known), nothing failed and nothing was stale.
     pub fn passed(&self) -> bool {
-        self.failed == 0 && self.stale_after_ack == 0 && self.changed()
+        self.error.is_none()
+            && self.failed == 0
+            && self.stale_after_ack == 0
+            && self.changed()
+            && (self.expected.is_none() || self.expected == self.to)
     }
 
     /// True when the new version answered and differs from the old one.
@@ -194,6 +207,8 @@ pub fn cutover_report(samples: &[Sample], switch: &Switch) -> CutoverReport {
             during: lat(&ranges.during),
             after: lat(&ranges.after),
         },
+        expected: switch.expected.clone(),
+        error: switch.error.clone(),
     }
 }
 

@@ -15,6 +15,8 @@ fn switch(issued_ms: u64, ack_ms: Option<u64>, phase_ms: Range<u64>) -> Switch {
         ack_ns: ack_ms.map(|a| a * MS),
         phase: phase_ms.start * MS..phase_ms.end * MS,
         generation: Some(2),
+        expected: None,
+        error: None,
     }
 }
 
@@ -190,4 +192,16 @@ fn timeline_buckets_by_answer_time_and_version() {
         [(vec![2, 0], 0), (vec![0, 1], 0), (vec![1, 1], 0), (vec![0, 0], 1)]
     );
     assert!(timeline(&[], MS).buckets.is_empty());
+}
+
+#[test]
+fn expected_version_and_errors_decide_too() {
+    let mut sw = switch(1000, Some(1002), 0..2000);
+    sw.expected = Some("0.0.2".into());
+    assert!(cutover_report(&admin_samples(), &sw).passed());
+    sw.expected = Some("0.0.3".into());
+    assert!(!cutover_report(&admin_samples(), &sw).passed());
+    sw.expected = None;
+    sw.error = Some("POST /switch answered 401".into());
+    assert!(!cutover_report(&admin_samples(), &sw).passed());
 }
