@@ -290,7 +290,8 @@ pub async fn handle(
             }
         }
         Err(e) => {
-            if let Some(kind) = e.kind() {
+            // Connect failures were counted per attempt in `send`.
+            if let Some(kind) = e.kind().filter(|k| *k != crate::metrics::ErrorKind::Connect) {
                 pool.metrics.error(kind);
             }
             tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.name, error = %e, "request failed");

@@ -1,0 +1,378 @@
+//! The request path: header rules, retries, upgrades, streaming bodies.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An upstream that answers with the request headers it received, as JSON.
+async fn header_echo() -> std::net::SocketAddr {
+    let (addr, _task) = serve(|req: Request<hyper::body::Incoming>| async move {
+        let mut map = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            map.insert(
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("?").to_string()),
+            );
+        }
+        Response::builder()
+            .header("x-hop", "must go")
+            .header("connection", "x-hop")
+            .header("keep-alive", "timeout=5")
+            .header("x-end", "kept")
+            .body(full(serde_json::Value::Object(map).to_string()))
+            .unwrap()
+    })
+    .await;
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rules() {
+    let up = header_echo().await;
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "",
+    );
+    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let req = Request::get("/echo")
+        .header("host", "api.example.com")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-app", "end-to-end")
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, body) = c.send(req).await.unwrap();
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["host"], "api.example.com", "Host is passed through: {seen}");
+    for hop in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(
+            seen.get(hop).is_none(),
+            "{hop} must not reach the upstream: {seen}"
+        );
+    }
+    assert_eq!(seen["x-app"], "end-to-end");
+    assert_eq!(
+        seen["x-forwarded-for"], "127.0.0.1",
+        "a forged X-Forwarded-For is replaced: {seen}"
+    );
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "api.example.com");
+    let id = seen["x-request-id"].as_str().unwrap();
+    assert_eq!(id.len(), 32, "a request id is generated: {seen}");
+    assert_eq!(headers["x-request-id"], id, "and returned");
+    assert_eq!(headers["x-switchyard-pool"], "blue");
+    assert_eq!(headers["x-switchyard-generation"], "1");
+    assert!(
+        headers.get("x-hop").is_none() && headers.get("keep-alive").is_none(),
+        "{headers:?}"
+    );
+    assert_eq!(headers["x-end"], "kept");
+
+    // A valid incoming request id is kept; an invalid one is replaced.
+    let (_, h, body) = c
+        .send(
+            Request::get("/")
+                .header("x-request-id", "abc-123")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (seen["x-request-id"].as_str(), h["x-request-id"].to_str().unwrap()),
+        (Some("abc-123"), "abc-123")
+    );
+    let (_, _, body) = c
+        .send(
+            Request::get("/")
+                .header("x-request-id", "bad id {}")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_ne!(seen["x-request-id"], "bad id {}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_extends_forwarded_for_and_expose_off_hides_headers() {
+    let up = header_echo().await;
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "[headers]\nexpose = false\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    );
+    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let (_, headers, body) = c
+        .send(
+            Request::get("/")
+                .header("x-forwarded-for", "203.0.113.7")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert!(headers.get("x-switchyard-pool").is_none() && headers.get("x-switchyard-generation").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_endpoint_under_load_loses_no_get() {
+    let blue_a = api("0.0.1");
+    let blue_b = api("0.0.1");
+    let green = api("0.0.2");
+    let ups = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[pools.green]\nendpoints = [\"{}\"]\n",
+        blue_a.addr(),
+        blue_b.addr(),
+        green.addr()
+    );
+    let tp = TestProxy::start(&ups, "");
+    let load = Load::start(tp.proxy().http_addr(), 16, "/version").await;
+    load.wait_more(500).await;
+    // Stop one endpoint: its pooled connections close, and new connects are refused.
+    drop(blue_b);
+    load.wait_more(2000).await;
+    let samples = load.stop().await;
+    assert_no_failures(&samples);
+    assert!(
+        samples.iter().all(|s| s.pool == "blue"),
+        "a retry never crosses to another pool"
+    );
+    let m = tp.metrics();
+    assert!(
+        metric(&m, "switchyard_upstream_retries_total{pool=\"blue\"}") >= 1.0,
+        "{m}"
+    );
+}
+
+/// An upstream that answers with keep-alive, then closes each connection
+/// shortly after, while it sits idle in the proxy's pool.
+fn closing_upstream() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                std::thread::sleep(Duration::from_millis(30));
+                // Closed without `Connection: close`: the proxy learns it only on reuse.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connection_closed_by_upstream_is_retried_not_failed() {
+    let up = closing_upstream();
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "",
+    );
+    for _ in 0..20 {
+        let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+        let (status, _, body) = c.get("/").await.unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let m = tp.metrics();
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{code=\"5xx\",pool=\"blue\"}"),
+        0.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_pool_answers_json_502() {
+    // A port with nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{dead}\"]\n"),
+        "",
+    );
+    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let (status, headers, body) = c.get("/version").await.unwrap();
+    assert_eq!(status, 502);
+    assert_eq!(headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["errors"][0].as_str().unwrap().contains(&dead.to_string()),
+        "{v}"
+    );
+    let m = tp.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_answers_json_504() {
+    let (up, _t) = serve(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "[timeouts]\nrequest = \"200ms\"",
+    );
+    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let (status, _, body) = c.get("/").await.unwrap();
+    assert_eq!(status, 504, "{body:?}");
+    assert!(
+        metric(
+            &tp.metrics(),
+            "switchyard_upstream_errors_total{kind=\"timeout\",pool=\"blue\"}"
+        ) == 1.0
+    );
+}
+
+/// A raw upstream that accepts an `Upgrade` handshake and then echoes bytes.
+fn upgrade_echo_upstream() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).to_lowercase();
+                if !(head.contains("upgrade: echo") && head.contains("connection: upgrade")) {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n",
+                );
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_relays_bytes_both_ways() {
+    let up = upgrade_echo_upstream();
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "",
+    );
+    let mut s = tokio::net::TcpStream::connect(tp.proxy().http_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed during the handshake: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    // In flight while the tunnel is open.
+    wait_until(Duration::from_secs(5), "in-flight tunnel", || {
+        tp.proxy().shared().table.load().active_pool().inflight() == 1
+    })
+    .await;
+    for msg in [&b"ping"[..], &b"hello through the tunnel"[..]] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+    drop(s);
+    wait_until(Duration::from_secs(5), "tunnel closed", || {
+        tp.proxy().shared().table.load().active_pool().inflight() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    // An upstream that streams the request body back as it arrives.
+    let (up, _t) =
+        serve(|req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body().boxed()) })
+            .await;
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "",
+    );
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let (status, _, body) = c
+        .send(
+            Request::post("/upload")
+                .body(Full::new(Bytes::from(data.clone())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), data.len());
+    assert!(body[..] == data[..], "the body came back intact");
+}
