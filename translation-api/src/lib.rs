@@ -1,1 +1,124 @@
-//! translation-api.
+//! translation-api: the service that switchyard fronts.
+//!
+//! The same contract as the original `th3-server.py` (see DESIGN.md, "The
+//! translation API"), built to be fast enough never to be the bottleneck of a
+//! proxy benchmark.
+//!
+//! Layout:
+//! - [`routes`]: the axum [`Router`](axum::Router) ([`app`]), its handlers,
+//!   the phrase table and the pre-serialised bodies ([`AppState`]).
+//! - [`client_ip`]: who the client is (peer address, or the right-most
+//!   untrusted `X-Forwarded-For` entry behind a trusted proxy).
+//! - [`stats`]: the Redis `HINCRBY requests_by_ip` pipeline, off the response
+//!   path.
+//! - [`server`]: one `current_thread` runtime per worker thread, each with its
+//!   own `SO_REUSEPORT` listener; the access log; graceful shutdown
+//!   ([`spawn`], [`Running`]).
+//!
+//! Request flow: the kernel hands a connection to one worker's listener →
+//! hyper serves it on that worker's runtime → the per-connection service
+//! records the peer address and counts the request in flight → the worker's
+//! own copy of the router answers from pre-built bytes → a translate request
+//! queues its client address for Redis with a non-blocking `try_send` → the
+//! access log line is written through a non-blocking writer.
+
+pub mod client_ip;
+pub mod routes;
+pub mod server;
+pub mod stats;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+pub use routes::{app, AppState};
+pub use server::{spawn, Running};
+
+/// The version compiled in: `TRANSLATION_API_VERSION` at `cargo build` time
+/// (the Dockerfile's `--build-arg`), else the crate version.
+pub fn build_version() -> &'static str {
+    match option_env!("TRANSLATION_API_VERSION") {
+        Some(v) if !v.is_empty() => v,
+        _ => env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// The default `--listen` address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
+
+/// The default grace period for in-flight requests once the listeners close.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The proxies trusted by default to set `X-Forwarded-For`: loopback
+/// (`127.0.0.0/8` and `::1`), i.e. a proxy on the same host or pod.
+pub fn default_trusted_proxies() -> Vec<ipnet::IpNet> {
+    vec![
+        ipnet::IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+        ipnet::IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+    ]
+}
+
+/// Everything [`spawn`] needs to run the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port ([`Running::addr`] tells which).
+    pub listen: SocketAddr,
+    /// The version `/version` reports.
+    pub version: String,
+    /// Peers whose `X-Forwarded-For` is believed; default loopback.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// One `tracing` event per request (target `access`). `false` in
+    /// [`Config::new`]; the command line turns it on by default.
+    pub access_log: bool,
+    /// After [`Running::begin_shutdown`]: keep serving this long with
+    /// `/readyz` = 503 before the listeners close. Default 0.
+    pub shutdown_delay: Duration,
+    /// Then: how long in-flight requests get to finish. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// `host` or `host:port` (default port 6379) of the Redis that counts
+    /// requests per client address; `None` (the default) counts nothing.
+    pub redis_addr: Option<String>,
+    /// Number of worker threads, each with its own runtime and listener;
+    /// 0 (the default) = one per available core.
+    pub workers: usize,
+}
+
+impl Config {
+    /// A configuration with the defaults: loopback trusted, no access log,
+    /// no shutdown delay, 30 s grace, no Redis, one worker per core.
+    pub fn new(listen: SocketAddr, version: impl Into<String>) -> Self {
+        Config {
+            listen,
+            version: version.into(),
+            trusted_proxies: default_trusted_proxies(),
+            access_log: false,
+            shutdown_delay: Duration::ZERO,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            redis_addr: None,
+            workers: 0,
+        }
+    }
+}
+
+/// What can go wrong starting or running the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tokio runtime or a worker thread could not be started.
+    #[error("cannot start a worker: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// `REDIS_ADDR` is not `host` or `host:port`.
+    #[error("invalid Redis address {addr:?}: {reason}")]
+    RedisAddr { addr: String, reason: String },
+    /// Redis did not answer `PING` at start.
+    #[error("cannot reach Redis at {addr}: {reason}")]
+    RedisUnreachable { addr: String, reason: String },
+    /// A worker thread panicked.
+    #[error("worker thread {0} panicked")]
+    WorkerPanicked(String),
+}

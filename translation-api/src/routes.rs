@@ -1,0 +1,348 @@
+//! The HTTP interface: routes, handlers and their exact bodies.
+//!
+//! | method, path | answer |
+//! | --- | --- |
+//! | `GET /version` | 200 `{"version":"0.0.1","errors":[]}` |
+//! | `GET /api/v1/translate?phrase=Lol` | 200 `{"phrase":"Lol","translation":"Kek","errors":[]}`; 400 no or empty phrase; 404 unknown phrase |
+//! | `GET /healthz` | 200 `{"status":"ok"}` while the process runs |
+//! | `GET /readyz` | 200 `{"status":"ready"}`; 503 `{"status":"shutting down"}` once shutdown began |
+//! | other method on these paths | 405 `{"errors":["Method not allowed"]}` with `Allow` |
+//! | any other path | 404 `{"errors":["Not found"]}` |
+//!
+//! Every body is `application/json` and built without serde: the fixed ones
+//! are `static` or pre-built once per worker, the 404 of an unknown phrase is
+//! the only one assembled per request.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
+use ipnet::IpNet;
+
+use crate::client_ip::client_ip;
+use crate::stats::Recorder;
+
+/// The phrase table of the original service: exact, case-sensitive keys.
+pub const PHRASES: [(&str, &str); 7] = [
+    ("Victory or Death", "Lok'Tar Ogar"),
+    ("Lol", "Kek"),
+    ("Okay", "Zug Zug"),
+    ("Hey", "Es"),
+    ("I obey", "Dabu"),
+    ("By my Axe", "Gol'Kosh"),
+    ("Well Met", "Throm-Ka"),
+];
+
+/// The translation of `phrase`, if the table has one.
+pub fn translate(phrase: &str) -> Option<&'static str> {
+    PHRASES.iter().find(|(p, _)| *p == phrase).map(|(_, t)| *t)
+}
+
+macro_rules! ok_bodies {
+    ($(($p:literal, $t:literal)),* $(,)?) => {
+        /// The 200 body of each known phrase, serialised at compile time.
+        fn ok_body(phrase: &str) -> Option<&'static [u8]> {
+            match phrase {
+                $($p => Some(concat!(r#"{"phrase":""#, $p, r#"","translation":""#, $t, r#"","errors":[]}"#).as_bytes()),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+// Keep in step with PHRASES (a unit test checks they agree).
+ok_bodies!(
+    ("Victory or Death", "Lok'Tar Ogar"),
+    ("Lol", "Kek"),
+    ("Okay", "Zug Zug"),
+    ("Hey", "Es"),
+    ("I obey", "Dabu"),
+    ("By my Axe", "Gol'Kosh"),
+    ("Well Met", "Throm-Ka"),
+);
+
+const MISSING_PHRASE: &[u8] = br#"{"phrase":null,"translation":null,"errors":["Missing phrase parameter"]}"#;
+const NOT_FOUND: &[u8] = br#"{"errors":["Not found"]}"#;
+const METHOD_NOT_ALLOWED: &[u8] = br#"{"errors":["Method not allowed"]}"#;
+const HEALTHY: &[u8] = br#"{"status":"ok"}"#;
+const READY: &[u8] = br#"{"status":"ready"}"#;
+const NOT_READY: &[u8] = br#"{"status":"shutting down"}"#;
+
+/// What the handlers share: the version body, readiness, the trusted
+/// proxies and the Redis recorder.
+///
+/// Cheap to clone (one `Arc`). The server gives each worker runtime its own
+/// copy ([`AppState::for_worker`]) so that the reference counts touched per
+/// request stay on one core.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `{"version":"...","errors":[]}`, serialised once.
+    version_body: Bytes,
+    /// `false` once shutdown has begun: `/readyz` answers 503. Shared by all
+    /// workers and the [`Running`](crate::Running) handle.
+    ready: Arc<AtomicBool>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    trusted: Arc<[IpNet]>,
+    /// Queue to the Redis task; `None` without Redis.
+    stats: Option<Recorder>,
+}
+
+impl AppState {
+    /// State for a service reporting `version`, believing `X-Forwarded-For`
+    /// from `trusted_proxies`, ready, without Redis.
+    pub fn new(version: &str, trusted_proxies: Vec<IpNet>) -> Self {
+        Self::with_parts(
+            version,
+            Arc::new(AtomicBool::new(true)),
+            trusted_proxies.into(),
+            None,
+        )
+    }
+
+    pub(crate) fn with_parts(
+        version: &str,
+        ready: Arc<AtomicBool>,
+        trusted: Arc<[IpNet]>,
+        stats: Option<Recorder>,
+    ) -> Self {
+        let mut body = Vec::with_capacity(version.len() + 32);
+        body.extend_from_slice(br#"{"version":"#);
+        push_json_string(&mut body, version);
+        body.extend_from_slice(br#","errors":[]}"#);
+        AppState {
+            inner: Arc::new(Inner {
+                version_body: Bytes::from(body),
+                ready,
+                trusted,
+                stats,
+            }),
+        }
+    }
+
+    /// A copy for one worker runtime: same readiness flag, trusted list and
+    /// Redis queue, but its own `Arc` and its own copy of the version body.
+    pub(crate) fn for_worker(&self) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                version_body: Bytes::copy_from_slice(&self.inner.version_body),
+                ready: self.inner.ready.clone(),
+                trusted: self.inner.trusted.clone(),
+                stats: self.inner.stats.clone(),
+            }),
+        }
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// Sets what `/readyz` answers (the server clears it when shutdown begins).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The proxies whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[IpNet] {
+        &self.inner.trusted
+    }
+}
+
+/// The service's router. It needs no socket: tests can call it with
+/// `tower::ServiceExt::oneshot`. The client address comes from the request's
+/// [`ConnectInfo<SocketAddr>`] extension (the server inserts it); without one
+/// nothing is counted in Redis.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/version", get(version).fallback(method_not_allowed))
+        .route(
+            "/api/v1/translate",
+            get(translate_handler).fallback(method_not_allowed),
+        )
+        .route("/healthz", get(healthz).fallback(method_not_allowed))
+        .route("/readyz", get(readyz).fallback(method_not_allowed))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut res = Response::new(Body::from(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+async fn version(State(state): State<AppState>) -> Response {
+    json(StatusCode::OK, state.inner.version_body.clone())
+}
+
+async fn translate_handler(State(state): State<AppState>, req: Request) -> Response {
+    if let Some(stats) = &state.inner.stats {
+        if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+            stats.record(client_ip(peer.ip(), req.headers(), &state.inner.trusted));
+        }
+    }
+    match query_param(req.uri().query(), "phrase") {
+        None => json(StatusCode::BAD_REQUEST, Bytes::from_static(MISSING_PHRASE)),
+        Some(phrase) if phrase.is_empty() => {
+            json(StatusCode::BAD_REQUEST, Bytes::from_static(MISSING_PHRASE))
+        }
+        Some(phrase) => match ok_body(&phrase) {
+            Some(body) => json(StatusCode::OK, Bytes::from_static(body)),
+            None => json(StatusCode::NOT_FOUND, unknown_phrase_body(&phrase)),
+        },
+    }
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, Bytes::from_static(HEALTHY))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        json(StatusCode::OK, Bytes::from_static(READY))
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(NOT_READY))
+    }
+}
+
+async fn not_found() -> Response {
+    json(StatusCode::NOT_FOUND, Bytes::from_static(NOT_FOUND))
+}
+
+async fn method_not_allowed() -> Response {
+    json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Bytes::from_static(METHOD_NOT_ALLOWED),
+    )
+}
+
+fn unknown_phrase_body(phrase: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(phrase.len() + 72);
+    body.extend_from_slice(br#"{"phrase":"#);
+    push_json_string(&mut body, phrase);
+    body.extend_from_slice(br#","translation":null,"errors":["Translation not available"]}"#);
+    body
+}
+
+/// The first value of `name` in a query string, form-decoded (`+` is a
+/// space, then percent-decoding; invalid UTF-8 becomes U+FFFD). `None` when
+/// the parameter is absent; `?phrase` and `?phrase=` give `Some("")`.
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(key) == name).then(|| form_decode(value))
+    })
+}
+
+fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'+' || b == b'%') {
+        return Cow::Borrowed(s);
+    }
+    let spaced: Vec<u8> = s.bytes().map(|b| if b == b'+' { b' ' } else { b }).collect();
+    let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    match String::from_utf8(decoded) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// Appends `s` as a JSON string literal (quotes, escapes) to `out`.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut unicode = *b"\\u0000";
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                unicode[4] = HEX[usize::from(b >> 4)];
+                unicode[5] = HEX[usize::from(b & 0xf)];
+                &unicode
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn compiled_bodies_agree_with_the_table() {
+        for (p, t) in PHRASES {
+            let expected = format!(r#"{{"phrase":"{p}","translation":"{t}","errors":[]}}"#);
+            assert_eq!(ok_body(p), Some(expected.as_bytes()), "{p}");
+            assert_eq!(translate(p), Some(t));
+        }
+        assert_eq!(ok_body("lol"), None);
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(query_param(Some("phrase=Lol"), "phrase").as_deref(), Some("Lol"));
+        assert_eq!(
+            query_param(Some("phrase=By+my%20Axe"), "phrase").as_deref(),
+            Some("By my Axe")
+        );
+        assert_eq!(
+            query_param(Some("x=1&phrase=Hey&phrase=Okay"), "phrase").as_deref(),
+            Some("Hey")
+        );
+        assert_eq!(
+            query_param(Some("phr%61se=Hey"), "phrase").as_deref(),
+            Some("Hey")
+        );
+        assert_eq!(query_param(Some("phrase"), "phrase").as_deref(), Some(""));
+        assert_eq!(query_param(Some("phrases=Hey"), "phrase"), None);
+        assert_eq!(query_param(None, "phrase"), None);
+        assert_eq!(
+            query_param(Some("phrase=%FF"), "phrase").as_deref(),
+            Some("\u{fffd}")
+        );
+        assert_eq!(
+            query_param(Some("phrase=a%2Bb"), "phrase").as_deref(),
+            Some("a+b")
+        );
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let body = unknown_phrase_body("a\"b\\c\n\u{1}é");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["phrase"], "a\"b\\c\n\u{1}é");
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"phrase":"a\"b\\c\n\u0001é","translation":null,"errors":["Translation not available"]}"#
+        );
+    }
+}

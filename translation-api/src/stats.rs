@@ -1,0 +1,445 @@
+//! Request statistics in Redis: `HINCRBY requests_by_ip <client-ip> n`.
+//!
+//! A request never waits for Redis. The translate handler hands the client
+//! address to a [`Recorder`], which `try_send`s it into a bounded queue; when
+//! the queue is full the increment is dropped and counted. One task on its own
+//! thread drains the queue in batches, adds the increments of one batch up
+//! per address and sends them as one pipeline (so the hash ends up exactly as
+//! if each request had sent `HINCRBY ... 1`), one round-trip at a time:
+//! while a pipeline is on the wire, the next batch collects in the queue.
+//!
+//! While Redis is unreachable the task keeps the sums (up to
+//! [`MAX_PENDING_ADDRESSES`] addresses) and reconnects with a backoff; a
+//! pipeline that fails on the wire is not resent (it may have been applied)
+//! and its increments are counted as lost. Drops and losses are logged every
+//! [`REPORT_EVERY`] while they happen, never per request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+
+use crate::Error;
+
+/// The Redis hash the counts go to.
+pub const HASH_KEY: &str = "requests_by_ip";
+/// Port used when `REDIS_ADDR` has none.
+pub const DEFAULT_PORT: u16 = 6379;
+/// Capacity of the queue between the handlers and the Redis task.
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Most queued increments taken into one pipeline.
+const BATCH: usize = 4_096;
+/// Most distinct addresses whose sums are kept while Redis is unreachable.
+pub const MAX_PENDING_ADDRESSES: usize = 100_000;
+/// How often drops and losses are logged while they happen.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Connect + `PING` at start must succeed within this (well under 5 s).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A Redis address: `host` or `host:port`, IPv6 as `[::1]:6379` or bare `::1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisAddr {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port, [`DEFAULT_PORT`] when not given.
+    pub port: u16,
+}
+
+impl RedisAddr {
+    /// Parses `REDIS_ADDR`.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let invalid = |reason: &str| Error::RedisAddr {
+            addr: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let t = s.trim();
+        if t.is_empty() {
+            return Err(invalid("empty"));
+        }
+        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(|| invalid("missing ']'"))?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| invalid("expected ':' after ']'"))?,
+                    ),
+                ),
+            }
+        } else if t.matches(':').count() > 1 {
+            (t, None)
+        } else {
+            match t.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (t, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid("not an IPv6 address"));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid("port is not a number from 1 to 65535"))?,
+        };
+        Ok(RedisAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for RedisAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The handlers' end of the queue: cheap to clone, never blocks.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    tx: mpsc::Sender<IpAddr>,
+    /// Increments dropped because the queue was full; the task reports them.
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// Queues one increment for `ip`, or counts it as dropped.
+    pub(crate) fn record(&self, ip: IpAddr) {
+        if self.tx.try_send(ip).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The Redis task's thread. Dropping it (or [`Task::stop`]) flushes what is
+/// queued, within a bounded time, and joins the thread.
+pub(crate) struct Task {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Task {
+    /// Asks the task to flush and end, and waits for it.
+    pub(crate) fn stop(&mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Err(_)) => Err(Error::WorkerPanicked("translation-api-stats".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn client_for(addr: &RedisAddr) -> Result<Client, redis::RedisError> {
+    Client::open(ConnectionInfo {
+        addr: ConnectionAddr::Tcp(addr.host.clone(), addr.port),
+        redis: Default::default(),
+    })
+}
+
+async fn connect(client: &Client) -> Result<MultiplexedConnection, String> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT);
+    match timeout(
+        CONNECT_TIMEOUT,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// Connects to `addr` and checks it answers `PING` (within
+/// [`STARTUP_TIMEOUT`]), then starts the task on its own thread.
+pub(crate) fn start(addr: &str) -> Result<(Recorder, Task), Error> {
+    let parsed = RedisAddr::parse(addr)?;
+    let unreachable = |reason: String| Error::RedisUnreachable {
+        addr: parsed.to_string(),
+        reason,
+    };
+    let client = client_for(&parsed).map_err(|e| unreachable(e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    let conn = rt
+        .block_on(async {
+            timeout(STARTUP_TIMEOUT, async {
+                let mut conn = connect(&client).await?;
+                let pong: String = redis::cmd("PING")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if pong != "PONG" {
+                    return Err(format!("PING answered {pong:?}"));
+                }
+                Ok(conn)
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer to PING within {STARTUP_TIMEOUT:?}")))
+        })
+        .map_err(unreachable)?;
+
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let sink = Sink {
+        addr: parsed.to_string(),
+        client,
+        conn: Some(conn),
+        pending: HashMap::new(),
+        lost: 0,
+        retry_at: Instant::now(),
+        backoff: RECONNECT_MIN,
+        outage_logged: false,
+    };
+    let task_dropped = dropped.clone();
+    let thread = std::thread::Builder::new()
+        .name("translation-api-stats".into())
+        .spawn(move || rt.block_on(run(rx, stop_rx, sink, task_dropped)))
+        .map_err(Error::Runtime)?;
+    Ok((
+        Recorder { tx, dropped },
+        Task {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        },
+    ))
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<IpAddr>,
+    mut stop: oneshot::Receiver<()>,
+    mut sink: Sink,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut report = Report::default();
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                sink.add(batch.drain(..));
+                sink.flush().await;
+            }
+            _ = &mut stop => {
+                rx.close();
+                while rx.recv_many(&mut batch, BATCH).await > 0 {
+                    sink.add(batch.drain(..));
+                }
+                break;
+            }
+            _ = tick.tick() => {
+                sink.flush().await;
+                report.maybe(&sink, &dropped, false);
+            }
+        }
+    }
+    // Final flush: one more attempt (reconnecting if needed), bounded by the
+    // connect and response timeouts.
+    sink.retry_at = Instant::now();
+    sink.flush().await;
+    sink.lost += sink.pending.values().map(|n| n.unsigned_abs()).sum::<u64>();
+    report.maybe(&sink, &dropped, true);
+}
+
+/// Logs drops and losses at most every [`REPORT_EVERY`], only when they grew.
+#[derive(Default)]
+struct Report {
+    last: Option<Instant>,
+    dropped: u64,
+    lost: u64,
+}
+
+impl Report {
+    fn maybe(&mut self, sink: &Sink, dropped: &AtomicU64, last_time: bool) {
+        let now = Instant::now();
+        if !last_time && self.last.is_some_and(|t| now - t < REPORT_EVERY) {
+            return;
+        }
+        let dropped = dropped.load(Ordering::Relaxed);
+        if dropped > self.dropped || sink.lost > self.lost {
+            tracing::warn!(
+                redis = %sink.addr,
+                dropped_queue_full = dropped - self.dropped,
+                lost_redis_errors = sink.lost - self.lost,
+                dropped_total = dropped,
+                lost_total = sink.lost,
+                "request statistics were not recorded"
+            );
+        }
+        self.last = Some(now);
+        self.dropped = dropped;
+        self.lost = sink.lost;
+    }
+}
+
+/// The Redis side: the connection, the sums not yet written, reconnection.
+struct Sink {
+    addr: String,
+    client: Client,
+    conn: Option<MultiplexedConnection>,
+    /// Increments per address not yet written.
+    pending: HashMap<IpAddr, i64>,
+    /// Increments that could not be recorded (failed pipelines, overflow).
+    lost: u64,
+    retry_at: Instant,
+    backoff: Duration,
+    outage_logged: bool,
+}
+
+impl Sink {
+    fn add(&mut self, ips: impl Iterator<Item = IpAddr>) {
+        for ip in ips {
+            if let Some(n) = self.pending.get_mut(&ip) {
+                *n += 1;
+            } else if self.pending.len() < MAX_PENDING_ADDRESSES {
+                self.pending.insert(ip, 1);
+            } else {
+                self.lost += 1;
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                if Instant::now() < self.retry_at {
+                    return;
+                }
+                match connect(&self.client).await {
+                    Ok(conn) => {
+                        tracing::info!(redis = %self.addr, "reconnected to Redis");
+                        self.backoff = RECONNECT_MIN;
+                        self.outage_logged = false;
+                        self.conn.insert(conn)
+                    }
+                    Err(reason) => {
+                        if !self.outage_logged {
+                            tracing::warn!(
+                                redis = %self.addr,
+                                error = %reason,
+                                "cannot reach Redis; keeping counts and retrying"
+                            );
+                            self.outage_logged = true;
+                        }
+                        self.retry_at = Instant::now() + self.backoff;
+                        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+                        return;
+                    }
+                }
+            }
+        };
+        let mut pipe = redis::pipe();
+        for (ip, n) in &self.pending {
+            pipe.cmd("HINCRBY")
+                .arg(HASH_KEY)
+                .arg(ip.to_string())
+                .arg(*n)
+                .ignore();
+        }
+        let result = match timeout(RESPONSE_TIMEOUT, pipe.query_async::<()>(conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {RESPONSE_TIMEOUT:?}")),
+        };
+        if let Err(reason) = result {
+            let lost: u64 = self.pending.values().map(|n| n.unsigned_abs()).sum();
+            tracing::warn!(
+                redis = %self.addr,
+                error = %reason,
+                lost,
+                "Redis pipeline failed; reconnecting"
+            );
+            self.lost += lost;
+            self.conn = None;
+            self.outage_logged = true;
+            self.retry_at = Instant::now();
+        }
+        self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(s: &str) -> (String, u16) {
+        let a = RedisAddr::parse(s).unwrap();
+        (a.host, a.port)
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse("redis"), ("redis".into(), 6379));
+        assert_eq!(
+            parse("redis.default.svc:6380"),
+            ("redis.default.svc".into(), 6380)
+        );
+        assert_eq!(parse("127.0.0.1:1"), ("127.0.0.1".into(), 1));
+        assert_eq!(parse("::1"), ("::1".into(), 6379));
+        assert_eq!(parse("[::1]:7000"), ("::1".into(), 7000));
+        assert_eq!(parse("[::1]"), ("::1".into(), 6379));
+        assert_eq!(RedisAddr::parse("[::1]:7000").unwrap().to_string(), "[::1]:7000");
+        assert_eq!(RedisAddr::parse("redis").unwrap().to_string(), "redis:6379");
+        for bad in [
+            "",
+            ":6379",
+            "redis:",
+            "redis:x",
+            "redis:0",
+            "redis:70000",
+            "[::1",
+            "[::1]x",
+            "a:b:c",
+        ] {
+            assert!(RedisAddr::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}
