@@ -1,0 +1,365 @@
+//! Cut-over by file: in-place writes, rename-over, the kubelet's `..data`
+//! swap; rejection of bad files under load; override and persist rules.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Writes the file in place (truncate + write), as vim does.
+fn write_in_place(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Writes a temp file and renames it over, as `sed -i` and most editors do.
+fn write_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The kubelet's ConfigMap layout: `upstreams.toml` → `..data/upstreams.toml`,
+/// `..data` → `..<timestamp>`; an update writes a new timestamped dir, points
+/// `..data_tmp` at it, renames `..data_tmp` over `..data`, removes the old dir.
+struct Kubelet {
+    dir: std::path::PathBuf,
+    current: String,
+    n: u32,
+}
+
+impl Kubelet {
+    fn new(dir: &Path, text: &str) -> Kubelet {
+        let mut k = Kubelet {
+            dir: dir.to_path_buf(),
+            current: String::new(),
+            n: 0,
+        };
+        k.update(text);
+        std::os::unix::fs::symlink("..data/upstreams.toml", dir.join("upstreams.toml")).unwrap();
+        k
+    }
+
+    fn update(&mut self, text: &str) {
+        self.n += 1;
+        let name = format!("..2026_11_28_17_00_00.{:09}", self.n);
+        std::fs::create_dir(self.dir.join(&name)).unwrap();
+        std::fs::write(self.dir.join(&name).join("upstreams.toml"), text).unwrap();
+        std::os::unix::fs::symlink(&name, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        if !self.current.is_empty() {
+            std::fs::remove_dir_all(self.dir.join(&self.current)).unwrap();
+        }
+        self.current = name;
+    }
+}
+
+async fn wait_active(tp: &TestProxy, want: &str) -> Duration {
+    let t = Instant::now();
+    wait_until(Duration::from_secs(5), &format!("active = {want}"), || {
+        tp.active() == want
+    })
+    .await;
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_update_style_switches_under_load_without_failure() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let (b, g) = (blue.addr(), green.addr());
+    let tp = TestProxy::start(&two_pools("blue", b, g), "");
+    let path = tp.upstreams_path();
+    let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
+    load.wait_more(200).await;
+
+    write_in_place(&path, &two_pools("green", b, g));
+    wait_active(&tp, "green").await;
+    load.wait_more(200).await;
+    write_rename(&path, &two_pools("blue", b, g));
+    wait_active(&tp, "blue").await;
+    load.wait_more(200).await;
+    std::process::Command::new("sed")
+        .args(["-i", "s/active = \"blue\"/active = \"green\"/"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    wait_active(&tp, "green").await;
+    load.wait_more(200).await;
+
+    let samples = load.stop().await;
+    assert_no_failures(&samples);
+    assert_eq!(tp.generation(), 4);
+    assert!(metric(&tp.metrics(), "switchyard_switches_total{source=\"file\"}") == 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_configmap_swap_three_times_in_a_row() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let (b, g) = (blue.addr(), green.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = Kubelet::new(dir.path(), &two_pools("blue", b, g));
+    let tp = TestProxy::start_in(dir, "upstreams.toml", "");
+    let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
+    for want in ["green", "blue", "green"] {
+        load.wait_more(200).await;
+        kubelet.update(&two_pools(want, b, g));
+        wait_active(&tp, want).await;
+    }
+    load.wait_more(200).await;
+    let samples = load.stop().await;
+    assert_no_failures(&samples);
+    assert_eq!(tp.generation(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_files_never_apply_and_a_later_valid_one_does() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let (b, g) = (blue.addr(), green.addr());
+    let tp = TestProxy::start(&two_pools("blue", b, g), "");
+    let path = tp.upstreams_path();
+    let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
+    let garbage: String = (0..10 * 1024 * 1024)
+        .map(|i| (b'!' + (i % 90) as u8) as char)
+        .collect();
+    let valid_green = two_pools("green", b, g);
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "syntax error",
+            "active = \"green\"\n[pools.blue\nendpoints = []\n".into(),
+        ),
+        (
+            "unknown key",
+            valid_green.replace("endpoints = [\"", "endpoint = [\""),
+        ),
+        ("unknown pool", two_pools("purple", b, g)),
+        (
+            "pool without endpoints",
+            format!(
+                "active = \"green\"\n[pools.blue]\nendpoints = [\"{b}\"]\n[pools.green]\nendpoints = []\n"
+            ),
+        ),
+        ("empty file", String::new()),
+        (
+            "half-written file",
+            valid_green[..valid_green.len() - 12].to_string(),
+        ),
+        ("10 MB of garbage", garbage),
+    ];
+    let mut errors = 0.0;
+    for (what, text) in cases {
+        load.wait_more(50).await;
+        write_rename(&path, &text);
+        errors += 1.0;
+        wait_until(Duration::from_secs(5), what, || {
+            metric(&tp.metrics(), "switchyard_config_reloads_total{result=\"error\"}") >= errors
+        })
+        .await;
+        assert_eq!(
+            (tp.active().as_str(), tp.generation()),
+            ("blue", 1),
+            "{what} changed the table"
+        );
+        let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
+        let err = st["last_reload_error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            err.contains("upstreams.toml"),
+            "{what}: the error names the file: {err}"
+        );
+    }
+    // The file deleted.
+    std::fs::remove_file(&path).unwrap();
+    wait_until(Duration::from_secs(5), "deleted file rejected", || {
+        metric(&tp.metrics(), "switchyard_config_reloads_total{result=\"error\"}") > errors
+    })
+    .await;
+    assert_eq!(tp.generation(), 1);
+    // A valid file applies.
+    write_rename(&path, &valid_green);
+    wait_active(&tp, "green").await;
+    let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
+    assert!(st["last_reload_error"].is_null(), "{st}");
+    load.wait_more(100).await;
+    assert_no_failures(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_names_file_line_and_reason() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    write_rename(
+        &tp.upstreams_path(),
+        &two_pools("purple", blue.addr(), green.addr()),
+    );
+    let mut err = String::new();
+    wait_until(Duration::from_secs(5), "rejection", || {
+        let st = tp
+            .proxy()
+            .shared()
+            .status
+            .lock()
+            .unwrap()
+            .last_reload_error
+            .clone();
+        err = st.unwrap_or_default();
+        !err.is_empty()
+    })
+    .await;
+    assert!(
+        err.contains("upstreams.toml: line 2: active = \"purple\" is not a pool"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_rules_and_persist() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let (b, g) = (blue.addr(), green.addr());
+    let tp = TestProxy::start(&two_pools("blue", b, g), "");
+    let path = tp.upstreams_path();
+    // Admin to green: an override.
+    assert_eq!(
+        admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None)
+            .await
+            .0,
+        200
+    );
+    let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
+    assert_eq!(
+        (st["active"].as_str(), st["override"].as_bool()),
+        (Some("green"), Some(true))
+    );
+    // An unrelated edit (the file still says blue) keeps green.
+    write_rename(
+        &path,
+        &two_pools("blue", b, g).replace("# test upstreams", "# edited"),
+    );
+    let gen = tp.generation();
+    wait_until(Duration::from_secs(5), "the edit is read", || {
+        metric(
+            &tp.metrics(),
+            "switchyard_config_reloads_total{result=\"unchanged\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!((tp.active().as_str(), tp.generation()), ("green", gen));
+    // A change of the endpoints keeps the override too.
+    let extra = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    write_rename(
+        &path,
+        &two_pools("blue", b, g).replace(&format!("[\"{g}\"]"), &format!("[\"{g}\", \"{extra}\"]")),
+    );
+    wait_until(Duration::from_secs(5), "endpoint change applied", || {
+        tp.generation() == gen + 1
+    })
+    .await;
+    assert_eq!(tp.active(), "green");
+    // Editing `active` in the file (to green, then blue) is a newer intent: it wins.
+    write_rename(&path, &two_pools("green", b, g));
+    wait_until(Duration::from_secs(5), "file active green", || {
+        tp.generation() == gen + 2
+    })
+    .await;
+    write_rename(&path, &two_pools("blue", b, g));
+    wait_active(&tp, "blue").await;
+    let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
+    assert_eq!(
+        (st["override"].as_bool(), st["source"].as_str()),
+        (Some(false), Some("file"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_writes_active_back_keeping_comments_once() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let text = format!(
+        "# Cut-over file -- keep this comment\nactive = \"blue\" # the live pool\n\n[pools.blue]   # old\nendpoints = [\"{}\"]\n\n[pools.green]\nendpoints = [\"{}\"]\n",
+        blue.addr(),
+        green.addr()
+    );
+    let tp = TestProxy::start(&text, "[admin]\npersist = true");
+    let (s, b) = admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None).await;
+    assert_eq!((s, b["generation"].as_u64()), (200, Some(2)));
+    let after = std::fs::read_to_string(tp.upstreams_path()).unwrap();
+    assert_eq!(after, text.replace("active = \"blue\"", "active = \"green\""));
+    // The watcher sees its own write as already applied: no second generation.
+    wait_until(Duration::from_secs(5), "own write read back", || {
+        metric(
+            &tp.metrics(),
+            "switchyard_config_reloads_total{result=\"unchanged\"}",
+        ) >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(tp.generation(), 2);
+    let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
+    assert_eq!(
+        (st["source"].as_str(), st["override"].as_bool()),
+        (Some("admin"), Some(false)),
+        "{st}"
+    );
+}
+
+#[test]
+fn persist_is_refused_on_a_symlinked_upstreams_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let _k = Kubelet::new(
+        dir.path(),
+        "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n",
+    );
+    std::fs::write(
+        dir.path().join("proxy.toml"),
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = true\n[upstreams]\nfile = \"upstreams.toml\"\n",
+    )
+    .unwrap();
+    let err = switchyard::Proxy::start(&dir.path().join("proxy.toml"))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("symlink"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_does_not_loop_on_its_own_reads() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    write_rename(
+        &tp.upstreams_path(),
+        &two_pools("green", blue.addr(), green.addr()),
+    );
+    wait_active(&tp, "green").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = tp.proxy().watch_events();
+    let reloads = |m: &str| {
+        ["ok", "error", "unchanged"]
+            .iter()
+            .map(|r| metric(m, &format!("switchyard_config_reloads_total{{result=\"{r}\"}}")))
+            .sum::<f64>()
+    };
+    let before = reloads(&tp.metrics());
+    // Idle: reading the file must not feed the watcher new events.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        tp.proxy().watch_events(),
+        events,
+        "the watcher saw events while nothing changed"
+    );
+    assert_eq!(reloads(&tp.metrics()), before);
+    assert!(events < 50, "{events} events for one rename");
+}
