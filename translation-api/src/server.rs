@@ -172,6 +172,7 @@ pub fn spawn(config: Config) -> Result<Running, Error> {
     for (i, std_listener) in listeners.into_iter().enumerate() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .thread_name(format!("translation-api-{i}-blocking"))
             .build()
             .map_err(Error::Runtime)?;
         let listener = {
@@ -201,6 +202,12 @@ pub fn spawn(config: Config) -> Result<Running, Error> {
 
 fn bind(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, Error> {
     let bind_err = |source| Error::Bind { addr, source };
+    if addr.port() != 0 {
+        // `SO_REUSEPORT` would let us share a port that another of our
+        // processes listens on, splitting its traffic silently. A socket
+        // without it cannot bind where anyone listens: probe with one first.
+        probe(addr).map_err(bind_err)?;
+    }
     let first = bind_one(addr).map_err(bind_err)?;
     let actual = first.local_addr().map_err(bind_err)?;
     let mut listeners = Vec::with_capacity(workers);
@@ -209,6 +216,15 @@ fn bind(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, 
         listeners.push(bind_one(actual).map_err(bind_err)?);
     }
     Ok(listeners)
+}
+
+fn probe(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
 }
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

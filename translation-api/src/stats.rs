@@ -187,61 +187,88 @@ async fn connect(client: &Client) -> Result<MultiplexedConnection, String> {
 }
 
 /// Connects to `addr` and checks it answers `PING` (within
-/// [`STARTUP_TIMEOUT`]), then starts the task on its own thread.
+/// [`STARTUP_TIMEOUT`]), then keeps the task running on its own thread.
+///
+/// Blocks the caller during the check; works whether or not the caller is
+/// itself inside a tokio runtime (the check runs on the task's own thread).
 pub(crate) fn start(addr: &str) -> Result<(Recorder, Task), Error> {
     let parsed = RedisAddr::parse(addr)?;
+    let shown = parsed.to_string();
     let unreachable = |reason: String| Error::RedisUnreachable {
-        addr: parsed.to_string(),
+        addr: shown.clone(),
         reason,
     };
     let client = client_for(&parsed).map_err(|e| unreachable(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_name("translation-api-stats-blocking")
         .build()
         .map_err(Error::Runtime)?;
-    let conn = rt
-        .block_on(async {
-            timeout(STARTUP_TIMEOUT, async {
-                let mut conn = connect(&client).await?;
-                let pong: String = redis::cmd("PING")
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if pong != "PONG" {
-                    return Err(format!("PING answered {pong:?}"));
-                }
-                Ok(conn)
-            })
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer to PING within {STARTUP_TIMEOUT:?}")))
-        })
-        .map_err(unreachable)?;
 
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (checked_tx, checked_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
     let dropped = Arc::new(AtomicU64::new(0));
-    let sink = Sink {
-        addr: parsed.to_string(),
-        client,
-        conn: Some(conn),
-        pending: HashMap::new(),
-        lost: 0,
-        retry_at: Instant::now(),
-        backoff: RECONNECT_MIN,
-        outage_logged: false,
-    };
     let task_dropped = dropped.clone();
+    let sink_addr = shown.clone();
     let thread = std::thread::Builder::new()
         .name("translation-api-stats".into())
-        .spawn(move || rt.block_on(run(rx, stop_rx, sink, task_dropped)))
+        .spawn(move || {
+            rt.block_on(async move {
+                let checked = timeout(STARTUP_TIMEOUT, check(&client))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer to PING within {STARTUP_TIMEOUT:?}")));
+                let conn = match checked {
+                    Ok(conn) => {
+                        let _ = checked_tx.send(Ok(()));
+                        conn
+                    }
+                    Err(reason) => {
+                        let _ = checked_tx.send(Err(reason));
+                        return;
+                    }
+                };
+                let sink = Sink {
+                    addr: sink_addr,
+                    client,
+                    conn: Some(conn),
+                    pending: HashMap::new(),
+                    lost: 0,
+                    retry_at: Instant::now(),
+                    backoff: RECONNECT_MIN,
+                    outage_logged: false,
+                };
+                run(rx, stop_rx, sink, task_dropped).await;
+            });
+        })
         .map_err(Error::Runtime)?;
-    Ok((
-        Recorder { tx, dropped },
-        Task {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        },
-    ))
+    let mut task = Task {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    };
+    match checked_rx.recv() {
+        Ok(Ok(())) => Ok((Recorder { tx, dropped }, task)),
+        Ok(Err(reason)) => {
+            let _ = task.stop();
+            Err(unreachable(reason))
+        }
+        Err(_) => {
+            let _ = task.stop();
+            Err(unreachable("the Redis task ended during the check".into()))
+        }
+    }
+}
+
+async fn check(client: &Client) -> Result<MultiplexedConnection, String> {
+    let mut conn = connect(client).await?;
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if pong != "PONG" {
+        return Err(format!("PING answered {pong:?}"));
+    }
+    Ok(conn)
 }
 
 async fn run(

@@ -1,0 +1,220 @@
+//! The built binary as a process: flags, environment, signals, exit codes.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{free_port, get, parse, refused, wait_until, Proc, Redis};
+
+const BIN: &str = env!("CARGO_BIN_EXE_translation-api");
+
+#[test]
+fn version_flag_and_app_version_override() {
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env_remove("APP_VERSION")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let built = option_env!("TRANSLATION_API_VERSION")
+        .filter(|v| !v.is_empty())
+        .unwrap_or("0.0.1");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("translation-api {built}\n")
+    );
+
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env("APP_VERSION", "3.1.4-green")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "translation-api 3.1.4-green\n"
+    );
+
+    let p = Proc::start(&["--listen", "127.0.0.1:0"], &[("APP_VERSION", "3.1.4-green")]);
+    let r = get(p.addr(), "/version", &[]);
+    assert_eq!(r.body, r#"{"version":"3.1.4-green","errors":[]}"#);
+}
+
+#[test]
+fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
+    let mut p = Proc::start(&["--listen", "127.0.0.1:0"], &[]);
+    let addr = p.addr();
+    let request = b"GET /api/v1/translate?phrase=Victory+or+Death HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A slow client is sending its request when SIGTERM arrives...
+    for b in &request[..15] {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.signal("TERM");
+    // ...the service stops accepting while the request is still arriving...
+    wait_until(Duration::from_secs(10), "the listener closes", || refused(addr));
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    for b in &request[15..] {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // ...and still answers it in full before exiting 0.
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let r = parse(&buf);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        r#"{"phrase":"Victory or Death","translation":"Lok'Tar Ogar","errors":[]}"#
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let out = p.stdout.lock().unwrap().clone();
+    let line = out
+        .lines()
+        .find(|l| l.contains("path=/api/v1/translate?phrase=Victory+or+Death"))
+        .unwrap_or_else(|| panic!("no access line in:\n{out}"));
+    for field in ["client=127.0.0.1", "method=GET", "status=200", "duration_ms="] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+}
+
+#[test]
+fn sigint_with_shutdown_delay_keeps_serving_then_exits_0() {
+    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--shutdown-delay", "2s"], &[]);
+    let addr = p.addr();
+    assert_eq!(get(addr, "/readyz", &[]).status, 200);
+    let begun = Instant::now();
+    p.signal("INT");
+    wait_until(Duration::from_secs(5), "/readyz is 503", || {
+        get(addr, "/readyz", &[]).status == 503
+    });
+    assert_eq!(get(addr, "/api/v1/translate?phrase=Hey", &[]).status, 200);
+    assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(
+        begun.elapsed() >= Duration::from_secs(2),
+        "exited after {:?}",
+        begun.elapsed()
+    );
+}
+
+#[test]
+fn access_log_false_writes_no_request_lines() {
+    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--access-log=false"], &[]);
+    let addr = p.addr();
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/version", &[]).status, 200);
+    }
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let out = p.stdout.lock().unwrap().clone();
+    assert!(out.contains("stopped"), "the log was flushed:\n{out}");
+    assert!(
+        !out.contains("path=/version"),
+        "access lines were written:\n{out}"
+    );
+}
+
+#[test]
+fn json_log_format() {
+    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--log-format", "json"], &[]);
+    // The listening line's address is a JSON field here.
+    let addr = {
+        let mut found = None;
+        wait_until(Duration::from_secs(10), "listening", || {
+            let out = p.stdout.lock().unwrap();
+            found = out.lines().find(|l| l.contains("listening")).map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["addr"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+            });
+            found.is_some()
+        });
+        found.unwrap()
+    };
+    get(addr, "/api/v1/translate?phrase=Nope", &[]);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let out = p.stdout.lock().unwrap().clone();
+    let access: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "access")
+        .unwrap_or_else(|| panic!("no access line in:\n{out}"));
+    assert_eq!(access["status"], 404);
+    assert_eq!(access["path"], "/api/v1/translate?phrase=Nope");
+    assert_eq!(access["client"], "127.0.0.1");
+}
+
+#[test]
+fn redis_at_a_closed_port_exits_1_within_5s_naming_the_address() {
+    let port = free_port();
+    let redis = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut p = Proc::start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", &redis)]);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let err = p.stderr();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(&redis), "the address is named: {err}");
+}
+
+#[test]
+fn redis_that_never_answers_exits_1_within_5s() {
+    // An address nobody answers from (TEST-NET-1): the connection either
+    // hangs until our timeout or fails at once; either way, exit 1 in time.
+    let started = Instant::now();
+    let mut p = Proc::start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", "192.0.2.1")]);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(p.stderr().contains("192.0.2.1:6379"));
+}
+
+#[test]
+fn invalid_flags_and_redis_addr_are_refused() {
+    let out = Command::new(BIN)
+        .args(["--trusted-proxy", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("REDIS_ADDR", "redis:notaport")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redis:notaport"));
+}
+
+#[test]
+fn counts_reach_redis_and_are_flushed_on_sigterm() {
+    let redis = Redis::start();
+    let mut p = Proc::start(
+        &["--listen", "127.0.0.1:0", "--trusted-proxy", "127.0.0.1/32"],
+        &[("REDIS_ADDR", &redis.addr())],
+    );
+    let addr = p.addr();
+    for _ in 0..3 {
+        let r = get(
+            addr,
+            "/api/v1/translate?phrase=Lol",
+            &[("X-Forwarded-For", "6.6.6.6, 198.51.100.23")],
+        );
+        assert_eq!(r.status, 200);
+    }
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(redis.count("198.51.100.23"), Some(3));
+    assert_eq!(redis.count("6.6.6.6"), None);
+}
