@@ -1,1 +1,468 @@
-fn main() {}
+//! `cutover` — the one-command demonstration: blue/green cut-overs through
+//! switchyard, measured.
+//!
+//! With no arguments it starts, in this process (no child processes, nothing
+//! to install): translation-api blue (0.0.1) and green (0.0.2), and two
+//! switchyards on free loopback ports with temp configs. It drives
+//! keep-alive load through them and switches four ways:
+//! 1. `POST /switch` to green (proxy A, `persist = true`);
+//! 2. back to blue by editing `active` in A's upstreams file (temp file + rename);
+//! 3. `POST /rollback` (to green);
+//! 4. to green on proxy B, whose config directories are laid out as the
+//!    kubelet lays out ConfigMaps, by a `..data` swap.
+//!
+//! Then it prints the report, stops everything (also on Ctrl-C or a panic)
+//! and exits 0 only if every cut-over passed.
+//!
+//! With `--target URL` it measures an already running deployment instead:
+//! `--admin URL` adds a switch and a rollback, `--upstreams FILE` a file
+//! switch (a `..data` swap when FILE sits in a ConfigMap layout).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bench::admin::AdminClient;
+use bench::clock::Clock;
+use bench::driver::{self, Action, Options, PoolChoice, Run, Step};
+use bench::plot::{self, Mark};
+use bench::report::{cutover_report, timeline, totals, CutoverReport, Totals};
+use bench::table::format_report;
+use bench::target::Target;
+use bench::upstreams::ConfigMapDir;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+const BLUE: &str = "0.0.1";
+const GREEN: &str = "0.0.2";
+
+/// Blue/green cut-overs through switchyard, measured: failed requests,
+/// stale answers after the switch, the mixed window, throughput and latency.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Open loop: this many requests per second in total, at fixed intended
+    /// send times. Default: closed loop, as fast as the machine allows.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Keep-alive connections, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Length of each cut-over's phase: half before the switch, half after.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Load before the first phase (connections opened), measured by no cut-over.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write an SVG timeline to FILE: answers per 10 ms by version, failures in red, switches marked.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Measure a running deployment: the URL to load (e.g. http://127.0.0.1:8080/version).
+    #[arg(long, value_name = "URL")]
+    target: Option<String>,
+    /// With --target: the proxy's admin API (e.g. http://127.0.0.1:9901); adds a switch and a rollback.
+    #[arg(long, value_name = "URL", requires = "target")]
+    admin: Option<String>,
+    /// With --target: the proxy's upstreams file; adds a file switch.
+    #[arg(long, value_name = "FILE", requires = "target")]
+    upstreams: Option<PathBuf>,
+    /// With --admin: a file holding the admin token (sent as `Authorization: Bearer`).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    admin_token_file: Option<PathBuf>,
+    /// Embedded mode: data-plane cores of each proxy (default: one per CPU).
+    #[arg(long)]
+    proxy_cores: Option<usize>,
+    /// Embedded mode: worker threads of each translation-api.
+    #[arg(long, default_value_t = 1)]
+    api_workers: usize,
+}
+
+/// The `--json` document.
+#[derive(Debug, Serialize)]
+struct JsonReport<'a> {
+    mode: &'static str,
+    concurrency: usize,
+    /// Requests per second (open loop); `null`: closed loop.
+    rate: Option<f64>,
+    duration_ms: u128,
+    warmup_ms: u128,
+    passed: bool,
+    cutovers: &'a [CutoverReport],
+    total: &'a Totals,
+}
+
+fn main() {
+    match run(Args::parse()) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("cutover: {e:#}");
+            std::process::exit(if e.is::<Interrupted>() { 130 } else { 1 });
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted; everything started was stopped")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Returns whether every cut-over passed.
+fn run(args: Args) -> anyhow::Result<bool> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(!args.duration.is_zero(), "--duration must be positive");
+    let clock = Clock::start();
+    // Embedded: everything below lives until the end of this function, and
+    // is stopped when dropped (on an error, Ctrl-C or a panic too).
+    let mut embedded = None;
+    let (mode, runs) = match &args.target {
+        Some(url) => ("external", external_runs(&args, url, clock)?),
+        None => {
+            let e = Embedded::start(&args)?;
+            let runs = e.runs(clock)?;
+            println!("{}", e.describe());
+            embedded = Some(e);
+            ("embedded", runs)
+        }
+    };
+    let opts = Options {
+        concurrency: args.concurrency,
+        rate: args.rate,
+        threads: args.threads,
+        duration: args.duration,
+        warmup: args.warmup,
+    };
+    println!(
+        "load: {} connections, {}, {} per cut-over, {} warm-up\n",
+        opts.concurrency,
+        opts.rate.map_or("closed loop".to_string(), |r| format!(
+            "open loop at {r} requests/s"
+        )),
+        humantime::format_duration(opts.duration),
+        humantime::format_duration(opts.warmup),
+    );
+
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(opts.planned(&runs).as_millis() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:40}] {msg}")
+                .expect("a constant template is valid")
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = driver::execute(&runs, &opts, clock, bar.as_ref()) => r,
+            _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+        }
+    });
+    drop(rt);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let outcome = outcome?;
+    if let Some(e) = embedded.take() {
+        e.stop();
+    }
+
+    let reports: Vec<CutoverReport> = outcome
+        .switches
+        .iter()
+        .map(|s| cutover_report(&outcome.samples, s))
+        .collect();
+    let total = totals(&outcome.samples);
+    let passed = total.failed == 0 && !reports.is_empty() && reports.iter().all(CutoverReport::passed);
+    print!("{}", format_report(&reports, &total));
+    for r in &reports {
+        if let Some(e) = &r.error {
+            println!("{}: {e}", r.name);
+        } else if !r.passed() {
+            println!(
+                "{}: did not pass (versions {} -> {}, expected {})",
+                r.name,
+                r.from.as_deref().unwrap_or("?"),
+                r.to.as_deref().unwrap_or("?"),
+                r.expected.as_deref().unwrap_or("a change")
+            );
+        }
+    }
+    println!(
+        "{}",
+        if passed {
+            "PASS: no failed request, no stale answer after an acknowledged switch, every switch took effect"
+        } else {
+            "FAIL"
+        }
+    );
+
+    if let Some(path) = &args.json {
+        let doc = JsonReport {
+            mode,
+            concurrency: opts.concurrency,
+            rate: opts.rate,
+            duration_ms: opts.duration.as_millis(),
+            warmup_ms: opts.warmup.as_millis(),
+            passed,
+            cutovers: &reports,
+            total: &total,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let tl = timeline(&outcome.samples, 10_000_000);
+        let marks: Vec<Mark> = outcome
+            .switches
+            .iter()
+            .map(|s| Mark {
+                at_ns: s.issued_ns,
+                label: s.name.clone(),
+            })
+            .collect();
+        let title = format!(
+            "switchyard cut-overs: answers per 10 ms by version ({} connections, {})",
+            opts.concurrency,
+            opts.rate
+                .map_or("closed loop".to_string(), |r| format!("{r} requests/s")),
+        );
+        plot::write_svg(path, &tl, &marks, &title, (1400, 520))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(passed)
+}
+
+/// The runs against an already running deployment.
+fn external_runs(args: &Args, url: &str, clock: Clock) -> anyhow::Result<Vec<Run>> {
+    let target = Target::parse(url)?;
+    let token = match &args.admin_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the admin token from {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let admin = args
+        .admin
+        .as_deref()
+        .map(|a| AdminClient::new(a, token, clock))
+        .transpose()?;
+    let mut steps = Vec::new();
+    if admin.is_some() {
+        steps.push(Step {
+            name: "admin switch".into(),
+            action: Action::AdminSwitch {
+                to: PoolChoice::Other,
+            },
+            expected: None,
+        });
+    }
+    if let Some(file) = &args.upstreams {
+        steps.push(file_step(file, PoolChoice::Other, None)?);
+    }
+    if admin.is_some() {
+        steps.push(Step {
+            name: "rollback".into(),
+            action: Action::Rollback,
+            expected: None,
+        });
+    }
+    if steps.is_empty() {
+        bail!("--target needs --admin URL and/or --upstreams FILE: there is nothing to switch with");
+    }
+    Ok(vec![Run { target, admin, steps }])
+}
+
+/// A file switch: a `..data` swap when the file sits in a ConfigMap layout, else a rename.
+fn file_step(file: &Path, to: PoolChoice, expected: Option<String>) -> anyhow::Result<Step> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let name = file
+        .file_name()
+        .context("--upstreams names no file")?
+        .to_string_lossy()
+        .into_owned();
+    Ok(match ConfigMapDir::open(dir) {
+        Some(cm) => Step {
+            name: "ConfigMap swap".into(),
+            action: Action::DataSwap {
+                dir: cm,
+                file: name,
+                to,
+            },
+            expected,
+        },
+        None => Step {
+            name: "file switch".into(),
+            action: Action::Rename {
+                path: file.to_path_buf(),
+                to,
+            },
+            expected,
+        },
+    })
+}
+
+/// Everything the embedded default starts. Fields drop in order: proxies
+/// first, then the upstreams, then the temp directory.
+struct Embedded {
+    /// Proxy A: a plain config directory, `persist = true`.
+    a: switchyard::Proxy,
+    /// Proxy B: ConfigMap-layout config directories, `persist = false`.
+    b: switchyard::Proxy,
+    blue: translation_api::Running,
+    green: translation_api::Running,
+    dir: tempfile::TempDir,
+}
+
+fn proxy_toml(persist: bool, upstreams: &str) -> String {
+    format!(
+        "# written by cutover\n[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = {persist}\n\n\
+         [upstreams]\nfile = \"{upstreams}\"\n\n[log]\naccess = false\n"
+    )
+}
+
+fn upstreams_toml(active: &str, blue: std::net::SocketAddr, green: std::net::SocketAddr) -> String {
+    format!(
+        "# written by cutover: the cut-over file\nactive = \"{active}\"\n\n[pools.blue]\nendpoints = [\"{blue}\"]\n\n\
+         [pools.green]\nendpoints = [\"{green}\"]\n"
+    )
+}
+
+impl Embedded {
+    fn start(args: &Args) -> anyhow::Result<Self> {
+        let api = |version: &str| -> anyhow::Result<translation_api::Running> {
+            let mut c = translation_api::Config::new(([127, 0, 0, 1], 0).into(), version);
+            c.workers = args.api_workers.max(1);
+            c.shutdown_grace = Duration::from_secs(2);
+            translation_api::spawn(c).with_context(|| format!("starting translation-api {version}"))
+        };
+        let blue = api(BLUE)?;
+        let green = api(GREEN)?;
+        let dir = tempfile::Builder::new().prefix("switchyard-cutover-").tempdir()?;
+        let upstreams = upstreams_toml("blue", blue.addr(), green.addr());
+
+        // A: plain files.
+        let a_dir = dir.path().join("a");
+        std::fs::create_dir(&a_dir)?;
+        std::fs::write(a_dir.join("upstreams.toml"), &upstreams)?;
+        std::fs::write(a_dir.join("proxy.toml"), proxy_toml(true, "upstreams.toml"))?;
+        let a = start_proxy(&a_dir.join("proxy.toml"), args.proxy_cores)?;
+
+        // B: as the chart mounts them, two ConfigMaps: config/proxy.toml and upstreams/upstreams.toml.
+        let b_dir = dir.path().join("b");
+        ConfigMapDir::create(
+            &b_dir.join("config"),
+            &[("proxy.toml", &proxy_toml(false, "../upstreams/upstreams.toml"))],
+        )?;
+        ConfigMapDir::create(&b_dir.join("upstreams"), &[("upstreams.toml", &upstreams)])?;
+        let b = start_proxy(&b_dir.join("config").join("proxy.toml"), args.proxy_cores)?;
+        Ok(Self {
+            a,
+            b,
+            blue,
+            green,
+            dir,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "cutover (embedded): translation-api blue {BLUE} on {}, green {GREEN} on {}\n\
+             proxy A on {} (admin {}), persist = true, config {}\n\
+             proxy B on {} (admin {}), ConfigMap layout, config {}",
+            self.blue.addr(),
+            self.green.addr(),
+            self.a.http_addr(),
+            self.a.admin_addr(),
+            self.dir.path().join("a").display(),
+            self.b.http_addr(),
+            self.b.admin_addr(),
+            self.dir.path().join("b").display(),
+        )
+    }
+
+    fn runs(&self, clock: Clock) -> anyhow::Result<Vec<Run>> {
+        let url = |addr: std::net::SocketAddr, path: &str| format!("http://{addr}{path}");
+        let admin = |p: &switchyard::Proxy| AdminClient::new(&url(p.admin_addr(), ""), None, clock);
+        let named = |p: &str| PoolChoice::Named(p.to_string());
+        let a = Run {
+            target: Target::parse(&url(self.a.http_addr(), "/version"))?,
+            admin: Some(admin(&self.a)?),
+            steps: vec![
+                Step {
+                    name: "admin switch".into(),
+                    action: Action::AdminSwitch { to: named("green") },
+                    expected: Some(GREEN.into()),
+                },
+                Step {
+                    name: "file switch".into(),
+                    action: Action::Rename {
+                        path: self.dir.path().join("a").join("upstreams.toml"),
+                        to: named("blue"),
+                    },
+                    expected: Some(BLUE.into()),
+                },
+                Step {
+                    name: "rollback".into(),
+                    action: Action::Rollback,
+                    expected: Some(GREEN.into()),
+                },
+            ],
+        };
+        let cm = ConfigMapDir::open(&self.dir.path().join("b").join("upstreams"))
+            .context("proxy B's upstreams directory lost its ConfigMap layout")?;
+        let b = Run {
+            target: Target::parse(&url(self.b.http_addr(), "/version"))?,
+            admin: Some(admin(&self.b)?),
+            steps: vec![Step {
+                name: "ConfigMap swap".into(),
+                action: Action::DataSwap {
+                    dir: cm,
+                    file: "upstreams.toml".into(),
+                    to: named("green"),
+                },
+                expected: Some(GREEN.into()),
+            }],
+        };
+        Ok(vec![a, b])
+    }
+
+    /// Graceful stop of everything, proxies first.
+    fn stop(self) {
+        self.a.shutdown();
+        self.b.shutdown();
+        drop(self.blue);
+        drop(self.green);
+        drop(self.dir);
+    }
+}
+
+fn start_proxy(config: &Path, cores: Option<usize>) -> anyhow::Result<switchyard::Proxy> {
+    let started = match cores {
+        Some(n) => switchyard::config::Settings::load(config)
+            .map_err(switchyard::ConfigErrors)
+            .map_err(switchyard::Error::from)
+            .and_then(|s| switchyard::Proxy::start_with(s, n)),
+        None => switchyard::Proxy::start(config),
+    };
+    started.with_context(|| format!("starting switchyard with {}", config.display()))
+}
