@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""switchyard vs nginx vs HAProxy (and the upstream directly), on loopback.
+
+One command:  python3 bench/proxy_bench.py [--rounds 5] [--duration 4]
+
+Needs: wrk, nginx (nginx-light), haproxy from Debian (apt-get install -y wrk
+nginx-light haproxy); builds the release binaries itself.
+
+What it measures, in one run, in interleaved rounds:
+  * proxied GET /version with keep-alive, wrk -t2 -c64 and -c256, through
+    switchyard (access log off, and a row with it on), nginx (2 workers,
+    upstream keepalive 512, access log off) and HAProxy (nbthread 2,
+    http-reuse always), all in front of the same translation-api upstream,
+    plus the upstream directly;
+  * medians of rps, p50, p99, and the medians of per-round ratios to the
+    better peer; the peak RSS (VmHWM, summed over a server's processes);
+  * the time from POST /switch sent to its answer (20 switches);
+  * the file-switch latency: rename of upstreams.toml -> first answer of the
+    new version, and the same for a kubelet-style `..data` swap (20 each).
+The machine is shared by the load generator, the proxy and the upstream:
+compare the ratios, not the absolute figures.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def vm_hwm_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, env=None, **kw):
+        p = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def wrk(port, conns, duration):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/version"],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+
+    def lat(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    return {"rps": rps, "p50": lat(50), "p99": lat(99),
+            "errors": (int(errors.group(1)) if errors else 0), "socket_errors": sock.group(1) if sock else ""}
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def upstreams(active, blue, green):
+    return (f'active = "{active}"\n\n[pools.blue]\nendpoints = ["127.0.0.1:{blue}"]\n\n'
+            f'[pools.green]\nendpoints = ["127.0.0.1:{green}"]\n')
+
+
+def proxy_toml(http, admin, upstreams_file, access):
+    return (f'[listen]\nhttp = "127.0.0.1:{http}"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            f'[upstreams]\nfile = "{upstreams_file}"\n[log]\naccess = {str(access).lower()}\n')
+
+
+def post(port, path, body):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    t = time.perf_counter()
+    c.request("POST", path, body=body, headers={"content-type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    took = time.perf_counter() - t
+    c.close()
+    return r.status, data, took
+
+
+class Poller(threading.Thread):
+    """Keeps one keep-alive connection busy with GET /version and records
+    (time, version) of every answer."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.answers = port, False, []
+
+    def run(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        while not self.stop:
+            c.request("GET", "/version")
+            r = c.getresponse()
+            v = json.loads(r.read())["version"]
+            self.answers.append((time.perf_counter(), v))
+
+    def first_after(self, t0, version, timeout=5):
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            hits = [t for t, v in self.answers[-5000:] if t >= t0 and v == version]
+            if hits:
+                return min(hits) - t0
+            time.sleep(0.001)
+        raise SystemExit(f"version {version} never answered")
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument("--switches", type=int, default=20)
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx", "haproxy"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy")
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "switchyard", "-p", "translation-api"],
+                       cwd=ROOT, check=True)
+
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
+    try:
+        blue, green = free_port(), free_port()
+        procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{blue}", "--access-log=false"],
+                    env={"APP_VERSION": "0.0.1"})
+        procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{green}", "--access-log=false"],
+                    env={"APP_VERSION": "0.0.2"})
+        wait_port(blue)
+        wait_port(green)
+
+        targets = {"direct": (blue, [])}
+        for name, access in (("switchyard", False), ("switchyard+log", True)):
+            d = os.path.join(tmp, name)
+            os.makedirs(d)
+            port, admin = free_port(), free_port()
+            write(os.path.join(d, "upstreams.toml"), upstreams("blue", blue, green))
+            write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", access))
+            p = procs.start([f"{REL}/switchyard", "-c", os.path.join(d, "proxy.toml")])
+            wait_port(port)
+            targets[name] = (port, [p.pid], admin)
+
+        ng = free_port()
+        ngdir = os.path.join(tmp, "nginx")
+        os.makedirs(ngdir)
+        write(os.path.join(ngdir, "nginx.conf"), f"""
+worker_processes 2;
+pid {ngdir}/nginx.pid;
+error_log {ngdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream api {{ server 127.0.0.1:{blue}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{ng} reuseport;
+    location / {{
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+    }}
+  }}
+}}
+""")
+        n = procs.start(["nginx", "-p", ngdir, "-c", os.path.join(ngdir, "nginx.conf"), "-g", "daemon off;"])
+        wait_port(ng)
+        targets["nginx"] = (ng, [n.pid] + children(n.pid))
+
+        hp = free_port()
+        write(os.path.join(tmp, "haproxy.cfg"), f"""
+global
+  nbthread 2
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{hp}
+  default_backend be
+backend be
+  server api 127.0.0.1:{blue} maxconn 1024
+""")
+        h = procs.start(["haproxy", "-f", os.path.join(tmp, "haproxy.cfg")])
+        wait_port(hp)
+        targets["haproxy"] = (hp, [h.pid])
+
+        # Warm-up: connection pools of every proxy.
+        for name, t in targets.items():
+            wrk(t[0], 256, 1)
+
+        results = {}  # (name, conns) -> list of per-round dicts
+        for r in range(args.rounds):
+            for conns in (64, 256):
+                for name, t in targets.items():
+                    res = wrk(t[0], conns, args.duration)
+                    results.setdefault((name, conns), []).append(res)
+                    print(f"round {r + 1} c{conns:<3} {name:<15} {res['rps']:>9.0f} rps  p50 {res['p50']:.2f} ms"
+                          f"  p99 {res['p99']:.2f} ms  non-2xx {res['errors']} {res['socket_errors']}",
+                          file=sys.stderr)
+        rss = {name: vm_hwm_kib(t[1]) / 1024 for name, t in targets.items() if t[1]}
+
+        # POST /switch: time to answer (a table store), alternating pools.
+        sy_admin = targets["switchyard"][2]
+        switch_ms = []
+        for i in range(args.switches):
+            status, body, took = post(sy_admin, "/switch", json.dumps({"to": "green" if i % 2 == 0 else "blue"}))
+            assert status == 200, body
+            switch_ms.append(took * 1000)
+
+        # File switch: rename over upstreams.toml -> first answer of the new version.
+        d = os.path.join(tmp, "file")
+        os.makedirs(d)
+        port, admin = free_port(), free_port()
+        path = os.path.join(d, "upstreams.toml")
+        write(path, upstreams("blue", blue, green))
+        write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
+        procs.start([f"{REL}/switchyard", "-c", os.path.join(d, "proxy.toml")])
+        wait_port(port)
+        poller = Poller(port)
+        poller.start()
+        rename_ms = []
+        for i in range(args.switches):
+            want = "green" if i % 2 == 0 else "blue"
+            write(path + ".tmp", upstreams(want, blue, green))
+            t0 = time.perf_counter()
+            os.rename(path + ".tmp", path)
+            rename_ms.append(poller.first_after(t0, "0.0.2" if want == "green" else "0.0.1") * 1000)
+            time.sleep(0.05)
+        poller.stop = True
+
+        # kubelet ConfigMap swap: ..data -> new timestamped dir, atomically.
+        k = os.path.join(tmp, "kubelet")
+        os.makedirs(k)
+        port, admin = free_port(), free_port()
+
+        def kube_update(n, text):
+            name = f"..2026_11_28_00_00_00.{n:06d}"
+            os.makedirs(os.path.join(k, name))
+            write(os.path.join(k, name, "upstreams.toml"), text)
+            os.symlink(name, os.path.join(k, "..data_tmp"))
+            t0 = time.perf_counter()
+            os.rename(os.path.join(k, "..data_tmp"), os.path.join(k, "..data"))
+            old = sorted(x for x in os.listdir(k) if x.startswith("..2026") and x != name)
+            for o in old:
+                shutil.rmtree(os.path.join(k, o))
+            return t0
+
+        kube_update(0, upstreams("blue", blue, green))
+        os.symlink("..data/upstreams.toml", os.path.join(k, "upstreams.toml"))
+        write(os.path.join(k, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
+        procs.start([f"{REL}/switchyard", "-c", os.path.join(k, "proxy.toml")])
+        wait_port(port)
+        poller = Poller(port)
+        poller.start()
+        swap_ms = []
+        for i in range(args.switches):
+            want = "green" if i % 2 == 0 else "blue"
+            t0 = kube_update(i + 1, upstreams(want, blue, green))
+            swap_ms.append(poller.first_after(t0, "0.0.2" if want == "green" else "0.0.1") * 1000)
+            time.sleep(0.05)
+        poller.stop = True
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Report.
+    print(f"\n{args.rounds} interleaved rounds, wrk -t2 -d{args.duration}s, GET /version, keep-alive; medians\n")
+    print("| target | c | rps | p50 ms | p99 ms | rps / better peer | p99 / better peer's | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for conns in (64, 256):
+        for name in targets:
+            rows = results[(name, conns)]
+            ratios, p99r = [], []
+            for i in range(args.rounds):
+                ng_r, hp_r = results[("nginx", conns)][i], results[("haproxy", conns)][i]
+                better = ng_r if ng_r["rps"] >= hp_r["rps"] else hp_r
+                ratios.append(rows[i]["rps"] / better["rps"])
+                p99r.append(rows[i]["p99"] / min(ng_r["p99"], hp_r["p99"]))
+            r = f"{median(ratios):.2f}x" if name not in ("nginx", "haproxy") else ""
+            p = f"{median(p99r):.2f}x" if name not in ("nginx", "haproxy") else ""
+            print(f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
+                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | "
+                  f"{rss.get(name, 0):.1f} |" if name in rss else
+                  f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
+                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | |")
+    print(f"\nPOST /switch answered in: median {median(switch_ms):.3f} ms, max {max(switch_ms):.3f} ms "
+          f"({args.switches} switches, client-side round trip)")
+    print(f"file rename -> first new answer: median {median(rename_ms):.1f} ms, max {max(rename_ms):.1f} ms "
+          f"({args.switches} switches)")
+    print(f"..data swap -> first new answer: median {median(swap_ms):.1f} ms, max {max(swap_ms):.1f} ms "
+          f"({args.switches} switches)")
+    failed = sum(x["errors"] for rows in results.values() for x in rows)
+    print(f"non-2xx answers over all runs: {failed}")
+
+
+if __name__ == "__main__":
+    main()
