@@ -83,6 +83,8 @@ pub struct Step {
 /// One load generator against one proxy, and the steps made meanwhile.
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// A name for people, e.g. "proxy A".
+    pub label: String,
     pub target: Target,
     pub admin: Option<AdminClient>,
     pub steps: Vec<Step>,
@@ -115,6 +117,8 @@ pub struct Outcome {
     /// Every request of every run, on one clock.
     pub samples: Vec<Sample>,
     pub switches: Vec<Switch>,
+    /// When each run's load started, and the run's label.
+    pub run_starts: Vec<(u64, String)>,
 }
 
 /// The sink of `cutover`'s workers: every sample, and a live count for the progress bar.
@@ -177,6 +181,7 @@ pub async fn execute(
         let mut cfg = LoadConfig::new(run.target.clone(), opts.concurrency);
         cfg.rate = opts.rate;
         cfg.threads = opts.threads;
+        out.run_starts.push((clock.now_ns(), run.label.clone()));
         let load = LoadGen::start(cfg, clock, |_| Recorder {
             samples: Vec::new(),
             count: count.clone(),

@@ -14,6 +14,15 @@ use crate::report::Timeline;
 pub struct Mark {
     pub at_ns: u64,
     pub label: String,
+    /// A switch (solid black) or the start of a run against another proxy (grey).
+    pub kind: MarkKind,
+}
+
+/// What a [`Mark`] marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    Switch,
+    RunStart,
 }
 
 const PALETTE: [RGBColor; 6] = [
@@ -26,25 +35,30 @@ const PALETTE: [RGBColor; 6] = [
 ];
 const FAILED: RGBColor = RGBColor(214, 39, 40);
 
-/// Writes the timeline as an SVG file, `width` x `height` pixels.
-pub fn write_svg(
-    path: &Path,
-    tl: &Timeline,
-    marks: &[Mark],
-    title: &str,
-    size: (u32, u32),
-) -> anyhow::Result<()> {
-    let svg = render_svg(tl, marks, title, size)?;
+/// What to draw besides the timeline.
+#[derive(Debug, Clone)]
+pub struct Decor<'a> {
+    pub title: &'a str,
+    pub marks: &'a [Mark],
+    /// Legend names of versions (e.g. `0.0.1` → `0.0.1 (blue)`); unnamed ones show as they are.
+    pub names: &'a [(String, String)],
+    /// Width and height in pixels.
+    pub size: (u32, u32),
+}
+
+/// Writes the timeline as an SVG file.
+pub fn write_svg(path: &Path, tl: &Timeline, decor: &Decor<'_>) -> anyhow::Result<()> {
+    let svg = render_svg(tl, decor)?;
     std::fs::write(path, svg)?;
     Ok(())
 }
 
 /// Renders the timeline to an SVG document.
-pub fn render_svg(tl: &Timeline, marks: &[Mark], title: &str, size: (u32, u32)) -> anyhow::Result<String> {
+pub fn render_svg(tl: &Timeline, decor: &Decor<'_>) -> anyhow::Result<String> {
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
-        draw(&root, tl, marks, title).map_err(|e| anyhow!("drawing the plot: {e}"))?;
+        let root = SVGBackend::with_string(&mut out, decor.size).into_drawing_area();
+        draw(&root, tl, decor).map_err(|e| anyhow!("drawing the plot: {e}"))?;
         root.present().map_err(|e| anyhow!("writing the plot: {e}"))?;
     }
     Ok(out)
@@ -55,9 +69,9 @@ type DrawResult<T> = Result<T, DrawingAreaErrorKind<<SVGBackend<'static> as Draw
 fn draw(
     root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     tl: &Timeline,
-    marks: &[Mark],
-    title: &str,
+    decor: &Decor<'_>,
 ) -> DrawResult<()> {
+    let (marks, title) = (decor.marks, decor.title);
     root.fill(&WHITE)?;
     let secs = |ns: u64| ns as f64 / 1e9;
     let w = tl.bucket_ns;
@@ -95,7 +109,13 @@ fn draw(
         let (color, label) = if layer == nv {
             (FAILED, "failed".to_string())
         } else {
-            (PALETTE[layer % PALETTE.len()], tl.versions[layer].to_string())
+            let v = &*tl.versions[layer];
+            let name = decor
+                .names
+                .iter()
+                .find(|(k, _)| k == v)
+                .map_or_else(|| v.to_string(), |(_, n)| n.clone());
+            (PALETTE[layer % PALETTE.len()], name)
         };
         let mut pts = Vec::with_capacity(tl.buckets.len() * 2);
         for (i, b) in tl.buckets.iter().enumerate() {
@@ -116,14 +136,18 @@ fn draw(
 
     for m in marks {
         let x = secs(m.at_ns);
+        let (color, y) = match m.kind {
+            MarkKind::Switch => (BLACK, ymax * 0.98),
+            MarkKind::RunStart => (RGBColor(120, 120, 120), ymax * 0.93),
+        };
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(x, 0.0), (x, ymax)],
-            BLACK.stroke_width(1),
+            color.stroke_width(1),
         )))?;
         chart.draw_series(std::iter::once(Text::new(
-            m.label.clone(),
-            (x, ymax * 0.98),
-            ("sans-serif", 12).into_font().color(&BLACK),
+            format!(" {}", m.label),
+            (x, y),
+            ("sans-serif", 12).into_font().color(&color),
         )))?;
     }
 
@@ -151,11 +175,27 @@ mod tests {
         s.extend((100..200).map(|t| Sample::answered(t * MS, t * MS + MS, "0.0.2")));
         s.push(Sample::transport_error(150 * MS, 150 * MS, "x"));
         let tl = timeline(&s, 10 * MS);
-        let marks = [Mark {
-            at_ns: 100 * MS,
-            label: "admin switch".into(),
-        }];
-        let svg = render_svg(&tl, &marks, "cut-over", (800, 400)).unwrap();
+        let marks = [
+            Mark {
+                at_ns: 100 * MS,
+                label: "admin switch".into(),
+                kind: MarkKind::Switch,
+            },
+            Mark {
+                at_ns: 0,
+                label: "proxy A".into(),
+                kind: MarkKind::RunStart,
+            },
+        ];
+        let names = [("0.0.1".to_string(), "0.0.1 (blue)".to_string())];
+        let decor = Decor {
+            title: "cut-over",
+            marks: &marks,
+            names: &names,
+            size: (800, 400),
+        };
+        let svg = render_svg(&tl, &decor).unwrap();
+        assert!(svg.contains("0.0.1 (blue)") && svg.contains("proxy A"));
         assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
         assert!(svg.contains("admin switch"));
         assert!(svg.contains("0.0.1") && svg.contains("0.0.2") && svg.contains("failed"));

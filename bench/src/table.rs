@@ -5,8 +5,8 @@ use std::fmt::Write;
 use crate::report::{CutoverReport, Totals};
 use crate::stats::Latency;
 
-/// Formats rows as columns: the first column left-aligned, the others right-aligned.
-pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
+/// Formats rows as columns: the first `left` columns left-aligned, the others right-aligned.
+pub fn format_table(header: &[&str], left: usize, rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
@@ -19,11 +19,13 @@ pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
         let mut s = String::new();
         for (i, c) in cells.enumerate() {
             let pad = width[i].saturating_sub(c.chars().count());
-            if i == 0 {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if i < left {
                 s.push_str(c);
                 s.push_str(&" ".repeat(pad));
             } else {
-                s.push_str("  ");
                 s.push_str(&" ".repeat(pad));
                 s.push_str(c);
             }
@@ -80,6 +82,7 @@ pub fn format_report(cutovers: &[CutoverReport], totals: &Totals) -> String {
             "switch_to_first_new_ms",
             "mixed_window_ms",
         ],
+        4,
         &rows,
     );
     out.push('\n');
@@ -102,6 +105,7 @@ pub fn format_report(cutovers: &[CutoverReport], totals: &Totals) -> String {
         &[
             "cut-over", "segment", "rps", "p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms",
         ],
+        2,
         &rows,
     ));
     let _ = writeln!(
@@ -146,6 +150,7 @@ mod tests {
     fn aligns_columns() {
         let t = format_table(
             &["name", "n"],
+            1,
             &[
                 vec!["a".into(), "1".into()],
                 vec!["long name".into(), "123".into()],

@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 use bench::admin::AdminClient;
 use bench::clock::Clock;
 use bench::driver::{self, Action, Options, PoolChoice, Run, Step};
-use bench::plot::{self, Mark};
+use bench::plot::{self, Decor, Mark, MarkKind};
 use bench::report::{cutover_report, timeline, totals, CutoverReport, Totals};
 use bench::table::format_report;
 use bench::target::Target;
@@ -229,22 +229,43 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
     if let Some(path) = &args.plot {
         let tl = timeline(&outcome.samples, 10_000_000);
-        let marks: Vec<Mark> = outcome
+        let mut marks: Vec<Mark> = outcome
             .switches
             .iter()
             .map(|s| Mark {
                 at_ns: s.issued_ns,
                 label: s.name.clone(),
+                kind: MarkKind::Switch,
             })
             .collect();
+        if outcome.run_starts.len() > 1 {
+            marks.extend(outcome.run_starts.iter().map(|(at, label)| Mark {
+                at_ns: *at,
+                label: label.clone(),
+                kind: MarkKind::RunStart,
+            }));
+        }
         let title = format!(
             "switchyard cut-overs: answers per 10 ms by version ({} connections, {})",
             opts.concurrency,
             opts.rate
                 .map_or("closed loop".to_string(), |r| format!("{r} requests/s")),
         );
-        plot::write_svg(path, &tl, &marks, &title, (1400, 520))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let names = if mode == "embedded" {
+            vec![
+                (BLUE.to_string(), format!("{BLUE} (blue)")),
+                (GREEN.to_string(), format!("{GREEN} (green)")),
+            ]
+        } else {
+            Vec::new()
+        };
+        let decor = Decor {
+            title: &title,
+            marks: &marks,
+            names: &names,
+            size: (1400, 520),
+        };
+        plot::write_svg(path, &tl, &decor).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(passed)
 }
@@ -289,7 +310,12 @@ fn external_runs(args: &Args, url: &str, clock: Clock) -> anyhow::Result<Vec<Run
     if steps.is_empty() {
         bail!("--target needs --admin URL and/or --upstreams FILE: there is nothing to switch with");
     }
-    Ok(vec![Run { target, admin, steps }])
+    Ok(vec![Run {
+        label: target.authority.clone(),
+        target,
+        admin,
+        steps,
+    }])
 }
 
 /// A file switch: a `..data` swap when the file sits in a ConfigMap layout, else a rename.
@@ -405,6 +431,7 @@ impl Embedded {
         let admin = |p: &switchyard::Proxy| AdminClient::new(&url(p.admin_addr(), ""), None, clock);
         let named = |p: &str| PoolChoice::Named(p.to_string());
         let a = Run {
+            label: "proxy A".into(),
             target: Target::parse(&url(self.a.http_addr(), "/version"))?,
             admin: Some(admin(&self.a)?),
             steps: vec![
@@ -431,6 +458,7 @@ impl Embedded {
         let cm = ConfigMapDir::open(&self.dir.path().join("b").join("upstreams"))
             .context("proxy B's upstreams directory lost its ConfigMap layout")?;
         let b = Run {
+            label: "proxy B (ConfigMap)".into(),
             target: Target::parse(&url(self.b.http_addr(), "/version"))?,
             admin: Some(admin(&self.b)?),
             steps: vec![Step {

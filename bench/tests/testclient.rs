@@ -1,0 +1,136 @@
+//! `testclient` against real servers, stopped with SIGINT, its output parsed.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{api, field, Running, TestProxy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_testclient");
+
+#[test]
+fn counts_and_summarises_until_sigint() {
+    let server = api("0.0.7");
+    let url = format!("http://{}/version", server.addr());
+    let mut tc = Running::spawn({
+        let mut c = Command::new(BIN);
+        c.arg(&url);
+        c
+    });
+    tc.wait_line(Duration::from_secs(20), "for the first version", |l| {
+        l.starts_with("version 0.0.7 (first answer")
+    });
+    tc.wait_line(Duration::from_secs(30), "after 1000 requests", |l| {
+        l == "1000 requests, 0 failed"
+    });
+    let (status, out) = tc.interrupt(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}\n{}", out.join("\n"));
+    assert!(out.iter().any(|l| l == "--- summary ---"), "{}", out.join("\n"));
+    let total: u64 = field(&out, "total requests").unwrap().parse().unwrap();
+    assert!(total >= 1000, "{total}");
+    assert_eq!(field(&out, "failed"), Some("0"));
+    assert_eq!(field(&out, "last version"), Some("0.0.7"));
+    let elapsed = field(&out, "elapsed").unwrap();
+    assert!(elapsed.ends_with(" s") && elapsed.trim_end_matches(" s").parse::<f64>().unwrap() > 0.0);
+    let rps = field(&out, "average").unwrap();
+    assert!(rps.ends_with(" requests/s"), "{rps}");
+    assert!(field(&out, "latency").unwrap().starts_with("p50 "));
+    assert!(!out
+        .iter()
+        .any(|l| l.contains("failed:") && l.starts_with("request ")));
+}
+
+#[test]
+fn prints_failures_and_keeps_going() {
+    // Nothing listens on this port once the listener is dropped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut tc = Running::spawn({
+        let mut c = Command::new(BIN);
+        c.arg(format!("http://127.0.0.1:{port}/version"));
+        c
+    });
+    tc.wait_line(Duration::from_secs(20), "for the third failure", |l| {
+        l.starts_with("request 3 failed: error: connect")
+    });
+    let (status, out) = tc.interrupt(Duration::from_secs(20));
+    assert!(status.success());
+    let failed: u64 = field(&out, "failed").unwrap().parse().unwrap();
+    assert!(failed >= 3);
+    assert_eq!(
+        field(&out, "total requests").unwrap().parse::<u64>().unwrap(),
+        failed
+    );
+    assert_eq!(field(&out, "last version"), Some("none"));
+}
+
+#[test]
+fn reports_a_switch_as_a_version_change_and_writes_json() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let proxy = TestProxy::start(blue.addr(), green.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("tc.json");
+    let mut tc = Running::spawn({
+        let mut c = Command::new(BIN);
+        c.arg(proxy.url("/version"))
+            .args(["--concurrency", "4", "--json"])
+            .arg(&json);
+        c
+    });
+    tc.wait_line(Duration::from_secs(30), "after 1000 requests", |l| {
+        l.starts_with("1000 requests")
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin =
+        bench::admin::AdminClient::new(&proxy.admin_url(), None, bench::clock::Clock::start()).unwrap();
+    let answer = rt.block_on(admin.switch("green")).unwrap();
+    assert_eq!(answer.body["active"], "green");
+    tc.wait_line(Duration::from_secs(30), "for the version change", |l| {
+        l.starts_with("version 0.0.1 -> 0.0.2 at request ")
+    });
+    let (status, out) = tc.interrupt(Duration::from_secs(20));
+    assert!(status.success(), "{}", out.join("\n"));
+    assert_eq!(field(&out, "failed"), Some("0"), "{}", out.join("\n"));
+    assert_eq!(field(&out, "last version"), Some("0.0.2"));
+
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["concurrency"], 4);
+    assert_eq!(v["last_version"], "0.0.2");
+    assert!(v["total"].as_u64().unwrap() >= 1000);
+    assert!(v["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    let changes = v["version_changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0]["from"], serde_json::Value::Null);
+    assert_eq!(changes[0]["to"], "0.0.1");
+    assert_eq!(changes[1]["from"], "0.0.1");
+    assert_eq!(changes[1]["to"], "0.0.2");
+    assert!(changes[1]["at_s"].as_f64().unwrap() > changes[0]["at_s"].as_f64().unwrap());
+    assert!(changes[1]["unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+}
+
+#[test]
+fn duration_and_rate_bound_the_run() {
+    let server = api("0.0.1");
+    let url = format!("http://{}/version", server.addr());
+    let tc = Running::spawn({
+        let mut c = Command::new(BIN);
+        c.arg(&url)
+            .args(["--duration", "1s", "--rate", "200", "--concurrency", "2"]);
+        c
+    });
+    let (status, out) = tc.finish(Duration::from_secs(30));
+    assert!(status.success(), "{}", out.join("\n"));
+    let total: u64 = field(&out, "total requests").unwrap().parse().unwrap();
+    // 200 requests/s for 1 s, open loop: about 200, never much more.
+    assert!((150..=202).contains(&total), "{total}\n{}", out.join("\n"));
+    assert_eq!(field(&out, "failed"), Some("0"));
+}
