@@ -1,5 +1,6 @@
 //! `cutover` end to end (a short run of the debug build): every cut-over
 //! with no failed request and no old answer after the acknowledgement.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! `testclient` against real servers, stopped with SIGINT, its output parsed.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod support;
 
