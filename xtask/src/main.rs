@@ -3,11 +3,13 @@
 //! - `cargo xtask test [--long]`: everything CI runs. Installs what the tests
 //!   need and is missing (Debian packages via apt when running as root),
 //!   then runs the lints, `cargo test --workspace --locked` and the delivery
-//!   checks (Dockerfiles, Helm charts, workflows). `--long`
+//!   checks (Dockerfiles, Helm charts, workflows: see [`delivery`]). `--long`
 //!   adds the slow suites.
+//! - `cargo xtask delivery`: only the delivery checks (a part of `test`).
 //! - `cargo xtask image-tag`: prints the image tag for the current git
 //!   context (see [`image_tag`]).
 
+mod delivery;
 mod image_tag;
 
 use std::path::{Path, PathBuf};
@@ -28,8 +30,11 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(args[1..].iter().any(|a| a == "--long")),
         Some("image-tag") if args.len() == 1 => image_tag::main(),
+        Some("delivery") if args.len() == 1 => ensure_apt_packages().and_then(|()| delivery::check()),
         _ => {
-            eprintln!("usage: cargo xtask test [--long]\n       cargo xtask image-tag");
+            eprintln!(
+                "usage: cargo xtask test [--long]\n       cargo xtask image-tag\n       cargo xtask delivery"
+            );
             std::process::exit(2);
         }
     }
@@ -117,6 +122,7 @@ fn test(long: bool) -> Result<()> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
+    delivery::check()?;
     if long {
         eprintln!("--long: no slow suites yet");
     }

