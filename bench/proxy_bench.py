@@ -75,13 +75,19 @@ def children(pid):
     return [int(p) for p in out.split()]
 
 
+LOGS = os.path.join(ROOT, "target", "bench-logs")
+
+
 class Procs:
+    """Processes started by the benchmark; their output goes to target/bench-logs/."""
+
     def __init__(self):
         self.procs = []
+        os.makedirs(LOGS, exist_ok=True)
 
     def start(self, args, env=None, **kw):
-        p = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, **kw)
+        log = open(os.path.join(LOGS, f"{len(self.procs):02d}-{os.path.basename(args[0])}.log"), "w")
+        p = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, **kw)
         self.procs.append(p)
         return p
 
