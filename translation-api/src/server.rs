@@ -13,30 +13,26 @@
 //! is dropped. Then the Redis task flushes and everything is joined.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use axum::extract::ConnectInfo;
-use axum::response::Response;
-use axum::Router;
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::client_ip::client_ip;
-use crate::routes::{app, AppState};
+use crate::routes::{respond, AppState};
 use crate::{stats, Config, Error};
 
 /// Longest wait for a request head, and so also the idle timeout of a
@@ -181,7 +177,7 @@ pub fn spawn(config: Config) -> Result<Running, Error> {
         };
         let inflight = Arc::new(Counter::default());
         let worker = Worker {
-            router: app(base.for_worker()),
+            state: base.for_worker(),
             inflight: inflight.clone(),
             opts: opts.clone(),
             shutdown: running.shutdown.subscribe(),
@@ -250,7 +246,7 @@ struct WorkerOptions {
 }
 
 struct Worker {
-    router: Router,
+    state: AppState,
     inflight: Arc<Counter>,
     opts: WorkerOptions,
     shutdown: watch::Receiver<bool>,
@@ -279,7 +275,7 @@ impl Worker {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let service = ConnService {
-                            router: TowerToHyperService::new(self.router.clone()),
+                            state: self.state.clone(),
                             peer,
                             inflight: self.inflight.clone(),
                             access_log: self.opts.access_log,
@@ -312,81 +308,78 @@ impl Worker {
     }
 }
 
-/// The hyper service of one connection: records the peer address for the
-/// handlers, counts the request in flight, writes the access log line.
+/// The hyper service of one connection: answers with [`respond`] (given the
+/// peer address), counts the request in flight, writes the access log line.
+/// Synchronous: the future it returns is already complete.
 #[derive(Clone)]
 struct ConnService {
-    router: TowerToHyperService<Router>,
+    state: AppState,
     peer: SocketAddr,
     inflight: Arc<Counter>,
     access_log: bool,
     trusted: Arc<[IpNet]>,
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
 impl Service<hyper::Request<Incoming>> for ConnService {
-    type Response = Response;
+    type Response = hyper::Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = BoxFuture;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
 
-    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        let log = (self.access_log && tracing::enabled!(target: "access", tracing::Level::INFO)).then(|| {
-            AccessLog {
-                start: Instant::now(),
-                client: client_ip(self.peer.ip(), req.headers(), &self.trusted),
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-            }
-        });
-        req.extensions_mut().insert(ConnectInfo(self.peer));
-        let guard = InflightGuard::new(self.inflight.clone());
-        let response = self.router.call(req);
-        Box::pin(async move {
-            let response = response.await;
-            drop(guard);
-            if let (Some(log), Ok(res)) = (log, &response) {
-                log.write(res.status());
-            }
-            response
-        })
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let _inflight = InflightGuard::new(&self.inflight);
+        let log = self.access_log && tracing::enabled!(target: "access", tracing::Level::INFO);
+        let start = log.then(Instant::now);
+        let res = respond(
+            &self.state,
+            req.method(),
+            req.uri(),
+            req.headers(),
+            Some(self.peer),
+        );
+        if let Some(start) = start {
+            access_log(
+                start,
+                client_ip(self.peer.ip(), req.headers(), &self.trusted),
+                &req,
+                res.status(),
+            );
+        }
+        std::future::ready(Ok(res))
     }
 }
 
 /// Counts one request in flight until dropped.
-struct InflightGuard(Arc<Counter>);
+struct InflightGuard<'a>(&'a Counter);
 
-impl InflightGuard {
-    fn new(counter: Arc<Counter>) -> Self {
+impl<'a> InflightGuard<'a> {
+    fn new(counter: &'a Counter) -> Self {
         counter.0.fetch_add(1, Ordering::Relaxed);
         InflightGuard(counter)
     }
 }
 
-impl Drop for InflightGuard {
+impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.0 .0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-struct AccessLog {
+/// The access log line: time (from the subscriber), client, method,
+/// path?query, status, time to build the answer in ms.
+fn access_log<B>(
     start: Instant,
     client: std::net::IpAddr,
-    method: http::Method,
-    uri: http::Uri,
-}
-
-impl AccessLog {
-    fn write(self, status: http::StatusCode) {
-        let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let path = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        tracing::info!(
-            target: "access",
-            client = %self.client,
-            method = %self.method,
-            path = %path,
-            status = status.as_u16(),
-            duration_ms = micros as f64 / 1000.0,
-        );
-    }
+    req: &hyper::Request<B>,
+    status: http::StatusCode,
+) {
+    let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    tracing::info!(
+        target: "access",
+        client = %client,
+        method = %req.method(),
+        path = %path,
+        status = status.as_u16(),
+        duration_ms = micros as f64 / 1000.0,
+    );
 }

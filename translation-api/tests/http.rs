@@ -138,7 +138,7 @@ fn wrong_method_is_405_json_with_allow() {
             (405, r#"{"errors":["Method not allowed"]}"#),
             "{method} {path}"
         );
-        assert_eq!(r.headers["allow"], "GET,HEAD");
+        assert_eq!(r.headers["allow"], "GET, HEAD");
         assert_eq!(r.headers["content-type"], "application/json");
     }
 }
