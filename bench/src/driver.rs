@@ -170,8 +170,9 @@ pub async fn execute(
     let mut out = Outcome::default();
     let start_ns = clock.now_ns();
     let half = u64::try_from((opts.duration / 2).as_nanos()).unwrap_or(u64::MAX);
+    // Requests finished, over all runs, for the progress bar.
+    let count = Arc::new(AtomicU64::new(0));
     for run in runs {
-        let count = Arc::new(AtomicU64::new(0));
         let progress = Progress {
             bar,
             clock,

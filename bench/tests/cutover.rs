@@ -52,7 +52,7 @@ fn embedded_cutover_passes_all_four_switches() {
     let (v, out) = run(
         &[
             "--duration",
-            "400ms",
+            "600ms",
             "--warmup",
             "200ms",
             "--concurrency",
@@ -115,7 +115,7 @@ fn external_mode_measures_a_running_deployment() {
             "--upstreams",
             upstreams.to_str().unwrap(),
             "--duration",
-            "400ms",
+            "600ms",
             "--warmup",
             "200ms",
             "--concurrency",
