@@ -146,6 +146,11 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes the hop-by-hop headers and those that `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one scan of the (few) names instead of a
+    // hash lookup per hop-by-hop name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
