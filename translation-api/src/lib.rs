@@ -11,6 +11,7 @@
 //!   untrusted `X-Forwarded-For` entry behind a trusted proxy).
 //! - [`stats`]: the Redis `HINCRBY requests_by_ip` pipeline, off the response
 //!   path.
+//! - [`log`]: per-worker batching in front of the non-blocking log writer.
 //! - [`server`]: one `current_thread` runtime per worker thread, each with its
 //!   own `SO_REUSEPORT` listener; the access log; graceful shutdown
 //!   ([`spawn`], [`Running`]).
@@ -23,6 +24,7 @@
 //! access log line is written through a non-blocking writer.
 
 pub mod client_ip;
+pub mod log;
 pub mod routes;
 pub mod server;
 pub mod stats;

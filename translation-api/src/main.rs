@@ -85,14 +85,17 @@ fn main() -> ExitCode {
     }
 
     // Logs go through a background writer thread: a slow stdout never
-    // stalls a response (lines are dropped instead, when its buffer is full).
+    // stalls a response (lines are dropped instead, when its queue is full).
+    // The thread writes whatever has queued up with one write(2), through a
+    // BufWriter it flushes each time the queue is empty: one syscall per
+    // burst instead of one per line (stdout alone is line-buffered).
     let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("translation-api-log")
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
-        .with_writer(writer)
+        .with_writer(translation_api::log::Batched::new(writer))
         .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(filter);
     match cli.log_format {

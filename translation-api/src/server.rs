@@ -254,6 +254,16 @@ struct Worker {
 
 impl Worker {
     async fn serve(self, listener: TcpListener) {
+        if self.opts.access_log {
+            crate::log::batch_this_thread();
+            tokio::spawn(async {
+                let mut every = tokio::time::interval(crate::log::FLUSH_EVERY);
+                loop {
+                    every.tick().await;
+                    crate::log::flush_this_thread();
+                }
+            });
+        }
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -305,6 +315,7 @@ impl Worker {
                 "grace period over; closing the connections still open"
             );
         }
+        crate::log::flush_this_thread();
     }
 }
 
