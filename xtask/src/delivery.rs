@@ -174,11 +174,99 @@ pub fn dockerfile_cargo_build(dockerfile: &str) -> Result<Vec<String>> {
     }
 }
 
+/// One instruction of a Dockerfile's first stage, continuation lines joined.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Instruction {
+    /// `COPY src... dest` (without `--from`).
+    Copy(Vec<String>, String),
+    /// `RUN cmd`, its `--mount=` flags dropped.
+    Run(String),
+}
+
+/// The instructions of the builder stage that come before `COPY . .`: the
+/// dependency layer, which sees only the files it copies.
+pub fn dependency_instructions(dockerfile: &str) -> Result<Vec<Instruction>> {
+    let joined = dockerfile.replace("\\\n", " ");
+    let mut out = Vec::new();
+    for line in joined.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        match word.to_ascii_uppercase().as_str() {
+            "COPY" => {
+                let mut parts: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+                if parts.iter().any(|p| p.starts_with("--")) {
+                    bail!("unexpected COPY flags before `COPY . .`: {line}");
+                }
+                if parts == [".", "."] {
+                    return Ok(out);
+                }
+                let dest = parts.pop().context("COPY without a destination")?;
+                if parts.is_empty() {
+                    bail!("COPY without a source: {line}");
+                }
+                out.push(Instruction::Copy(parts, dest));
+            }
+            "RUN" => {
+                let mut cmd = rest.trim_start();
+                while let Some(flagged) = cmd.strip_prefix("--") {
+                    cmd = flagged
+                        .split_once(char::is_whitespace)
+                        .map_or("", |(_, r)| r)
+                        .trim_start();
+                }
+                out.push(Instruction::Run(cmd.to_string()));
+            }
+            _ => {}
+        }
+    }
+    bail!("no `COPY . .` in the builder stage")
+}
+
+/// Replays the dependency layer (its COPYs and RUNs) in a scratch directory,
+/// so that a workspace member missing from it fails here, not in `docker build`.
+fn dependency_layer(dockerfile: &str, text: &str) -> Result<()> {
+    let scratch = target_dir().join("dockerfile-deps");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
+    }
+    std::fs::create_dir_all(&scratch)?;
+    for step in dependency_instructions(text).with_context(|| format!("in {dockerfile}"))? {
+        match step {
+            Instruction::Copy(sources, dest) => {
+                let into_dir = dest.ends_with('/') || sources.len() > 1;
+                for src in &sources {
+                    let from = root().join(src);
+                    let to = if into_dir {
+                        let name = Path::new(src).file_name().context("COPY source without a name")?;
+                        scratch.join(&dest).join(name)
+                    } else {
+                        scratch.join(&dest)
+                    };
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::copy(&from, &to)
+                        .with_context(|| format!("{dockerfile}: COPY {src}: {}", from.display()))?;
+                }
+            }
+            Instruction::Run(cmd) => {
+                run(Command::new("sh").args(["-c", &cmd]).current_dir(&scratch))
+                    .with_context(|| format!("{dockerfile}: the dependency layer's RUN failed"))?;
+            }
+        }
+    }
+    std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
+    Ok(())
+}
+
 /// Runs each Dockerfile's own `cargo build` and checks that the binary starts.
 fn dockerfile_builds() -> Result<()> {
     for (dockerfile, bin) in DOCKERFILES {
         let path = root().join(dockerfile);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        dependency_layer(dockerfile, &text)?;
         let args = dockerfile_cargo_build(&text).with_context(|| format!("in {dockerfile}"))?;
         if !args.iter().any(|a| a == "--locked") || !args.iter().any(|a| a == "--release") {
             bail!("{dockerfile}: the builder's cargo build must use --release and --locked");
@@ -219,6 +307,53 @@ mod tests {
     fn refuses_zero_or_two_commands() {
         assert!(dockerfile_cargo_build("FROM x\nRUN cargo fetch\n").is_err());
         assert!(dockerfile_cargo_build("RUN cargo build -p a\nRUN cargo build -p b\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_dependency_layer() {
+        let text = "FROM r AS b\nWORKDIR /src\nCOPY Cargo.toml Cargo.lock ./\nCOPY a/Cargo.toml a/\n\
+                    RUN --mount=type=cache,target=/x mkdir -p a/src \\\n && cargo fetch --locked\nCOPY . .\nRUN cargo build\n";
+        let steps = dependency_instructions(text).unwrap();
+        assert_eq!(
+            steps,
+            [
+                Instruction::Copy(vec!["Cargo.toml".into(), "Cargo.lock".into()], "./".into()),
+                Instruction::Copy(vec!["a/Cargo.toml".into()], "a/".into()),
+                Instruction::Run("mkdir -p a/src   && cargo fetch --locked".into()),
+            ]
+        );
+        assert!(dependency_instructions("FROM x\nRUN true\n").is_err());
+    }
+
+    /// Every workspace member's manifest is in each image's dependency layer.
+    #[test]
+    fn the_dependency_layers_copy_every_member_manifest() {
+        let workspace = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+        let members_line = workspace
+            .lines()
+            .find(|l| l.trim_start().starts_with("members"))
+            .unwrap();
+        let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
+        assert!(!members.is_empty());
+        for (dockerfile, _) in DOCKERFILES {
+            let text = std::fs::read_to_string(root().join(dockerfile)).unwrap();
+            let steps = dependency_instructions(&text).unwrap();
+            for member in &members {
+                let manifest = format!("{member}/Cargo.toml");
+                assert!(
+                    steps
+                        .iter()
+                        .any(|s| matches!(s, Instruction::Copy(src, _) if src.contains(&manifest))),
+                    "{dockerfile} does not copy {manifest}"
+                );
+                assert!(
+                    steps
+                        .iter()
+                        .any(|s| matches!(s, Instruction::Run(cmd) if cmd.contains(member))),
+                    "{dockerfile} makes no stand-in sources for {member}"
+                );
+            }
+        }
     }
 
     #[test]
