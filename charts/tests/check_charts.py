@@ -17,7 +17,8 @@ each charts/<chart>/ci/*-values.yaml), this:
    upstreams.toml, the grace period against the shutdown timings, the
    dashboard's queries (promtool) and metric names;
 5. for switchyard: writes the rendered proxy.toml, upstreams.toml and token
-   where the pod mounts them (under a temporary root) and runs
+   where the pod mounts them (under a temporary root, in the kubelet's
+   `..data` symlink layout) and runs
    `switchyard check --offline` on them; and checks that the default pools
    name the Services the translation-api chart creates.
 
@@ -226,6 +227,18 @@ def check_common(case: Case, rendered: Rendered) -> None:
         expect(len(pods) == 1, "wiring", f"Service {svc['metadata']['name']} selects no Deployment of this chart")
 
 
+def kubelet_volume(mount: Path, key: str, text: str) -> None:
+    """Writes one key the way the kubelet lays out a ConfigMap or Secret volume:
+    the file in a timestamped directory, `..data` a symlink to that directory,
+    and `<key>` a symlink to `..data/<key>`."""
+    stamp = mount / "..2026_01_01_00_00_00.000000001"
+    stamp.mkdir(exist_ok=True)
+    (stamp / key).write_text(text)
+    if not (mount / "..data").is_symlink():
+        (mount / "..data").symlink_to(stamp.name)
+    (mount / key).symlink_to(Path("..data") / key)
+
+
 def seconds(duration: str) -> float:
     m = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
     expect(m is not None, "wiring", f"duration {duration!r}")
@@ -291,11 +304,11 @@ def check_switchyard(case: Case, rendered: Rendered, switchyard: Path) -> None:
             if "configMap" in vol:
                 cm = rendered.one("ConfigMap", vol["configMap"]["name"])
                 for key, text in cm["data"].items():
-                    (target / key).write_text(text)
+                    kubelet_volume(target, key, text)
                     mounted[key] = Path(m["mountPath"]) / key
             elif "secret" in vol:
                 for item in vol["secret"].get("items", []):
-                    (target / item["path"]).write_text("test-token-0123456789\n")
+                    kubelet_volume(target, item["path"], "test-token-0123456789\n")
                     mounted["secret:" + item["key"]] = Path(m["mountPath"]) / item["path"]
         expect(mounted.get("proxy.toml") == config_path, "mounts", f"proxy.toml is mounted at {config_path}")
         base = config_path.parent
