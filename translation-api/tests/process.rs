@@ -106,6 +106,18 @@ fn sigint_with_shutdown_delay_keeps_serving_then_exits_0() {
 }
 
 #[test]
+fn a_second_signal_exits_at_once_with_1() {
+    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--shutdown-delay", "60s"], &[]);
+    let addr = p.addr();
+    p.signal("TERM");
+    wait_until(Duration::from_secs(5), "/readyz is 503", || {
+        get(addr, "/readyz", &[]).status == 503
+    });
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(1));
+}
+
+#[test]
 fn access_log_false_writes_no_request_lines() {
     let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--access-log=false"], &[]);
     let addr = p.addr();

@@ -138,3 +138,19 @@ fn a_port_in_use_is_an_error() {
         Ok(_) => panic!("bound a port another socket listens on"),
     }
 }
+
+#[test]
+fn a_port_another_instance_listens_on_is_an_error_too() {
+    // SO_REUSEPORT would let a second instance share the port silently.
+    let first = start(|_| {});
+    let mut c = translation_api::Config::new(first.addr(), "0.0.1");
+    c.workers = 1;
+    assert!(
+        matches!(
+            translation_api::spawn(c),
+            Err(translation_api::Error::Bind { .. })
+        ),
+        "a second instance bound the same port"
+    );
+    assert_eq!(get(first.addr(), "/version", &[]).status, 200);
+}
