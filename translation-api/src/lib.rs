@@ -5,8 +5,10 @@
 //! proxy benchmark.
 //!
 //! Layout:
-//! - [`routes`]: the axum [`Router`](axum::Router) ([`app`]), its handlers,
-//!   the phrase table and the pre-serialised bodies ([`AppState`]).
+//! - [`routes`]: [`respond`](routes::respond), the one synchronous function
+//!   that answers every request from pre-built bytes, the phrase table,
+//!   [`AppState`], and [`app`], an axum `Router` around `respond` for
+//!   socket-free tests.
 //! - [`client_ip`]: who the client is (peer address, or the right-most
 //!   untrusted `X-Forwarded-For` entry behind a trusted proxy).
 //! - [`stats`]: the Redis `HINCRBY requests_by_ip` pipeline, off the response
@@ -17,11 +19,11 @@
 //!   ([`spawn`], [`Running`]).
 //!
 //! Request flow: the kernel hands a connection to one worker's listener →
-//! hyper serves it on that worker's runtime → the per-connection service
-//! records the peer address and counts the request in flight → the worker's
-//! own copy of the router answers from pre-built bytes → a translate request
-//! queues its client address for Redis with a non-blocking `try_send` → the
-//! access log line is written through a non-blocking writer.
+//! hyper parses the request on that worker's runtime → the connection's
+//! service calls `respond` with the peer address → a translate request
+//! queues its client address for Redis with a non-blocking `try_send` →
+//! hyper writes the answer → the access-log line goes to the worker's log
+//! buffer, handed to the non-blocking writer thread in batches.
 
 pub mod client_ip;
 pub mod log;

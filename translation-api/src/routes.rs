@@ -84,7 +84,7 @@ const NOT_READY: &[u8] = br#"{"status":"shutting down"}"#;
 /// proxies and the Redis recorder.
 ///
 /// Cheap to clone (one `Arc`). The server gives each worker runtime its own
-/// copy ([`AppState::for_worker`]) so that the reference counts touched per
+/// copy (`AppState::for_worker`) so that the reference counts touched per
 /// request stay on one core.
 #[derive(Clone)]
 pub struct AppState {

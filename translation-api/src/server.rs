@@ -1,7 +1,7 @@
 //! Serving: one `current_thread` runtime per worker thread, each with its own
 //! `SO_REUSEPORT` listener on the same address (the kernel spreads the
-//! connections), its own copy of the router, and hyper's HTTP/1 connection
-//! driver. The workers share only the readiness flag, the shutdown signal and
+//! connections), its own copy of the [`AppState`], and hyper's HTTP/1
+//! connection driver calling [`respond`] directly. The workers share only the readiness flag, the shutdown signal and
 //! the Redis queue. This shape measured 20–25 % faster than tokio's
 //! multi-thread runtime on this kind of machine (notes/performance.md).
 //!
@@ -88,7 +88,9 @@ impl Running {
         self.join_all()
     }
 
-    /// Requests being handled right now, over all workers.
+    /// Requests being answered right now, over all workers. Answers are
+    /// built synchronously, so this is non-zero only for an instant; a
+    /// request whose head is still arriving is not counted.
     pub fn inflight(&self) -> usize {
         self.inflight.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
     }

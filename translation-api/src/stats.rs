@@ -1,7 +1,7 @@
 //! Request statistics in Redis: `HINCRBY requests_by_ip <client-ip> n`.
 //!
 //! A request never waits for Redis. The translate handler hands the client
-//! address to a [`Recorder`], which `try_send`s it into a bounded queue; when
+//! address to a `Recorder`, which `try_send`s it into a bounded queue; when
 //! the queue is full the increment is dropped and counted. One task on its own
 //! thread drains the queue in batches, adds the increments of one batch up
 //! per address and sends them as one pipeline (so the hash ends up exactly as
