@@ -170,9 +170,10 @@ impl Proc {
         found.unwrap()
     }
 
+    /// Sends `SIG<sig>` (the shell's built-in `kill`: no procps needed).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.child.id())])
             .status()
             .unwrap();
         assert!(status.success());
