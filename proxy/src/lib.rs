@@ -120,6 +120,8 @@ impl Proxy {
         let cores = cores.max(1);
         let file = &settings.file;
         let path = settings.upstreams_path.clone();
+        // Armed before the first read: a change right after it is not missed.
+        let watch = watch::Watch::arm(&path);
         let bytes = config::read_upstreams(&path).map_err(|e| ConfigErrors(vec![e]))?;
         let desired = Desired::parse(&path, &bytes).map_err(ConfigErrors)?;
         if file.admin.persist && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -217,7 +219,7 @@ impl Proxy {
             token,
         });
         let watcher = watch::run(
-            path.clone(),
+            watch,
             file.upstreams.reread,
             writer_tx.clone(),
             Arc::clone(&watch_events),

@@ -6,7 +6,7 @@
 //! A periodic re-read backs the events up; a watcher error is logged and
 //! the watch re-established, never a panic.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +39,15 @@ enum Signal {
     Failed(String),
 }
 
-fn start_watch(
-    dir: &std::path::Path,
-    tx: mpsc::UnboundedSender<Signal>,
-) -> notify::Result<RecommendedWatcher> {
+/// The directory watched for a file.
+fn dir_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn start_watch(dir: &Path, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
         let signal = match res {
             Ok(ev) if is_relevant(&ev.kind) => Signal::Event,
@@ -55,22 +60,58 @@ fn start_watch(
     Ok(watcher)
 }
 
+/// A watch on the upstreams file's directory, armed before the file is
+/// first read (so no change between that read and the watch is missed).
+pub struct Watch {
+    file: PathBuf,
+    watcher: Option<RecommendedWatcher>,
+    tx: mpsc::UnboundedSender<Signal>,
+    rx: mpsc::UnboundedReceiver<Signal>,
+}
+
+impl Watch {
+    /// Arms the watch now. A failure is logged and retried by [`run`]; the
+    /// periodic re-read covers the gap.
+    pub fn arm(file: &Path) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let dir = dir_of(file);
+        let watcher = match start_watch(&dir, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot watch; will retry (the periodic re-read still runs)");
+                None
+            }
+        };
+        Watch {
+            file: file.to_path_buf(),
+            watcher,
+            tx,
+            rx,
+        }
+    }
+}
+
 /// Watches `file`'s directory and sends `Reload` commands to the writer
 /// until `stop`. `events` counts the relevant events seen (for tests).
 pub async fn run(
-    file: PathBuf,
+    watch: Watch,
     reread: Duration,
     writer: mpsc::Sender<Command>,
     events: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    let Watch {
+        file,
+        mut watcher,
+        tx,
+        mut rx,
+    } = watch;
+    let dir = dir_of(&file);
+    let mut rewatch_at = if watcher.is_none() {
+        Some(Instant::now() + REWATCH_PAUSE)
+    } else {
+        None
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = None;
-    let mut rewatch_at = Some(Instant::now());
     let mut burst: Option<(Instant, Instant)> = None; // (first, last) event of a burst
     let mut periodic = tokio::time::interval_at(Instant::now() + reread, reread);
     periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -79,11 +120,9 @@ pub async fn run(
             if at <= Instant::now() {
                 match start_watch(&dir, tx.clone()) {
                     Ok(w) => {
-                        if watcher.is_some() {
-                            tracing::info!(dir = %dir.display(), "watch re-established");
-                            // Anything may have changed while the watch was down.
-                            burst.get_or_insert((Instant::now(), Instant::now()));
-                        }
+                        tracing::info!(dir = %dir.display(), "watch re-established");
+                        // Anything may have changed while the watch was down.
+                        burst.get_or_insert((Instant::now(), Instant::now()));
                         watcher = Some(w);
                         rewatch_at = None;
                     }
