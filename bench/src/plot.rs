@@ -98,6 +98,7 @@ fn draw(
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("time (s)")
         .y_desc(format!("answers per {} ms", w / 1_000_000))
         .draw()?;

@@ -8,6 +8,9 @@
 //!   version: no request sent after that may be answered by the old one.
 //! - **mixed window**: from the first answer of the new version to the last
 //!   answer of the old one (0 when they do not overlap).
+//! - **gap**: when they do not overlap, from the last answer of the old
+//!   version to the first of the new one: a pause in which no request was
+//!   answered at all (0 when they overlap).
 //! - **switch to first new**: from issuing the switch (the `POST` written,
 //!   the file renamed, `..data` swapped) to the first answer of the new version.
 //! - **before / during / after**: requests answered more than 100 ms before
@@ -88,6 +91,8 @@ pub struct CutoverReport {
     /// From issuing the switch to its acknowledgement.
     pub ack_ms: Option<f64>,
     pub mixed_window_ms: Option<f64>,
+    /// The pause with no answer between the last old answer and the first new one.
+    pub gap_ms: Option<f64>,
     pub switch_to_first_new_ms: Option<f64>,
     /// Requests answered per second.
     pub rps: Segments<Option<f64>>,
@@ -151,9 +156,9 @@ pub fn cutover_report(samples: &[Sample], switch: &Switch) -> CutoverReport {
         (Some(a), Some(old), Some(_)) => of_version(old).filter(|s| s.sent_ns > a).count() as u64,
         _ => 0,
     };
-    let mixed_window_ms = match (first_new, last_old) {
-        (Some(f), Some(l)) => Some(diff_ms(l, f).max(0.0)),
-        _ => None,
+    let (mixed_window_ms, gap_ms) = match (first_new, last_old) {
+        (Some(f), Some(l)) => (Some(diff_ms(l, f).max(0.0)), Some(diff_ms(f, l).max(0.0))),
+        _ => (None, None),
     };
 
     let p = &switch.phase;
@@ -196,6 +201,7 @@ pub fn cutover_report(samples: &[Sample], switch: &Switch) -> CutoverReport {
         ack,
         ack_ms: switch.ack_ns.map(|a| diff_ms(a, switch.issued_ns)),
         mixed_window_ms,
+        gap_ms,
         switch_to_first_new_ms: first_new.map(|f| diff_ms(f, switch.issued_ns)),
         rps: Segments {
             before: rps(&ranges.before),

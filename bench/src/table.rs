@@ -66,6 +66,7 @@ pub fn format_report(cutovers: &[CutoverReport], totals: &Totals) -> String {
                 num(c.ack_ms, 2),
                 num(c.switch_to_first_new_ms, 2),
                 num(c.mixed_window_ms, 2),
+                num(c.gap_ms, 2),
             ]
         })
         .collect();
@@ -81,6 +82,7 @@ pub fn format_report(cutovers: &[CutoverReport], totals: &Totals) -> String {
             "ack_ms",
             "switch_to_first_new_ms",
             "mixed_window_ms",
+            "gap_ms",
         ],
         4,
         &rows,

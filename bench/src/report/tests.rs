@@ -50,6 +50,7 @@ fn admin_switch_arithmetic() {
     assert_eq!(r.ack_ms, Some(2.0));
     // First green answer at 1001 ms, last blue answer at 1003 ms.
     assert_eq!(r.mixed_window_ms, Some(2.0));
+    assert_eq!(r.gap_ms, Some(0.0));
     assert_eq!(r.switch_to_first_new_ms, Some(1.0));
     assert!(r.passed());
     // before = [0, 900): answers at 1, 11, ..., 891 -> 90 in 0.9 s.
@@ -132,6 +133,8 @@ fn no_overlap_means_a_zero_window() {
     let s = vec![ok(0, 1, "a"), ok(5, 6, "a"), ok(10, 12, "b"), ok(20, 21, "b")];
     let r = cutover_report(&s, &switch(8, Some(9), 0..30));
     assert_eq!(r.mixed_window_ms, Some(0.0));
+    // Last "a" at 6 ms, first "b" at 12 ms: 6 ms without an answer.
+    assert_eq!(r.gap_ms, Some(6.0));
     assert_eq!(r.switch_to_first_new_ms, Some(4.0));
     assert!(r.passed());
 }
