@@ -22,7 +22,10 @@ fn dropping_running_stops_everything() {
     let api = start(|c| c.workers = 3);
     let addr = api.addr();
     assert_eq!(get(addr, "/version", &[]).status, 200);
-    assert_eq!(service_threads(), 3);
+    // A new thread names itself as it starts: wait for all three names.
+    wait_until(Duration::from_secs(5), "three named workers", || {
+        service_threads() == 3
+    });
     drop(api);
     // A joined thread may linger in /proc for a moment; a leaked one stays.
     wait_until(Duration::from_secs(2), "no service thread is left", || {

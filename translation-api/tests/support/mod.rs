@@ -121,7 +121,9 @@ pub fn free_port() -> u16 {
 /// The built binary running as a child process, its stdout collected.
 pub struct Proc {
     pub child: Child,
+    /// Everything read from stdout so far; all of it once `wait_exit` returned.
     pub stdout: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -143,7 +145,7 @@ impl Proc {
         let out = child.stdout.take().unwrap();
         let stdout = Arc::new(Mutex::new(String::new()));
         let sink = stdout.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 let mut s = sink.lock().unwrap();
@@ -151,7 +153,11 @@ impl Proc {
                 s.push('\n');
             }
         });
-        Proc { child, stdout }
+        Proc {
+            child,
+            stdout,
+            reader: Some(reader),
+        }
     }
 
     /// Waits for the "listening" log line and returns the address in it.
@@ -179,11 +185,16 @@ impl Proc {
         assert!(status.success());
     }
 
-    /// Waits for the exit (at most `within`), returning the code.
+    /// Waits for the exit (at most `within`) and for the end of its stdout,
+    /// returning the exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Read stdout to its end before anyone looks at it.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
                 return status.code();
             }
             if Instant::now() > deadline {
