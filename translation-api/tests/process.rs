@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{free_port, get, parse, refused, wait_until, Proc, Redis};
+use support::{free_port, get, parse, refused, send_and_wait_read, wait_until, Proc, Redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_translation-api");
 
@@ -50,11 +50,9 @@ fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
     let request = b"GET /api/v1/translate?phrase=Victory+or+Death HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // A slow client is sending its request when SIGTERM arrives...
-    for b in &request[..15] {
-        s.write_all(&[*b]).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // A slow client is sending its request when SIGTERM arrives (the first
+    // bytes provably read by the service)...
+    send_and_wait_read(&mut s, &request[..15]);
     p.signal("TERM");
     // ...the service stops accepting while the request is still arriving...
     wait_until(Duration::from_secs(10), "the listener closes", || refused(addr));

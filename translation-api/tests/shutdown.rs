@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{get, parse, refused, start, wait_until};
+use support::{get, parse, refused, send_and_wait_read, start, wait_until};
 
 #[test]
 fn readyz_turns_503_at_once_and_requests_are_served_during_the_delay() {
@@ -48,11 +48,9 @@ fn a_request_being_received_at_shutdown_completes() {
     let request = b"GET /api/v1/translate?phrase=By%20my%20Axe HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // A slow client: the first bytes trickle in before the shutdown...
-    for b in &request[..12] {
-        s.write_all(&[*b]).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // A slow client: the first bytes have arrived (and been read) when the
+    // shutdown begins...
+    send_and_wait_read(&mut s, &request[..12]);
     api.begin_shutdown();
     // ...the listener closes while this request is still being received...
     wait_until(Duration::from_secs(10), "the listener closes", || refused(addr));
@@ -110,8 +108,7 @@ fn the_grace_period_bounds_the_drain() {
     let mut s = TcpStream::connect(api.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // A request that never completes.
-    s.write_all(b"GET /version HTTP/1.1\r\nHo").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    send_and_wait_read(&mut s, b"GET /version HTTP/1.1\r\nHo");
     let begun = Instant::now();
     api.begin_shutdown();
     api.join().unwrap();

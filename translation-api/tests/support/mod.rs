@@ -109,6 +109,38 @@ pub fn refused(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
 }
 
+/// Bytes the server side of the IPv4 connection `server` ⇄ `client` has
+/// received but its process has not read yet (from `/proc/net/tcp`);
+/// `None` if there is no such connection.
+pub fn unread_by_server(server: SocketAddr, client: SocketAddr) -> Option<u32> {
+    fn parse_addr(field: &str) -> Option<SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?.to_le_bytes();
+        Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if parse_addr(f.get(1)?)? != server || parse_addr(f.get(2)?)? != client {
+            return None;
+        }
+        let (_, rx) = f.get(4)?.split_once(':')?;
+        u32::from_str_radix(rx, 16).ok()
+    })
+}
+
+/// Writes `bytes` one at a time and waits until the server has read them
+/// all: the request is then provably under way on the server side.
+pub fn send_and_wait_read(s: &mut TcpStream, bytes: &[u8]) {
+    for b in bytes {
+        s.write_all(&[*b]).unwrap();
+    }
+    let (server, client) = (s.peer_addr().unwrap(), s.local_addr().unwrap());
+    wait_until(Duration::from_secs(10), "the server read the bytes", || {
+        unread_by_server(server, client) == Some(0)
+    });
+}
+
 /// A loopback port that was free a moment ago (nothing listens on it now).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
