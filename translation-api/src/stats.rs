@@ -443,6 +443,48 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_never_blocks() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let recorder = Recorder {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..5 {
+            recorder.record(ip);
+        }
+        assert_eq!(recorder.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(rx.try_recv().unwrap(), ip);
+    }
+
+    #[test]
+    fn increments_are_summed_per_address_and_bounded() {
+        let addr = RedisAddr::parse("127.0.0.1:1").unwrap();
+        let mut sink = Sink {
+            addr: addr.to_string(),
+            client: client_for(&addr).unwrap(),
+            conn: None,
+            pending: HashMap::new(),
+            lost: 0,
+            retry_at: Instant::now(),
+            backoff: RECONNECT_MIN,
+            outage_logged: false,
+        };
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        sink.add([a, b, a, a].into_iter());
+        assert_eq!(sink.pending[&a], 3);
+        assert_eq!(sink.pending[&b], 1);
+        for i in 0..MAX_PENDING_ADDRESSES as u32 {
+            sink.add(std::iter::once(IpAddr::from(i.to_be_bytes())));
+        }
+        assert_eq!(sink.pending.len(), MAX_PENDING_ADDRESSES);
+        assert_eq!(sink.lost, 2, "two new addresses found the map full");
+        sink.add(std::iter::once(a));
+        assert_eq!(sink.pending[&a], 4, "known addresses still count");
+    }
+
+    #[test]
     fn addresses() {
         assert_eq!(parse("redis"), ("redis".into(), 6379));
         assert_eq!(
