@@ -66,6 +66,10 @@ pub struct AccessInfo {
     pub uri: Uri,
 }
 
+/// The status recorded for a request whose client went away before it was
+/// answered (nginx's 499).
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// Counts a request while it is in flight and records it (metrics, access
 /// log) when dropped: after the response body ended or was abandoned.
 pub struct Completion {
@@ -73,7 +77,7 @@ pub struct Completion {
     pub pool: Arc<Pool>,
     /// When its head was read.
     pub start: Instant,
-    /// Status sent to the client.
+    /// Status sent to the client ([`CLIENT_CLOSED`] until one is known).
     pub status: u16,
     /// Response body bytes sent.
     pub bytes: u64,
@@ -90,7 +94,7 @@ impl Completion {
         Completion {
             pool,
             start,
-            status: 0,
+            status: CLIENT_CLOSED,
             bytes: 0,
             endpoint: None,
             access,

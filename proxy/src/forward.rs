@@ -192,6 +192,8 @@ pub async fn handle(
         (Arc::clone(table.active_pool()), table.generation_header.clone())
     };
 
+    // Upstream connections always speak HTTP/1.1 (keep-alive), whatever the client spoke.
+    *req.version_mut() = http::Version::HTTP_11;
     let upgrade = wants_upgrade(req.headers());
     let headers = req.headers_mut();
     let upgrade_value = if upgrade {

@@ -376,3 +376,39 @@ async fn large_bodies_stream_both_ways() {
     assert_eq!(body.len(), data.len());
     assert!(body[..] == data[..], "the body came back intact");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_before_the_answer_counts_as_499_and_leaves_no_inflight() {
+    let (up, _t) = serve(|_req| async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "",
+    );
+    let mut s = tokio::net::TcpStream::connect(tp.proxy().http_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let pool = || tp.proxy().shared().table.load().active_pool().inflight();
+    wait_until(Duration::from_secs(5), "request in flight", || pool() == 1).await;
+    drop(s);
+    wait_until(Duration::from_secs(5), "in-flight count back to 0", || {
+        pool() == 0
+    })
+    .await;
+    let m = tp.metrics();
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{code=\"4xx\",pool=\"blue\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{code=\"1xx\",pool=\"blue\"}"),
+        0.0
+    );
+}
