@@ -3,10 +3,14 @@
 //! accept loop; they share only the `ArcSwap` table, the metrics and the
 //! stop signal. Also the admin listener's accept loop.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -39,11 +43,62 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// Open client connections of one core, so a drain can wait for zero.
+/// One core's client connections: how many are open (so a drain can wait
+/// for zero) and the core-local stop signal they wait on. Core-local on
+/// purpose: a connection task checks it at every wake-up, and a signal
+/// shared by all cores (a watch channel) would put a contended lock on
+/// every request's path.
 #[derive(Default)]
 struct Tracker {
     open: Cell<usize>,
     zero: Notify,
+    stopping: Cell<bool>,
+    /// Wakers of the connections waiting for the stop, by connection id.
+    waiting: RefCell<HashMap<u64, Waker>>,
+    next_id: Cell<u64>,
+}
+
+impl Tracker {
+    /// Tells every connection of this core to finish (graceful shutdown).
+    fn stop(&self) {
+        self.stopping.set(true);
+        let wakers: Vec<Waker> = self.waiting.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves once the core is stopping.
+struct Stopping {
+    tracker: Rc<Tracker>,
+    id: Option<u64>,
+}
+
+impl Future for Stopping {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.tracker.stopping.get() {
+            return Poll::Ready(());
+        }
+        // A task's waker does not change, so registering once is enough.
+        if self.id.is_none() {
+            let id = self.tracker.next_id.get();
+            self.tracker.next_id.set(id + 1);
+            self.tracker.waiting.borrow_mut().insert(id, cx.waker().clone());
+            self.id = Some(id);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.tracker.waiting.borrow_mut().remove(&id);
+        }
+    }
 }
 
 struct Tracked(Rc<Tracker>, prometheus::IntGauge);
@@ -53,6 +108,13 @@ impl Tracked {
         t.open.set(t.open.get() + 1);
         gauge.inc();
         Tracked(Rc::clone(t), gauge.clone())
+    }
+
+    fn stopping(&self) -> Stopping {
+        Stopping {
+            tracker: Rc::clone(&self.0),
+            id: None,
+        }
     }
 }
 
@@ -99,7 +161,6 @@ pub async fn run_core(
             }
         })
     };
-    let conn_stop = stop.clone();
     loop {
         tokio::select! {
             biased;
@@ -109,7 +170,7 @@ pub async fn run_core(
                     let _ = stream.set_nodelay(true);
                     let conn = Rc::new(Conn::new(Rc::clone(&worker), peer));
                     let guard = Tracked::new(&tracker, &gauge);
-                    tokio::task::spawn_local(serve(stream, conn, shared.opts.client_idle, conn_stop.clone(), guard));
+                    tokio::task::spawn_local(serve(stream, conn, shared.opts.client_idle, guard));
                 }
                 Err(e) => {
                     tracing::warn!(core, error = %e, "accept failed; pausing");
@@ -119,6 +180,7 @@ pub async fn run_core(
         }
     }
     drop(listener);
+    tracker.stop();
     let grace = shared.opts.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         while tracker.open.get() > 0 {
@@ -142,13 +204,7 @@ pub async fn run_core(
     client.clear();
 }
 
-async fn serve(
-    stream: tokio::net::TcpStream,
-    conn: Rc<Conn>,
-    client_idle: Duration,
-    mut stop: watch::Receiver<bool>,
-    _guard: Tracked,
-) {
+async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, client_idle: Duration, guard: Tracked) {
     let service = service_fn(move |req| forward::handle(Rc::clone(&conn), req));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -161,7 +217,7 @@ async fn serve(
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
-        _ = stopped(&mut stop) => {
+        _ = guard.stopping() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
