@@ -151,19 +151,26 @@ class Poller(threading.Thread):
 
     def __init__(self, port):
         super().__init__(daemon=True)
-        self.port, self.stop, self.answers = port, False, []
+        self.port, self.stop, self.answers, self.error = port, False, [], None
 
     def run(self):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         while not self.stop:
-            c.request("GET", "/version")
-            r = c.getresponse()
-            v = json.loads(r.read())["version"]
+            try:
+                c.request("GET", "/version")
+                r = c.getresponse()
+                v = json.loads(r.read())["version"]
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
+                if not self.stop:  # at the end, the proxy's own shutdown may close it
+                    self.error = f"GET /version through the proxy failed: {e!r}"
+                return
             self.answers.append((time.perf_counter(), v))
 
     def first_after(self, t0, version, timeout=5):
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
+            if self.error:
+                raise SystemExit(self.error)
             hits = [t for t, v in self.answers[-5000:] if t >= t0 and v == version]
             if hits:
                 return min(hits) - t0
