@@ -326,3 +326,28 @@ pub fn full(b: impl Into<Bytes>) -> http_body_util::combinators::BoxBody<Bytes, 
 pub fn p(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// A raw TCP upstream on 127.0.0.1:0 (a thread per connection): reads one
+/// request head, then hands the stream and the head (lower-cased) to `then`.
+pub fn raw_upstream(then: fn(std::net::TcpStream, String)) -> SocketAddr {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                then(s, String::from_utf8_lossy(&got).to_lowercase());
+            });
+        }
+    });
+    addr
+}
