@@ -288,31 +288,41 @@ backend be
             assert status == 200, body
             switch_ms.append(took * 1000)
 
-        # File switch: rename over upstreams.toml -> first answer of the new version.
+        def file_switches(d, update):
+            """Starts a switchyard on `d`/proxy.toml and times `update(i, text)`
+            (which returns when the change happened) -> first new answer."""
+            port, admin = free_port(), free_port()
+            write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
+            procs.start([f"{REL}/switchyard", "-c", os.path.join(d, "proxy.toml")])
+            wait_port(port)
+            poller = Poller(port)
+            poller.start()
+            took = []
+            for i in range(args.switches):
+                want = "green" if i % 2 == 0 else "blue"
+                t0 = update(i + 1, upstreams(want, blue, green))
+                took.append(poller.first_after(t0, "0.0.2" if want == "green" else "0.0.1") * 1000)
+                time.sleep(0.05)
+            poller.stop = True
+            return took
+
+        # File switch: temp file renamed over upstreams.toml.
         d = os.path.join(tmp, "file")
         os.makedirs(d)
-        port, admin = free_port(), free_port()
         path = os.path.join(d, "upstreams.toml")
-        write(path, upstreams("blue", blue, green))
-        write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
-        procs.start([f"{REL}/switchyard", "-c", os.path.join(d, "proxy.toml")])
-        wait_port(port)
-        poller = Poller(port)
-        poller.start()
-        rename_ms = []
-        for i in range(args.switches):
-            want = "green" if i % 2 == 0 else "blue"
-            write(path + ".tmp", upstreams(want, blue, green))
+
+        def rename_update(_n, text):
+            write(path + ".tmp", text)
             t0 = time.perf_counter()
             os.rename(path + ".tmp", path)
-            rename_ms.append(poller.first_after(t0, "0.0.2" if want == "green" else "0.0.1") * 1000)
-            time.sleep(0.05)
-        poller.stop = True
+            return t0
+
+        write(path, upstreams("blue", blue, green))
+        rename_ms = file_switches(d, rename_update)
 
         # kubelet ConfigMap swap: ..data -> new timestamped dir, atomically.
         k = os.path.join(tmp, "kubelet")
         os.makedirs(k)
-        port, admin = free_port(), free_port()
 
         def kube_update(n, text):
             name = f"..2026_11_28_00_00_00.{n:06d}"
@@ -328,18 +338,7 @@ backend be
 
         kube_update(0, upstreams("blue", blue, green))
         os.symlink("..data/upstreams.toml", os.path.join(k, "upstreams.toml"))
-        write(os.path.join(k, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
-        procs.start([f"{REL}/switchyard", "-c", os.path.join(k, "proxy.toml")])
-        wait_port(port)
-        poller = Poller(port)
-        poller.start()
-        swap_ms = []
-        for i in range(args.switches):
-            want = "green" if i % 2 == 0 else "blue"
-            t0 = kube_update(i + 1, upstreams(want, blue, green))
-            swap_ms.append(poller.first_after(t0, "0.0.2" if want == "green" else "0.0.1") * 1000)
-            time.sleep(0.05)
-        poller.stop = True
+        swap_ms = file_switches(k, kube_update)
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -100,11 +100,13 @@ pub enum ForwardError {
         /// Why.
         reason: String,
     },
-    /// The upstream did not answer within the request timeout.
-    #[error("upstream {endpoint} did not answer in time")]
+    /// No upstream of the pool answered within `timeouts.request`.
+    #[error("no answer from pool {pool} within {}", humantime::format_duration(*after))]
     Timeout {
-        /// The endpoint.
-        endpoint: String,
+        /// The pool.
+        pool: String,
+        /// The request timeout.
+        after: std::time::Duration,
     },
     /// The upstream connection failed after the request was sent.
     #[error("upstream {endpoint} failed: {reason}")]

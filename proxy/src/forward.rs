@@ -246,7 +246,8 @@ pub async fn handle(
     let result = match outcome {
         Ok(r) => r,
         Err(_) => Err(ForwardError::Timeout {
-            endpoint: pool.name.clone(),
+            pool: pool.name.clone(),
+            after: opts.request_timeout,
         }),
     };
 

@@ -243,6 +243,8 @@ async fn slow_upstream_answers_json_504() {
     let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
     let (status, _, body) = c.get("/").await.unwrap();
     assert_eq!(status, 504, "{body:?}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["errors"][0], "no answer from pool blue within 200ms", "{v}");
     assert!(
         metric(
             &tp.metrics(),
