@@ -188,6 +188,9 @@ def main():
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--switches", type=int, default=20)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--upstream", choices=("api", "nginx"), default="api",
+                    help="what the proxies front: translation-api (blue), or a static nginx answering "
+                         "the same /version body (cheaper, as in notes/performance.md)")
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "haproxy"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -206,13 +209,35 @@ def main():
                     env={"APP_VERSION": "0.0.2"})
         wait_port(blue)
         wait_port(green)
+        base = blue
+        if args.upstream == "nginx":
+            base = free_port()
+            updir = os.path.join(tmp, "upstream-nginx")
+            os.makedirs(updir)
+            write(os.path.join(updir, "nginx.conf"), f"""
+worker_processes 1;
+pid {updir}/nginx.pid;
+error_log {updir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  server {{
+    listen 127.0.0.1:{base};
+    location / {{ default_type application/json; return 200 '{{"version":"0.0.1","errors":[]}}'; }}
+  }}
+}}
+""")
+            procs.start(["nginx", "-p", updir, "-c", os.path.join(updir, "nginx.conf"), "-g", "daemon off;"])
+            wait_port(base)
 
-        targets = {"direct": (blue, [])}
+        targets = {"direct": (base, [])}
         for name, access in (("switchyard", False), ("switchyard+log", True)):
             d = os.path.join(tmp, name)
             os.makedirs(d)
             port, admin = free_port(), free_port()
-            write(os.path.join(d, "upstreams.toml"), upstreams("blue", blue, green))
+            write(os.path.join(d, "upstreams.toml"), upstreams("blue", base, green))
             write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", access))
             p = procs.start([f"{REL}/switchyard", "-c", os.path.join(d, "proxy.toml")])
             wait_port(port)
@@ -228,7 +253,7 @@ error_log {ngdir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  upstream api {{ server 127.0.0.1:{blue}; keepalive 512; }}
+  upstream api {{ server 127.0.0.1:{base}; keepalive 512; }}
   server {{
     listen 127.0.0.1:{ng} reuseport;
     location / {{
@@ -259,7 +284,7 @@ frontend fe
   bind 127.0.0.1:{hp}
   default_backend be
 backend be
-  server api 127.0.0.1:{blue} maxconn 1024
+  server api 127.0.0.1:{base} maxconn 1024
 """)
         h = procs.start(["haproxy", "-f", os.path.join(tmp, "haproxy.cfg")])
         wait_port(hp)
@@ -344,7 +369,8 @@ backend be
         shutil.rmtree(tmp, ignore_errors=True)
 
     # Report.
-    print(f"\n{args.rounds} interleaved rounds, wrk -t2 -d{args.duration}s, GET /version, keep-alive; medians\n")
+    print(f"\n{args.rounds} interleaved rounds, wrk -t2 -d{args.duration}s, GET /version, keep-alive, "
+          f"upstream {args.upstream}; medians\n")
     print("| target | c | rps | p50 ms | p99 ms | rps / better peer | p99 / better peer's | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for conns in (64, 256):
