@@ -73,10 +73,8 @@ async fn wait_active(tp: &TestProxy, want: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_update_style_switches_under_load_without_failure() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
+    let (blue, green, tp) = blue_green_proxy("");
     let (b, g) = (blue.addr(), green.addr());
-    let tp = TestProxy::start(&two_pools("blue", b, g), "");
     let path = tp.upstreams_path();
     let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
     load.wait_more(200).await;
@@ -123,10 +121,8 @@ async fn kubelet_configmap_swap_three_times_in_a_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_files_never_apply_and_a_later_valid_one_does() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
+    let (blue, green, tp) = blue_green_proxy("");
     let (b, g) = (blue.addr(), green.addr());
-    let tp = TestProxy::start(&two_pools("blue", b, g), "");
     let path = tp.upstreams_path();
     let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
     let garbage: String = (0..10 * 1024 * 1024)
@@ -195,9 +191,7 @@ async fn invalid_files_never_apply_and_a_later_valid_one_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_names_file_line_and_reason() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    let (blue, green, tp) = blue_green_proxy("");
     write_rename(
         &tp.upstreams_path(),
         &two_pools("purple", blue.addr(), green.addr()),
@@ -224,10 +218,8 @@ async fn error_names_file_line_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_rules_and_persist() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
+    let (blue, green, tp) = blue_green_proxy("");
     let (b, g) = (blue.addr(), green.addr());
-    let tp = TestProxy::start(&two_pools("blue", b, g), "");
     let path = tp.upstreams_path();
     // Admin to green: an override.
     assert_eq!(
@@ -336,9 +328,7 @@ fn persist_is_refused_on_a_symlinked_upstreams_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_does_not_loop_on_its_own_reads() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    let (blue, green, tp) = blue_green_proxy("");
     write_rename(
         &tp.upstreams_path(),
         &two_pools("green", blue.addr(), green.addr()),

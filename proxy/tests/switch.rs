@@ -9,9 +9,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_switch_under_load_has_no_failure_and_no_stale_answer_after_ack() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    let (_blue, _green, tp) = blue_green_proxy("");
     // Every client connection is opened before the switch.
     let load = Load::start(tp.proxy().http_addr(), 16, "/version").await;
     load.wait_more(500).await;
@@ -54,9 +52,7 @@ async fn admin_switch_under_load_has_no_failure_and_no_stale_answer_after_ack() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_rollback_and_admin_errors() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    let (blue, _green, tp) = blue_green_proxy("");
     let a = tp.admin();
 
     // Nothing to roll back to at start.
@@ -160,9 +156,7 @@ async fn token_protects_mutations_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_the_rollout_and_pass_promtool() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), "");
+    let (blue, _green, tp) = blue_green_proxy("");
     let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
     for _ in 0..3 {
         assert_eq!(c.get("/version").await.unwrap().0, 200);

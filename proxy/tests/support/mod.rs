@@ -26,6 +26,15 @@ pub fn api(version: &str) -> translation_api::Running {
     translation_api::spawn(c).expect("translation-api starts")
 }
 
+/// Blue (`0.0.1`) and green (`0.0.2`) translation-apis and a switchyard in
+/// front of them with blue active; `extra` as for [`TestProxy::start`].
+pub fn blue_green_proxy(extra: &str) -> (translation_api::Running, translation_api::Running, TestProxy) {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let tp = TestProxy::start(&two_pools("blue", blue.addr(), green.addr()), extra);
+    (blue, green, tp)
+}
+
 /// A switchyard in a temp dir, with its files.
 pub struct TestProxy {
     pub proxy: Option<Proxy>,
