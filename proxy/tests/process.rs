@@ -285,3 +285,38 @@ fn version_flag() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("switchyard "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_the_proxy_for_a_person() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, _, admin_port) = spawn_proxy(dir.path(), &two_pools("blue", blue.addr(), green.addr()), "");
+    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    assert_eq!(
+        admin(admin_addr, "POST", "/switch", r#"{"to":"green"}"#, None)
+            .await
+            .0,
+        200
+    );
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &format!("http://{admin_addr}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("active      green  (admin override)"), "{text}");
+    assert!(text.contains("previous    blue"), "{text}");
+    assert!(text.contains("pool blue       drained"), "{text}");
+    assert!(
+        text.contains(&format!("  {} healthy=true", green.addr())),
+        "{text}"
+    );
+    // A proxy that is not there: a clear error, non-zero.
+    let out = Command::new(BIN)
+        .args(["status", "--admin", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to 127.0.0.1:1"));
+}
