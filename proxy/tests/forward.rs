@@ -381,3 +381,33 @@ async fn client_gone_before_the_answer_counts_as_499_and_leaves_no_inflight() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listener_and_ipv6_endpoint() {
+    let mut c = translation_api::Config::new("[::1]:0".parse().unwrap(), "0.0.6");
+    c.workers = 1;
+    let up = translation_api::spawn(c).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("upstreams.toml"),
+        format!(
+            "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\"]\n",
+            up.addr()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("proxy.toml"),
+        "[listen]\nhttp = \"[::1]:0\"\n[admin]\nlisten = \"[::1]:0\"\n[upstreams]\nfile = \"upstreams.toml\"\n[log]\naccess = false\n",
+    )
+    .unwrap();
+    let settings = switchyard::config::Settings::load(&dir.path().join("proxy.toml")).unwrap();
+    let proxy = switchyard::Proxy::start_with(settings, 2).unwrap();
+    assert!(proxy.http_addr().is_ipv6() && up.addr().is_ipv6());
+    let mut client = Client::connect(proxy.http_addr()).await.unwrap();
+    let (status, headers, body) = client.get("/version").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], br#"{"version":"0.0.6","errors":[]}"#);
+    assert_eq!(headers["x-switchyard-pool"], "blue");
+    assert_eq!(admin(proxy.admin_addr(), "GET", "/readyz", "", None).await.0, 200);
+}
