@@ -32,17 +32,20 @@ pub struct Admin {
 
 type Resp = Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_bytes(status: StatusCode, body: Bytes) -> Resp {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
+    json_bytes(status, Bytes::from(body.to_string()))
+}
+
 fn error(status: StatusCode, detail: &str) -> Resp {
-    let reason = status.canonical_reason().unwrap_or("error");
-    json_response(status, &json!({ "error": reason, "errors": [detail] }))
+    json_bytes(status, crate::error::json_error(status, detail))
 }
 
 fn method_not_allowed(allow: &'static str) -> Resp {

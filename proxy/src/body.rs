@@ -182,10 +182,16 @@ impl Body for ProxyBody {
                             completion.bytes += d.len() as u64;
                         }
                         if inner.is_end_stream() {
-                            give_back(recycle);
+                            if let Some(r) = recycle.take() {
+                                r.give_back();
+                            }
                         }
                     }
-                    Poll::Ready(None) => give_back(recycle),
+                    Poll::Ready(None) => {
+                        if let Some(r) = recycle.take() {
+                            r.give_back();
+                        }
+                    }
                     Poll::Ready(Some(Err(_))) => {
                         recycle.take();
                         completion.pool.metrics.error(ErrorKind::Reset);
@@ -213,8 +219,9 @@ impl Body for ProxyBody {
     }
 }
 
-fn give_back(recycle: &mut Option<Recycle>) {
-    if let Some(r) = recycle.take() {
-        r.client.put(r.endpoint_id, r.sender);
+impl Recycle {
+    /// Returns the connection to this core's pool.
+    pub fn give_back(self) {
+        self.client.put(self.endpoint_id, self.sender);
     }
 }

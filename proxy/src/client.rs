@@ -129,9 +129,4 @@ impl LocalClient {
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
     }
-
-    /// Idle connections held, for tests and debugging.
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(VecDeque::len).sum()
-    }
 }

@@ -41,14 +41,6 @@ impl ConfigError {
             reason: message,
         }
     }
-
-    /// The line this error points at, if any.
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            ConfigError::Invalid { line, .. } => *line,
-            ConfigError::Read { .. } => None,
-        }
-    }
 }
 
 /// Several configuration errors, listed one per line.
@@ -141,15 +133,14 @@ impl ForwardError {
 
     /// The JSON body: `{"error":"...","errors":["..."]}`.
     pub fn body(&self) -> Bytes {
-        json_error(
-            self.status().canonical_reason().unwrap_or("error"),
-            &self.to_string(),
-        )
+        json_error(self.status(), &self.to_string())
     }
 }
 
-/// The proxy's own JSON error shape.
-pub fn json_error(error: &str, detail: &str) -> Bytes {
+/// The proxy's own JSON error shape, for the data plane and the admin API:
+/// `{"error":"<status reason>","errors":["<detail>"]}`.
+pub fn json_error(status: StatusCode, detail: &str) -> Bytes {
+    let error = status.canonical_reason().unwrap_or("error");
     let v = serde_json::json!({ "error": error, "errors": [detail] });
     Bytes::from(v.to_string())
 }

@@ -144,8 +144,15 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Removes the hop-by-hop headers and those that `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers and those that `Connection` names; with
+/// `keep_upgrade` (an upgrade handshake) `Upgrade` and `Connection: upgrade`
+/// stay.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = if keep_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     // Most messages carry none: one scan of the (few) names instead of a
     // hash lookup per hop-by-hop name.
     if !headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
@@ -166,9 +173,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-}
-
-fn restore_upgrade(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     if let Some(u) = upgrade {
         headers.insert(header::UPGRADE, u);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -196,13 +200,7 @@ pub async fn handle(
     *req.version_mut() = http::Version::HTTP_11;
     let upgrade = wants_upgrade(req.headers());
     let headers = req.headers_mut();
-    let upgrade_value = if upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    strip_hop_by_hop(headers);
-    restore_upgrade(headers, upgrade_value.clone());
+    strip_hop_by_hop(headers, upgrade);
 
     // X-Forwarded-For: extended for a trusted proxy, replaced for anyone else.
     let xff = match headers.get(&X_FORWARDED_FOR) {
@@ -256,9 +254,7 @@ pub async fn handle(
             completion.endpoint = Some(Arc::clone(&endpoint));
             completion.status = resp.status().as_u16();
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
-                let up_value = resp.headers().get(header::UPGRADE).cloned();
-                strip_hop_by_hop(resp.headers_mut());
-                restore_upgrade(resp.headers_mut(), up_value);
+                strip_hop_by_hop(resp.headers_mut(), true);
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 if let Some(client_upgrade) = client_upgrade {
                     // The tunnel keeps the request counted in flight until it closes.
@@ -274,7 +270,7 @@ pub async fn handle(
                 let (parts, _) = resp.into_parts();
                 Response::from_parts(parts, ProxyBody::Full(None))
             } else {
-                strip_hop_by_hop(resp.headers_mut());
+                strip_hop_by_hop(resp.headers_mut(), false);
                 *resp.version_mut() = http::Version::HTTP_11;
                 let (parts, inner) = resp.into_parts();
                 let mut recycle = Some(Recycle {
@@ -284,7 +280,7 @@ pub async fn handle(
                 });
                 if http_body::Body::is_end_stream(&inner) {
                     if let Some(r) = recycle.take() {
-                        r.client.put(r.endpoint_id, r.sender);
+                        r.give_back();
                     }
                 }
                 Response::from_parts(
@@ -326,7 +322,6 @@ pub async fn handle(
 struct Template {
     method: Method,
     uri: http::Uri,
-    version: http::Version,
     headers: HeaderMap,
 }
 
@@ -338,7 +333,6 @@ impl Template {
         .then(|| Template {
             method: req.method().clone(),
             uri: req.uri().clone(),
-            version: req.version(),
             headers: req.headers().clone(),
         })
     }
@@ -347,7 +341,6 @@ impl Template {
         let mut r = Request::new(UpstreamBody::Empty);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = self.version;
         *r.headers_mut() = self.headers.clone();
         r
     }

@@ -90,20 +90,3 @@ impl Pool {
         self.metrics.inflight.get()
     }
 }
-
-/// Counts one request in flight on a pool until dropped.
-pub struct InflightGuard(IntGauge);
-
-impl InflightGuard {
-    /// Starts counting.
-    pub fn new(pool: &Pool) -> InflightGuard {
-        pool.metrics.inflight.inc();
-        InflightGuard(pool.metrics.inflight.clone())
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}

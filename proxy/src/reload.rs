@@ -220,12 +220,12 @@ impl Writer {
     }
 
     /// Builds and stores a table for `self.desired` with `active`.
-    fn store(&self, active: &str, source: Source, bump: bool) -> (u64, String) {
+    fn store(&self, active: &str, source: Source) -> u64 {
         let began = Instant::now();
         let old = self.shared.table.load_full();
         let from = old.active_pool().name.clone();
         let changed_active = from != active;
-        let generation = if bump { old.generation + 1 } else { old.generation };
+        let generation = old.generation + 1;
         let switched_at = if changed_active {
             SystemTime::now()
         } else {
@@ -259,7 +259,7 @@ impl Writer {
             swap_us = took.as_micros() as u64,
             "routing table stored"
         );
-        (generation, from)
+        generation
     }
 
     fn switch(
@@ -311,7 +311,7 @@ impl Writer {
         } else {
             Some(before.clone())
         };
-        let (generation, _) = self.store(to, source, true);
+        let generation = self.store(to, source);
         if self.persist {
             match persist_active(&self.path, to) {
                 Ok(hash) => {
@@ -378,7 +378,7 @@ impl Writer {
         if before != active {
             self.previous = Some(before);
         }
-        let (generation, _) = self.store(&active, Source::File, true);
+        let generation = self.store(&active, Source::File);
         m.reload("ok");
         self.publish_status(Some(None));
         tracing::info!(file = %self.path.display(), ?cause, generation, "upstreams file applied");
