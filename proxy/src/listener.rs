@@ -161,23 +161,12 @@ pub async fn run_core(
             }
         })
     };
-    loop {
-        tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn = Rc::new(Conn::new(Rc::clone(&worker), peer));
-                    let guard = Tracked::new(&tracker, &gauge);
-                    tokio::task::spawn_local(serve(stream, conn, shared.opts.client_idle, guard));
-                }
-                Err(e) => {
-                    tracing::warn!(core, error = %e, "accept failed; pausing");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
-        }
+    let what = format!("core {core}");
+    while let Some((stream, peer)) = accept(&listener, &mut stop, &what).await {
+        let _ = stream.set_nodelay(true);
+        let conn = Rc::new(Conn::new(Rc::clone(&worker), peer));
+        let guard = Tracked::new(&tracker, &gauge);
+        tokio::task::spawn_local(serve(stream, conn, shared.opts.client_idle, guard));
     }
     drop(listener);
     tracker.stop();
@@ -224,33 +213,43 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, client_idle: Durat
     }
 }
 
-/// The admin accept loop, on the control runtime, until `stop`.
-pub async fn run_admin(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+/// The next connection, or `None` once `stop` is set. An accept error
+/// (EMFILE…) is logged and followed by a short pause: it never ends the loop.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
     loop {
         tokio::select! {
             biased;
-            _ = stopped(&mut stop) => break,
+            _ = stopped(stop) => return None,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let admin = Arc::clone(&admin);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            let admin = Arc::clone(&admin);
-                            async move { Ok::<_, std::convert::Infallible>(admin.handle(req, peer).await) }
-                        });
-                        let _ = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(Duration::from_secs(10))
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
+                Ok(conn) => return Some(conn),
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed; pausing");
+                    tracing::warn!(listener = what, error = %e, "accept failed; pausing");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             },
         }
+    }
+}
+
+/// The admin accept loop, on the control runtime, until `stop`.
+pub async fn run_admin(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    while let Some((stream, peer)) = accept(&listener, &mut stop, "admin").await {
+        let admin = Arc::clone(&admin);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, std::convert::Infallible>(admin.handle(req, peer).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 

@@ -52,7 +52,8 @@ impl Desired {
     /// Parses and validates an upstreams file's bytes; every error is listed.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Desired, Vec<ConfigError>> {
         let (file, pools) = config::parse_upstreams(path, bytes)?;
-        let text = String::from_utf8_lossy(bytes);
+        // `parse_upstreams` accepted the bytes only as UTF-8: no copy needed.
+        let text = std::str::from_utf8(bytes).unwrap_or_default();
         let mut errors = Vec::new();
         let mut out = Vec::new();
         for (name, PoolFile { endpoints, .. }, line) in pools {
@@ -82,7 +83,7 @@ impl Desired {
         if out.is_empty() {
             errors.push(ConfigError::Invalid {
                 file: path.to_path_buf(),
-                line: Some(config::line_of(&text, file.pools.span().start)),
+                line: Some(config::line_of(text, file.pools.span().start)),
                 reason: "no pool is defined".into(),
             });
         }
@@ -91,7 +92,7 @@ impl Desired {
             let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
             errors.push(ConfigError::Invalid {
                 file: path.to_path_buf(),
-                line: Some(config::line_of(&text, file.active.span().start)),
+                line: Some(config::line_of(text, file.active.span().start)),
                 reason: format!(
                     "active = \"{active}\" is not a pool (pools: {})",
                     names.join(", ")
