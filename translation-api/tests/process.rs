@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{free_port, get, parse, refused, send_and_wait_read, wait_until, Proc, Redis};
+use support::{finish_slowly, free_port, get, refused, send_and_wait_read, wait_until, Proc, Redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_translation-api");
 
@@ -60,14 +59,8 @@ fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
         p.child.try_wait().unwrap().is_none(),
         "exited with a request in flight"
     );
-    for b in &request[15..] {
-        s.write_all(&[*b]).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-    }
     // ...and still answers it in full before exiting 0.
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let r = parse(&buf);
+    let r = finish_slowly(&mut s, &request[15..]);
     assert_eq!(r.status, 200);
     assert_eq!(
         r.body,

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{get, parse, refused, send_and_wait_read, start, wait_until};
+use support::{finish_slowly, get, refused, send_and_wait_read, start, wait_until};
 
 #[test]
 fn readyz_turns_503_at_once_and_requests_are_served_during_the_delay() {
@@ -55,13 +55,7 @@ fn a_request_being_received_at_shutdown_completes() {
     // ...the listener closes while this request is still being received...
     wait_until(Duration::from_secs(10), "the listener closes", || refused(addr));
     // ...and the rest arrives afterwards.
-    for b in &request[12..] {
-        s.write_all(&[*b]).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let r = parse(&buf);
+    let r = finish_slowly(&mut s, &request[12..]);
     assert_eq!(r.status, 200);
     assert_eq!(
         r.body,

@@ -350,3 +350,16 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// Sends `rest` of a request a byte at a time (a slow client), then reads
+/// the whole answer until the server closes the connection.
+pub fn finish_slowly(s: &mut TcpStream, rest: &[u8]) -> Resp {
+    use std::io::{Read, Write};
+    for b in rest {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    parse(&buf)
+}
