@@ -84,7 +84,7 @@ impl Admin {
             }
             ("/readyz", _) => method_not_allowed("GET"),
             ("/metrics", &Method::GET) => {
-                let mut r = Response::new(Full::new(Bytes::from(self.shared.metrics.render())));
+                let mut r = Response::new(Full::new(Bytes::from(self.shared.render_metrics().await)));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

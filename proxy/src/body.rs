@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -13,8 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::client::{LocalClient, Sender};
+use crate::local::CorePool;
 use crate::metrics::ErrorKind;
-use crate::pool::{Endpoint, Pool};
 
 /// A request body sent upstream: the client's streamed body, or none (a
 /// retried body-less request).
@@ -73,24 +72,24 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// Counts a request while it is in flight and records it (metrics, access
 /// log) when dropped: after the response body ended or was abandoned.
 pub struct Completion {
-    /// The pool that served it.
-    pub pool: Arc<Pool>,
+    /// The pool that served it, as this core uses it.
+    pub pool: Rc<CorePool>,
     /// When its head was read.
     pub start: Instant,
     /// Status sent to the client ([`CLIENT_CLOSED`] until one is known).
     pub status: u16,
     /// Response body bytes sent.
     pub bytes: u64,
-    /// The endpoint that answered, if any.
-    pub endpoint: Option<Arc<Endpoint>>,
+    /// The endpoint that answered (its index in the pool), if any.
+    pub endpoint: Option<usize>,
     /// Present when the access log is on.
     pub access: Option<AccessInfo>,
 }
 
 impl Completion {
     /// Starts counting a request on `pool`.
-    pub fn start(pool: Arc<Pool>, start: Instant, access: Option<AccessInfo>) -> Completion {
-        pool.metrics.inflight.inc();
+    pub fn start(pool: Rc<CorePool>, start: Instant, access: Option<AccessInfo>) -> Completion {
+        pool.pool.inflight.add(pool.core, 1);
         Completion {
             pool,
             start,
@@ -104,11 +103,12 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let m = &self.pool.metrics;
-        m.inflight.dec();
-        m.request(self.status);
+        let p = &self.pool;
+        p.pool.inflight.add(p.core, -1);
         let elapsed = self.start.elapsed();
-        m.duration.observe(elapsed.as_secs_f64());
+        if p.metrics.request(self.status, elapsed.as_secs_f64()) {
+            p.metrics.flush();
+        }
         if let Some(a) = &self.access {
             tracing::info!(
                 target: "switchyard::access",
@@ -117,8 +117,11 @@ impl Drop for Completion {
                 method = %a.method,
                 path = %a.uri,
                 status = self.status,
-                pool = %self.pool.name,
-                endpoint = self.endpoint.as_ref().map_or("-", |e| e.addr.as_str()),
+                pool = %p.pool.name,
+                endpoint = self
+                    .endpoint
+                    .and_then(|i| p.pool.endpoints.get(i))
+                    .map_or("-", |e| e.addr.as_str()),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 bytes = self.bytes,
             );
@@ -194,7 +197,7 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(_))) => {
                         recycle.take();
-                        completion.pool.metrics.error(ErrorKind::Reset);
+                        completion.pool.pool.metrics.error(ErrorKind::Reset);
                     }
                     Poll::Pending => {}
                 }

@@ -10,7 +10,7 @@
 //! per endpoint and core.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -32,7 +32,10 @@ struct Idle {
 
 /// One core's connection pool; see the module doc.
 pub struct LocalClient {
-    idle: RefCell<HashMap<u64, VecDeque<Idle>>>,
+    /// Idle connections by endpoint id. A short list searched in order: a
+    /// core talks to a handful of endpoints, and hashing each request's
+    /// endpoint id would cost more than the scan.
+    idle: RefCell<Vec<(u64, VecDeque<Idle>)>>,
     idle_timeout: Duration,
     connect_timeout: Duration,
 }
@@ -62,7 +65,7 @@ impl LocalClient {
     /// An empty pool.
     pub fn new(idle_timeout: Duration, connect_timeout: Duration) -> LocalClient {
         LocalClient {
-            idle: RefCell::new(HashMap::new()),
+            idle: RefCell::new(Vec::new()),
             idle_timeout,
             connect_timeout,
         }
@@ -72,7 +75,7 @@ impl LocalClient {
     /// not expired. It may still turn out closed: callers check `ready()`.
     pub fn take(&self, ep: &Endpoint) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
-        let queue = idle.get_mut(&ep.id)?;
+        let (_, queue) = idle.iter_mut().find(|(id, _)| *id == ep.id)?;
         while let Some(conn) = queue.pop_back() {
             if !conn.sender.is_closed() && conn.since.elapsed() < self.idle_timeout {
                 return Some(conn.sender);
@@ -87,7 +90,13 @@ impl LocalClient {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let queue = idle.entry(endpoint_id).or_default();
+        let queue = match idle.iter().position(|(id, _)| *id == endpoint_id) {
+            Some(i) => &mut idle[i].1,
+            None => {
+                idle.push((endpoint_id, VecDeque::new()));
+                &mut idle.last_mut().expect("just pushed").1
+            }
+        };
         if queue.len() >= MAX_IDLE_PER_ENDPOINT {
             queue.pop_front();
         }
@@ -119,7 +128,7 @@ impl LocalClient {
     /// Drops expired and closed idle connections (run periodically).
     pub fn sweep(&self) {
         let mut idle = self.idle.borrow_mut();
-        idle.retain(|_, queue| {
+        idle.retain_mut(|(_, queue)| {
             queue.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
             !queue.is_empty()
         });

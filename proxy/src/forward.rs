@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use crate::body::{AccessInfo, Completion, ProxyBody, Recycle, UpstreamBody};
 use crate::client::{ConnectError, LocalClient, Sender};
 use crate::error::ForwardError;
+use crate::local::{CorePool, View};
 use crate::metrics::ErrorKind;
-use crate::pool::{Endpoint, Pool};
 use crate::Shared;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -39,12 +39,29 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
     &header::PROXY_AUTHORIZATION,
 ];
 
+/// The index of `name` in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        "proxy-authorization" => 7,
+        _ => return None,
+    })
+}
+
 /// One core's share of the data plane.
 pub struct Worker {
     /// State shared by every core.
     pub shared: Arc<Shared>,
     /// This core's upstream connections.
     pub client: Rc<LocalClient>,
+    /// This core's view of the routing table.
+    pub view: View,
     /// Request id prefix of this core (random per process and core).
     id_prefix: u64,
     /// Request id counter of this core.
@@ -66,6 +83,7 @@ impl Worker {
         Worker {
             shared,
             client,
+            view: View::new(core),
             id_prefix: h.finish(),
             id_next: std::cell::Cell::new(0),
         }
@@ -146,32 +164,49 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes the hop-by-hop headers and those that `Connection` names; with
 /// `keep_upgrade` (an upgrade handshake) `Upgrade` and `Connection: upgrade`
-/// stay.
+/// stay. One pass over the names finds which are present; only those are
+/// removed (each removal is a hash lookup).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    // Most messages carry none: one scan of the (few) names instead of a
-    // hash lookup per hop-by-hop name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k)) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
+    if present & 1 != 0 {
+        // Names that `Connection` lists, beyond the options that name no
+        // header of their own (`close`) or one removed anyway.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            for token in v.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
         for name in named {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
     if let Some(u) = upgrade {
         headers.insert(header::UPGRADE, u);
@@ -191,10 +226,7 @@ pub async fn handle(
     let opts = &shared.opts;
 
     // The one load of the routing table for this request.
-    let (pool, generation_header) = {
-        let table = shared.table.load();
-        (Arc::clone(table.active_pool()), table.generation_header.clone())
-    };
+    let (pool, generation_header) = worker.view.route(&shared.table.load());
 
     // Upstream connections always speak HTTP/1.1 (keep-alive), whatever the client spoke.
     *req.version_mut() = http::Version::HTTP_11;
@@ -202,33 +234,45 @@ pub async fn handle(
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
 
-    // X-Forwarded-For: extended for a trusted proxy, replaced for anyone else.
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) if conn.trusted => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + conn.peer_header.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(conn.peer_header.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_header.clone())
+    // X-Forwarded-*: extended (or kept) for a trusted proxy, replaced for
+    // anyone else. Room for them (and the request id) in one step.
+    headers.reserve(4);
+    if conn.trusted {
+        let xff = match headers.get(&X_FORWARDED_FOR) {
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + conn.peer_header.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(conn.peer_header.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_header.clone())
+            }
+            None => conn.peer_header.clone(),
+        };
+        headers.insert(&X_FORWARDED_FOR, xff);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
-        _ => conn.peer_header.clone(),
-    };
-    headers.insert(&X_FORWARDED_FOR, xff);
-    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(host) = headers.get(header::HOST).cloned() {
+                headers.insert(&X_FORWARDED_HOST, host);
+            }
+        }
+    } else {
+        headers.insert(&X_FORWARDED_FOR, conn.peer_header.clone());
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match headers.get(header::HOST).cloned() {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            headers.insert(&X_FORWARDED_HOST, host);
-        }
-    }
-    let request_id = match headers.get(&X_REQUEST_ID) {
-        Some(v) if valid_request_id(v) => v.clone(),
-        _ => {
+    let request_id = match headers.entry(&X_REQUEST_ID) {
+        header::Entry::Occupied(e) if valid_request_id(e.get()) => e.get().clone(),
+        header::Entry::Occupied(mut e) => {
             let id = worker.new_request_id();
-            headers.insert(&X_REQUEST_ID, id.clone());
+            e.insert(id.clone());
             id
         }
+        header::Entry::Vacant(e) => e.insert(worker.new_request_id()).clone(),
     };
 
     let access = opts.access_log.then(|| AccessInfo {
@@ -237,21 +281,21 @@ pub async fn handle(
         method: req.method().clone(),
         uri: req.uri().clone(),
     });
-    let mut completion = Completion::start(Arc::clone(&pool), start, access);
+    let mut completion = Completion::start(Rc::clone(&pool), start, access);
 
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let outcome = tokio::time::timeout(opts.request_timeout, send(&worker.client, &pool, req)).await;
     let result = match outcome {
         Ok(r) => r,
         Err(_) => Err(ForwardError::Timeout {
-            pool: pool.name.clone(),
+            pool: pool.pool.name.clone(),
             after: opts.request_timeout,
         }),
     };
 
     let mut response = match result {
         Ok((mut resp, endpoint, sender)) => {
-            completion.endpoint = Some(Arc::clone(&endpoint));
+            completion.endpoint = Some(endpoint);
             completion.status = resp.status().as_u16();
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
                 strip_hop_by_hop(resp.headers_mut(), true);
@@ -276,7 +320,7 @@ pub async fn handle(
                 let mut recycle = Some(Recycle {
                     sender,
                     client: Rc::clone(&worker.client),
-                    endpoint_id: endpoint.id,
+                    endpoint_id: pool.pool.endpoints[endpoint].id,
                 });
                 if http_body::Body::is_end_stream(&inner) {
                     if let Some(r) = recycle.take() {
@@ -296,9 +340,9 @@ pub async fn handle(
         Err(e) => {
             // Connect failures were counted per attempt in `send`.
             if let Some(kind) = e.kind().filter(|k| *k != crate::metrics::ErrorKind::Connect) {
-                pool.metrics.error(kind);
+                pool.pool.metrics.error(kind);
             }
-            tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.name, error = %e, "request failed");
+            tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
             let status = e.status();
             completion.status = status.as_u16();
             drop(completion);
@@ -310,6 +354,7 @@ pub async fn handle(
         }
     };
     let h = response.headers_mut();
+    h.reserve(3);
     if opts.expose_headers {
         h.insert(&X_SWITCHYARD_POOL, pool.header.clone());
         h.insert(&X_SWITCHYARD_GENERATION, generation_header);
@@ -346,11 +391,16 @@ impl Template {
     }
 }
 
-type Sent = (Response<Incoming>, Arc<Endpoint>, Sender);
+/// The response, the index of the endpoint that sent it, and its connection.
+type Sent = (Response<Incoming>, usize, Sender);
 
 /// A ready connection to `ep`: a pooled one unless `fresh`, else a new one.
 /// The flag says whether it came from the pool.
-async fn acquire(client: &LocalClient, ep: &Endpoint, fresh: bool) -> Result<(Sender, bool), ConnectError> {
+async fn acquire(
+    client: &LocalClient,
+    ep: &crate::pool::Endpoint,
+    fresh: bool,
+) -> Result<(Sender, bool), ConnectError> {
     if !fresh {
         while let Some(mut s) = client.take(ep) {
             if s.ready().await.is_ok() {
@@ -368,7 +418,12 @@ async fn acquire(client: &LocalClient, ep: &Endpoint, fresh: bool) -> Result<(Se
 /// a pooled connection turned out dead, to a new connection); an idempotent
 /// body-less request whose pooled connection closed before any response byte
 /// is retried once on a new connection. Never to another pool.
-async fn send(client: &LocalClient, pool: &Pool, req: Request<Incoming>) -> Result<Sent, ForwardError> {
+async fn send(
+    client: &LocalClient,
+    core_pool: &CorePool,
+    req: Request<Incoming>,
+) -> Result<Sent, ForwardError> {
+    let pool = &*core_pool.pool;
     let n = pool.endpoints.len();
     if n == 0 {
         return Err(ForwardError::NoEndpoint {
@@ -380,11 +435,12 @@ async fn send(client: &LocalClient, pool: &Pool, req: Request<Incoming>) -> Resu
     let template = Template::of(&req);
     let mut resent = false;
     let mut fresh = false;
-    let first = pool.next_start();
+    let first = core_pool.next_start();
     let mut last_err = None;
     let mut i = 0;
     while i < n {
-        let ep = &pool.endpoints[(first + i) % n];
+        let index = (first + i) % n;
+        let ep = &pool.endpoints[index];
         let (mut sender, pooled) = match acquire(client, ep, fresh).await {
             Ok(s) => s,
             Err(e) => {
@@ -402,7 +458,7 @@ async fn send(client: &LocalClient, pool: &Pool, req: Request<Incoming>) -> Resu
             }
         };
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Arc::clone(ep), sender)),
+            Ok(resp) => return Ok((resp, index, sender)),
             Err(mut e) => {
                 let err = ForwardError::Upstream {
                     endpoint: ep.addr.clone(),
@@ -441,4 +497,67 @@ async fn send(client: &LocalClient, pool: &Pool, req: Request<Incoming>) -> Resu
     Err(last_err.unwrap_or(ForwardError::NoEndpoint {
         pool: pool.name.clone(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut v: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_what_connection_names() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive, X-One"),
+            ("connection", "close,  x-two ,upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic eA=="),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+            ("host", "h"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_connection_upgrade() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-one"),
+            ("upgrade", "websocket"),
+            ("x-one", "1"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_names_are_untouched() {
+        let mut h = map(&[("host", "h"), ("x-a", "1"), ("x-a", "2")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
 }

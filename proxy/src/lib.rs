@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod listener;
+pub mod local;
 pub mod metrics;
 pub mod pool;
 pub mod reload;
@@ -85,6 +86,21 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// What `/status` shows beyond the table; the lock is control-plane only.
     pub status: Mutex<ControlStatus>,
+    /// How a scrape collects the metrics the cores buffer.
+    pub flush: local::FlushRequests,
+}
+
+impl Shared {
+    /// The Prometheus text exposition, with every request that ended before
+    /// the call counted.
+    pub async fn render_metrics(&self) -> Vec<u8> {
+        self.flush.flush_all(Duration::from_millis(250)).await;
+        // The in-flight gauges are read from the pools' per-core counts.
+        for p in &self.table.load().pools {
+            p.metrics.inflight.set(p.inflight());
+        }
+        self.metrics.render()
+    }
 }
 
 /// A running proxy: its cores, its control runtime, and how to stop them.
@@ -159,6 +175,7 @@ impl Proxy {
             },
             ready: AtomicBool::new(false),
             status: Mutex::new(ControlStatus::default()),
+            flush: local::FlushRequests::new(cores),
         });
 
         // Bind everything before starting anything, so errors come back here.

@@ -25,6 +25,10 @@ use crate::client::LocalClient;
 use crate::forward::{self, Conn, Worker};
 use crate::Shared;
 
+/// Longest time a core keeps request metrics before adding them to the
+/// shared series (it adds them sooner under load).
+pub const METRICS_FLUSH: Duration = Duration::from_millis(100);
+
 /// Pause after an accept error (EMFILE…) before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -161,6 +165,29 @@ pub async fn run_core(
             }
         })
     };
+    // The metrics a core buffers reach the shared series within this time
+    // even when traffic stops.
+    // A scrape asks for them.
+    let flusher = {
+        let worker = Rc::clone(&worker);
+        let shared = Arc::clone(&shared);
+        let mut asked = shared.flush.subscribe();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(METRICS_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = asked.changed() => if changed.is_err() { return },
+                }
+                // Read before the flush: `done` then means "flushed after
+                // this request was made".
+                let request = *asked.borrow_and_update();
+                worker.view.flush();
+                shared.flush.done(core, request);
+            }
+        })
+    };
     let what = format!("core {core}");
     while let Some((stream, peer)) = accept(&listener, &mut stop, &what).await {
         let _ = stream.set_nodelay(true);
@@ -190,6 +217,8 @@ pub async fn run_core(
         );
     }
     sweeper.abort();
+    flusher.abort();
+    worker.view.flush();
     client.clear();
 }
 

@@ -2,6 +2,7 @@
 //! the global one, so two proxies can live in one process), and the
 //! pre-resolved per-pool handles the hot path uses ([`PoolMetrics`]).
 
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -231,9 +232,9 @@ impl Default for Metrics {
 #[derive(Clone)]
 pub struct PoolMetrics {
     requests: [IntCounter; 5],
-    /// `request_duration_seconds{pool}`.
-    pub duration: Histogram,
-    /// `inflight_requests{pool}`.
+    duration: Histogram,
+    /// `inflight_requests{pool}`: set from the pool's per-core count when
+    /// the metrics are rendered.
     pub inflight: IntGauge,
     /// `active_pool{pool}`.
     pub active: IntGauge,
@@ -243,10 +244,12 @@ pub struct PoolMetrics {
 }
 
 impl PoolMetrics {
-    /// Counts one answered request by its status class.
-    pub fn request(&self, status: u16) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].inc();
+    /// This core's buffer for the per-request series.
+    pub fn local(&self) -> LocalPoolMetrics {
+        LocalPoolMetrics {
+            requests: self.requests.each_ref().map(IntCounter::local),
+            duration: self.duration.local(),
+        }
     }
 
     /// Counts one upstream failure.
@@ -257,5 +260,42 @@ impl PoolMetrics {
             ErrorKind::Reset => 2,
         };
         self.errors[i].inc();
+    }
+}
+
+/// One core's buffer of a pool's per-request series (requests by class and
+/// duration): updated without atomics on the request path, added to the
+/// shared series by [`LocalPoolMetrics::flush`], which the core calls every
+/// [`FLUSH_EVERY`] requests and on a short timer, and which dropping it does.
+pub struct LocalPoolMetrics {
+    requests: [LocalIntCounter; 5],
+    duration: LocalHistogram,
+}
+
+/// Requests a core records before it adds them to the shared series.
+pub const FLUSH_EVERY: u64 = 64;
+
+impl LocalPoolMetrics {
+    /// Records one answered request: its status class and its duration.
+    /// Returns true when the buffer should be flushed.
+    pub fn request(&self, status: u16, seconds: f64) -> bool {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+        self.duration.observe(seconds);
+        self.duration.get_sample_count() >= FLUSH_EVERY
+    }
+
+    /// Adds what this core recorded to the shared series.
+    pub fn flush(&self) {
+        for c in &self.requests {
+            c.flush();
+        }
+        self.duration.flush();
+    }
+}
+
+impl Drop for LocalPoolMetrics {
+    fn drop(&mut self) {
+        self.flush();
     }
 }

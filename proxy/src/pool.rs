@@ -1,8 +1,8 @@
-//! A pool's endpoints, the choice of endpoint (round-robin), and the
-//! in-flight count that tells when an inactive pool is drained.
+//! A pool's endpoints and the in-flight count that tells when an inactive
+//! pool is drained.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -48,6 +48,48 @@ impl Endpoint {
     }
 }
 
+/// One core's share of an in-flight count, alone on its cache line so that
+/// cores never write the same line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot(AtomicI64);
+
+/// Requests of a pool in flight, counted per core: each core adds to its own
+/// slot (no cache line shared between cores on the request path) and a
+/// reader sums the slots. Exact, not sampled: `/status` says `drained` only
+/// when the sum is 0.
+pub struct Inflight {
+    slots: Box<[Slot]>,
+}
+
+impl Inflight {
+    /// A count with one slot per CPU.
+    pub fn new() -> Inflight {
+        let n = crate::default_cores().max(1);
+        Inflight {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    /// Adds `delta` on core `core`.
+    pub fn add(&self, core: usize, delta: i64) {
+        self.slots[core % self.slots.len()]
+            .0
+            .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The total over every core.
+    pub fn get(&self) -> i64 {
+        self.slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Default for Inflight {
+    fn default() -> Self {
+        Inflight::new()
+    }
+}
+
 /// A named set of endpoints.
 pub struct Pool {
     /// The pool's name (`blue`, `green`, …).
@@ -56,22 +98,28 @@ pub struct Pool {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// `x-switchyard-pool`, pre-built.
     pub header: HeaderValue,
-    /// The pool's metric handles; `metrics.inflight` is also the in-flight
-    /// count that `/status` reads to report `drained`.
+    /// The pool's metric handles.
     pub metrics: PoolMetrics,
-    /// Round-robin cursor.
-    next: AtomicUsize,
+    /// Requests in flight; shared with the pool of the same name that a
+    /// table change rebuilt (new endpoints), so the count carries over.
+    pub inflight: Arc<Inflight>,
 }
 
 impl Pool {
     /// A pool; `name` is validated by the table (a-z, 0-9, `-`, `_`).
-    pub fn new(name: &str, endpoints: Vec<Arc<Endpoint>>, metrics: &Metrics) -> Pool {
+    /// `inflight` is the count of the pool it replaces, if any.
+    pub fn new(
+        name: &str,
+        endpoints: Vec<Arc<Endpoint>>,
+        metrics: &Metrics,
+        inflight: Option<Arc<Inflight>>,
+    ) -> Pool {
         Pool {
             name: name.to_string(),
             endpoints,
             header: HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             metrics: metrics.pool(name),
-            next: AtomicUsize::new(0),
+            inflight: inflight.unwrap_or_default(),
         }
     }
 
@@ -80,13 +128,8 @@ impl Pool {
         self.endpoints.iter().map(|e| e.addr.as_str())
     }
 
-    /// Where round-robin starts for the next request.
-    pub fn next_start(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// Requests of this pool in flight (across every table that holds it).
     pub fn inflight(&self) -> i64 {
-        self.metrics.inflight.get()
+        self.inflight.get()
     }
 }

@@ -207,7 +207,12 @@ impl RoutingTable {
                                     .unwrap_or_else(|| Arc::new(Endpoint::new(name, addr, metrics)))
                             })
                             .collect();
-                        Arc::new(Pool::new(name, eps, metrics))
+                        Arc::new(Pool::new(
+                            name,
+                            eps,
+                            metrics,
+                            old_pool.map(|p| Arc::clone(&p.inflight)),
+                        ))
                     }
                 }
             })

@@ -160,7 +160,7 @@ async fn killing_one_endpoint_under_load_loses_no_get() {
         samples.iter().all(|s| s.pool == "blue"),
         "a retry never crosses to another pool"
     );
-    let m = tp.metrics();
+    let m = tp.metrics().await;
     assert!(
         metric(&m, "switchyard_upstream_retries_total{pool=\"blue\"}") >= 1.0,
         "{m}"
@@ -190,7 +190,7 @@ async fn pooled_connection_closed_by_upstream_is_retried_not_failed() {
         assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    let m = tp.metrics();
+    let m = tp.metrics().await;
     assert_eq!(
         metric(&m, "switchyard_requests_total{code=\"5xx\",pool=\"blue\"}"),
         0.0,
@@ -218,7 +218,7 @@ async fn down_pool_answers_json_502() {
         v["errors"][0].as_str().unwrap().contains(&dead.to_string()),
         "{v}"
     );
-    let m = tp.metrics();
+    let m = tp.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -247,7 +247,7 @@ async fn slow_upstream_answers_json_504() {
     assert_eq!(v["errors"][0], "no answer from pool blue within 200ms", "{v}");
     assert!(
         metric(
-            &tp.metrics(),
+            &tp.metrics().await,
             "switchyard_upstream_errors_total{kind=\"timeout\",pool=\"blue\"}"
         ) == 1.0
     );
@@ -370,7 +370,7 @@ async fn client_gone_before_the_answer_counts_as_499_and_leaves_no_inflight() {
         pool() == 0
     })
     .await;
-    let m = tp.metrics();
+    let m = tp.metrics().await;
     assert_eq!(
         metric(&m, "switchyard_requests_total{code=\"4xx\",pool=\"blue\"}"),
         1.0,

@@ -96,7 +96,7 @@ async fn every_file_update_style_switches_under_load_without_failure() {
     let samples = load.stop().await;
     assert_no_failures(&samples);
     assert_eq!(tp.generation(), 4);
-    assert!(metric(&tp.metrics(), "switchyard_switches_total{source=\"file\"}") == 3.0);
+    assert!(metric(&tp.metrics().await, "switchyard_switches_total{source=\"file\"}") == 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +158,10 @@ async fn invalid_files_never_apply_and_a_later_valid_one_does() {
         write_rename(&path, &text);
         errors += 1.0;
         wait_until(Duration::from_secs(5), what, || {
-            metric(&tp.metrics(), "switchyard_config_reloads_total{result=\"error\"}") >= errors
+            metric(
+                &tp.control_metrics(),
+                "switchyard_config_reloads_total{result=\"error\"}",
+            ) >= errors
         })
         .await;
         assert_eq!(
@@ -176,7 +179,10 @@ async fn invalid_files_never_apply_and_a_later_valid_one_does() {
     // The file deleted.
     std::fs::remove_file(&path).unwrap();
     wait_until(Duration::from_secs(5), "deleted file rejected", || {
-        metric(&tp.metrics(), "switchyard_config_reloads_total{result=\"error\"}") > errors
+        metric(
+            &tp.control_metrics(),
+            "switchyard_config_reloads_total{result=\"error\"}",
+        ) > errors
     })
     .await;
     assert_eq!(tp.generation(), 1);
@@ -241,7 +247,7 @@ async fn override_rules_and_persist() {
     let gen = tp.generation();
     wait_until(Duration::from_secs(5), "the edit is read", || {
         metric(
-            &tp.metrics(),
+            &tp.control_metrics(),
             "switchyard_config_reloads_total{result=\"unchanged\"}",
         ) >= 1.0
     })
@@ -293,7 +299,7 @@ async fn persist_writes_active_back_keeping_comments_once() {
     // The watcher sees its own write as already applied: no second generation.
     wait_until(Duration::from_secs(5), "own write read back", || {
         metric(
-            &tp.metrics(),
+            &tp.control_metrics(),
             "switchyard_config_reloads_total{result=\"unchanged\"}",
         ) >= 1.0
     })
@@ -342,7 +348,7 @@ async fn watcher_does_not_loop_on_its_own_reads() {
             .map(|r| metric(m, &format!("switchyard_config_reloads_total{{result=\"{r}\"}}")))
             .sum::<f64>()
     };
-    let before = reloads(&tp.metrics());
+    let before = reloads(&tp.metrics().await);
     // Idle: reading the file must not feed the watcher new events.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
@@ -350,6 +356,6 @@ async fn watcher_does_not_loop_on_its_own_reads() {
         events,
         "the watcher saw events while nothing changed"
     );
-    assert_eq!(reloads(&tp.metrics()), before);
+    assert_eq!(reloads(&tp.metrics().await), before);
     assert!(events < 50, "{events} events for one rename");
 }

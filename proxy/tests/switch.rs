@@ -163,7 +163,7 @@ async fn metrics_show_the_rollout_and_pass_promtool() {
     }
     admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None).await;
     assert_eq!(c.get("/api/v1/translate?phrase=nope").await.unwrap().0, 404);
-    let m = tp.metrics();
+    let m = tp.metrics().await;
     assert_eq!(
         metric(&m, "switchyard_requests_total{code=\"2xx\",pool=\"blue\"}"),
         3.0,

@@ -94,8 +94,15 @@ impl TestProxy {
         self.proxy().shared().table.load().active_pool().name.clone()
     }
 
-    pub fn metrics(&self) -> String {
+    /// The metrics as rendered now, without asking the cores for what they
+    /// buffer: for the control-plane series (reloads, switches), in sync code.
+    pub fn control_metrics(&self) -> String {
         String::from_utf8(self.proxy().shared().metrics.render()).unwrap()
+    }
+
+    /// The metrics as a scrape sees them.
+    pub async fn metrics(&self) -> String {
+        String::from_utf8(self.proxy().shared().render_metrics().await).unwrap()
     }
 }
 
