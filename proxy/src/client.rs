@@ -115,6 +115,8 @@ impl LocalClient {
         };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
+            // See the server side (listener.rs): one buffer per message.
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;

@@ -230,6 +230,11 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, client_idle: Durat
         // connection and the reading of a request head (slowloris).
         .header_read_timeout(client_idle)
         .keep_alive(true)
+        // One buffer and write(2) per message instead of a vector of head
+        // and body pieces: measured 3-6 % less CPU per request for the
+        // small messages that dominate (bench/proxy_bench.py, and fewer
+        // instructions in bench/instructions.sh); large bodies pay a copy.
+        .writev(false)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
