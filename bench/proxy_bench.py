@@ -12,8 +12,14 @@ What it measures, in one run, in interleaved rounds:
     upstream keepalive 512, access log off) and HAProxy (nbthread 2,
     http-reuse always), all in front of the same translation-api upstream,
     plus the upstream directly;
+  * the peers do the header work switchyard always does: X-Forwarded-For
+    replaced by the peer address, X-Forwarded-Proto and -Host set, an
+    X-Request-Id generated (or kept), sent upstream and returned to the
+    client. --plain-peers leaves that out (bare proxy_pass / server line);
   * medians of rps, p50, p99, and the medians of per-round ratios to the
-    better peer; the peak RSS (VmHWM, summed over a server's processes);
+    better peer; the proxy's own CPU time per request (user + system, from
+    /proc, over each wrk run); the peak RSS (VmHWM, summed over a server's
+    processes);
   * the time from POST /switch sent to its answer (20 switches);
   * the file-switch latency: rename of upstreams.toml -> first answer of the
     new version, and the same for a kubelet-style `..data` swap (20 each).
@@ -70,6 +76,19 @@ def vm_hwm_kib(pids):
     return total
 
 
+def cpu_seconds(pids):
+    """User + system CPU time of these processes so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -107,6 +126,7 @@ def wrk(port, conns, duration):
         ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/version"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
 
@@ -115,7 +135,7 @@ def wrk(port, conns, duration):
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
-    return {"rps": rps, "p50": lat(50), "p99": lat(99),
+    return {"rps": rps, "requests": requests, "p50": lat(50), "p99": lat(99),
             "errors": (int(errors.group(1)) if errors else 0), "socket_errors": sock.group(1) if sock else ""}
 
 
@@ -188,6 +208,8 @@ def main():
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--switches", type=int, default=20)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--plain-peers", action="store_true",
+                    help="nginx and HAProxy without the X-Forwarded-*/X-Request-Id work switchyard does")
     ap.add_argument("--upstream", choices=("api", "nginx"), default="api",
                     help="what the proxies front: translation-api (blue), or a static nginx answering "
                          "the same /version body (cheaper, as in notes/performance.md)")
@@ -243,6 +265,25 @@ http {{
             wait_port(port)
             targets[name] = (port, [p.pid], admin)
 
+        if args.plain_peers:
+            ng_headers, hp_frontend, hp_backend = "", "", ""
+        else:
+            ng_headers = """
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $reqid;
+      add_header X-Request-Id $reqid always;"""
+            hp_frontend = """
+  unique-id-format %{+X}o%ci%cp%Ts%rt%pid
+  http-request set-header X-Request-Id %[unique-id] unless { req.hdr(x-request-id) -m found }
+  http-request del-header X-Forwarded-For
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-var(txn.reqid) req.hdr(x-request-id)
+  http-response set-header X-Request-Id %[var(txn.reqid)]"""
+            hp_backend = ""
         ng = free_port()
         ngdir = os.path.join(tmp, "nginx")
         os.makedirs(ngdir)
@@ -254,13 +295,14 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   upstream api {{ server 127.0.0.1:{base}; keepalive 512; }}
+  map $http_x_request_id $reqid {{ default $http_x_request_id; "" $request_id; }}
   server {{
     listen 127.0.0.1:{ng} reuseport;
     location / {{
       proxy_pass http://api;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $host;
+      proxy_set_header Host $http_host;{ng_headers}
     }}
   }}
 }}
@@ -281,9 +323,9 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{hp}
+  bind 127.0.0.1:{hp}{hp_frontend}
   default_backend be
-backend be
+backend be{hp_backend}
   server api 127.0.0.1:{base} maxconn 1024
 """)
         h = procs.start(["haproxy", "-f", os.path.join(tmp, "haproxy.cfg")])
@@ -298,7 +340,9 @@ backend be
         for r in range(args.rounds):
             for conns in (64, 256):
                 for name, t in targets.items():
+                    c0 = cpu_seconds(t[1])
                     res = wrk(t[0], conns, args.duration)
+                    res["cpu_us"] = (cpu_seconds(t[1]) - c0) / max(res["requests"], 1) * 1e6
                     results.setdefault((name, conns), []).append(res)
                     print(f"round {r + 1} c{conns:<3} {name:<15} {res['rps']:>9.0f} rps  p50 {res['p50']:.2f} ms"
                           f"  p99 {res['p99']:.2f} ms  non-2xx {res['errors']} {res['socket_errors']}",
@@ -371,10 +415,11 @@ backend be
     # Report.
     print(f"\n{args.rounds} interleaved rounds, wrk -t2 -d{args.duration}s, GET /version, keep-alive, "
           f"upstream {args.upstream}; medians\n")
-    print("| target | c | rps | p50 ms | p99 ms | rps / better peer | p99 / better peer's | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | c | rps | p50 ms | p99 ms | rps / better peer | p99 / better peer's "
+          "| CPU µs / request | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for conns in (64, 256):
-        for name in targets:
+        for name, t in targets.items():
             rows = results[(name, conns)]
             ratios, p99r = [], []
             for i in range(args.rounds):
@@ -382,13 +427,14 @@ backend be
                 better = ng_r if ng_r["rps"] >= hp_r["rps"] else hp_r
                 ratios.append(rows[i]["rps"] / better["rps"])
                 p99r.append(rows[i]["p99"] / min(ng_r["p99"], hp_r["p99"]))
-            r = f"{median(ratios):.2f}x" if name not in ("nginx", "haproxy") else ""
-            p = f"{median(p99r):.2f}x" if name not in ("nginx", "haproxy") else ""
+            peer = name in ("nginx", "haproxy")
+            r = "" if peer else f"{median(ratios):.2f}x"
+            p = "" if peer else f"{median(p99r):.2f}x"
+            cpu = f"{median([x['cpu_us'] for x in rows]):.1f}" if t[1] else ""
+            mem = f"{rss[name]:.1f}" if name in rss else ""
             print(f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
-                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | "
-                  f"{rss.get(name, 0):.1f} |" if name in rss else
-                  f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
-                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | |")
+                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {mem} |")
+    print(f"\npeers: {'plain (no header work)' if args.plain_peers else 'same header work as switchyard'}")
     print(f"\nPOST /switch answered in: median {median(switch_ms):.3f} ms, max {max(switch_ms):.3f} ms "
           f"({args.switches} switches, client-side round trip)")
     print(f"file rename -> first new answer: median {median(rename_ms):.1f} ms, max {max(rename_ms):.1f} ms "
