@@ -165,9 +165,8 @@ pub async fn run_core(
             }
         })
     };
-    // The metrics a core buffers reach the shared series within this time
-    // even when traffic stops.
-    // A scrape asks for them.
+    // The metrics this core buffers reach the shared series within
+    // METRICS_FLUSH even when traffic stops, and at once when a scrape asks.
     let flusher = {
         let worker = Rc::clone(&worker);
         let shared = Arc::clone(&shared);
