@@ -41,17 +41,7 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
 
 /// The index of `name` in [`HOP_BY_HOP`].
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    Some(match name.as_str() {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "te" => 3,
-        "trailer" => 4,
-        "transfer-encoding" => 5,
-        "upgrade" => 6,
-        "proxy-authorization" => 7,
-        _ => return None,
-    })
+    HOP_BY_HOP.iter().position(|h| *h == name)
 }
 
 /// One core's share of the data plane.

@@ -174,6 +174,7 @@ pub async fn run_core(
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(METRICS_FLUSH);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut answered = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -183,7 +184,10 @@ pub async fn run_core(
                 // this request was made".
                 let request = *asked.borrow_and_update();
                 worker.view.flush();
-                shared.flush.done(core, request);
+                if request != answered {
+                    shared.flush.done(core, request);
+                    answered = request;
+                }
             }
         })
     };

@@ -1,6 +1,7 @@
 //! Prometheus metrics: a [`Metrics`] value owning its own `Registry` (never
-//! the global one, so two proxies can live in one process), and the
-//! pre-resolved per-pool handles the hot path uses ([`PoolMetrics`]).
+//! the global one, so two proxies can live in one process), the per-pool
+//! handles resolved once ([`PoolMetrics`]), and the per-core buffers the
+//! request path writes to ([`LocalPoolMetrics`]).
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
@@ -213,7 +214,9 @@ impl Metrics {
         self.client_connections.with_label_values(&[listener])
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition of the series as they stand; what the
+    /// cores still buffer is not in it (`Shared::render_metrics` collects
+    /// that first).
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec only fails on a malformed family, which `new` rules out.
