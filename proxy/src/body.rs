@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::client::{LocalClient, Sender};
+use crate::forward::Conn;
 use crate::local::CorePool;
 use crate::metrics::ErrorKind;
 
@@ -84,11 +85,18 @@ pub struct Completion {
     pub endpoint: Option<usize>,
     /// Present when the access log is on.
     pub access: Option<AccessInfo>,
+    /// The client connection it came on (its idle time starts at the end).
+    conn: Rc<Conn>,
 }
 
 impl Completion {
     /// Starts counting a request on `pool`.
-    pub fn start(pool: Rc<CorePool>, start: Instant, access: Option<AccessInfo>) -> Completion {
+    pub fn start(
+        pool: Rc<CorePool>,
+        conn: Rc<Conn>,
+        start: Instant,
+        access: Option<AccessInfo>,
+    ) -> Completion {
         pool.pool.inflight.add(pool.core, 1);
         Completion {
             pool,
@@ -97,6 +105,7 @@ impl Completion {
             bytes: 0,
             endpoint: None,
             access,
+            conn,
         }
     }
 }
@@ -105,7 +114,9 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let p = &self.pool;
         p.pool.inflight.add(p.core, -1);
-        let elapsed = self.start.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
+        self.conn.request_ended(now);
         if p.metrics.request(self.status, elapsed.as_secs_f64()) {
             p.metrics.flush();
         }

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{AccessInfo, Completion, ProxyBody, Recycle, UpstreamBody};
 use crate::client::{ConnectError, LocalClient, Sender};
+use crate::deadline::{self, Deadline, Deadlines};
 use crate::error::ForwardError;
 use crate::local::{CorePool, View};
 use crate::metrics::ErrorKind;
@@ -52,6 +53,8 @@ pub struct Worker {
     pub client: Rc<LocalClient>,
     /// This core's view of the routing table.
     pub view: View,
+    /// This core's request and client-idle deadlines.
+    pub deadlines: Rc<Deadlines>,
     /// Request id prefix of this core (random per process and core).
     id_prefix: u64,
     /// Request id counter of this core.
@@ -74,6 +77,7 @@ impl Worker {
             shared,
             client,
             view: View::new(core),
+            deadlines: Rc::new(Deadlines::default()),
             id_prefix: h.finish(),
             id_next: std::cell::Cell::new(0),
         }
@@ -106,6 +110,14 @@ pub struct Conn {
     pub trusted: bool,
     /// The peer's address as a header value, made once per connection.
     pub peer_header: HeaderValue,
+    /// Fires when the connection has been idle (no request in progress) for
+    /// `timeouts.client_idle`, counted from its accept or from the end of
+    /// its last response; the connection is then closed. This bounds both a
+    /// keep-alive connection's wait for its next request and the reading of
+    /// a request head (slowloris).
+    pub idle: Deadline,
+    /// Requests of this connection in progress (0 or 1 with HTTP/1.1).
+    open: std::cell::Cell<u32>,
 }
 
 impl Conn {
@@ -115,11 +127,33 @@ impl Conn {
         let trusted = worker.shared.opts.trusted_proxies.iter().any(|n| n.contains(&ip));
         let peer_header =
             HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let idle = worker
+            .deadlines
+            .add(deadline::after(Instant::now(), worker.shared.opts.client_idle));
         Conn {
             worker,
             peer: SocketAddr::new(ip, peer.port()),
             trusted,
             peer_header,
+            idle,
+            open: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A request of this connection starts: the connection is not idle.
+    fn request_started(&self) {
+        self.open.set(self.open.get() + 1);
+        self.idle.disarm();
+    }
+
+    /// A request of this connection ended at `now` (its response body was
+    /// sent or abandoned): the idle time starts when none is left.
+    pub fn request_ended(&self, now: Instant) {
+        let n = self.open.get().saturating_sub(1);
+        self.open.set(n);
+        if n == 0 {
+            self.idle
+                .arm(deadline::after(now, self.worker.shared.opts.client_idle));
         }
     }
 }
@@ -211,6 +245,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
+    conn.request_started();
     let worker = &conn.worker;
     let shared = &worker.shared;
     let opts = &shared.opts;
@@ -271,10 +306,12 @@ pub async fn handle(
         method: req.method().clone(),
         uri: req.uri().clone(),
     });
-    let mut completion = Completion::start(Rc::clone(&pool), start, access);
+    let mut completion = Completion::start(Rc::clone(&pool), Rc::clone(&conn), start, access);
 
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let outcome = tokio::time::timeout(opts.request_timeout, send(&worker.client, &pool, req)).await;
+    let request_deadline = worker.deadlines.add(deadline::after(start, opts.request_timeout));
+    let outcome = deadline::timeout(&request_deadline, send(&worker.client, &pool, req)).await;
+    drop(request_deadline);
     let result = match outcome {
         Ok(r) => r,
         Err(_) => Err(ForwardError::Timeout {

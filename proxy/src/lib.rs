@@ -24,6 +24,7 @@ pub mod admin;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod forward;
 pub mod listener;

@@ -191,12 +191,16 @@ pub async fn run_core(
             }
         })
     };
+    let ticker = tokio::task::spawn_local(Rc::clone(&worker.deadlines).run(crate::deadline::tick_for(&[
+        opts.request_timeout,
+        opts.client_idle,
+    ])));
     let what = format!("core {core}");
     while let Some((stream, peer)) = accept(&listener, &mut stop, &what).await {
         let _ = stream.set_nodelay(true);
         let conn = Rc::new(Conn::new(Rc::clone(&worker), peer));
         let guard = Tracked::new(&tracker, &gauge);
-        tokio::task::spawn_local(serve(stream, conn, shared.opts.client_idle, guard));
+        tokio::task::spawn_local(serve(stream, conn, guard));
     }
     drop(listener);
     tracker.stop();
@@ -221,17 +225,20 @@ pub async fn run_core(
     }
     sweeper.abort();
     flusher.abort();
+    ticker.abort();
     worker.view.flush();
     client.clear();
 }
 
-async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, client_idle: Duration, guard: Tracked) {
-    let service = service_fn(move |req| forward::handle(Rc::clone(&conn), req));
+async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, guard: Tracked) {
+    let service = {
+        let conn = Rc::clone(&conn);
+        service_fn(move |req| forward::handle(Rc::clone(&conn), req))
+    };
+    // No hyper timer: `conn.idle` (a coarse deadline of this core, see
+    // deadline.rs) bounds both the wait for the next request on an idle
+    // keep-alive connection and the reading of a request head (slowloris).
     let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        // Bounds both the wait for the next request on an idle keep-alive
-        // connection and the reading of a request head (slowloris).
-        .header_read_timeout(client_idle)
         .keep_alive(true)
         // One buffer and write(2) per message instead of a vector of head
         // and body pieces: measured 3-6 % less CPU per request for the
@@ -243,6 +250,9 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, client_idle: Durat
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
+        // Idle for `timeouts.client_idle` with no request in progress:
+        // closed, like hyper's header-read timeout would.
+        () = conn.idle.fired() => {}
         _ = guard.stopping() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;

@@ -253,6 +253,122 @@ async fn slow_upstream_answers_json_504() {
     );
 }
 
+/// Reads from `s` until `what` has arrived; panics on EOF or after 5 s.
+async fn read_until(s: &mut tokio::net::TcpStream, what: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(what.len()).any(|w| w == what) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {:?} arrived: {:?}",
+            String::from_utf8_lossy(what),
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// Whether the proxy closes `s` within `within` (EOF or reset), reading
+/// and discarding whatever arrives before.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_closes_idle_and_slow_head_connections_never_busy_ones() {
+    let (up, _t) = serve(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+        Response::new(full("done"))
+    })
+    .await;
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        "[timeouts]\nclient_idle = \"300ms\"",
+    );
+    let addr = tp.proxy().http_addr();
+
+    // A connection that never sends anything is closed, but not at once.
+    let t0 = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a silent connection is closed"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}, before client_idle",
+        t0.elapsed()
+    );
+
+    // A request head that trickles in (slowloris) does not keep it open.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut closed = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(format!("x-{i}: y\r\n").as_bytes()).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed || closed_within(&mut slow, Duration::from_secs(1)).await,
+        "a trickled head is cut off"
+    );
+
+    // A request that takes longer than client_idle is not cut; the idle
+    // time starts again after each response.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until(&mut busy, b"done").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        busy.write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until(&mut busy, b"done").await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let t1 = std::time::Instant::now();
+    assert!(
+        closed_within(&mut busy, Duration::from_secs(5)).await,
+        "idle after its last answer: closed"
+    );
+    assert!(
+        t1.elapsed() >= Duration::from_millis(250),
+        "closed {:?} after the last answer",
+        t1.elapsed()
+    );
+}
+
 /// A raw upstream that accepts an `Upgrade` handshake and then echoes bytes.
 fn upgrade_echo_upstream() -> std::net::SocketAddr {
     raw_upstream(|mut s, head| {
