@@ -249,6 +249,7 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, guard: Tracked) {
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
+        biased;
         _ = connection.as_mut() => {}
         // Idle for `timeouts.client_idle` with no request in progress:
         // closed, like hyper's header-read timeout would.
