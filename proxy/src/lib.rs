@@ -299,7 +299,13 @@ impl Proxy {
                 .name(format!("switchyard-core-{core}"))
                 .spawn(move || {
                     let local = tokio::task::LocalSet::new();
-                    local.block_on(&rt, listener::run_core(core, l, shared, stop));
+                    // The core's work is a task of its own: the future
+                    // given to `block_on` is polled at every turn of the
+                    // LocalSet, so it is only a join handle.
+                    let main = local.spawn_local(listener::run_core(core, l, shared, stop));
+                    if let Err(e) = local.block_on(&rt, main) {
+                        tracing::error!(core, error = %e, "core task failed");
+                    }
                 })
                 .map_err(|source| Error::Runtime {
                     what: "a core thread",
