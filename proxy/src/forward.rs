@@ -449,8 +449,10 @@ async fn acquire(
 /// Sends the request to an endpoint of `pool`, following DESIGN.md's retry
 /// rules: a request that could not be sent goes to the next endpoint (or, if
 /// a pooled connection turned out dead, to a new connection); an idempotent
-/// body-less request whose pooled connection closed before any response byte
-/// is retried once on a new connection. Never to another pool.
+/// body-less request whose connection closed before any response byte is
+/// retried once: on a new connection if it was pooled, else (an endpoint
+/// that accepted and then went away) on the next endpoint. Never to another
+/// pool.
 async fn send(
     client: &LocalClient,
     core_pool: &CorePool,
@@ -513,13 +515,23 @@ async fn send(
                         }
                         last_err = Some(err);
                     }
-                    // Sent, and the connection closed before any response byte.
+                    // Sent, and the connection closed before any response
+                    // byte: once, a pooled connection's request goes out
+                    // again on a new connection; a new connection's (an
+                    // endpoint going away: accepted, then reset) to the next
+                    // endpoint, if there is one.
                     None => match &template {
-                        Some(t) if pooled && !resent => {
+                        Some(t) if !resent => {
                             resent = true;
-                            fresh = true;
+                            if pooled || i + 1 >= n {
+                                fresh = true;
+                            } else {
+                                i += 1;
+                                fresh = false;
+                            }
                             pool.metrics.error(ErrorKind::Reset);
                             pool.metrics.retries.inc();
+                            last_err = Some(err);
                             req = t.build();
                         }
                         _ => return Err(err),

@@ -198,6 +198,55 @@ async fn pooled_connection_closed_by_upstream_is_retried_not_failed() {
     );
 }
 
+/// An endpoint that accepts connections and reads the request, then closes
+/// without answering: one going away (accepted, then reset).
+fn vanishing_upstream() -> std::net::SocketAddr {
+    raw_upstream(|_s, _head| {})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connection_closed_before_an_answer_retries_a_get_on_the_next_endpoint_only() {
+    let (good, _t) = serve(|_req| async { Response::new(full("ok")) }).await;
+    let bad = vanishing_upstream();
+    let tp = TestProxy::start(
+        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{bad}\", \"{good}\"]\n"),
+        "",
+    );
+    // Round-robin sends every other request to the vanishing endpoint first.
+    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    for _ in 0..10 {
+        let (status, _, body) = c.get("/").await.unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+    }
+    let m = tp.metrics().await;
+    assert!(
+        metric(&m, "switchyard_upstream_retries_total{pool=\"blue\"}") >= 1.0,
+        "{m}"
+    );
+    // A POST is not idempotent: never sent twice, so some fail.
+    let mut failed = 0;
+    for _ in 0..10 {
+        let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+        let (status, _, _) = c
+            .send(
+                Request::post("/")
+                    .body(Full::new(Bytes::from_static(b"x")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        if status == 502 {
+            failed += 1;
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    assert!(
+        failed >= 1,
+        "a POST that reached the vanishing endpoint is not retried"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_pool_answers_json_502() {
     // A port with nothing listening.
