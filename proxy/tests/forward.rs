@@ -113,6 +113,19 @@ async fn header_rules() {
         .unwrap();
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_ne!(seen["x-request-id"], "bad id {}");
+
+    // Generated ids are unique, over more than one block of them (a core
+    // makes 64 at a time), and each is 32 hex digits.
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let (_, h, _) = c.get("/").await.unwrap();
+        let id = h["x-request-id"].to_str().unwrap().to_string();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(ids.insert(id.clone()), "request id {id} given twice");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
