@@ -256,7 +256,13 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, guard: Tracked) {
         () = conn.idle.fired() => {}
         _ = guard.stopping() => {
             connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            // A request in progress finishes; a connection that is idle
+            // (a head still trickling in) is still cut at its deadline.
+            tokio::select! {
+                biased;
+                _ = connection.as_mut() => {}
+                () = conn.idle.fired() => {}
+            }
         }
     }
 }
