@@ -37,10 +37,7 @@ async fn header_echo() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_rules() {
     let up = header_echo().await;
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "",
-    );
+    let tp = TestProxy::start(&blue_pool(up), "");
     let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
     let req = Request::get("/echo")
         .header("host", "api.example.com")
@@ -132,7 +129,7 @@ async fn header_rules() {
 async fn trusted_proxy_extends_forwarded_for_and_expose_off_hides_headers() {
     let up = header_echo().await;
     let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        &blue_pool(up),
         "[headers]\nexpose = false\ntrusted_proxies = [\"127.0.0.0/8\"]",
     );
     let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
@@ -193,10 +190,7 @@ fn closing_upstream() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connection_closed_by_upstream_is_retried_not_failed() {
     let up = closing_upstream();
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "",
-    );
+    let tp = TestProxy::start(&blue_pool(up), "");
     for _ in 0..20 {
         let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
         let (status, _, body) = c.get("/").await.unwrap();
@@ -298,10 +292,7 @@ async fn slow_upstream_answers_json_504() {
         Response::new(full("late"))
     })
     .await;
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "[timeouts]\nrequest = \"200ms\"",
-    );
+    let tp = TestProxy::start(&blue_pool(up), "[timeouts]\nrequest = \"200ms\"");
     let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
     let (status, _, body) = c.get("/").await.unwrap();
     assert_eq!(status, 504, "{body:?}");
@@ -360,24 +351,12 @@ async fn client_idle_closes_idle_and_slow_head_connections_never_busy_ones() {
         Response::new(full("done"))
     })
     .await;
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "[timeouts]\nclient_idle = \"300ms\"",
-    );
+    let tp = TestProxy::start(&blue_pool(up), "[timeouts]\nclient_idle = \"300ms\"");
     let addr = tp.proxy().http_addr();
 
     // A connection that never sends anything is closed, but not at once.
-    let t0 = std::time::Instant::now();
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    assert!(
-        closed_within(&mut silent, Duration::from_secs(5)).await,
-        "a silent connection is closed"
-    );
-    assert!(
-        t0.elapsed() >= Duration::from_millis(300),
-        "closed after {:?}, before client_idle",
-        t0.elapsed()
-    );
+    closed_after_idle(&mut silent, "a silent connection").await;
 
     // A request head that trickles in (slowloris) does not keep it open.
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -398,36 +377,36 @@ async fn client_idle_closes_idle_and_slow_head_connections_never_busy_ones() {
     // A request that takes longer than client_idle is not cut; the idle
     // time starts again after each response.
     let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
-    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+    get_ok(&mut busy, "/slow").await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        get_ok(&mut busy, "/fast").await;
+    }
+    closed_after_idle(&mut busy, "a connection idle after its last answer").await;
+}
+
+/// Sends `GET path` on `s` and asserts a 200 whose body is `done`.
+async fn get_ok(s: &mut tokio::net::TcpStream, path: &str) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let answer = read_until(&mut busy, b"done").await;
+    let answer = read_until(s, b"done").await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        busy.write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_until(&mut busy, b"done").await;
-        assert!(
-            answer.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
-    }
-    let t1 = std::time::Instant::now();
+}
+
+/// Asserts that the proxy closes `s` (idle from now on) within 5 s, but not
+/// before most of its 300 ms `client_idle`.
+async fn closed_after_idle(s: &mut tokio::net::TcpStream, what: &str) {
+    let t = std::time::Instant::now();
+    assert!(closed_within(s, Duration::from_secs(5)).await, "{what} is closed");
     assert!(
-        closed_within(&mut busy, Duration::from_secs(5)).await,
-        "idle after its last answer: closed"
-    );
-    assert!(
-        t1.elapsed() >= Duration::from_millis(250),
-        "closed {:?} after the last answer",
-        t1.elapsed()
+        t.elapsed() >= Duration::from_millis(250),
+        "{what} is closed after {:?}, before client_idle",
+        t.elapsed()
     );
 }
 
@@ -457,10 +436,7 @@ fn upgrade_echo_upstream() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_relays_bytes_both_ways() {
     let up = upgrade_echo_upstream();
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "",
-    );
+    let tp = TestProxy::start(&blue_pool(up), "");
     let mut s = tokio::net::TcpStream::connect(tp.proxy().http_addr())
         .await
         .unwrap();
@@ -505,10 +481,7 @@ async fn large_bodies_stream_both_ways() {
     let (up, _t) =
         serve(|req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body().boxed()) })
             .await;
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "",
-    );
+    let tp = TestProxy::start(&blue_pool(up), "");
     let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
     let (status, _, body) = c
@@ -531,10 +504,7 @@ async fn client_gone_before_the_answer_counts_as_499_and_leaves_no_inflight() {
         Response::new(full("late"))
     })
     .await;
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "",
-    );
+    let tp = TestProxy::start(&blue_pool(up), "");
     let mut s = tokio::net::TcpStream::connect(tp.proxy().http_addr())
         .await
         .unwrap();

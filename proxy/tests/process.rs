@@ -85,7 +85,7 @@ async fn sigterm_finishes_in_flight_requests_then_refuses_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let (mut proc, http, admin_port) = spawn_proxy(
         dir.path(),
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
+        &blue_pool(up),
         "[timeouts]\nshutdown_delay = \"500ms\"\nshutdown = \"10s\"",
     );
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
@@ -175,11 +175,7 @@ async fn large_bodies_stream_with_bounded_memory() {
         serve(|req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body().boxed()) })
             .await;
     let dir = tempfile::tempdir().unwrap();
-    let (proc, http, _) = spawn_proxy(
-        dir.path(),
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{up}\"]\n"),
-        "",
-    );
+    let (proc, http, _) = spawn_proxy(dir.path(), &blue_pool(up), "");
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
     let mut c = Client::connect(addr).await.unwrap();
     // Warm up, then measure the peak RSS growth over a 32 MiB upload echoed back as a

@@ -367,3 +367,8 @@ pub fn raw_upstream(then: fn(std::net::TcpStream, String)) -> SocketAddr {
     });
     addr
 }
+
+/// An upstreams file with one active pool, `blue`, of one endpoint.
+pub fn blue_pool(endpoint: impl std::fmt::Display) -> String {
+    format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{endpoint}\"]\n")
+}
