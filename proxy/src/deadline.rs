@@ -15,7 +15,6 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -83,13 +82,9 @@ impl Deadlines {
     }
 
     /// Deadlines currently registered (armed or not).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn registered(&self) -> usize {
         self.entries.borrow().len()
-    }
-
-    /// Whether none is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Runs the core's ticker: fires due deadlines every `tick`, forever.
@@ -140,8 +135,8 @@ impl Deadline {
     }
 
     /// A future that is ready once the deadline has fired.
-    pub fn fired(&self) -> Fired<'_> {
-        Fired(self)
+    pub fn fired(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll_fired(cx))
     }
 }
 
@@ -151,17 +146,6 @@ impl Drop for Deadline {
         // run arbitrary code.
         let removed = self.deadlines.entries.borrow_mut().try_remove(self.key);
         drop(removed);
-    }
-}
-
-/// See [`Deadline::fired`].
-pub struct Fired<'a>(&'a Deadline);
-
-impl Future for Fired<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.poll_fired(cx)
     }
 }
 
@@ -241,10 +225,10 @@ mod tests {
         let d = Rc::new(Deadlines::default());
         let a = d.add(None);
         let b = d.add(None);
-        assert_eq!(d.len(), 2);
+        assert_eq!(d.registered(), 2);
         drop(a);
         drop(b);
-        assert!(d.is_empty());
+        assert_eq!(d.registered(), 0);
     }
 
     #[test]
