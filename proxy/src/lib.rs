@@ -21,6 +21,7 @@
 //! [`Proxy::start`] runs it all from a `proxy.toml` path.
 
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod client;
 pub mod config;
@@ -89,6 +90,8 @@ pub struct Shared {
     pub status: Mutex<ControlStatus>,
     /// How a scrape collects the metrics the cores buffer.
     pub flush: local::FlushRequests,
+    /// The cores' open client connections, kept even.
+    pub balance: Arc<balance::Balancer>,
 }
 
 impl Shared {
@@ -161,6 +164,7 @@ impl Proxy {
         );
         metrics.reload("ok");
         let t = &file.timeouts;
+        let (balance, inboxes) = balance::Balancer::new(cores);
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             metrics,
@@ -177,6 +181,7 @@ impl Proxy {
             ready: AtomicBool::new(false),
             status: Mutex::new(ControlStatus::default()),
             flush: local::FlushRequests::new(cores),
+            balance,
         });
 
         // Bind everything before starting anything, so errors come back here.
@@ -285,25 +290,35 @@ impl Proxy {
         }
 
         let mut core_threads = Vec::with_capacity(cores);
-        for (core, l) in listeners.into_iter().enumerate() {
+        let (built_tx, built_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        for (core, (l, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let shared = Arc::clone(&shared);
             let stop = stop_cores_rx.clone();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| Error::Runtime {
-                    what: "a core runtime",
-                    source,
-                })?;
+            let built = built_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("switchyard-core-{core}"))
                 .spawn(move || {
-                    let local = tokio::task::LocalSet::new();
-                    // The core's work is a task of its own: the future
-                    // given to `block_on` is polled at every turn of the
-                    // LocalSet, so it is only a join handle.
-                    let main = local.spawn_local(listener::run_core(core, l, shared, stop));
-                    if let Err(e) = local.block_on(&rt, main) {
+                    // A local runtime (built on its thread, which it never
+                    // leaves) runs `!Send` tasks on its own run queue: an
+                    // I/O wake-up is queued there like any other, where a
+                    // `LocalSet` on a `current_thread` runtime would take
+                    // its locked remote queue.
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build_local(tokio::runtime::LocalOptions::default())
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = built.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = built.send(Ok(()));
+                    drop(built);
+                    // The core's work is a task of its own, like every
+                    // connection's; `block_on` only waits for it.
+                    let main = rt.spawn_local(listener::run_core(core, l, inbox, shared, stop));
+                    if let Err(e) = rt.block_on(main) {
                         tracing::error!(core, error = %e, "core task failed");
                     }
                 })
@@ -312,6 +327,24 @@ impl Proxy {
                     source,
                 })?;
             core_threads.push(handle);
+        }
+        drop(built_tx);
+        for _ in 0..cores {
+            match built_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => {
+                    return Err(Error::Runtime {
+                        what: "a core runtime",
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(Error::Runtime {
+                        what: "a core runtime",
+                        source: std::io::Error::other("a core thread ended early"),
+                    })
+                }
+            }
         }
         shared.ready.store(true, Ordering::Release);
         tracing::info!(%http_addr, %admin_addr, cores, upstreams = %path.display(), "switchyard listening");

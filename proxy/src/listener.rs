@@ -1,7 +1,8 @@
 //! The data plane's shape: one `current_thread` runtime per core, each with
 //! its own `SO_REUSEPORT` listener, its own upstream connections, and its own
-//! accept loop; they share only the `ArcSwap` table, the metrics and the
-//! stop signal. Also the admin listener's accept loop.
+//! accept loop; they share only the `ArcSwap` table, the metrics, the
+//! connection counts that keep the cores evenly loaded (see balance.rs) and
+//! the stop signal. Also the admin listener's accept loop.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::admin::Admin;
+use crate::balance::{Balancer, Handoff, Inbox, Slot};
 use crate::client::LocalClient;
 use crate::forward::{self, Conn, Worker};
 use crate::Shared;
@@ -105,18 +107,29 @@ impl Drop for Stopping {
     }
 }
 
-struct Tracked(Rc<Tracker>, prometheus::IntGauge);
+/// One open connection of a core: counted for the drain, in the gauge, and
+/// (through its [`Slot`]) for balancing.
+struct Tracked {
+    tracker: Rc<Tracker>,
+    gauge: prometheus::IntGauge,
+    /// Uncounts the connection from the balancer when dropped.
+    _slot: Slot,
+}
 
 impl Tracked {
-    fn new(t: &Rc<Tracker>, gauge: &prometheus::IntGauge) -> Tracked {
+    fn new(t: &Rc<Tracker>, gauge: &prometheus::IntGauge, slot: Slot) -> Tracked {
         t.open.set(t.open.get() + 1);
         gauge.inc();
-        Tracked(Rc::clone(t), gauge.clone())
+        Tracked {
+            tracker: Rc::clone(t),
+            gauge: gauge.clone(),
+            _slot: slot,
+        }
     }
 
     fn stopping(&self) -> Stopping {
         Stopping {
-            tracker: Rc::clone(&self.0),
+            tracker: Rc::clone(&self.tracker),
             id: None,
         }
     }
@@ -124,11 +137,11 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.1.dec();
-        let n = self.0.open.get() - 1;
-        self.0.open.set(n);
+        self.gauge.dec();
+        let n = self.tracker.open.get() - 1;
+        self.tracker.open.set(n);
         if n == 0 {
-            self.0.zero.notify_waiters();
+            self.tracker.zero.notify_waiters();
         }
     }
 }
@@ -139,6 +152,7 @@ impl Drop for Tracked {
 pub async fn run_core(
     core: usize,
     listener: std::net::TcpListener,
+    mut inbox: Inbox,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -195,14 +209,47 @@ pub async fn run_core(
         opts.request_timeout,
         opts.client_idle,
     ])));
-    let what = format!("core {core}");
-    while let Some((stream, peer)) = accept(&listener, &mut stop, &what).await {
+    let balancer = &shared.balance;
+    let start = |stream: tokio::net::TcpStream, peer, slot| {
         let _ = stream.set_nodelay(true);
         let conn = Rc::new(Conn::new(Rc::clone(&worker), peer));
-        let guard = Tracked::new(&tracker, &gauge);
+        let guard = Tracked::new(&tracker, &gauge, slot);
         tokio::task::spawn_local(serve(stream, conn, guard));
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            Some(handoff) = inbox.recv() => {
+                if let Some(stream) = receive(core, handoff.stream) {
+                    start(stream, handoff.peer, handoff.slot);
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let slot = balancer.place(core);
+                    if slot.core() == core {
+                        start(stream, peer, slot);
+                    } else if let Some((stream, slot)) = hand_over(balancer, core, stream, peer, slot) {
+                        start(stream, peer, slot);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(core, error = %e, "accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+        }
     }
     drop(listener);
+    // Connections handed over before the stop are served like the ones this
+    // core accepted itself: they finish under the graceful shutdown below.
+    inbox.close();
+    while let Ok(handoff) = inbox.try_recv() {
+        if let Some(stream) = receive(core, handoff.stream) {
+            start(stream, handoff.peer, handoff.slot);
+        }
+    }
     tracker.stop();
     let grace = shared.opts.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
@@ -228,6 +275,39 @@ pub async fn run_core(
     ticker.abort();
     worker.view.flush();
     client.clear();
+}
+
+/// Sends a connection this core accepted to the core `slot` is on. Gives it
+/// back, counted on this core, if that core no longer takes connections.
+fn hand_over(
+    balancer: &Arc<Balancer>,
+    core: usize,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+) -> Option<(tokio::net::TcpStream, Slot)> {
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(core, error = %e, "cannot hand a connection over; closing it");
+            return None;
+        }
+    };
+    let back = balancer.hand_over(Handoff { stream, peer, slot }).err()?;
+    let slot = balancer.here(core);
+    drop(back.slot);
+    receive(core, back.stream).map(|s| (s, slot))
+}
+
+/// A handed-over socket registered with this core's reactor.
+fn receive(core: usize, stream: std::net::TcpStream) -> Option<tokio::net::TcpStream> {
+    match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(core, error = %e, "cannot take a handed-over connection; closing it");
+            None
+        }
+    }
 }
 
 async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, guard: Tracked) {

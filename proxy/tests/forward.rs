@@ -559,3 +559,63 @@ async fn ipv6_listener_and_ipv6_endpoint() {
     assert_eq!(headers["x-switchyard-pool"], "blue");
     assert_eq!(admin(proxy.admin_addr(), "GET", "/readyz", "", None).await.0, 200);
 }
+
+/// Opens `n` keep-alive connections, each answered once, and returns them
+/// with the core that served each (the first 16 hex digits of a request id
+/// the proxy made are its core's prefix).
+async fn connections_by_core(addr: std::net::SocketAddr, n: usize) -> Vec<(String, Client)> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = Client::connect(addr).await.unwrap();
+        let (status, headers, _) = c.get("/version").await.unwrap();
+        assert_eq!(status, 200);
+        let id = headers["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 32, "a request id made by the proxy: {id}");
+        out.push((id[..16].to_string(), c));
+    }
+    out
+}
+
+fn per_core(conns: &[(String, Client)]) -> std::collections::BTreeMap<String, usize> {
+    let mut n = std::collections::BTreeMap::new();
+    for (core, _) in conns {
+        *n.entry(core.clone()).or_insert(0) += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_are_spread_evenly_over_the_cores() {
+    let up = api("0.0.1");
+    let tp = TestProxy::start(&blue_pool(up.addr()), "");
+    let addr = tp.proxy().http_addr();
+    // The kernel's SO_REUSEPORT hash alone splits 100 connections 50/50
+    // only about one time in twelve.
+    let mut conns = connections_by_core(addr, 100).await;
+    let split = per_core(&conns);
+    assert_eq!(split.values().copied().collect::<Vec<_>>(), [50, 50], "{split:?}");
+    // Every connection keeps working on the core that serves it.
+    for (core, c) in conns.iter_mut().step_by(7) {
+        let (status, headers, _) = c.get("/version").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(&headers["x-request-id"].to_str().unwrap()[..16], core.as_str());
+    }
+    // Closing one core's connections uncounts them: every new connection
+    // then goes to that core until the two are even again (the kernel alone
+    // would send about half of them to the other core).
+    let emptied = split.keys().next().unwrap().clone();
+    conns.retain(|(core, _)| *core != emptied);
+    let balance = &tp.proxy().shared().balance;
+    wait_until(Duration::from_secs(5), "closed connections uncounted", || {
+        (0..balance.cores()).map(|c| balance.open(c)).sum::<usize>() == 50
+    })
+    .await;
+    let again = connections_by_core(addr, 50).await;
+    assert_eq!(
+        per_core(&again),
+        [(emptied, 50)].into(),
+        "new connections go to the emptied core"
+    );
+    conns.extend(again);
+    assert_eq!(per_core(&conns).values().copied().collect::<Vec<_>>(), [50, 50]);
+}
