@@ -3,6 +3,12 @@
 
 One command:  python3 bench/proxy_bench.py [--rounds 5] [--duration 4]
 
+A/B of two switchyard builds in the same run (another build as an extra row,
+the order of the targets shuffled in every round so that none always runs
+right after the same one):
+
+  python3 bench/proxy_bench.py --compare before=/path/to/old/switchyard --shuffle
+
 Needs: wrk, nginx (nginx-light), haproxy from Debian (apt-get install -y wrk
 nginx-light haproxy); builds the release binaries itself.
 
@@ -31,6 +37,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -213,7 +220,20 @@ def main():
     ap.add_argument("--upstream", choices=("api", "nginx"), default="api",
                     help="what the proxies front: translation-api (blue), or a static nginx answering "
                          "the same /version body (cheaper, as in notes/performance.md)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY",
+                    help="also measure this switchyard binary (access log off), as row NAME; repeatable")
+    ap.add_argument("--shuffle", action="store_true",
+                    help="run the targets in a different (seeded) order in every round")
+    ap.add_argument("--concurrency", default="64,256",
+                    help="wrk connection counts, comma-separated (default 64,256)")
     args = ap.parse_args()
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    compare = []
+    for spec in args.compare:
+        name, sep, binary = spec.partition("=")
+        if not sep or not name or not os.access(binary, os.X_OK):
+            raise SystemExit(f"--compare {spec!r}: expected NAME=BINARY with an executable BINARY")
+        compare.append((name, binary, False))
     for tool in ("wrk", "nginx", "haproxy"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy")
@@ -255,13 +275,14 @@ http {{
             wait_port(base)
 
         targets = {"direct": (base, [])}
-        for name, access in (("switchyard", False), ("switchyard+log", True)):
+        ours = [("switchyard", f"{REL}/switchyard", False), ("switchyard+log", f"{REL}/switchyard", True)]
+        for name, binary, access in ours + compare:
             d = os.path.join(tmp, name)
             os.makedirs(d)
             port, admin = free_port(), free_port()
             write(os.path.join(d, "upstreams.toml"), upstreams("blue", base, green))
             write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", access))
-            p = procs.start([f"{REL}/switchyard", "-c", os.path.join(d, "proxy.toml")])
+            p = procs.start([binary, "-c", os.path.join(d, "proxy.toml")])
             wait_port(port)
             targets[name] = (port, [p.pid], admin)
 
@@ -338,8 +359,11 @@ backend be{hp_backend}
 
         results = {}  # (name, conns) -> list of per-round dicts
         for r in range(args.rounds):
-            for conns in (64, 256):
-                for name, t in targets.items():
+            for conns in concurrency:
+                order = list(targets.items())
+                if args.shuffle:
+                    random.Random(r * 1000 + conns).shuffle(order)
+                for name, t in order:
                     c0 = cpu_seconds(t[1])
                     res = wrk(t[0], conns, args.duration)
                     res["cpu_us"] = (cpu_seconds(t[1]) - c0) / max(res["requests"], 1) * 1e6
@@ -418,7 +442,7 @@ backend be{hp_backend}
     print("| target | c | rps | p50 ms | p99 ms | rps / better peer | p99 / better peer's "
           "| CPU µs / request | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for conns in (64, 256):
+    for conns in concurrency:
         for name, t in targets.items():
             rows = results[(name, conns)]
             ratios, p99r = [], []
@@ -434,7 +458,10 @@ backend be{hp_backend}
             mem = f"{rss[name]:.1f}" if name in rss else ""
             print(f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
                   f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {mem} |")
-    print(f"\npeers: {'plain (no header work)' if args.plain_peers else 'same header work as switchyard'}")
+    print(f"\npeers: {'plain (no header work)' if args.plain_peers else 'same header work as switchyard'}"
+          f"{'; targets in a shuffled order in every round' if args.shuffle else ''}")
+    for name, binary, _ in compare:
+        print(f"{name}: {binary}")
     print(f"\nPOST /switch answered in: median {median(switch_ms):.3f} ms, max {max(switch_ms):.3f} ms "
           f"({args.switches} switches, client-side round trip)")
     print(f"file rename -> first new answer: median {median(rename_ms):.1f} ms, max {max(rename_ms):.1f} ms "

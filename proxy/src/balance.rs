@@ -144,7 +144,10 @@ mod tests {
         assert_ne!(second.core(), 1, "core 1 now serves more than the others");
         let third = b.place(1);
         assert_eq!(
-            [first.core(), second.core(), third.core()].iter().collect::<std::collections::BTreeSet<_>>().len(),
+            [first.core(), second.core(), third.core()]
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
             3,
             "each core got one"
         );
@@ -153,7 +156,11 @@ mod tests {
         assert_eq!(b.open(again.core()), 1);
         assert_eq!((0..3).map(|c| b.open(c)).sum::<usize>(), 3);
         drop((first, second, again));
-        assert_eq!((0..3).map(|c| b.open(c)).sum::<usize>(), 0, "slots uncount when dropped");
+        assert_eq!(
+            (0..3).map(|c| b.open(c)).sum::<usize>(),
+            0,
+            "slots uncount when dropped"
+        );
     }
 
     #[test]
