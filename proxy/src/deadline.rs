@@ -27,7 +27,7 @@ const MAX_TICK: Duration = Duration::from_millis(250);
 const MIN_TICK: Duration = Duration::from_millis(5);
 
 /// The tick for the shortest of `timeouts`: a twentieth of it, within
-/// [`MIN_TICK`]..=[`MAX_TICK`].
+/// 5..=250 ms.
 pub fn tick_for(timeouts: &[Duration]) -> Duration {
     let shortest = timeouts.iter().copied().min().unwrap_or(MAX_TICK);
     (shortest / 20).clamp(MIN_TICK, MAX_TICK)

@@ -9,6 +9,8 @@
 //! - [`body`]: the bodies of the data plane and the per-request record;
 //! - [`forward`]: one request, end to end;
 //! - [`listener`]: per-core runtimes, accept loops, graceful drain;
+//! - [`balance`]: the cores' open connections, kept even by handing a
+//!   newly accepted one to the least loaded core;
 //! - [`reload`]: the single writer of the table;
 //! - [`watch`]: the upstreams file watcher;
 //! - [`admin`]: the admin API; [`metrics`]: Prometheus; [`error`]: errors.

@@ -24,7 +24,7 @@ pub enum Cause {
     Event,
     /// The periodic re-read.
     Periodic,
-    /// SIGHUP or [`crate::Proxy::reload`].
+    /// SIGHUP or [`crate::Reloader::reload`].
     Signal,
 }
 
