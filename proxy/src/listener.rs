@@ -148,7 +148,7 @@ impl Drop for Tracked {
 
 /// One core: accept until told to stop, then let every connection finish
 /// its in-flight requests (closing idle keep-alive connections) within
-/// `grace`. Runs inside a `LocalSet` on a `current_thread` runtime.
+/// `grace`. Runs on the core's own `LocalRuntime`.
 pub async fn run_core(
     core: usize,
     listener: std::net::TcpListener,
