@@ -24,7 +24,7 @@ What it measures, in one run, in interleaved rounds:
     client. --plain-peers leaves that out (bare proxy_pass / server line);
   * medians of rps, p50, p99, and the medians of per-round ratios to the
     better peer; the proxy's own CPU time per request (user + system, from
-    /proc, over each wrk run); the peak RSS (VmHWM, summed over a server's
+    /proc, over each wrk run) and its user-space part; the peak RSS (VmHWM, summed over a server's
     processes);
   * the time from POST /switch sent to its answer (20 switches);
   * the file-switch latency: rename of upstreams.toml -> first answer of the
@@ -84,16 +84,18 @@ def vm_hwm_kib(pids):
 
 
 def cpu_seconds(pids):
-    """User + system CPU time of these processes so far."""
-    total = 0
+    """User and system CPU time of these processes so far, in seconds."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return user / tck, system / tck
 
 
 def children(pid):
@@ -364,9 +366,12 @@ backend be{hp_backend}
                 if args.shuffle:
                     random.Random(r * 1000 + conns).shuffle(order)
                 for name, t in order:
-                    c0 = cpu_seconds(t[1])
+                    (u0, s0) = cpu_seconds(t[1])
                     res = wrk(t[0], conns, args.duration)
-                    res["cpu_us"] = (cpu_seconds(t[1]) - c0) / max(res["requests"], 1) * 1e6
+                    (u1, s1) = cpu_seconds(t[1])
+                    n = max(res["requests"], 1)
+                    res["cpu_us"] = (u1 - u0 + s1 - s0) / n * 1e6
+                    res["user_us"] = (u1 - u0) / n * 1e6
                     results.setdefault((name, conns), []).append(res)
                     print(f"round {r + 1} c{conns:<3} {name:<15} {res['rps']:>9.0f} rps  p50 {res['p50']:.2f} ms"
                           f"  p99 {res['p99']:.2f} ms  non-2xx {res['errors']} {res['socket_errors']}",
@@ -440,8 +445,8 @@ backend be{hp_backend}
     print(f"\n{args.rounds} interleaved rounds, wrk -t2 -d{args.duration}s, GET /version, keep-alive, "
           f"upstream {args.upstream}; medians\n")
     print("| target | c | rps | p50 ms | p99 ms | rps / better peer | p99 / better peer's "
-          "| CPU µs / request | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| CPU µs / request | of it user | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for conns in concurrency:
         for name, t in targets.items():
             rows = results[(name, conns)]
@@ -455,9 +460,10 @@ backend be{hp_backend}
             r = "" if peer else f"{median(ratios):.2f}x"
             p = "" if peer else f"{median(p99r):.2f}x"
             cpu = f"{median([x['cpu_us'] for x in rows]):.1f}" if t[1] else ""
+            user = f"{median([x['user_us'] for x in rows]):.1f}" if t[1] else ""
             mem = f"{rss[name]:.1f}" if name in rss else ""
             print(f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
-                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {mem} |")
+                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {user} | {mem} |")
     print(f"\npeers: {'plain (no header work)' if args.plain_peers else 'same header work as switchyard'}"
           f"{'; targets in a shuffled order in every round' if args.shuffle else ''}")
     for name, binary, _ in compare:
