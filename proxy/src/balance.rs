@@ -2,14 +2,17 @@
 //!
 //! Each core accepts on its own `SO_REUSEPORT` listener, and the kernel
 //! picks the listener by a hash of the connection's addresses: 64
-//! keep-alive connections over 2 cores were routinely split 29/35 or worse
-//! (measured with strace on the accept calls). A core with a fifth more
-//! connections than the other answers each of them that much later under
-//! load, which is what a p99 sees. So a core that accepts a connection while
-//! it serves more than the least loaded core hands it over to that core,
-//! whose accept loop serves it: the open connections of any two cores then
-//! differ by at most one (HAProxy balances its threads' connections this
-//! way, Envoy calls it `exact_balance`).
+//! keep-alive connections over 2 cores were split 30/35 or worse in 5 of 8
+//! tries (counted with strace on the accept calls). A core with a fifth more
+//! connections than another has that much more to do in each turn of its
+//! loop, so its connections wait longer whenever it cannot get more CPU
+//! than the other (on the 2-core benchmark machine, shared with the load
+//! generator, an A/B showed no difference in the p99: see the README). So
+//! a core that accepts a connection while it serves more than the least
+//! loaded core hands it over to that core, whose accept loop serves it: the
+//! open connections of any two cores then differ by at most one (HAProxy
+//! balances its threads' connections this way, Envoy calls it
+//! `exact_balance`).
 //!
 //! The decision is taken under a lock, once per accepted connection (never
 //! per request), so that two cores accepting at the same time cannot both
