@@ -98,11 +98,7 @@ impl Balancer {
                 least = n;
             }
         }
-        self.open[chosen].0.fetch_add(1, Ordering::Relaxed);
-        Slot {
-            balancer: Arc::clone(self),
-            core: chosen,
-        }
+        self.here(chosen)
     }
 
     /// A slot on `core` itself, with no balancing (a handed-over connection

@@ -504,8 +504,7 @@ async fn send(
                     endpoint: ep.addr.clone(),
                     reason: e.to_string(),
                 });
-                i += 1;
-                fresh = false;
+                next_try(&mut i, &mut fresh, false);
                 if i < n {
                     pool.metrics.retries.inc();
                 }
@@ -523,12 +522,7 @@ async fn send(
                     // Not sent at all: the same request goes out again.
                     Some(back) => {
                         req = back;
-                        if pooled {
-                            fresh = true;
-                        } else {
-                            i += 1;
-                            fresh = false;
-                        }
+                        next_try(&mut i, &mut fresh, pooled);
                         if i < n {
                             pool.metrics.retries.inc();
                         }
@@ -542,12 +536,8 @@ async fn send(
                     None => match &template {
                         Some(t) if !resent => {
                             resent = true;
-                            if pooled || i + 1 >= n {
-                                fresh = true;
-                            } else {
-                                i += 1;
-                                fresh = false;
-                            }
+                            let last = i + 1 >= n;
+                            next_try(&mut i, &mut fresh, pooled || last);
                             pool.metrics.error(ErrorKind::Reset);
                             pool.metrics.retries.inc();
                             last_err = Some(err);
@@ -562,6 +552,15 @@ async fn send(
     Err(last_err.unwrap_or(ForwardError::NoEndpoint {
         pool: pool.name.clone(),
     }))
+}
+
+/// Where the next try of [`send`] goes: a new connection to the same
+/// endpoint (`same_endpoint`), or the next endpoint, pooled connection first.
+fn next_try(i: &mut usize, fresh: &mut bool, same_endpoint: bool) {
+    if !same_endpoint {
+        *i += 1;
+    }
+    *fresh = same_endpoint;
 }
 
 #[cfg(test)]

@@ -216,27 +216,23 @@ pub async fn run_core(
         let guard = Tracked::new(&tracker, &gauge, slot);
         tokio::task::spawn_local(serve(stream, conn, guard));
     };
+    let take = |handoff: Handoff| {
+        if let Some(stream) = receive(core, handoff.stream) {
+            start(stream, handoff.peer, handoff.slot);
+        }
+    };
+    let what = format!("core {core}");
     loop {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
-            Some(handoff) = inbox.recv() => {
-                if let Some(stream) = receive(core, handoff.stream) {
-                    start(stream, handoff.peer, handoff.slot);
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let slot = balancer.place(core);
-                    if slot.core() == core {
-                        start(stream, peer, slot);
-                    } else if let Some((stream, slot)) = hand_over(balancer, core, stream, peer, slot) {
-                        start(stream, peer, slot);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(core, error = %e, "accept failed; pausing");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            Some(handoff) = inbox.recv() => take(handoff),
+            accepted = accept_once(&listener, &what) => if let Some((stream, peer)) = accepted {
+                let slot = balancer.place(core);
+                if slot.core() == core {
+                    start(stream, peer, slot);
+                } else if let Some((stream, slot)) = hand_over(balancer, core, stream, peer, slot) {
+                    start(stream, peer, slot);
                 }
             },
         }
@@ -246,9 +242,7 @@ pub async fn run_core(
     // core accepted itself: they finish under the graceful shutdown below.
     inbox.close();
     while let Ok(handoff) = inbox.try_recv() {
-        if let Some(stream) = receive(core, handoff.stream) {
-            start(stream, handoff.peer, handoff.slot);
-        }
+        take(handoff);
     }
     tracker.stop();
     let grace = shared.opts.shutdown_grace;
@@ -347,8 +341,7 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, guard: Tracked) {
     }
 }
 
-/// The next connection, or `None` once `stop` is set. An accept error
-/// (EMFILE…) is logged and followed by a short pause: it never ends the loop.
+/// The next connection, or `None` once `stop` is set.
 async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
@@ -358,13 +351,23 @@ async fn accept(
         tokio::select! {
             biased;
             _ = stopped(stop) => return None,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => return Some(conn),
-                Err(e) => {
-                    tracing::warn!(listener = what, error = %e, "accept failed; pausing");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
+            accepted = accept_once(listener, what) => if accepted.is_some() {
+                return accepted;
             },
+        }
+    }
+}
+
+/// One accepted connection, or `None` after an accept error (EMFILE…), which
+/// is logged and followed by a short pause: an error never ends an accept
+/// loop, the caller accepts again.
+async fn accept_once(listener: &TcpListener, what: &str) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::warn!(listener = what, error = %e, "accept failed; pausing");
+            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            None
         }
     }
 }
