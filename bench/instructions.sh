@@ -3,19 +3,34 @@
 # valgrind's callgrind: unlike time, the count does not depend on what else
 # the machine is doing, so two builds (or two proxies) compare exactly.
 #
-#   bench/instructions.sh [SECONDS]      # default 10
+#   bench/instructions.sh [--cache] [SECONDS [CONNECTIONS]]   # default 10 s, 8
 #
 # Both proxies front the same static nginx upstream (one worker, `return 200`)
-# and get the same load: `wrk -t1 -c8 /version`, keep-alive. Counters are
-# zeroed after a 3 s warm-up, so start-up is not counted. Kernel time is not
-# in the count (callgrind sees user space only); `perf` shows the kernel
-# share per request to be about the same for both.
+# and get the same load: `wrk -t1 -c8 /version` (CONNECTIONS), keep-alive.
+# Counters are zeroed after a 3 s warm-up, so start-up is not counted. Kernel
+# time is not in the count (callgrind sees user space only); `perf` shows the
+# kernel share per request to be about the same for both.
+#
+# --cache also simulates this machine's caches (32 KiB L1d and the 1 MiB L2 of
+# one core as the last level) and prints the L2 misses (reads, writes) per
+# request: what grows with the number of connections is not the instruction
+# count but the memory each request touches that is no longer in cache (its
+# connections' state, buffers, channel slots), e.g.
+#   bench/instructions.sh --cache 8 256
+# valgrind runs the proxy's threads one at a time through one simulated
+# cache, so compare builds or proxies with each other, not with hardware.
 #
 # Needs: valgrind, wrk, nginx, curl (apt-get install -y valgrind wrk
 # nginx-light curl); builds switchyard itself. nginx runs as one worker
 # without a master (`master_process off`) so that callgrind sees it all.
 set -euo pipefail
+CACHE=()
+if [ "${1:-}" = "--cache" ]; then
+    CACHE=(--cache-sim=yes --D1=32768,8,64 --LL=1048576,16,64)
+    shift
+fi
 SECONDS_RUN=${1:-10}
+CONNS=${2:-8}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl; do
     command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind wrk nginx-light curl" >&2; exit 1; }
@@ -58,21 +73,26 @@ PIDS+=($!)
 measure() {
     local name=$1 port=$2
     shift 2
-    valgrind --tool=callgrind --callgrind-out-file="$D/$name.%p" "$@" 2>"$D/$name.valgrind" &
+    valgrind --tool=callgrind "${CACHE[@]}" --callgrind-out-file="$D/$name.%p" "$@" 2>"$D/$name.valgrind" &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$port/version" && break; sleep 0.2; done
-    wrk -t1 -c8 -d3s "http://127.0.0.1:$port/version" >/dev/null
+    wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port/version" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
     local requests
-    requests=$(wrk -t1 -c8 -d"${SECONDS_RUN}s" "http://127.0.0.1:$port/version" | awk '/requests in/ {print $1}')
+    requests=$(wrk -t1 -c"$CONNS" -d"${SECONDS_RUN}s" "http://127.0.0.1:$port/version" | awk '/requests in/ {print $1}')
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     local dump total
     dump="$D/$name.$pid.1" # the first dump asked for (-d); the one at exit has no suffix
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    printf '%-11s %9d requests  %6d instructions per request\n' "$name" "$requests" $((total / requests))
+    printf '%-11s %9d requests  %6d instructions per request' "$name" "$requests" $((total / requests))
+    if [ ${#CACHE[@]} -gt 0 ]; then
+        # summary: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+        awk -v r="$requests" '/^summary:/ {printf "  L2 misses per request: %.1f (%.1f reads, %.1f writes)", ($9 + $10) / r, $9 / r, $10 / r}' "$dump"
+    fi
+    printf '\n'
 }
 
 measure switchyard "$PX" "$ROOT/target/release/switchyard" -c "$D/proxy.toml"

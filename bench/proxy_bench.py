@@ -39,6 +39,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -128,6 +129,12 @@ class Procs:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def children_cpu():
+    """User + system CPU seconds of the waited-for children (the wrk runs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def wrk(port, conns, duration):
@@ -247,8 +254,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
     try:
         blue, green = free_port(), free_port()
-        procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{blue}", "--access-log=false"],
-                    env={"APP_VERSION": "0.0.1"})
+        api = procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{blue}", "--access-log=false"],
+                          env={"APP_VERSION": "0.0.1"})
         procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{green}", "--access-log=false"],
                     env={"APP_VERSION": "0.0.2"})
         wait_port(blue)
@@ -273,7 +280,7 @@ http {{
   }}
 }}
 """)
-            procs.start(["nginx", "-p", updir, "-c", os.path.join(updir, "nginx.conf"), "-g", "daemon off;"])
+            api = procs.start(["nginx", "-p", updir, "-c", os.path.join(updir, "nginx.conf"), "-g", "daemon off;"])
             wait_port(base)
 
         targets = {"direct": (base, [])}
@@ -366,12 +373,14 @@ backend be{hp_backend}
                 if args.shuffle:
                     random.Random(r * 1000 + conns).shuffle(order)
                 for name, t in order:
-                    (u0, s0) = cpu_seconds(t[1])
+                    (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds([api.pid])), children_cpu()
                     res = wrk(t[0], conns, args.duration)
-                    (u1, s1) = cpu_seconds(t[1])
+                    (u1, s1), up1, w1 = cpu_seconds(t[1]), sum(cpu_seconds([api.pid])), children_cpu()
                     n = max(res["requests"], 1)
                     res["cpu_us"] = (u1 - u0 + s1 - s0) / n * 1e6
                     res["user_us"] = (u1 - u0) / n * 1e6
+                    res["up_us"] = (up1 - up0) / n * 1e6
+                    res["wrk_us"] = (w1 - w0) / n * 1e6
                     results.setdefault((name, conns), []).append(res)
                     print(f"round {r + 1} c{conns:<3} {name:<15} {res['rps']:>9.0f} rps  p50 {res['p50']:.2f} ms"
                           f"  p99 {res['p99']:.2f} ms  non-2xx {res['errors']} {res['socket_errors']}",
@@ -445,8 +454,8 @@ backend be{hp_backend}
     print(f"\n{args.rounds} interleaved rounds, wrk -t2 -d{args.duration}s, GET /version, keep-alive, "
           f"upstream {args.upstream}; medians\n")
     print("| target | c | rps | p50 ms | p99 ms | rps / better peer | p99 / better peer's "
-          "| CPU µs / request | of it user | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| CPU µs / request | of it user | upstream CPU µs / request | wrk CPU µs / request | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for conns in concurrency:
         for name, t in targets.items():
             rows = results[(name, conns)]
@@ -462,8 +471,10 @@ backend be{hp_backend}
             cpu = f"{median([x['cpu_us'] for x in rows]):.1f}" if t[1] else ""
             user = f"{median([x['user_us'] for x in rows]):.1f}" if t[1] else ""
             mem = f"{rss[name]:.1f}" if name in rss else ""
+            up = f"{median([x['up_us'] for x in rows]):.1f}"
+            wk = f"{median([x['wrk_us'] for x in rows]):.1f}"
             print(f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
-                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {user} | {mem} |")
+                  f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {user} | {up} | {wk} | {mem} |")
     print(f"\npeers: {'plain (no header work)' if args.plain_peers else 'same header work as switchyard'}"
           f"{'; targets in a shuffled order in every round' if args.shuffle else ''}")
     for name, binary, _ in compare:

@@ -83,8 +83,10 @@ pub struct Completion {
     pub bytes: u64,
     /// The endpoint that answered (its index in the pool), if any.
     pub endpoint: Option<usize>,
-    /// Present when the access log is on.
-    pub access: Option<AccessInfo>,
+    /// Present when the access log is on. Boxed: without it this value
+    /// (moved into the response body, and with it into per-connection
+    /// state) would be three times larger for every request, logged or not.
+    pub access: Option<Box<AccessInfo>>,
     /// The client connection it came on (its idle time starts at the end).
     conn: Rc<Conn>,
 }
@@ -95,7 +97,7 @@ impl Completion {
         pool: Rc<CorePool>,
         conn: Rc<Conn>,
         start: Instant,
-        access: Option<AccessInfo>,
+        access: Option<Box<AccessInfo>>,
     ) -> Completion {
         pool.pool.inflight.add(pool.core, 1);
         Completion {

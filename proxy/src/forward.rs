@@ -259,10 +259,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Handles one request of a client connection. Never fails: errors become
 /// the proxy's own JSON answers.
-pub async fn handle(
+///
+/// Everything up to the forwarding is done here, before the returned future
+/// exists, so that the future (kept in the connection's state while the
+/// request is in flight) holds only what the answer needs: with many
+/// connections open that state is out of cache, and every byte of it costs.
+pub fn handle(
     conn: Rc<Conn>,
     mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> {
     let start = Instant::now();
     conn.request_started();
     let worker = &conn.worker;
@@ -319,104 +324,144 @@ pub async fn handle(
         header::Entry::Vacant(e) => e.insert(worker.new_request_id()).clone(),
     };
 
-    let access = opts.access_log.then(|| AccessInfo {
-        request_id: request_id.clone(),
-        client: conn.peer.ip(),
-        method: req.method().clone(),
-        uri: req.uri().clone(),
+    let access = opts.access_log.then(|| {
+        Box::new(AccessInfo {
+            request_id: request_id.clone(),
+            client: conn.peer.ip(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        })
     });
     let mut completion = Completion::start(Rc::clone(&pool), Rc::clone(&conn), start, access);
 
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let request_deadline = worker.deadlines.add(deadline::after(start, opts.request_timeout));
+    let client = Rc::clone(&worker.client);
     // Boxed: the sending state machine is large, and moving it inside this
     // future costs more (measured with bench/instructions.sh) than one
     // allocation; it also keeps an idle connection's task small.
-    let outcome = deadline::timeout(
-        &request_deadline,
-        Box::pin(send(&worker.client, &pool, req, upgrade)),
-    )
-    .await;
-    drop(request_deadline);
-    let result = match outcome {
-        Ok(r) => r,
-        Err(_) => Err(ForwardError::Timeout {
-            pool: pool.pool.name.clone(),
-            after: opts.request_timeout,
-        }),
-    };
+    let sending = Box::pin(send(client, Rc::clone(&pool), Outgoing::of(req, upgrade)));
 
-    let mut response = match result {
-        Ok((mut resp, endpoint, sender)) => {
-            completion.endpoint = Some(endpoint);
-            completion.status = resp.status().as_u16();
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
-                strip_hop_by_hop(resp.headers_mut(), true);
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                if let Some(client_upgrade) = client_upgrade {
-                    // The tunnel keeps the request counted in flight until it closes.
-                    tokio::task::spawn_local(async move {
-                        let _completion = completion;
-                        if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u))
-                                .await;
-                        }
-                    });
-                }
-                drop(sender);
-                let (parts, _) = resp.into_parts();
-                Response::from_parts(parts, ProxyBody::Full(None))
-            } else {
-                strip_hop_by_hop(resp.headers_mut(), false);
-                *resp.version_mut() = http::Version::HTTP_11;
-                let (parts, inner) = resp.into_parts();
-                let mut recycle = Some(Recycle {
-                    sender,
-                    client: Rc::clone(&worker.client),
-                    endpoint_id: pool.pool.endpoints[endpoint].id,
-                });
-                if http_body::Body::is_end_stream(&inner) {
-                    if let Some(r) = recycle.take() {
-                        r.give_back();
+    async move {
+        let outcome = deadline::timeout(&request_deadline, sending).await;
+        drop(request_deadline);
+        let worker = &conn.worker;
+        let opts = &worker.shared.opts;
+        let result = match outcome {
+            Ok(r) => r,
+            Err(_) => Err(ForwardError::Timeout {
+                pool: pool.pool.name.clone(),
+                after: opts.request_timeout,
+            }),
+        };
+
+        let mut response = match result {
+            Ok((mut resp, endpoint, sender)) => {
+                completion.endpoint = Some(endpoint);
+                completion.status = resp.status().as_u16();
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+                    strip_hop_by_hop(resp.headers_mut(), true);
+                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                    if let Some(client_upgrade) = client_upgrade {
+                        // The tunnel keeps the request counted in flight until it closes.
+                        tokio::task::spawn_local(async move {
+                            let _completion = completion;
+                            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u))
+                                        .await;
+                            }
+                        });
                     }
+                    drop(sender);
+                    let (parts, _) = resp.into_parts();
+                    Response::from_parts(parts, ProxyBody::Full(None))
+                } else {
+                    strip_hop_by_hop(resp.headers_mut(), false);
+                    *resp.version_mut() = http::Version::HTTP_11;
+                    let (parts, inner) = resp.into_parts();
+                    let mut recycle = Some(Recycle {
+                        sender,
+                        client: Rc::clone(&worker.client),
+                        endpoint_id: pool.pool.endpoints[endpoint].id,
+                    });
+                    if http_body::Body::is_end_stream(&inner) {
+                        if let Some(r) = recycle.take() {
+                            r.give_back();
+                        }
+                    }
+                    Response::from_parts(
+                        parts,
+                        ProxyBody::Stream {
+                            inner,
+                            completion,
+                            recycle,
+                        },
+                    )
                 }
-                Response::from_parts(
-                    parts,
-                    ProxyBody::Stream {
-                        inner,
-                        completion,
-                        recycle,
-                    },
-                )
             }
-        }
-        Err(e) => {
-            // Connect failures were counted per attempt in `send`.
-            if let Some(kind) = e.kind().filter(|k| *k != crate::metrics::ErrorKind::Connect) {
-                pool.pool.metrics.error(kind);
+            Err(e) => {
+                // Connect failures were counted per attempt in `send`.
+                if let Some(kind) = e.kind().filter(|k| *k != crate::metrics::ErrorKind::Connect) {
+                    pool.pool.metrics.error(kind);
+                }
+                tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
+                let status = e.status();
+                completion.status = status.as_u16();
+                drop(completion);
+                let mut r = Response::new(ProxyBody::full(e.body()));
+                *r.status_mut() = status;
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
             }
-            tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
-            let status = e.status();
-            completion.status = status.as_u16();
-            drop(completion);
-            let mut r = Response::new(ProxyBody::full(e.body()));
-            *r.status_mut() = status;
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
+        };
+        let h = response.headers_mut();
+        h.reserve(3);
+        if opts.expose_headers {
+            h.insert(&X_SWITCHYARD_POOL, pool.header.clone());
+            h.insert(&X_SWITCHYARD_GENERATION, generation_header);
         }
-    };
-    let h = response.headers_mut();
-    h.reserve(3);
-    if opts.expose_headers {
-        h.insert(&X_SWITCHYARD_POOL, pool.header.clone());
-        h.insert(&X_SWITCHYARD_GENERATION, generation_header);
+        h.insert(&X_REQUEST_ID, request_id);
+        Ok(response)
     }
-    h.insert(&X_REQUEST_ID, request_id);
-    Ok(response)
 }
 
-/// A retry-able copy of a body-less idempotent request.
+/// A request as [`send`] keeps it between tries.
+enum Outgoing {
+    /// A body-less idempotent request: each try sends a copy, so that one
+    /// whose connection closed before any response byte can go out again.
+    Retryable(Template),
+    /// Any other request: it goes out once (and comes back only if it was
+    /// not sent at all).
+    Once(Option<Request<UpstreamBody>>),
+}
+
+impl Outgoing {
+    fn of(req: Request<Incoming>, upgrade: bool) -> Outgoing {
+        let retryable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body()) && !upgrade;
+        let (parts, body) = req.into_parts();
+        if retryable {
+            Outgoing::Retryable(Template {
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+            })
+        } else {
+            Outgoing::Once(Some(Request::from_parts(parts, UpstreamBody::Incoming(body))))
+        }
+    }
+
+    /// The request for the next try, if there is one to send.
+    fn next(&mut self) -> Option<Request<UpstreamBody>> {
+        match self {
+            Outgoing::Retryable(t) => Some(t.build()),
+            Outgoing::Once(r) => r.take(),
+        }
+    }
+}
+
+/// What a retry-able request is made of.
 struct Template {
     method: Method,
     uri: http::Uri,
@@ -424,16 +469,6 @@ struct Template {
 }
 
 impl Template {
-    fn of(req: &Request<UpstreamBody>, upgrade: bool) -> Option<Template> {
-        (is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body()) && !upgrade).then(|| {
-            Template {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                headers: req.headers().clone(),
-            }
-        })
-    }
-
     fn build(&self) -> Request<UpstreamBody> {
         let mut r = Request::new(UpstreamBody::Empty);
         *r.method_mut() = self.method.clone();
@@ -460,7 +495,10 @@ async fn acquire(
             }
         }
     }
-    let mut s = client.connect(ep).await?;
+    // Boxed: connecting (and the handshake) is the rare path, and inline
+    // its state would more than double the size of every request's `send`
+    // future, all of which is copied into a fresh allocation per request.
+    let mut s = Box::pin(client.connect(ep)).await?;
     s.ready().await.map_err(ConnectError::Handshake)?;
     Ok((s, false))
 }
@@ -472,86 +510,93 @@ async fn acquire(
 /// retried once: on a new connection if it was pooled, else (an endpoint
 /// that accepted and then went away) on the next endpoint. Never to another
 /// pool.
-async fn send(
-    client: &LocalClient,
-    core_pool: &CorePool,
-    req: Request<Incoming>,
-    upgrade: bool,
-) -> Result<Sent, ForwardError> {
-    let pool = &*core_pool.pool;
-    let n = pool.endpoints.len();
-    if n == 0 {
-        return Err(ForwardError::NoEndpoint {
-            pool: pool.name.clone(),
-        });
-    }
-    let (parts, body) = req.into_parts();
-    let mut req = Request::from_parts(parts, UpstreamBody::Incoming(body));
-    let template = Template::of(&req, upgrade);
-    let mut resent = false;
-    let mut fresh = false;
-    let first = core_pool.next_start();
-    let mut last_err = None;
-    let mut i = 0;
-    while i < n {
-        let index = (first + i) % n;
-        let ep = &pool.endpoints[index];
-        let (mut sender, pooled) = match acquire(client, ep, fresh).await {
-            Ok(s) => s,
-            Err(e) => {
-                pool.metrics.error(ErrorKind::Connect);
-                last_err = Some(ForwardError::Connect {
-                    endpoint: ep.addr.clone(),
-                    reason: e.to_string(),
-                });
-                next_try(&mut i, &mut fresh, false);
-                if i < n {
-                    pool.metrics.retries.inc();
-                }
-                continue;
-            }
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, index, sender)),
-            Err(mut e) => {
-                let err = ForwardError::Upstream {
-                    endpoint: ep.addr.clone(),
-                    reason: e.error().to_string(),
-                };
-                match e.take_message() {
-                    // Not sent at all: the same request goes out again.
-                    Some(back) => {
-                        req = back;
-                        next_try(&mut i, &mut fresh, pooled);
-                        if i < n {
-                            pool.metrics.retries.inc();
-                        }
-                        last_err = Some(err);
+///
+/// Not an `async fn`: its arguments would be stored twice in the future
+/// (once as arguments, once as locals), and this future is allocated and
+/// written per request.
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` would be 248 bytes larger
+fn send(
+    client: Rc<LocalClient>,
+    core_pool: Rc<CorePool>,
+    mut out: Outgoing,
+) -> impl std::future::Future<Output = Result<Sent, ForwardError>> {
+    async move {
+        let pool = &*core_pool.pool;
+        let n = pool.endpoints.len();
+        if n == 0 {
+            return Err(ForwardError::NoEndpoint {
+                pool: pool.name.clone(),
+            });
+        }
+        let mut resent = false;
+        let mut fresh = false;
+        let first = core_pool.next_start();
+        let mut last_err = None;
+        let mut i = 0;
+        while i < n {
+            let index = (first + i) % n;
+            let ep = &pool.endpoints[index];
+            let (mut sender, pooled) = match acquire(&client, ep, fresh).await {
+                Ok(s) => s,
+                Err(e) => {
+                    pool.metrics.error(ErrorKind::Connect);
+                    last_err = Some(ForwardError::Connect {
+                        endpoint: ep.addr.clone(),
+                        reason: e.to_string(),
+                    });
+                    next_try(&mut i, &mut fresh, false);
+                    if i < n {
+                        pool.metrics.retries.inc();
                     }
-                    // Sent, and the connection closed before any response
-                    // byte: once, a pooled connection's request goes out
-                    // again on a new connection; a new connection's (an
-                    // endpoint going away: accepted, then reset) to the next
-                    // endpoint, if there is one.
-                    None => match &template {
-                        Some(t) if !resent => {
-                            resent = true;
-                            let last = i + 1 >= n;
-                            next_try(&mut i, &mut fresh, pooled || last);
-                            pool.metrics.error(ErrorKind::Reset);
-                            pool.metrics.retries.inc();
+                    continue;
+                }
+            };
+            // A fresh binding per try, moved into the sending future: kept
+            // apart from `out`, it would take room in every state.
+            let Some(req) = out.next() else { break };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, index, sender)),
+                Err(mut e) => {
+                    let err = ForwardError::Upstream {
+                        endpoint: ep.addr.clone(),
+                        reason: e.error().to_string(),
+                    };
+                    match e.take_message() {
+                        // Not sent at all: the same request goes out again.
+                        Some(back) => {
+                            if let Outgoing::Once(r) = &mut out {
+                                *r = Some(back);
+                            }
+                            next_try(&mut i, &mut fresh, pooled);
+                            if i < n {
+                                pool.metrics.retries.inc();
+                            }
                             last_err = Some(err);
-                            req = t.build();
                         }
-                        _ => return Err(err),
-                    },
+                        // Sent, and the connection closed before any response
+                        // byte: once, a pooled connection's request goes out
+                        // again on a new connection; a new connection's (an
+                        // endpoint going away: accepted, then reset) to the next
+                        // endpoint, if there is one.
+                        None => match out {
+                            Outgoing::Retryable(_) if !resent => {
+                                resent = true;
+                                let last = i + 1 >= n;
+                                next_try(&mut i, &mut fresh, pooled || last);
+                                pool.metrics.error(ErrorKind::Reset);
+                                pool.metrics.retries.inc();
+                                last_err = Some(err);
+                            }
+                            _ => return Err(err),
+                        },
+                    }
                 }
             }
         }
+        Err(last_err.unwrap_or(ForwardError::NoEndpoint {
+            pool: pool.name.clone(),
+        }))
     }
-    Err(last_err.unwrap_or(ForwardError::NoEndpoint {
-        pool: pool.name.clone(),
-    }))
 }
 
 /// Where the next try of [`send`] goes: a new connection to the same
