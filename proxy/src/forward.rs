@@ -429,9 +429,11 @@ pub fn handle(
 
 /// A request as [`send`] keeps it between tries.
 enum Outgoing {
-    /// A body-less idempotent request: each try sends a copy, so that one
-    /// whose connection closed before any response byte can go out again.
-    Retryable(Template),
+    /// A body-less idempotent request, not sent yet.
+    Retryable(Request<UpstreamBody>),
+    /// The same once it was sent: what a repeat is made of, if its
+    /// connection closes before any response byte.
+    Sent(Template),
     /// Any other request: it goes out once (and comes back only if it was
     /// not sent at all).
     Once(Option<Request<UpstreamBody>>),
@@ -441,27 +443,39 @@ impl Outgoing {
     fn of(req: Request<Incoming>, upgrade: bool) -> Outgoing {
         let retryable = is_idempotent(req.method()) && http_body::Body::is_end_stream(req.body()) && !upgrade;
         let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, UpstreamBody::Incoming(body));
         if retryable {
-            Outgoing::Retryable(Template {
-                method: parts.method,
-                uri: parts.uri,
-                headers: parts.headers,
-            })
+            Outgoing::Retryable(req)
         } else {
-            Outgoing::Once(Some(Request::from_parts(parts, UpstreamBody::Incoming(body))))
+            Outgoing::Once(Some(req))
         }
     }
 
-    /// The request for the next try, if there is one to send.
+    /// The request for the next try, if there is one to send. The first try
+    /// of a retry-able request sends the request itself, the header map
+    /// hyper parsed (whose room the upstream connection reuses for the
+    /// response's headers), and keeps a copy; later tries send copies.
     fn next(&mut self) -> Option<Request<UpstreamBody>> {
-        match self {
-            Outgoing::Retryable(t) => Some(t.build()),
-            Outgoing::Once(r) => r.take(),
+        match std::mem::replace(self, Outgoing::Once(None)) {
+            Outgoing::Retryable(req) => {
+                *self = Outgoing::Sent(Template {
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    headers: req.headers().clone(),
+                });
+                Some(req)
+            }
+            Outgoing::Sent(t) => {
+                let req = t.build();
+                *self = Outgoing::Sent(t);
+                Some(req)
+            }
+            Outgoing::Once(req) => req,
         }
     }
 }
 
-/// What a retry-able request is made of.
+/// What a repeat of a retry-able request is made of.
 struct Template {
     method: Method,
     uri: http::Uri,
@@ -579,7 +593,7 @@ fn send(
                         // endpoint going away: accepted, then reset) to the next
                         // endpoint, if there is one.
                         None => match out {
-                            Outgoing::Retryable(_) if !resent => {
+                            Outgoing::Sent(_) if !resent => {
                                 resent = true;
                                 let last = i + 1 >= n;
                                 next_try(&mut i, &mut fresh, pooled || last);
