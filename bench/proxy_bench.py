@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """switchyard vs nginx vs HAProxy (and the upstream directly), on loopback.
 
-One command:  python3 bench/proxy_bench.py [--rounds 5] [--duration 4]
+One command:  python3 bench/proxy_bench.py [--rounds 10] [--duration 3]
 
-A/B of two switchyard builds in the same run (another build as an extra row,
-the order of the targets shuffled in every round so that none always runs
-right after the same one):
+In every round the targets run in a different (seeded) order, so that none
+always runs first, or right after the same one (--fixed-order: always
+direct, switchyard, switchyard+log, nginx, haproxy).
 
-  python3 bench/proxy_bench.py --compare before=/path/to/old/switchyard --shuffle
+A/B of two switchyard builds in the same run (another build as an extra row):
+
+  python3 bench/proxy_bench.py --compare before=/path/to/old/switchyard
 
 Needs: wrk, nginx (nginx-light), haproxy from Debian (apt-get install -y wrk
 nginx-light haproxy); builds the release binaries itself.
@@ -220,8 +222,9 @@ def median(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=10,
+                    help="interleaved rounds; each figure is a median over them (default 10)")
+    ap.add_argument("--duration", type=int, default=3, help="seconds of each wrk run (default 3)")
     ap.add_argument("--switches", type=int, default=20)
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--plain-peers", action="store_true",
@@ -231,8 +234,8 @@ def main():
                          "the same /version body (cheaper, as in notes/performance.md)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY",
                     help="also measure this switchyard binary (access log off), as row NAME; repeatable")
-    ap.add_argument("--shuffle", action="store_true",
-                    help="run the targets in a different (seeded) order in every round")
+    ap.add_argument("--fixed-order", action="store_true",
+                    help="run the targets in the same order in every round (the default shuffles them)")
     ap.add_argument("--concurrency", default="64,256",
                     help="wrk connection counts, comma-separated (default 64,256)")
     args = ap.parse_args()
@@ -370,7 +373,7 @@ backend be{hp_backend}
         for r in range(args.rounds):
             for conns in concurrency:
                 order = list(targets.items())
-                if args.shuffle:
+                if not args.fixed_order:
                     random.Random(r * 1000 + conns).shuffle(order)
                 for name, t in order:
                     (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds([api.pid])), children_cpu()
@@ -476,7 +479,7 @@ backend be{hp_backend}
             print(f"| {name} | {conns} | {median([x['rps'] for x in rows]):.0f} | {median([x['p50'] for x in rows]):.2f}"
                   f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {user} | {up} | {wk} | {mem} |")
     print(f"\npeers: {'plain (no header work)' if args.plain_peers else 'same header work as switchyard'}"
-          f"{'; targets in a shuffled order in every round' if args.shuffle else ''}")
+          f"{'; targets in the same order in every round' if args.fixed_order else '; targets in a shuffled order in every round'}")
     for name, binary, _ in compare:
         print(f"{name}: {binary}")
     print(f"\nPOST /switch answered in: median {median(switch_ms):.3f} ms, max {max(switch_ms):.3f} ms "
