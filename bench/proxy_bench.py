@@ -259,6 +259,7 @@ def main():
         blue, green = free_port(), free_port()
         api = procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{blue}", "--access-log=false"],
                           env={"APP_VERSION": "0.0.1"})
+        upstream_pids = [api.pid]  # whose CPU the "upstream CPU" column counts
         procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{green}", "--access-log=false"],
                     env={"APP_VERSION": "0.0.2"})
         wait_port(blue)
@@ -283,8 +284,13 @@ http {{
   }}
 }}
 """)
-            api = procs.start(["nginx", "-p", updir, "-c", os.path.join(updir, "nginx.conf"), "-g", "daemon off;"])
+            up = procs.start(["nginx", "-p", updir, "-c", os.path.join(updir, "nginx.conf"), "-g", "daemon off;"])
             wait_port(base)
+            for _ in range(100):  # its worker, forked after the listener is bound
+                if children(up.pid):
+                    break
+                time.sleep(0.02)
+            upstream_pids = [up.pid] + children(up.pid)
 
         targets = {"direct": (base, [])}
         ours = [("switchyard", f"{REL}/switchyard", False), ("switchyard+log", f"{REL}/switchyard", True)]
@@ -376,9 +382,9 @@ backend be{hp_backend}
                 if not args.fixed_order:
                     random.Random(r * 1000 + conns).shuffle(order)
                 for name, t in order:
-                    (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds([api.pid])), children_cpu()
+                    (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds(upstream_pids)), children_cpu()
                     res = wrk(t[0], conns, args.duration)
-                    (u1, s1), up1, w1 = cpu_seconds(t[1]), sum(cpu_seconds([api.pid])), children_cpu()
+                    (u1, s1), up1, w1 = cpu_seconds(t[1]), sum(cpu_seconds(upstream_pids)), children_cpu()
                     n = max(res["requests"], 1)
                     res["cpu_us"] = (u1 - u0 + s1 - s0) / n * 1e6
                     res["user_us"] = (u1 - u0) / n * 1e6
