@@ -153,8 +153,6 @@ pub struct Recycle {
 }
 
 /// A response body sent to the client.
-// Boxing the large variant would cost an allocation per proxied request.
-#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     /// A body the proxy made itself (errors, admin answers).
     Full(Option<Bytes>),
