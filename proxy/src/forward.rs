@@ -458,11 +458,7 @@ impl Outgoing {
     fn next(&mut self) -> Option<Request<UpstreamBody>> {
         match std::mem::replace(self, Outgoing::Once(None)) {
             Outgoing::Retryable(req) => {
-                *self = Outgoing::Sent(Template {
-                    method: req.method().clone(),
-                    uri: req.uri().clone(),
-                    headers: req.headers().clone(),
-                });
+                *self = Outgoing::Sent(Template::of(&req));
                 Some(req)
             }
             Outgoing::Sent(t) => {
@@ -483,6 +479,14 @@ struct Template {
 }
 
 impl Template {
+    fn of(req: &Request<UpstreamBody>) -> Template {
+        Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
     fn build(&self) -> Request<UpstreamBody> {
         let mut r = Request::new(UpstreamBody::Empty);
         *r.method_mut() = self.method.clone();
@@ -547,7 +551,11 @@ fn send(
         let first = core_pool.next_start();
         let mut last_err = None;
         let mut i = 0;
+        let mut first_try = true;
         while i < n {
+            if !std::mem::take(&mut first_try) {
+                pool.metrics.retries.inc();
+            }
             let index = (first + i) % n;
             let ep = &pool.endpoints[index];
             let (mut sender, pooled) = match acquire(&client, ep, fresh).await {
@@ -559,9 +567,6 @@ fn send(
                         reason: e.to_string(),
                     });
                     next_try(&mut i, &mut fresh, false);
-                    if i < n {
-                        pool.metrics.retries.inc();
-                    }
                     continue;
                 }
             };
@@ -582,9 +587,6 @@ fn send(
                                 *r = Some(back);
                             }
                             next_try(&mut i, &mut fresh, pooled);
-                            if i < n {
-                                pool.metrics.retries.inc();
-                            }
                             last_err = Some(err);
                         }
                         // Sent, and the connection closed before any response
@@ -598,7 +600,6 @@ fn send(
                                 let last = i + 1 >= n;
                                 next_try(&mut i, &mut fresh, pooled || last);
                                 pool.metrics.error(ErrorKind::Reset);
-                                pool.metrics.retries.inc();
                                 last_err = Some(err);
                             }
                             _ => return Err(err),

@@ -332,21 +332,15 @@ impl Proxy {
         }
         drop(built_tx);
         for _ in 0..cores {
-            match built_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(source)) => {
-                    return Err(Error::Runtime {
-                        what: "a core runtime",
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(Error::Runtime {
-                        what: "a core runtime",
-                        source: std::io::Error::other("a core thread ended early"),
-                    })
-                }
-            }
+            let source = match built_rx.recv() {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => std::io::Error::other("a core thread ended early"),
+            };
+            return Err(Error::Runtime {
+                what: "a core runtime",
+                source,
+            });
         }
         shared.ready.store(true, Ordering::Release);
         tracing::info!(%http_addr, %admin_addr, cores, upstreams = %path.display(), "switchyard listening");
