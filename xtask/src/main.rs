@@ -8,9 +8,12 @@
 //! - `cargo xtask delivery`: only the delivery checks (a part of `test`).
 //! - `cargo xtask image-tag`: prints the image tag for the current git
 //!   context (see [`image_tag`]).
+//! - `cargo xtask pgo [--locked] [--offline]`: the profile-guided build of
+//!   switchyard, `target/pgo/switchyard` (see [`pgo`]).
 
 mod delivery;
 mod image_tag;
+mod pgo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,9 +34,11 @@ fn main() -> Result<()> {
         Some("test") => test(args[1..].iter().any(|a| a == "--long")),
         Some("image-tag") if args.len() == 1 => image_tag::main(),
         Some("delivery") if args.len() == 1 => ensure_apt_packages().and_then(|()| delivery::check()),
+        Some("pgo") if args[1..].iter().all(|a| a == "--locked" || a == "--offline") => pgo::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [--long]\n       cargo xtask image-tag\n       cargo xtask delivery"
+                "usage: cargo xtask test [--long]\n       cargo xtask image-tag\n       cargo xtask delivery\n       \
+                 cargo xtask pgo [--locked] [--offline]"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,276 @@
+//! `cargo xtask pgo [--locked] [--offline]`: the profile-guided release build
+//! of switchyard, the build the proxy image ships and `bench/proxy_bench.py`
+//! measures.
+//!
+//! 1. builds switchyard instrumented (`-Cprofile-generate`, the `dist`
+//!    profile: release with fat LTO) and, plainly, the translation-api and
+//!    the bench's `testclient` that train it;
+//! 2. trains it on loopback: two translation-api upstreams (blue, green)
+//!    behind it, keep-alive `GET /version` at 64 and 256 connections, with
+//!    the access log off and then on; any failed request fails the build;
+//! 3. merges the profile with `llvm-profdata` (rustup's `llvm-tools`
+//!    component, added when missing and rustup is there);
+//! 4. builds switchyard again with `-Cprofile-use` into `target/pgo/switchyard`.
+//!
+//! The compiler lays out and inlines the code for the paths the training
+//! ran (fewer instructions and instruction-cache misses per request, see
+//! README "Performance"). Paths it did not run (request bodies, upgrades,
+//! TLS, the admin API) are compiled as cold code: as correct as in the plain
+//! build, not tuned for speed.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::delivery::target_dir;
+use crate::{cargo, have, run};
+
+/// The training steps: connections and seconds of keep-alive `GET /version`
+/// (the answer the testclient checks: a version, from blue), with the access
+/// log off; with it on, the first step only.
+const TRAINING: &[(usize, u64)] = &[(64, 5), (256, 5)];
+
+/// Runs the whole build; `cargo_flags` (`--locked`, `--offline`) go to every
+/// `cargo build`.
+pub fn main(cargo_flags: &[String]) -> Result<()> {
+    let profdata = llvm_profdata()?;
+    let dir = target_dir().join("pgo");
+    let profiles = dir.join("profiles");
+    if profiles.exists() {
+        std::fs::remove_dir_all(&profiles).with_context(|| format!("removing {}", profiles.display()))?;
+    }
+    std::fs::create_dir_all(&profiles)?;
+
+    run(cargo()
+        .args(["build", "--release"])
+        .args(cargo_flags)
+        .args(["-p", "translation-api", "--bin", "translation-api"])
+        .args(["-p", "bench", "--bin", "testclient"]))?;
+    // With `--target`, RUSTFLAGS apply to switchyard and its dependencies
+    // only, not to build scripts (which would write profiles too).
+    let host = host()?;
+    let instrumented = dir.join("instrumented");
+    run(cargo()
+        .args(["build", "--profile", "dist", "--target", &host])
+        .args(cargo_flags)
+        .args(["-p", "switchyard", "--bin", "switchyard"])
+        .env("CARGO_TARGET_DIR", &instrumented)
+        .env("RUSTFLAGS", format!("-Cprofile-generate={}", profiles.display())))?;
+
+    let release = target_dir().join("release");
+    train(
+        &instrumented.join(&host).join("dist/switchyard"),
+        &release,
+        &dir.join("train"),
+    )?;
+
+    let merged = dir.join("switchyard.profdata");
+    run(Command::new(&profdata)
+        .arg("merge")
+        .arg("-o")
+        .arg(&merged)
+        .arg(&profiles))?;
+
+    let optimized = dir.join("optimized");
+    run(cargo()
+        .args(["build", "--profile", "dist", "--target", &host])
+        .args(cargo_flags)
+        .args(["-p", "switchyard", "--bin", "switchyard"])
+        .env("CARGO_TARGET_DIR", &optimized)
+        .env("RUSTFLAGS", format!("-Cprofile-use={}", merged.display())))?;
+    let out = dir.join("switchyard");
+    std::fs::copy(optimized.join(&host).join("dist/switchyard"), &out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("{}: the profile-guided build of switchyard", out.display());
+    Ok(())
+}
+
+/// `llvm-profdata` of the toolchain that builds the project (its LLVM must
+/// read the profiles that toolchain writes): rustup's `llvm-tools`.
+fn llvm_profdata() -> Result<PathBuf> {
+    let sysroot = output(Command::new(rustc()).args(["--print", "sysroot"]))?;
+    let path = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(host()?)
+        .join("bin/llvm-profdata");
+    if !path.is_file() {
+        if !have("rustup") {
+            bail!(
+                "{} is missing: the profile-guided build needs the llvm-tools of the Rust toolchain \
+                 (rustup component add llvm-tools)",
+                path.display()
+            );
+        }
+        run(cargo_dir_command("rustup").args(["component", "add", "llvm-tools"]))?;
+        if !path.is_file() {
+            bail!(
+                "`rustup component add llvm-tools` did not install {}",
+                path.display()
+            );
+        }
+    }
+    Ok(path)
+}
+
+fn rustc() -> String {
+    std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())
+}
+
+/// The target triple of the machine building (`rustc -vV`'s host).
+fn host() -> Result<String> {
+    let version = output(Command::new(rustc()).arg("-vV"))?;
+    version
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_string())
+        .context("`rustc -vV` names no host")
+}
+
+/// `program` run in the workspace root, so that its toolchain file (if any) applies.
+fn cargo_dir_command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(crate::root());
+    cmd
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .current_dir(crate::root())
+        .output()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Children killed when dropped, so a failed step leaves nothing running.
+struct Running(Vec<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(port: u16, what: &str) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} is not listening on {addr} after 20 s")
+}
+
+/// Runs the training load through the instrumented `proxy`: once with the
+/// access log off, once with it on. Each run writes its own profile (the
+/// proxy writes it when it exits on SIGTERM).
+fn train(proxy: &Path, release: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut upstreams = Running(Vec::new());
+    let mut ports = Vec::new();
+    for colour in ["blue", "green"] {
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join(format!("{colour}.log")))?;
+        upstreams.0.push(
+            Command::new(release.join("translation-api"))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--access-log=false"])
+                .env("APP_VERSION", colour)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("could not start translation-api")?,
+        );
+        wait_listening(port, "translation-api")?;
+        ports.push(port);
+    }
+    std::fs::write(
+        dir.join("upstreams.toml"),
+        format!(
+            "active = \"blue\"\n\n[pools.blue]\nendpoints = [\"127.0.0.1:{}\"]\n\n[pools.green]\nendpoints = [\"127.0.0.1:{}\"]\n",
+            ports[0], ports[1]
+        ),
+    )?;
+    for access in [false, true] {
+        let (http, admin) = (free_port()?, free_port()?);
+        let config = dir.join(format!("proxy-access-{access}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:{http}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+                 [upstreams]\nfile = \"upstreams.toml\"\n\n[log]\naccess = {access}\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join(format!("switchyard-access-{access}.log")))?;
+        let mut proxy = Running(vec![Command::new(proxy)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("could not start the instrumented switchyard")?]);
+        wait_listening(http, "switchyard")?;
+        for &(connections, seconds) in if access { &TRAINING[..1] } else { TRAINING } {
+            load(release, dir, http, connections, seconds)?;
+        }
+        // SIGTERM: the proxy drains, exits, and writes its profile on the way out.
+        let pid = proxy.0[0].id().to_string();
+        run(Command::new("kill").args(["-TERM", &pid]))?;
+        let status = proxy.0[0].wait()?;
+        proxy.0.clear();
+        if !status.success() {
+            bail!("the instrumented switchyard exited with {status}");
+        }
+    }
+    Ok(())
+}
+
+/// `testclient` against the proxy; fails unless every request succeeded.
+fn load(release: &Path, dir: &Path, port: u16, connections: usize, seconds: u64) -> Result<()> {
+    let report = dir.join("testclient.json");
+    let out = Command::new(release.join("testclient"))
+        .arg(format!("http://127.0.0.1:{port}/version"))
+        .args(["--concurrency", &connections.to_string(), "--threads", "2"])
+        .args(["--duration", &format!("{seconds}s"), "--json"])
+        .arg(&report)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not start testclient")?;
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", report.display()))?;
+    let count = |key: &str| summary.get(key).and_then(serde_json::Value::as_u64);
+    match (out.status.success(), count("total"), count("failed")) {
+        (true, Some(total), Some(0)) if total > 0 => {
+            eprintln!("trained: GET /version with {connections} connections: {total} requests");
+            Ok(())
+        }
+        _ => bail!(
+            "training with {connections} connections failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+    }
+}
