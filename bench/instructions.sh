@@ -3,7 +3,7 @@
 # valgrind's callgrind: unlike time, the count does not depend on what else
 # the machine is doing, so two builds (or two proxies) compare exactly.
 #
-#   bench/instructions.sh [--cache] [SECONDS [CONNECTIONS]]   # default 10 s, 8
+#   bench/instructions.sh [--pgo] [--cache] [SECONDS [CONNECTIONS]]   # default 10 s, 8
 #
 # Both proxies front the same static nginx upstream (one worker, `return 200`)
 # and get the same load: `wrk -t1 -c8 /version` (CONNECTIONS), keep-alive.
@@ -19,11 +19,20 @@
 #   bench/instructions.sh --cache 8 256
 # valgrind runs the proxy's threads one at a time through one simulated
 # cache, so compare builds or proxies with each other, not with hardware.
+# It also prints the simulated L1 instruction-cache misses per request.
+#
+# --pgo also measures the profile-guided build (`cargo xtask pgo`, the one the
+# image ships) as "switchyard-pgo"; "switchyard" is `cargo build --release`.
 #
 # Needs: valgrind, wrk, nginx, curl (apt-get install -y valgrind wrk
 # nginx-light curl); builds switchyard itself. nginx runs as one worker
 # without a master (`master_process off`) so that callgrind sees it all.
 set -euo pipefail
+PGO=
+if [ "${1:-}" = "--pgo" ]; then
+    PGO=1
+    shift
+fi
 CACHE=()
 if [ "${1:-}" = "--cache" ]; then
     CACHE=(--cache-sim=yes --D1=32768,8,64 --LL=1048576,16,64)
@@ -36,6 +45,9 @@ for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl; do
     command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind wrk nginx-light curl" >&2; exit 1; }
 done
 cargo build --release --locked -p switchyard --manifest-path "$ROOT/Cargo.toml" >&2
+if [ -n "$PGO" ]; then
+    (cd "$ROOT" && cargo xtask pgo --locked) >&2
+fi
 
 D=$(mktemp -d)
 PIDS=()
@@ -87,13 +99,16 @@ measure() {
     local dump total
     dump="$D/$name.$pid.1" # the first dump asked for (-d); the one at exit has no suffix
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    printf '%-11s %9d requests  %6d instructions per request' "$name" "$requests" $((total / requests))
+    printf '%-14s %9d requests  %6d instructions per request' "$name" "$requests" $((total / requests))
     if [ ${#CACHE[@]} -gt 0 ]; then
         # summary: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
-        awk -v r="$requests" '/^summary:/ {printf "  L2 misses per request: %.1f (%.1f reads, %.1f writes)", ($9 + $10) / r, $9 / r, $10 / r}' "$dump"
+        awk -v r="$requests" '/^summary:/ {printf "  L1i misses per request: %.0f  L2 misses per request: %.1f (%.1f reads, %.1f writes)", $5 / r, ($9 + $10) / r, $9 / r, $10 / r}' "$dump"
     fi
     printf '\n'
 }
 
 measure switchyard "$PX" "$ROOT/target/release/switchyard" -c "$D/proxy.toml"
+if [ -n "$PGO" ]; then
+    measure switchyard-pgo "$PX" "$ROOT/target/pgo/switchyard" -c "$D/proxy.toml"
+fi
 measure nginx "$NG" nginx -p "$D" -c "$D/nginx.conf" -g "daemon off;"

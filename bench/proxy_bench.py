@@ -11,8 +11,14 @@ A/B of two switchyard builds in the same run (another build as an extra row):
 
   python3 bench/proxy_bench.py --compare before=/path/to/old/switchyard
 
+The "switchyard" rows are the profile-guided build (`cargo xtask pgo`,
+target/pgo/switchyard), the one the image ships; "switchyard-plain" is the
+plain `cargo build --release` (--plain: measure only the plain build, as
+"switchyard").
+
 Needs: wrk, nginx (nginx-light), haproxy from Debian (apt-get install -y wrk
-nginx-light haproxy); builds the release binaries itself.
+nginx-light haproxy); builds the release binaries (and the profile-guided
+one) itself.
 
 What it measures, in one run, in interleaved rounds:
   * proxied GET /version with keep-alive, wrk -t2 -c64 and -c256, through
@@ -54,6 +60,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+PGO = os.path.join(ROOT, "target", "pgo", "switchyard")  # `cargo xtask pgo`
 
 
 def free_port():
@@ -227,6 +234,10 @@ def main():
     ap.add_argument("--duration", type=int, default=3, help="seconds of each wrk run (default 3)")
     ap.add_argument("--switches", type=int, default=20)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--plain", action="store_true",
+                    help="measure the plain `cargo build --release` switchyard as \"switchyard\" "
+                         "(default: the profile-guided build of `cargo xtask pgo`, the one the image "
+                         "ships, with the plain build as an extra row)")
     ap.add_argument("--plain-peers", action="store_true",
                     help="nginx and HAProxy without the X-Forwarded-*/X-Request-Id work switchyard does")
     ap.add_argument("--upstream", choices=("api", "nginx"), default="api",
@@ -252,6 +263,13 @@ def main():
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "switchyard", "-p", "translation-api"],
                        cwd=ROOT, check=True)
+        if not args.plain:
+            subprocess.run(["cargo", "xtask", "pgo", "--locked"], cwd=ROOT, check=True)
+    switchyard = f"{REL}/switchyard" if args.plain else PGO
+    if not args.plain:
+        if not os.access(PGO, os.X_OK):
+            raise SystemExit(f"{PGO} is missing: run `cargo xtask pgo` (or drop --no-build)")
+        compare.insert(0, ("switchyard-plain", f"{REL}/switchyard", False))
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
@@ -293,7 +311,7 @@ http {{
             upstream_pids = [up.pid] + children(up.pid)
 
         targets = {"direct": (base, [])}
-        ours = [("switchyard", f"{REL}/switchyard", False), ("switchyard+log", f"{REL}/switchyard", True)]
+        ours = [("switchyard", switchyard, False), ("switchyard+log", switchyard, True)]
         for name, binary, access in ours + compare:
             d = os.path.join(tmp, name)
             os.makedirs(d)
@@ -409,7 +427,7 @@ backend be{hp_backend}
             (which returns when the change happened) -> first new answer."""
             port, admin = free_port(), free_port()
             write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
-            procs.start([f"{REL}/switchyard", "-c", os.path.join(d, "proxy.toml")])
+            procs.start([switchyard, "-c", os.path.join(d, "proxy.toml")])
             wait_port(port)
             poller = Poller(port)
             poller.start()
@@ -486,6 +504,7 @@ backend be{hp_backend}
                   f" | {median([x['p99'] for x in rows]):.2f} | {r} | {p} | {cpu} | {user} | {up} | {wk} | {mem} |")
     print(f"\npeers: {'plain (no header work)' if args.plain_peers else 'same header work as switchyard'}"
           f"{'; targets in the same order in every round' if args.fixed_order else '; targets in a shuffled order in every round'}")
+    print(f"switchyard: {switchyard}")
     for name, binary, _ in compare:
         print(f"{name}: {binary}")
     print(f"\nPOST /switch answered in: median {median(switch_ms):.3f} ms, max {max(switch_ms):.3f} ms "

@@ -10,8 +10,9 @@
 //! - `charts/tests/check_charts.py` lints, renders and strictly validates
 //!   both charts with every value file, runs `switchyard check --offline` on
 //!   each rendered config, and proves that its broken fixtures fail.
-//! - Each Dockerfile's own `cargo build` command is run as written, and the
-//!   binary it builds must answer `--version`.
+//! - Each Dockerfile's own build command (`cargo build`, or `cargo xtask pgo`
+//!   for the proxy's profile-guided build) is run as written, and the binary
+//!   it builds must answer `--version`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,15 +151,16 @@ fn lint_workflows(venv: &Path, actionlint: &Path) -> Result<()> {
         .current_dir(root()))
 }
 
-/// The arguments after `cargo` of the one `cargo build` command in a Dockerfile.
+/// The arguments after `cargo` of the one command in a Dockerfile that
+/// builds its binary: `cargo build …` or `cargo xtask pgo …`.
 pub fn dockerfile_cargo_build(dockerfile: &str) -> Result<Vec<String>> {
     // Join continuation lines, so a command split over lines is one string.
     let joined = dockerfile.replace("\\\n", " ");
     let mut found = Vec::new();
-    for line in joined.lines() {
+    for line in joined.lines().filter(|l| !l.trim_start().starts_with('#')) {
         let mut words = line.split_whitespace().peekable();
         while let Some(word) = words.next() {
-            if word == "cargo" && words.peek() == Some(&"build") {
+            if word == "cargo" && matches!(words.peek(), Some(&"build" | &"xtask")) {
                 let args: Vec<String> = words
                     .by_ref()
                     .take_while(|w| !matches!(*w, "&&" | "||" | ";" | "|"))
@@ -170,7 +172,7 @@ pub fn dockerfile_cargo_build(dockerfile: &str) -> Result<Vec<String>> {
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        n => bail!("expected exactly one `cargo build` command, found {n}"),
+        n => bail!("expected exactly one `cargo build` or `cargo xtask` command, found {n}"),
     }
 }
 
@@ -268,11 +270,12 @@ fn dockerfile_builds() -> Result<()> {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         dependency_layer(dockerfile, &text)?;
         let args = dockerfile_cargo_build(&text).with_context(|| format!("in {dockerfile}"))?;
-        if !args.iter().any(|a| a == "--locked") || !args.iter().any(|a| a == "--release") {
-            bail!("{dockerfile}: the builder's cargo build must use --release and --locked");
+        let built = built_binary(&args, bin).with_context(|| format!("in {dockerfile}"))?;
+        if !text.contains(&built) {
+            bail!("{dockerfile}: its build makes {built}, which the file does not install");
         }
         run(cargo().args(&args).env("TRANSLATION_API_VERSION", CHECK_VERSION))?;
-        let binary = target_dir().join("release").join(bin);
+        let binary = target_dir().join(built.trim_start_matches("target/"));
         let out = Command::new(&binary)
             .arg("--version")
             .output()
@@ -292,6 +295,30 @@ fn dockerfile_builds() -> Result<()> {
     Ok(())
 }
 
+/// Where the build command `args` (after `cargo`) puts `bin`, relative to
+/// the workspace: a locked release build, or the locked profile-guided one.
+pub fn built_binary(args: &[String], bin: &str) -> Result<String> {
+    if !args.iter().any(|a| a == "--locked") {
+        bail!(
+            "the builder's cargo command must use --locked: cargo {}",
+            args.join(" ")
+        );
+    }
+    if args.first().map(String::as_str) == Some("xtask") {
+        if args.get(1).map(String::as_str) != Some("pgo") || bin != "switchyard" {
+            bail!("the only xtask that builds an image's binary is `pgo`, for switchyard");
+        }
+        return Ok("target/pgo/switchyard".into());
+    }
+    if !args.iter().any(|a| a == "--release") || !args.windows(2).any(|w| w[0] == "--bin" && w[1] == bin) {
+        bail!(
+            "the builder's cargo build must use --release and --bin {bin}: cargo {}",
+            args.join(" ")
+        );
+    }
+    Ok(format!("target/release/{bin}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +328,22 @@ mod tests {
         let text = "FROM x\nRUN --mount=type=cache,target=/t \\\n    cargo build --release --locked -p a --bin a \\\n && cp target/release/a /a\n";
         let args = dockerfile_cargo_build(text).unwrap();
         assert_eq!(args, ["build", "--release", "--locked", "-p", "a", "--bin", "a"]);
+    }
+
+    #[test]
+    fn finds_the_xtask_pgo_command() {
+        let text = "RUN --mount=type=cache,target=/t \\\n    cargo xtask pgo --locked --offline \\\n && install target/pgo/switchyard /o\n";
+        let args = dockerfile_cargo_build(text).unwrap();
+        assert_eq!(args, ["xtask", "pgo", "--locked", "--offline"]);
+        assert_eq!(
+            built_binary(&args, "switchyard").unwrap(),
+            "target/pgo/switchyard"
+        );
+        assert!(built_binary(&args, "translation-api").is_err());
+        let unlocked: Vec<String> = vec!["xtask".into(), "pgo".into()];
+        assert!(built_binary(&unlocked, "switchyard").is_err());
+        let debug: Vec<String> = ["build", "--locked", "--bin", "a"].map(String::from).to_vec();
+        assert!(built_binary(&debug, "a").is_err());
     }
 
     #[test]
@@ -357,16 +400,15 @@ mod tests {
     }
 
     #[test]
-    fn the_real_dockerfiles_build_their_binary_locked_in_release() {
+    fn the_real_dockerfiles_build_and_install_their_binary() {
         for (dockerfile, bin) in DOCKERFILES {
             let text = std::fs::read_to_string(root().join(dockerfile)).unwrap();
             let args = dockerfile_cargo_build(&text).unwrap();
-            assert!(args.iter().any(|a| a == "--release"), "{dockerfile}: {args:?}");
-            assert!(args.iter().any(|a| a == "--locked"), "{dockerfile}: {args:?}");
-            assert!(
-                args.windows(2).any(|w| w[0] == "--bin" && w[1] == *bin),
-                "{dockerfile}: {args:?}"
-            );
+            let built = built_binary(&args, bin).unwrap();
+            assert!(text.contains(&built), "{dockerfile} does not install {built}");
         }
+        // The proxy image ships the profile-guided build.
+        let proxy = std::fs::read_to_string(root().join("proxy/Dockerfile")).unwrap();
+        assert_eq!(dockerfile_cargo_build(&proxy).unwrap()[..2], ["xtask", "pgo"]);
     }
 }
