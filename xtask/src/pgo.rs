@@ -231,7 +231,8 @@ fn train(proxy: &Path, release: &Path, dir: &Path) -> Result<()> {
         }
         // SIGTERM: the proxy drains, exits, and writes its profile on the way out.
         let pid = proxy.0[0].id().to_string();
-        run(Command::new("kill").args(["-TERM", &pid]))?;
+        // The shell's own `kill`: the image's builder stage may have no procps.
+        run(Command::new("sh").args(["-c", "kill -TERM \"$1\"", "sh", &pid]))?;
         let status = proxy.0[0].wait()?;
         proxy.0.clear();
         if !status.success() {
