@@ -52,20 +52,15 @@ pub fn main(cargo_flags: &[String]) -> Result<()> {
     // With `--target`, RUSTFLAGS apply to switchyard and its dependencies
     // only, not to build scripts (which would write profiles too).
     let host = host()?;
-    let instrumented = dir.join("instrumented");
-    run(cargo()
-        .args(["build", "--profile", "dist", "--target", &host])
-        .args(cargo_flags)
-        .args(["-p", "switchyard", "--bin", "switchyard"])
-        .env("CARGO_TARGET_DIR", &instrumented)
-        .env("RUSTFLAGS", format!("-Cprofile-generate={}", profiles.display())))?;
+    let instrumented = build_switchyard(
+        &dir.join("instrumented"),
+        &format!("-Cprofile-generate={}", profiles.display()),
+        &host,
+        cargo_flags,
+    )?;
 
     let release = target_dir().join("release");
-    train(
-        &instrumented.join(&host).join("dist/switchyard"),
-        &release,
-        &dir.join("train"),
-    )?;
+    train(&instrumented, &release, &dir.join("train"))?;
 
     let merged = dir.join("switchyard.profdata");
     run(Command::new(&profdata)
@@ -74,18 +69,34 @@ pub fn main(cargo_flags: &[String]) -> Result<()> {
         .arg(&merged)
         .arg(&profiles))?;
 
-    let optimized = dir.join("optimized");
-    run(cargo()
-        .args(["build", "--profile", "dist", "--target", &host])
-        .args(cargo_flags)
-        .args(["-p", "switchyard", "--bin", "switchyard"])
-        .env("CARGO_TARGET_DIR", &optimized)
-        .env("RUSTFLAGS", format!("-Cprofile-use={}", merged.display())))?;
+    let optimized = build_switchyard(
+        &dir.join("optimized"),
+        &format!("-Cprofile-use={}", merged.display()),
+        &host,
+        cargo_flags,
+    )?;
     let out = dir.join("switchyard");
-    std::fs::copy(optimized.join(&host).join("dist/switchyard"), &out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    std::fs::copy(&optimized, &out).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("{}: the profile-guided build of switchyard", out.display());
     Ok(())
+}
+
+/// Builds switchyard in the `dist` profile with `rustflags`, in its own
+/// target directory (so the two builds do not invalidate each other), and
+/// returns the binary's path.
+fn build_switchyard(
+    target_dir: &Path,
+    rustflags: &str,
+    host: &str,
+    cargo_flags: &[String],
+) -> Result<PathBuf> {
+    run(cargo()
+        .args(["build", "--profile", "dist", "--target", host])
+        .args(cargo_flags)
+        .args(["-p", "switchyard", "--bin", "switchyard"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("RUSTFLAGS", rustflags))?;
+    Ok(target_dir.join(host).join("dist/switchyard"))
 }
 
 /// `llvm-profdata` of the toolchain that builds the project (its LLVM must
