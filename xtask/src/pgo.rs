@@ -47,6 +47,11 @@ const VERIFY: Plan = &[(false, &[(64, 1)]), (true, &[(64, 1)])];
 pub fn main(cargo_flags: &[String]) -> Result<()> {
     let profdata = llvm_profdata()?;
     let dir = target_dir().join("pgo");
+    // No binary of an earlier build stays behind if this one fails.
+    let out = dir.join("switchyard");
+    if out.exists() {
+        std::fs::remove_file(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
     let profiles = dir.join("profiles");
     if profiles.exists() {
         std::fs::remove_dir_all(&profiles).with_context(|| format!("removing {}", profiles.display()))?;
@@ -84,10 +89,13 @@ pub fn main(cargo_flags: &[String]) -> Result<()> {
         &host,
         cargo_flags,
     )?;
-    let out = dir.join("switchyard");
+    exercise(&optimized, &release, &dir.join("verify"), VERIFY).with_context(|| {
+        format!(
+            "the profile-guided build {} failed its check",
+            optimized.display()
+        )
+    })?;
     std::fs::copy(&optimized, &out).with_context(|| format!("writing {}", out.display()))?;
-    exercise(&out, &release, &dir.join("verify"), VERIFY)
-        .with_context(|| format!("the profile-guided build {} failed its check", out.display()))?;
     eprintln!("{}: the profile-guided build of switchyard", out.display());
     Ok(())
 }
