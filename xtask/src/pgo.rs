@@ -248,25 +248,25 @@ fn exercise(proxy: &Path, release: &Path, dir: &Path, plan: Plan) -> Result<()> 
             ),
         )?;
         let log = std::fs::File::create(dir.join(format!("switchyard-access-{access}.log")))?;
-        let mut proxy = Running(vec![Command::new(proxy)
+        let mut running = Running(vec![Command::new(proxy)
             .arg("-c")
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("could not start the instrumented switchyard")?]);
+            .with_context(|| format!("could not start {}", proxy.display()))?]);
         wait_listening(http, "switchyard")?;
         for &(connections, seconds) in steps {
             load(release, dir, http, connections, seconds)?;
         }
         // SIGTERM: the proxy drains, exits, and writes its profile on the way out.
-        let pid = proxy.0[0].id().to_string();
+        let pid = running.0[0].id().to_string();
         // The shell's own `kill`: the image's builder stage may have no procps.
         run(Command::new("sh").args(["-c", "kill -TERM \"$1\"", "sh", &pid]))?;
-        let status = proxy.0[0].wait()?;
-        proxy.0.clear();
+        let status = running.0[0].wait()?;
+        running.0.clear();
         if !status.success() {
-            bail!("the instrumented switchyard exited with {status}");
+            bail!("{} exited with {status} on SIGTERM", proxy.display());
         }
     }
     Ok(())
@@ -275,6 +275,10 @@ fn exercise(proxy: &Path, release: &Path, dir: &Path, plan: Plan) -> Result<()> 
 /// `testclient` against the proxy; fails unless every request succeeded.
 fn load(release: &Path, dir: &Path, port: u16, connections: usize, seconds: u64) -> Result<()> {
     let report = dir.join("testclient.json");
+    // Not the report of an earlier step, if this one writes none.
+    if report.exists() {
+        std::fs::remove_file(&report).with_context(|| format!("removing {}", report.display()))?;
+    }
     let out = Command::new(release.join("testclient"))
         .arg(format!("http://127.0.0.1:{port}/version"))
         .args(["--concurrency", &connections.to_string(), "--threads", "2"])
