@@ -153,7 +153,7 @@ fn lint_workflows(venv: &Path, actionlint: &Path) -> Result<()> {
 
 /// The arguments after `cargo` of the one command in a Dockerfile that
 /// builds its binary: `cargo build …` or `cargo xtask pgo …`.
-pub fn dockerfile_cargo_build(dockerfile: &str) -> Result<Vec<String>> {
+pub fn dockerfile_build_command(dockerfile: &str) -> Result<Vec<String>> {
     // Join continuation lines, so a command split over lines is one string.
     let joined = dockerfile.replace("\\\n", " ");
     let mut found = Vec::new();
@@ -269,7 +269,7 @@ fn dockerfile_builds() -> Result<()> {
         let path = root().join(dockerfile);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         dependency_layer(dockerfile, &text)?;
-        let args = dockerfile_cargo_build(&text).with_context(|| format!("in {dockerfile}"))?;
+        let args = dockerfile_build_command(&text).with_context(|| format!("in {dockerfile}"))?;
         let built = built_binary(&args, bin).with_context(|| format!("in {dockerfile}"))?;
         if !text.contains(&built) {
             bail!("{dockerfile}: its build makes {built}, which the file does not install");
@@ -326,14 +326,14 @@ mod tests {
     #[test]
     fn finds_the_one_cargo_build_command() {
         let text = "FROM x\nRUN --mount=type=cache,target=/t \\\n    cargo build --release --locked -p a --bin a \\\n && cp target/release/a /a\n";
-        let args = dockerfile_cargo_build(text).unwrap();
+        let args = dockerfile_build_command(text).unwrap();
         assert_eq!(args, ["build", "--release", "--locked", "-p", "a", "--bin", "a"]);
     }
 
     #[test]
     fn finds_the_xtask_pgo_command() {
         let text = "RUN --mount=type=cache,target=/t \\\n    cargo xtask pgo --locked --offline \\\n && install target/pgo/switchyard /o\n";
-        let args = dockerfile_cargo_build(text).unwrap();
+        let args = dockerfile_build_command(text).unwrap();
         assert_eq!(args, ["xtask", "pgo", "--locked", "--offline"]);
         assert_eq!(
             built_binary(&args, "switchyard").unwrap(),
@@ -348,8 +348,8 @@ mod tests {
 
     #[test]
     fn refuses_zero_or_two_commands() {
-        assert!(dockerfile_cargo_build("FROM x\nRUN cargo fetch\n").is_err());
-        assert!(dockerfile_cargo_build("RUN cargo build -p a\nRUN cargo build -p b\n").is_err());
+        assert!(dockerfile_build_command("FROM x\nRUN cargo fetch\n").is_err());
+        assert!(dockerfile_build_command("RUN cargo build -p a\nRUN cargo build -p b\n").is_err());
     }
 
     #[test]
@@ -403,12 +403,12 @@ mod tests {
     fn the_real_dockerfiles_build_and_install_their_binary() {
         for (dockerfile, bin) in DOCKERFILES {
             let text = std::fs::read_to_string(root().join(dockerfile)).unwrap();
-            let args = dockerfile_cargo_build(&text).unwrap();
+            let args = dockerfile_build_command(&text).unwrap();
             let built = built_binary(&args, bin).unwrap();
             assert!(text.contains(&built), "{dockerfile} does not install {built}");
         }
         // The proxy image ships the profile-guided build.
         let proxy = std::fs::read_to_string(root().join("proxy/Dockerfile")).unwrap();
-        assert_eq!(dockerfile_cargo_build(&proxy).unwrap()[..2], ["xtask", "pgo"]);
+        assert_eq!(dockerfile_build_command(&proxy).unwrap()[..2], ["xtask", "pgo"]);
     }
 }

@@ -45,7 +45,8 @@ const VERIFY: Plan = &[(false, &[(64, 1)]), (true, &[(64, 1)])];
 /// Runs the whole build; `cargo_flags` (`--locked`, `--offline`) go to every
 /// `cargo build`.
 pub fn main(cargo_flags: &[String]) -> Result<()> {
-    let profdata = llvm_profdata()?;
+    let host = host()?;
+    let profdata = llvm_profdata(&host)?;
     let dir = target_dir().join("pgo");
     // No binary of an earlier build stays behind if this one fails.
     let out = dir.join("switchyard");
@@ -65,7 +66,6 @@ pub fn main(cargo_flags: &[String]) -> Result<()> {
         .args(["-p", "bench", "--bin", "testclient"]))?;
     // With `--target`, RUSTFLAGS apply to switchyard and its dependencies
     // only, not to build scripts (which would write profiles too).
-    let host = host()?;
     let instrumented = build_switchyard(
         &dir.join("instrumented"),
         &format!("-Cprofile-generate={}", profiles.display()),
@@ -120,11 +120,11 @@ fn build_switchyard(
 
 /// `llvm-profdata` of the toolchain that builds the project (its LLVM must
 /// read the profiles that toolchain writes): rustup's `llvm-tools`.
-fn llvm_profdata() -> Result<PathBuf> {
+fn llvm_profdata(host: &str) -> Result<PathBuf> {
     let sysroot = output(Command::new(rustc()).args(["--print", "sysroot"]))?;
     let path = Path::new(sysroot.trim())
         .join("lib/rustlib")
-        .join(host()?)
+        .join(host)
         .join("bin/llvm-profdata");
     if !path.is_file() {
         if !have("rustup") {
@@ -134,7 +134,10 @@ fn llvm_profdata() -> Result<PathBuf> {
                 path.display()
             );
         }
-        run(cargo_dir_command("rustup").args(["component", "add", "llvm-tools"]))?;
+        // In the workspace root, so that a toolchain file there (if any) applies.
+        run(Command::new("rustup")
+            .args(["component", "add", "llvm-tools"])
+            .current_dir(crate::root()))?;
         if !path.is_file() {
             bail!(
                 "`rustup component add llvm-tools` did not install {}",
@@ -159,13 +162,7 @@ fn host() -> Result<String> {
         .context("`rustc -vV` names no host")
 }
 
-/// `program` run in the workspace root, so that its toolchain file (if any) applies.
-fn cargo_dir_command(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(crate::root());
-    cmd
-}
-
+/// The standard output of `cmd`, run in the workspace root.
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .current_dir(crate::root())
