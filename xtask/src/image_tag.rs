@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use time::OffsetDateTime;
 
 /// Length of the abbreviated commit id in `local-…` and `pr-…` tags.
 pub const SHORT_SHA_LEN: usize = 7;
@@ -91,19 +92,18 @@ fn is_release_version(tag: &str) -> bool {
 }
 
 /// The proleptic Gregorian date (UTC) of a Unix timestamp, `YYYY-MM-DD`.
-pub fn utc_date(unix_seconds: u64) -> String {
-    // Howard Hinnant's `civil_from_days`, for days since 1970-01-01.
-    let days = (unix_seconds / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+pub fn utc_date(unix_seconds: u64) -> Result<String> {
+    let date = i64::try_from(unix_seconds)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .with_context(|| format!("{unix_seconds} s after 1970 is past the year 9999"))?
+        .date();
+    Ok(format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    ))
 }
 
 fn git(args: &[&str]) -> Result<String> {
@@ -144,7 +144,7 @@ pub fn current_context() -> Result<TagContext> {
         ci_ref,
         sha,
         dirty,
-        date: utc_date(now),
+        date: utc_date(now)?,
     })
 }
 
@@ -239,10 +239,12 @@ mod tests {
 
     #[test]
     fn dates_are_utc_civil_dates() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(951_782_400), "2000-02-29");
-        assert_eq!(utc_date(1_709_251_199), "2024-02-29");
-        assert_eq!(utc_date(1_709_251_200), "2024-03-01");
-        assert_eq!(utc_date(1_798_761_599), "2026-12-31");
+        let date = |s| utc_date(s).unwrap();
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(951_782_400), "2000-02-29");
+        assert_eq!(date(1_709_251_199), "2024-02-29");
+        assert_eq!(date(1_709_251_200), "2024-03-01");
+        assert_eq!(date(1_798_761_599), "2026-12-31");
+        assert!(utc_date(u64::MAX).is_err());
     }
 }

@@ -2,9 +2,13 @@
 //!
 //! - `cargo xtask test [--long]`: everything CI runs. Installs what the tests
 //!   need and is missing (Debian packages via apt when running as root),
-//!   then runs the lints, `cargo test --workspace --locked` and the delivery
-//!   checks (Dockerfiles, Helm charts, workflows: see [`delivery`]). `--long`
-//!   adds the slow suites.
+//!   then runs the lints, the link check (see [`links`]),
+//!   `cargo test --workspace --locked` and the delivery checks (Dockerfiles,
+//!   Helm charts, workflows: see [`delivery`]). `--long` then adds the slow
+//!   suites: `cargo test --workspace --locked -- --ignored`. A slow test is
+//!   an ignored one, `#[ignore = "slow: runs under cargo xtask test --long"]`,
+//!   so that a plain `cargo test` leaves it out.
+//! - `cargo xtask links`: only the link check (a part of `test`).
 //! - `cargo xtask delivery`: only the delivery checks (a part of `test`).
 //! - `cargo xtask image-tag`: prints the image tag for the current git
 //!   context (see [`image_tag`]).
@@ -13,12 +17,14 @@
 
 mod delivery;
 mod image_tag;
+mod links;
 mod pgo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
 
 /// Debian packages the test suites start for real: `(package, binary it provides)`.
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -28,19 +34,52 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("npm", "npm"),
 ];
 
+/// The project's own automation.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Everything CI runs: lints, links, tests, delivery checks.
+    Test {
+        /// Also run the slow suites (the ignored tests).
+        #[arg(long)]
+        long: bool,
+    },
+    /// Prints the image tag for the current git context.
+    ImageTag,
+    /// Only the delivery checks (Dockerfiles, Helm charts, workflows).
+    Delivery,
+    /// Only the link check of the tracked markdown files.
+    Links,
+    /// The profile-guided build of switchyard, `target/pgo/switchyard`.
+    Pgo {
+        /// Passed to every `cargo build`.
+        #[arg(long)]
+        locked: bool,
+        /// Passed to every `cargo build`.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("test") => test(args[1..].iter().any(|a| a == "--long")),
-        Some("image-tag") if args.len() == 1 => image_tag::main(),
-        Some("delivery") if args.len() == 1 => ensure_apt_packages().and_then(|()| delivery::check()),
-        Some("pgo") if args[1..].iter().all(|a| a == "--locked" || a == "--offline") => pgo::main(&args[1..]),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask test [--long]\n       cargo xtask image-tag\n       cargo xtask delivery\n       \
-                 cargo xtask pgo [--locked] [--offline]"
-            );
-            std::process::exit(2);
+    match Cli::parse().task {
+        Task::Test { long } => test(long),
+        Task::ImageTag => image_tag::main(),
+        Task::Delivery => ensure_apt_packages().and_then(|()| delivery::check()),
+        Task::Links => links::check(),
+        Task::Pgo { locked, offline } => {
+            let flags: Vec<String> = [(locked, "--locked"), (offline, "--offline")]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, flag)| flag.to_string())
+                .collect();
+            pgo::main(&flags)
         }
     }
 }
@@ -117,6 +156,7 @@ pub(crate) fn cargo() -> Command {
 fn test(long: bool) -> Result<()> {
     ensure_apt_packages()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    links::check()?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -127,10 +167,11 @@ fn test(long: bool) -> Result<()> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
-    delivery::check()?;
     if long {
-        eprintln!("--long: no slow suites yet");
+        // The slow suites: every test marked `#[ignore = "slow: ..."]`.
+        run(cargo().args(["test", "--workspace", "--locked", "--", "--ignored"]))?;
     }
+    delivery::check()?;
     eprintln!("xtask test: all passed");
     Ok(())
 }
