@@ -262,35 +262,11 @@ fn form_decode(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// Appends `s` as a JSON string literal (quotes, escapes) to `out`.
+/// Appends `s` as a JSON string literal (quotes, escapes) to `out`, with
+/// serde_json writing straight into the buffer.
 fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    let mut unicode = *b"\\u0000";
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                unicode[4] = HEX[usize::from(b >> 4)];
-                unicode[5] = HEX[usize::from(b & 0xf)];
-                &unicode
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    // Writing into a `Vec` cannot fail, nor can serialising a `str`.
+    serde_json::to_writer(out, s).expect("a string serialises into a Vec");
 }
 
 #[cfg(test)]
@@ -334,6 +310,27 @@ mod tests {
             query_param(Some("phrase=a%2Bb"), "phrase").as_deref(),
             Some("a+b")
         );
+    }
+
+    #[test]
+    fn every_ascii_character_is_escaped_as_before() {
+        // The escapes of the hand-written escaper serde_json replaced.
+        for b in 0u8..0x80 {
+            let expected = match b {
+                b'"' => "\\\"".to_string(),
+                b'\\' => "\\\\".to_string(),
+                b'\n' => "\\n".to_string(),
+                b'\r' => "\\r".to_string(),
+                b'\t' => "\\t".to_string(),
+                0x08 => "\\b".to_string(),
+                0x0c => "\\f".to_string(),
+                0x00..=0x1f => format!("\\u{b:04x}"),
+                _ => char::from(b).to_string(),
+            };
+            let mut out = Vec::new();
+            push_json_string(&mut out, &char::from(b).to_string());
+            assert_eq!(out, format!("\"{expected}\"").into_bytes(), "byte {b:#04x}");
+        }
     }
 
     #[test]
