@@ -242,7 +242,7 @@ def main():
                     help="nginx and HAProxy without the X-Forwarded-*/X-Request-Id work switchyard does")
     ap.add_argument("--upstream", choices=("api", "nginx"), default="api",
                     help="what the proxies front: translation-api (blue), or a static nginx answering "
-                         "the same /version body (cheaper, as in notes/performance.md)")
+                         "the same /version body (cheaper; see docs/performance.md)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY",
                     help="also measure this switchyard binary (access log off), as row NAME; repeatable")
     ap.add_argument("--fixed-order", action="store_true",

@@ -1,6 +1,6 @@
 //! The report's arithmetic: pure functions over recorded samples.
 //!
-//! Definitions (DESIGN.md, "Measuring a cut-over"):
+//! Definitions (docs/cutover.md, "What is measured"):
 //! - **stale after ack**: requests *sent* after the acknowledgement and
 //!   answered by the old version. For an admin switch the acknowledgement
 //!   is the moment the `POST` response was fully received. A file switch has

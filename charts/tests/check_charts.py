@@ -57,7 +57,7 @@ NAMESPACE = "switchyard-test"
 KUBE_VERSIONS = ["1.31.0", "1.37.0"]
 # Kinds with no schema in kubernetes-validate; checked by hand below.
 CUSTOM_KINDS = {"ServiceMonitor"}
-# DESIGN.md "Metrics": the families the proxy exports (histograms add _bucket, _sum, _count).
+# docs/configuration.md "Metrics": the families the proxy exports (histograms add _bucket, _sum, _count).
 METRICS = {
     "switchyard_requests_total",
     "switchyard_request_duration_seconds",
@@ -365,7 +365,7 @@ def check_dashboard(cm: dict[str, Any]) -> None:
         used |= set(re.findall(r"\bswitchyard_[a-z_]+", e))
     families = {re.sub(r"_(bucket|sum|count)$", "", m) if m not in METRICS else m for m in used}
     unknown = families - METRICS
-    expect(not unknown, "dashboard", f"metrics not in DESIGN.md: {sorted(unknown)}")
+    expect(not unknown, "dashboard", f"metrics not in docs/configuration.md: {sorted(unknown)}")
     for needed in ("switchyard_requests_total", "switchyard_request_duration_seconds_bucket",
                    "switchyard_inflight_requests", "switchyard_active_pool", "switchyard_upstream_errors_total"):
         expect(needed in used, "dashboard", f"no panel uses {needed}")

@@ -1,5 +1,5 @@
 //! The admin listener: `/switch`, `/rollback`, `/status`, `/metrics`,
-//! `/healthz`, `/readyz` (DESIGN.md's table). It runs on the control
+//! `/healthz`, `/readyz` (see docs/configuration.md). It runs on the control
 //! runtime, never on a data-plane core.
 
 use std::net::SocketAddr;

@@ -1,18 +1,17 @@
 //! Spreading client connections evenly over the cores.
 //!
 //! Each core accepts on its own `SO_REUSEPORT` listener, and the kernel
-//! picks the listener by a hash of the connection's addresses: 64
-//! keep-alive connections over 2 cores were split 30/35 or worse in 5 of 8
-//! tries (counted with strace on the accept calls). A core with a fifth more
-//! connections than another has that much more to do in each turn of its
-//! loop, so its connections wait longer whenever it cannot get more CPU
-//! than the other (on the 2-core benchmark machine, shared with the load
-//! generator, an A/B showed no difference in the p99: see the README). So
-//! a core that accepts a connection while it serves more than the least
+//! picks the listener by a hash of the connection's addresses, which can
+//! split a few dozen connections unevenly. A core with more connections
+//! than another has that much more to do in each turn of its loop, so its
+//! connections wait longer whenever it cannot get more CPU than the other.
+//! So a core that accepts a connection while it serves more than the least
 //! loaded core hands it over to that core, whose accept loop serves it: the
 //! open connections of any two cores then differ by at most one (HAProxy
 //! balances its threads' connections this way, Envoy calls it
-//! `exact_balance`).
+//! `exact_balance`). What was measured, and why this stays although the
+//! benchmark machine shows no difference in the tail, is in
+//! docs/performance.md.
 //!
 //! The decision is taken under a lock, once per accepted connection (never
 //! per request), so that two cores accepting at the same time cannot both

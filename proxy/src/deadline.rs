@@ -6,12 +6,11 @@
 //! every request of a keep-alive connection) costs allocations, timer wheel
 //! inserts and removes under the driver's lock, and clock reads on every
 //! request. Here arming a deadline is a slab insert on this core (no lock,
-//! no allocation once the slab has grown) and the ticker fires what is due:
-//! 0.9 thousand user-space instructions per proxied request fewer in
-//! `bench/instructions.sh` (32.1 → 31.2 thousand). The price is precision:
-//! a deadline fires up to one tick late, and the tick is a twentieth of the
-//! shortest timeout (at most 250 ms), so a 30 s request timeout fires within
-//! 30–30.25 s.
+//! no allocation once the slab has grown) and the ticker fires what is due;
+//! what that saves per request is measured in docs/performance.md. The
+//! price is precision: a deadline fires up to one tick late, and the tick
+//! is a fraction of the shortest timeout, bounded below and above (see
+//! `tick_for`).
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -521,8 +521,8 @@ async fn acquire(
     Ok((s, false))
 }
 
-/// Sends the request to an endpoint of `pool`, following DESIGN.md's retry
-/// rules: a request that could not be sent goes to the next endpoint (or, if
+/// Sends the request to an endpoint of `pool`, following the retry rules
+/// of docs/architecture.md: a request that could not be sent goes to the next endpoint (or, if
 /// a pooled connection turned out dead, to a new connection); an idempotent
 /// body-less request whose connection closed before any response byte is
 /// retried once: on a new connection if it was pooled, else (an endpoint

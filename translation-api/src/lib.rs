@@ -1,7 +1,7 @@
 //! translation-api: the service that switchyard fronts.
 //!
-//! The same contract as the original `th3-server.py` (see DESIGN.md, "The
-//! translation API"), built to be fast enough never to be the bottleneck of a
+//! The same contract as the original `th3-server.py` (see its
+//! README.md, "The API"), built to be fast enough never to be the bottleneck of a
 //! proxy benchmark.
 //!
 //! Layout:
