@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::reload::{Command, SwitchError, SwitchOutcome};
+use crate::control::{Command, SwitchError, SwitchOutcome};
+use crate::status::Status;
 use crate::Shared;
 
 /// Largest admin request body read.
@@ -92,7 +93,10 @@ impl Admin {
                 r
             }
             ("/metrics", _) => method_not_allowed("GET"),
-            ("/status", &Method::GET) => json_response(StatusCode::OK, &self.status()),
+            ("/status", &Method::GET) => json_response(
+                StatusCode::OK,
+                &serde_json::to_value(self.status()).unwrap_or_default(),
+            ),
             ("/status", _) => method_not_allowed("GET"),
             ("/switch" | "/rollback", &Method::POST) => {
                 if let Some(r) = self.unauthorized(&req) {
@@ -202,48 +206,10 @@ impl Admin {
         Some(r)
     }
 
-    /// The `/status` document.
-    pub fn status(&self) -> serde_json::Value {
-        status_json(&self.shared)
+    /// The `/status` document, from one load of the table.
+    pub fn status(&self) -> Status {
+        Status::of(&self.shared.table.load())
     }
-}
-
-/// The `/status` document of a proxy.
-pub fn status_json(shared: &Shared) -> serde_json::Value {
-    let table = shared.table.load_full();
-    let control = shared
-        .status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let mut pools = serde_json::Map::new();
-    for (i, p) in table.pools.iter().enumerate() {
-        let inflight = p.inflight().max(0);
-        let endpoints: Vec<_> = p
-            .endpoints
-            .iter()
-            .map(|e| json!({ "address": e.addr, "healthy": e.healthy.get() == 1 }))
-            .collect();
-        pools.insert(
-            p.name.clone(),
-            json!({
-                "active": i == table.active,
-                "endpoints": endpoints,
-                "inflight": inflight,
-                "drained": i != table.active && inflight == 0,
-            }),
-        );
-    }
-    json!({
-        "active": table.active_pool().name,
-        "previous": control.previous,
-        "override": control.overridden,
-        "generation": table.generation,
-        "source": table.source.as_str(),
-        "switched_at": humantime::format_rfc3339_millis(table.switched_at).to_string(),
-        "last_reload_error": control.last_reload_error,
-        "pools": pools,
-    })
 }
 
 fn switch_response(o: &SwitchOutcome) -> Resp {

@@ -11,8 +11,10 @@
 //! - [`listener`]: per-core runtimes, accept loops, graceful drain;
 //! - [`balance`]: the cores' open connections, kept even by handing a
 //!   newly accepted one to the least loaded core;
-//! - [`reload`]: the single writer of the table;
-//! - [`watch`]: the upstreams file watcher;
+//! - [`control`]: the control plane: [`control::decide`] (the switching
+//!   rules, pure) and its single writer of the table;
+//! - [`watch`]: the upstreams file watcher (and SIGHUP);
+//! - [`status`]: the typed `/status` document;
 //! - [`admin`]: the admin API; [`metrics`]: Prometheus; [`error`]: errors.
 //!
 //! Request flow: a core's listener accepts → hyper reads the request →
@@ -20,13 +22,17 @@
 //! picks an endpoint round-robin and a pooled connection of this core →
 //! streams the request and the answer, recording metrics when it ends.
 //!
-//! [`Proxy::start`] runs it all from a `proxy.toml` path.
+//! Start-up: [`Checked`] reads and validates the files (what `switchyard
+//! check` checks), [`Listeners`] binds the sockets, [`run`] (or
+//! [`Proxy::spawn`] for a handle) runs the proxy until its shutdown future
+//! completes; [`Proxy::start`] does all three from a `proxy.toml` path.
 
 pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod deadline;
 pub mod error;
 pub mod forward;
@@ -34,28 +40,28 @@ pub mod listener;
 pub mod local;
 pub mod metrics;
 pub mod pool;
-pub mod reload;
+pub mod status;
 pub mod table;
 pub mod watch;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 
+pub use control::{ReloadOutcome, SwitchError, SwitchOutcome};
 pub use error::{ConfigError, ConfigErrors, Error};
-pub use reload::{ReloadOutcome, SwitchError, SwitchOutcome};
 
 use config::Settings;
+use control::{Cause, Command, ControlState, Routes, Writer};
 use metrics::Metrics;
-use reload::{Command, ControlStatus, Writer};
-use table::{Desired, RoutingTable, Source};
+use table::{Desired, RoutingTable, Source, Spec};
 
 /// The data plane's settings, fixed at start.
 #[derive(Debug, Clone)]
@@ -78,18 +84,33 @@ pub struct DataOpts {
     pub shutdown_grace: Duration,
 }
 
+impl DataOpts {
+    fn of(file: &config::ProxyFile) -> DataOpts {
+        let t = &file.timeouts;
+        DataOpts {
+            expose_headers: file.headers.expose,
+            trusted_proxies: file.headers.trusted_proxies.clone(),
+            access_log: file.log.access,
+            request_timeout: t.request,
+            client_idle: t.client_idle,
+            upstream_idle: t.upstream_idle,
+            connect_timeout: t.connect,
+            shutdown_grace: t.shutdown,
+        }
+    }
+}
+
 /// Everything the cores and the control plane share.
 pub struct Shared {
-    /// The routing table; written only by the writer task.
-    pub table: ArcSwap<RoutingTable>,
+    /// The routing table: loaded by every request, stored only by the
+    /// control plane's writer (see [`control::Routes`]).
+    pub table: Routes,
     /// Every metric, in the proxy's own registry.
     pub metrics: Metrics,
     /// Fixed settings of the data plane.
     pub opts: DataOpts,
     /// `/readyz`: true once listening with a table, false from shutdown on.
     pub ready: AtomicBool,
-    /// What `/status` shows beyond the table; the lock is control-plane only.
-    pub status: Mutex<ControlStatus>,
     /// How a scrape collects the metrics the cores buffer.
     pub flush: local::FlushRequests,
     /// The cores' open client connections, kept even.
@@ -106,6 +127,193 @@ impl Shared {
             p.metrics.inflight.set(p.inflight());
         }
         self.metrics.render()
+    }
+}
+
+/// The configuration a proxy starts from, read and validated completely:
+/// what `switchyard check` checks and what [`Proxy::spawn`] runs.
+pub struct Checked {
+    /// `proxy.toml`.
+    pub settings: Settings,
+    /// The upstreams file, validated.
+    pub upstreams: Desired,
+    /// Hash of the upstreams file's bytes as read.
+    pub upstreams_hash: u64,
+    /// The admin token (none when `token_file` is unset or `offline`).
+    pub token: Option<String>,
+}
+
+impl Checked {
+    /// Reads and validates `proxy.toml` and its upstreams file. `offline`
+    /// skips what needs the machine it will run on (the token file).
+    pub fn load(config: &Path, offline: bool) -> Result<Checked, ConfigErrors> {
+        Checked::from_settings(Settings::load(config).map_err(ConfigErrors)?, offline)
+    }
+
+    /// Like [`Checked::load`], from loaded settings; every error is listed.
+    pub fn from_settings(settings: Settings, offline: bool) -> Result<Checked, ConfigErrors> {
+        let mut errors = Vec::new();
+        let path = &settings.upstreams_path;
+        let upstreams = match config::read_upstreams(path) {
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+            Ok(bytes) => match Desired::parse(path, &bytes) {
+                Err(es) => {
+                    errors.extend(es);
+                    None
+                }
+                Ok(d) => Some((d, control::content_hash(&bytes))),
+            },
+        };
+        if settings.file.admin.persist
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            errors.push(ConfigError::Invalid {
+                file: settings.path.clone(),
+                line: None,
+                reason: format!(
+                    "[admin] persist = true, but the upstreams file {} is a symlink (a ConfigMap mount?): \
+                     persist would break it; turn persist off and make switches durable in the ConfigMap instead",
+                    path.display()
+                ),
+            });
+        }
+        let token = if offline {
+            None
+        } else {
+            settings.read_token().unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            })
+        };
+        match upstreams {
+            Some((upstreams, upstreams_hash)) if errors.is_empty() => Ok(Checked {
+                settings,
+                upstreams,
+                upstreams_hash,
+                token,
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Endpoints given as DNS names that do not resolve on this machine now
+    /// (`switchyard check` without `--offline`; the proxy itself resolves
+    /// them at each new upstream connection).
+    pub fn unresolvable_endpoints(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (pool, endpoints) in &self.upstreams.pools {
+            for ep in endpoints {
+                if ep.parse::<SocketAddr>().is_ok() {
+                    continue;
+                }
+                if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(ep.as_str()) {
+                    errors.push(ConfigError::Invalid {
+                        file: self.settings.upstreams_path.clone(),
+                        line: None,
+                        reason: format!("pools.{pool}: cannot resolve `{ep}`: {e}"),
+                    });
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// The bound sockets of a proxy: one `SO_REUSEPORT` data listener per core
+/// and the admin listener. Binding comes first so that every error is
+/// returned before anything starts.
+pub struct Listeners {
+    http: Vec<std::net::TcpListener>,
+    admin: std::net::TcpListener,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds `[listen] http` once per core (`cores` at least 1) and `[admin] listen`.
+    pub fn bind(settings: &Settings, cores: usize) -> Result<Listeners, Error> {
+        let bind_error = |addr| move |source| Error::Bind { addr, source };
+        let wanted = settings.file.listen.http;
+        let first = listener::bind_reuseport(wanted).map_err(bind_error(wanted))?;
+        // With port 0 the other cores bind the port the first one got.
+        let http_addr = first.local_addr().map_err(bind_error(wanted))?;
+        let mut http = vec![first];
+        for _ in 1..cores.max(1) {
+            http.push(listener::bind_reuseport(http_addr).map_err(bind_error(http_addr))?);
+        }
+        let wanted = settings.file.admin.listen;
+        let admin = std::net::TcpListener::bind(wanted).map_err(bind_error(wanted))?;
+        let admin_addr = admin.local_addr().map_err(bind_error(wanted))?;
+        admin.set_nonblocking(true).map_err(bind_error(admin_addr))?;
+        Ok(Listeners {
+            http,
+            admin,
+            http_addr,
+            admin_addr,
+        })
+    }
+
+    /// The data listener's address (the real port when configured with 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+}
+
+/// Runs a proxy on `listeners` until `shutdown` completes, then stops it
+/// gracefully ([`Proxy::shutdown`]): the entry point of the binary.
+pub async fn run(
+    checked: Checked,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let proxy = Proxy::spawn(checked, listeners)?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || proxy.shutdown())
+        .await
+        .map_err(|e| Error::Runtime {
+            what: "the shutdown",
+            source: std::io::Error::other(e),
+        })
+}
+
+/// Starts a thread named `name` that builds its runtime with `build` and
+/// runs `body` on it; returns once the runtime is built (or failed to be).
+fn start_thread<R: 'static>(
+    name: String,
+    what: &'static str,
+    build: impl FnOnce() -> std::io::Result<R> + Send + 'static,
+    body: impl FnOnce(R) + Send + 'static,
+) -> Result<JoinHandle<()>, Error> {
+    let (built_tx, built_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || match build() {
+            Ok(rt) => {
+                let _ = built_tx.send(Ok(()));
+                drop(built_tx);
+                body(rt);
+            }
+            Err(e) => {
+                let _ = built_tx.send(Err(e));
+            }
+        })
+        .map_err(|source| Error::Runtime { what, source })?;
+    match built_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(source)) => Err(Error::Runtime { what, source }),
+        Err(_) => Err(Error::Runtime {
+            what,
+            source: std::io::Error::other("the thread ended early"),
+        }),
     }
 }
 
@@ -133,111 +341,79 @@ impl Proxy {
     /// starts one data-plane core per CPU plus the control runtime. Returns
     /// once every listener is up and the table is loaded.
     pub fn start(config_path: &Path) -> Result<Proxy, Error> {
-        let settings = Settings::load(config_path).map_err(ConfigErrors)?;
-        Proxy::start_with(settings, default_cores())
+        let checked = Checked::load(config_path, false)?;
+        let listeners = Listeners::bind(&checked.settings, default_cores())?;
+        Proxy::spawn(checked, listeners)
     }
 
     /// Like [`Proxy::start`], from loaded settings and with `cores` cores.
     pub fn start_with(settings: Settings, cores: usize) -> Result<Proxy, Error> {
-        let cores = cores.max(1);
+        let checked = Checked::from_settings(settings, false)?;
+        let listeners = Listeners::bind(&checked.settings, cores)?;
+        Proxy::spawn(checked, listeners)
+    }
+
+    /// Starts the proxy `checked` describes on `listeners`: one data-plane
+    /// core per data listener and the control runtime (writer, admin API,
+    /// watcher). Returns once all of them run and `/readyz` is 200.
+    pub fn spawn(checked: Checked, listeners: Listeners) -> Result<Proxy, Error> {
+        let Checked {
+            settings,
+            upstreams,
+            upstreams_hash,
+            token,
+        } = checked;
+        let Listeners {
+            http,
+            admin: admin_listener,
+            http_addr,
+            admin_addr,
+        } = listeners;
+        let cores = http.len();
         let file = &settings.file;
         let path = settings.upstreams_path.clone();
-        // Armed before the first read: a change right after it is not missed.
         let watch = watch::Watch::arm(&path);
-        let bytes = config::read_upstreams(&path).map_err(|e| ConfigErrors(vec![e]))?;
-        let desired = Desired::parse(&path, &bytes).map_err(ConfigErrors)?;
-        if file.admin.persist && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(Error::Refused(format!(
-                "[admin] persist = true, but {} is a symlink (a ConfigMap mount?): persist would break it; \
-                 turn persist off and make switches durable in the ConfigMap instead",
-                path.display()
-            )));
-        }
-        let token = settings.read_token().map_err(|e| ConfigErrors(vec![e]))?;
+        let state = ControlState::start(upstreams, upstreams_hash, file.admin.persist);
         let metrics = Metrics::new();
         let table = RoutingTable::build(
-            &desired,
-            &desired.active,
-            1,
-            Source::File,
-            SystemTime::now(),
+            &Spec {
+                file: &state.file,
+                active: &state.route.active,
+                generation: state.generation,
+                source: Source::File,
+                switched_at: SystemTime::now(),
+                facts: state.facts(),
+            },
             None,
             &metrics,
         );
+        table.publish(None, &metrics);
         metrics.reload("ok");
-        let t = &file.timeouts;
         let (balance, inboxes) = balance::Balancer::new(cores);
         let shared = Arc::new(Shared {
-            table: ArcSwap::from_pointee(table),
+            table: Routes::new(table),
             metrics,
-            opts: DataOpts {
-                expose_headers: file.headers.expose,
-                trusted_proxies: file.headers.trusted_proxies.clone(),
-                access_log: file.log.access,
-                request_timeout: t.request,
-                client_idle: t.client_idle,
-                upstream_idle: t.upstream_idle,
-                connect_timeout: t.connect,
-                shutdown_grace: t.shutdown,
-            },
+            opts: DataOpts::of(file),
             ready: AtomicBool::new(false),
-            status: Mutex::new(ControlStatus::default()),
             flush: local::FlushRequests::new(cores),
             balance,
         });
 
-        // Bind everything before starting anything, so errors come back here.
-        let first = listener::bind_reuseport(file.listen.http).map_err(|source| Error::Bind {
-            addr: file.listen.http,
-            source,
-        })?;
-        let http_addr = first.local_addr().map_err(|source| Error::Bind {
-            addr: file.listen.http,
-            source,
-        })?;
-        let mut listeners = vec![first];
-        for _ in 1..cores {
-            listeners.push(listener::bind_reuseport(http_addr).map_err(|source| Error::Bind {
-                addr: http_addr,
-                source,
-            })?);
-        }
-        let admin_listener =
-            std::net::TcpListener::bind(file.admin.listen).map_err(|source| Error::Bind {
-                addr: file.admin.listen,
-                source,
-            })?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| Error::Bind {
-            addr: file.admin.listen,
-            source,
-        })?;
-        admin_listener
-            .set_nonblocking(true)
-            .map_err(|source| Error::Bind {
-                addr: admin_addr,
-                source,
-            })?;
-
         let (writer_tx, writer_rx) = mpsc::channel(64);
+        // The file may have changed between its check and the watch: then
+        // the writer reads it first.
+        if config::read_upstreams(&path).is_ok_and(|b| control::content_hash(&b) != upstreams_hash) {
+            let _ = writer_tx.try_send(Command::Reload {
+                cause: Cause::Event,
+                reply: None,
+            });
+        }
         let (stop_cores, stop_cores_rx) = tokio_watch::channel(false);
         let (stop_control, stop_control_rx) = tokio_watch::channel(false);
         let watch_events = Arc::new(AtomicU64::new(0));
 
         // The control runtime: writer, admin API, watcher.
-        let control_rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Runtime {
-                what: "the control runtime",
-                source,
-            })?;
-        let writer = Writer::new(
-            Arc::clone(&shared),
-            path.clone(),
-            desired,
-            reload::content_hash(&bytes),
-            file.admin.persist,
-        );
+        let writer = Writer::new(Arc::clone(&shared), path.clone(), state);
         let admin = Arc::new(admin::Admin {
             shared: Arc::clone(&shared),
             writer: writer_tx.clone(),
@@ -250,19 +426,21 @@ impl Proxy {
             Arc::clone(&watch_events),
             stop_control_rx.clone(),
         );
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        let control = std::thread::Builder::new()
-            .name("switchyard-control".into())
-            .spawn(move || {
-                control_rt.block_on(async move {
-                    let admin_listener = match tokio::net::TcpListener::from_std(admin_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = started_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = started_tx.send(Ok(()));
+        let control = start_thread(
+            "switchyard-control".into(),
+            "the control runtime",
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let admin_listener = {
+                    let _entered = rt.enter();
+                    tokio::net::TcpListener::from_std(admin_listener)?
+                };
+                Ok((rt, admin_listener))
+            },
+            move |(rt, admin_listener)| {
+                rt.block_on(async move {
                     let writer_task = tokio::spawn(writer.run(writer_rx));
                     let watcher_task = tokio::spawn(watcher);
                     listener::run_admin(admin_listener, admin, stop_control_rx).await;
@@ -270,77 +448,35 @@ impl Proxy {
                     // The writer ends once every sender (the Proxy's too) is gone.
                     writer_task.abort();
                 });
-            })
-            .map_err(|source| Error::Runtime {
-                what: "the control thread",
-                source,
-            })?;
-        match started_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
-                return Err(Error::Bind {
-                    addr: admin_addr,
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(Error::Runtime {
-                    what: "the control runtime",
-                    source: std::io::Error::other("the control thread ended early"),
-                })
-            }
-        }
+            },
+        )?;
 
         let mut core_threads = Vec::with_capacity(cores);
-        let (built_tx, built_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        for (core, (l, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        for (core, (l, inbox)) in http.into_iter().zip(inboxes).enumerate() {
             let shared = Arc::clone(&shared);
             let stop = stop_cores_rx.clone();
-            let built = built_tx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("switchyard-core-{core}"))
-                .spawn(move || {
-                    // A local runtime (built on its thread, which it never
-                    // leaves) runs `!Send` tasks on its own run queue: an
-                    // I/O wake-up is queued there like any other, where a
-                    // `LocalSet` on a `current_thread` runtime would take
-                    // its locked remote queue.
-                    let rt = match tokio::runtime::Builder::new_current_thread()
+            // A local runtime (built on its thread, which it never leaves)
+            // runs `!Send` tasks on its own run queue: an I/O wake-up is
+            // queued there like any other, where a `LocalSet` on a
+            // `current_thread` runtime would take its locked remote queue.
+            let handle = start_thread(
+                format!("switchyard-core-{core}"),
+                "a core runtime",
+                || {
+                    tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build_local(tokio::runtime::LocalOptions::default())
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let _ = built.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = built.send(Ok(()));
-                    drop(built);
+                },
+                move |rt| {
                     // The core's work is a task of its own, like every
                     // connection's; `block_on` only waits for it.
                     let main = rt.spawn_local(listener::run_core(core, l, inbox, shared, stop));
                     if let Err(e) = rt.block_on(main) {
                         tracing::error!(core, error = %e, "core task failed");
                     }
-                })
-                .map_err(|source| Error::Runtime {
-                    what: "a core thread",
-                    source,
-                })?;
+                },
+            )?;
             core_threads.push(handle);
-        }
-        drop(built_tx);
-        for _ in 0..cores {
-            let source = match built_rx.recv() {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(_) => std::io::Error::other("a core thread ended early"),
-            };
-            return Err(Error::Runtime {
-                what: "a core runtime",
-                source,
-            });
         }
         shared.ready.store(true, Ordering::Release);
         tracing::info!(%http_addr, %admin_addr, cores, upstreams = %path.display(), "switchyard listening");
@@ -353,7 +489,7 @@ impl Proxy {
             stop_control,
             cores: core_threads,
             control: Some(control),
-            shutdown_delay: t.shutdown_delay,
+            shutdown_delay: file.timeouts.shutdown_delay,
             watch_events,
         })
     }
@@ -428,7 +564,7 @@ impl Reloader {
     pub async fn reload(&self) -> ReloadOutcome {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Reload {
-            cause: reload::Cause::Signal,
+            cause: Cause::Signal,
             reply: Some(reply),
         };
         if self.0.send(cmd).await.is_err() {

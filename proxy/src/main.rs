@@ -8,9 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use switchyard::config::{self, Settings};
-use switchyard::table::Desired;
-use switchyard::{Error, Proxy};
+use switchyard::status::Status;
+use switchyard::{default_cores, Checked, ConfigErrors, Error, Listeners};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -69,192 +68,155 @@ fn run(config: &Path) -> ExitCode {
         .with_writer(writer)
         .with_ansi(false)
         .init();
-    let proxy = match Proxy::start(config) {
-        Ok(p) => p,
-        Err(e @ Error::Config(_)) => {
-            tracing::error!("{e}");
-            eprintln!("switchyard: {e}");
-            return ExitCode::from(64);
-        }
+    let started = Checked::load(config, false)
+        .map_err(Error::from)
+        .and_then(|checked| Ok((Listeners::bind(&checked.settings, default_cores())?, checked)));
+    let (listeners, checked) = match started {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("switchyard: {e}");
-            return ExitCode::FAILURE;
+            return fail(&Error::Runtime {
+                what: "the signal runtime",
+                source: e,
+            })
         }
     };
-    match wait_for_signals(&proxy) {
+    match rt.block_on(switchyard::run(checked, listeners, terminated())) {
         Ok(()) => {
-            tracing::info!("shutting down");
-            proxy.shutdown();
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
 }
 
-/// Serves SIGHUP (re-read the upstreams file) until SIGTERM or SIGINT.
-fn wait_for_signals(proxy: &Proxy) -> Result<()> {
+/// Logs why the proxy could not run; exit 64 for an invalid configuration.
+fn fail(e: &Error) -> ExitCode {
+    tracing::error!("{e}");
+    eprintln!("switchyard: {e}");
+    match e {
+        Error::Config(_) => ExitCode::from(64),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Completes at SIGTERM or SIGINT (SIGHUP is the watcher's: a re-read).
+async fn terminated() {
     use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let reloader = proxy.reloader();
-    rt.block_on(async move {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(()); }
-                _ = int.recv() => { tracing::info!("SIGINT"); return Ok(()); }
-                _ = hup.recv() => {
-                    let outcome = reloader.reload().await;
-                    tracing::info!(?outcome, "SIGHUP: upstreams file re-read");
-                }
-            }
+    let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; stopping");
+            return;
         }
-    })
+    };
+    let (mut term, mut int) = (term, int);
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
 }
 
 fn check(config: &Path, offline: bool) -> ExitCode {
-    let mut errors: Vec<String> = Vec::new();
-    let mut checked = Vec::new();
-    match Settings::load(config) {
-        Err(es) => errors.extend(es.iter().map(ToString::to_string)),
-        Ok(settings) => {
-            checked.push(config.display().to_string());
-            let path = &settings.upstreams_path;
-            match config::read_upstreams(path) {
-                Err(e) => errors.push(e.to_string()),
-                Ok(bytes) => match Desired::parse(path, &bytes) {
-                    Err(es) => errors.extend(es.iter().map(ToString::to_string)),
-                    Ok(desired) => {
-                        checked.push(path.display().to_string());
-                        if !offline {
-                            for (pool, endpoints) in &desired.pools {
-                                for ep in endpoints {
-                                    if ep.parse::<std::net::SocketAddr>().is_err() {
-                                        if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(ep.as_str())
-                                        {
-                                            errors.push(format!(
-                                                "{}: pools.{pool}: cannot resolve `{ep}`: {e}",
-                                                path.display()
-                                            ));
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                },
-            }
-            if settings.file.admin.persist
-                && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-            {
-                errors.push(format!(
-                    "{}: [admin] persist = true, but the upstreams file {} is a symlink (a ConfigMap mount?)",
+    let errors: Vec<String> = match Checked::load(config, offline) {
+        Err(ConfigErrors(es)) => es.iter().map(ToString::to_string).collect(),
+        Ok(checked) if offline => {
+            println!(
+                "ok: {}, {}",
+                config.display(),
+                checked.settings.upstreams_path.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(checked) => {
+            let unresolved = checked.unresolvable_endpoints();
+            if unresolved.is_empty() {
+                println!(
+                    "ok: {}, {}",
                     config.display(),
-                    path.display()
-                ));
+                    checked.settings.upstreams_path.display()
+                );
+                return ExitCode::SUCCESS;
             }
-            if !offline {
-                if let Err(e) = settings.read_token() {
-                    errors.push(e.to_string());
-                }
-            }
+            unresolved.iter().map(ToString::to_string).collect()
         }
+    };
+    for e in &errors {
+        eprintln!("error: {e}");
     }
-    if errors.is_empty() {
-        println!("ok: {}", checked.join(", "));
-        ExitCode::SUCCESS
-    } else {
-        for e in &errors {
-            eprintln!("error: {e}");
-        }
-        eprintln!("{} error(s)", errors.len());
-        ExitCode::FAILURE
-    }
+    eprintln!("{} error(s)", errors.len());
+    ExitCode::FAILURE
 }
 
 fn status(admin: &str) -> Result<()> {
-    let url = format!("{}/status", admin.trim_end_matches('/'));
-    let body = switchyard_get(&url)?;
-    let v: serde_json::Value = serde_json::from_slice(&body).context("the answer is not JSON")?;
-    let s = |k: &str| {
-        v.get(k)
-            .map(|x| x.to_string().trim_matches('"').to_string())
-            .unwrap_or_default()
-    };
-    println!(
-        "active      {}{}",
-        s("active"),
-        if v["override"] == true {
-            "  (admin override)"
-        } else {
-            ""
-        }
-    );
-    println!("previous    {}", s("previous"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s: Status = rt.block_on(get_json(admin, "/status"))?;
+    let overridden = if s.overridden { "  (admin override)" } else { "" };
+    println!("active      {}{overridden}", s.active);
+    println!("previous    {}", s.previous.as_deref().unwrap_or("null"));
     println!(
         "generation  {}  (source: {}, since {})",
-        s("generation"),
-        s("source"),
-        s("switched_at")
+        s.generation, s.source, s.switched_at
     );
-    if !v["last_reload_error"].is_null() {
-        println!("last reload error: {}", s("last_reload_error"));
+    if let Some(e) = &s.last_reload_error {
+        println!("last reload error: {e}");
     }
-    if let Some(pools) = v["pools"].as_object() {
-        for (name, p) in pools {
-            let state = if p["active"] == true {
-                "active"
-            } else if p["drained"] == true {
-                "drained"
-            } else {
-                "draining"
-            };
-            println!("pool {name:<10} {state:<9} inflight {}", p["inflight"]);
-            for e in p["endpoints"].as_array().into_iter().flatten() {
-                println!(
-                    "  {} healthy={}",
-                    e["address"].as_str().unwrap_or("?"),
-                    e["healthy"]
-                );
-            }
+    for (name, p) in &s.pools {
+        let state = if p.active {
+            "active"
+        } else if p.drained {
+            "drained"
+        } else {
+            "draining"
+        };
+        println!("pool {name:<10} {state:<9} inflight {}", p.inflight);
+        for e in &p.endpoints {
+            println!("  {} healthy={}", e.address, e.healthy);
         }
     }
     Ok(())
 }
 
-/// A minimal blocking HTTP/1.1 GET for `status` (plain http only).
-fn switchyard_get(url: &str) -> Result<Vec<u8>> {
-    use std::io::{Read, Write};
-    let rest = url
-        .strip_prefix("http://")
-        .context("the admin URL must start with http://")?;
-    let (hostport, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut stream =
-        std::net::TcpStream::connect(hostport).with_context(|| format!("cannot connect to {hostport}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf)?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no HTTP answer")?;
-    let head = String::from_utf8_lossy(&buf[..split]);
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{}", head.lines().next().unwrap_or("bad answer"));
+/// `GET admin + path` over HTTP/1.1 (hyper's client), decoded as JSON.
+async fn get_json<T: serde::de::DeserializeOwned>(admin: &str, path: &str) -> Result<T> {
+    use http_body_util::BodyExt;
+    let base: hyper::Uri = admin
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("`{admin}` is not a URL"))?;
+    if base.scheme_str() != Some("http") {
+        bail!("the admin URL must start with http://");
     }
-    Ok(buf[split + 4..].to_vec())
+    let authority = base.authority().context("the admin URL needs a host")?.clone();
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let deadline = std::time::Duration::from_secs(5);
+    let answer = tokio::time::timeout(deadline, async {
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("{}{path}", base.path().trim_end_matches('/')))
+            .header(hyper::header::HOST, authority.as_str())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let res = send.send_request(req).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    })
+    .await
+    .with_context(|| format!("{admin} did not answer within {deadline:?}"))??;
+    let (code, body) = answer;
+    if !code.is_success() {
+        bail!("{admin}{path}: {code}: {}", String::from_utf8_lossy(&body));
+    }
+    serde_json::from_slice(&body)
+        .with_context(|| format!("{admin}{path}: the answer is not a status document"))
 }

@@ -151,7 +151,37 @@ pub fn check_endpoint(ep: &str) -> Result<(), String> {
     }
 }
 
+/// What `/status` shows of the control plane, carried by the table so that
+/// one load answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlFacts {
+    /// The pool active before the last switch, until a rollback consumes it.
+    pub previous: Option<String>,
+    /// Whether an admin switch or rollback overrides the file's `active`.
+    pub overridden: bool,
+    /// The last rejected reload's errors, cleared by the next valid read.
+    pub last_reload_error: Option<String>,
+}
+
+/// What a table is built from.
+#[derive(Debug, Clone)]
+pub struct Spec<'a> {
+    /// The pools (of the last accepted upstreams file).
+    pub file: &'a Desired,
+    /// The active pool; must be a pool of `file`.
+    pub active: &'a str,
+    /// The table's generation.
+    pub generation: u64,
+    /// Who made it.
+    pub source: Source,
+    /// When the active pool last changed.
+    pub switched_at: SystemTime,
+    /// The control facts it carries.
+    pub facts: ControlFacts,
+}
+
 /// The immutable routing table the data plane reads.
+#[derive(Clone)]
 pub struct RoutingTable {
     /// Counts changes of routing intent; starts at 1.
     pub generation: u64,
@@ -165,6 +195,8 @@ pub struct RoutingTable {
     pub generation_header: HeaderValue,
     /// When the active pool last changed (or the table was first loaded).
     pub switched_at: SystemTime,
+    /// What `/status` shows of the control plane.
+    pub facts: ControlFacts,
 }
 
 impl RoutingTable {
@@ -178,19 +210,13 @@ impl RoutingTable {
         self.pools.iter().find(|p| p.name == name)
     }
 
-    /// Builds a table for `desired` with `active` as the active pool, reusing
-    /// the pools (and so the endpoints and their warm connections) of `old`
-    /// that did not change. `active` must be a pool of `desired`.
-    pub fn build(
-        desired: &Desired,
-        active: &str,
-        generation: u64,
-        source: Source,
-        switched_at: SystemTime,
-        old: Option<&RoutingTable>,
-        metrics: &Metrics,
-    ) -> RoutingTable {
-        let pools: Vec<Arc<Pool>> = desired
+    /// Builds the table `spec` describes, reusing the pools (and so the
+    /// endpoints and their warm connections) of `old` that did not change.
+    /// It sets no metric: new pools and endpoints only resolve their metric
+    /// handles; [`RoutingTable::publish`] sets the gauges once it is stored.
+    pub fn build(spec: &Spec<'_>, old: Option<&RoutingTable>, metrics: &Metrics) -> RoutingTable {
+        let pools: Vec<Arc<Pool>> = spec
+            .file
             .pools
             .iter()
             .map(|(name, endpoints)| {
@@ -217,38 +243,53 @@ impl RoutingTable {
                 }
             })
             .collect();
-        let active = pools.iter().position(|p| p.name == active).unwrap_or(0);
-        for (i, p) in pools.iter().enumerate() {
-            p.metrics.active.set(i64::from(i == active));
+        let active = pools.iter().position(|p| p.name == spec.active).unwrap_or(0);
+        RoutingTable {
+            generation: spec.generation,
+            source: spec.source,
+            pools,
+            active,
+            generation_header: HeaderValue::from(spec.generation),
+            switched_at: spec.switched_at,
+            facts: spec.facts.clone(),
         }
-        if let Some(old) = old {
-            for p in &old.pools {
-                match pools.iter().find(|n| n.name == p.name) {
-                    None => {
-                        metrics.remove_pool(&p.name);
-                        for e in &p.endpoints {
-                            metrics.remove_endpoint(&p.name, &e.addr);
-                        }
+    }
+
+    /// The same table with other control facts (nothing a request sees changes).
+    pub fn with_facts(&self, facts: ControlFacts) -> RoutingTable {
+        RoutingTable {
+            facts,
+            ..self.clone()
+        }
+    }
+
+    /// Publishes this stored table in the metrics: which pool is active, the
+    /// generation, and no series left of a pool or endpoint that `old` had
+    /// and this table has not.
+    pub fn publish(&self, old: Option<&RoutingTable>, metrics: &Metrics) {
+        for (i, p) in self.pools.iter().enumerate() {
+            p.metrics.active.set(i64::from(i == self.active));
+        }
+        for p in old.map(|o| o.pools.as_slice()).unwrap_or_default() {
+            match self.pool(&p.name) {
+                None => {
+                    metrics.remove_pool(&p.name);
+                    for e in &p.endpoints {
+                        metrics.remove_endpoint(&p.name, &e.addr);
                     }
-                    Some(n) => {
-                        for e in &p.endpoints {
-                            if !n.endpoints.iter().any(|x| x.addr == e.addr) {
-                                metrics.remove_endpoint(&p.name, &e.addr);
-                            }
+                }
+                Some(n) => {
+                    for e in &p.endpoints {
+                        if !n.endpoints.iter().any(|x| x.addr == e.addr) {
+                            metrics.remove_endpoint(&p.name, &e.addr);
                         }
                     }
                 }
             }
         }
-        metrics.generation.set(generation as i64);
-        RoutingTable {
-            generation,
-            source,
-            pools,
-            active,
-            generation_header: HeaderValue::from(generation),
-            switched_at,
-        }
+        metrics
+            .generation
+            .set(i64::try_from(self.generation).unwrap_or(i64::MAX));
     }
 }
 
@@ -293,13 +334,31 @@ mod tests {
         assert!(Desired::parse(Path::new("u"), &[0xff, 0xfe, 0x00]).is_err());
     }
 
+    fn spec<'a>(file: &'a Desired, active: &'a str, generation: u64) -> Spec<'a> {
+        Spec {
+            file,
+            active,
+            generation,
+            source: Source::File,
+            switched_at: SystemTime::now(),
+            facts: ControlFacts::default(),
+        }
+    }
+
     #[test]
     fn build_reuses_unchanged_pools_and_endpoints() {
         let m = Metrics::new();
         let d1 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n").unwrap();
-        let t1 = RoutingTable::build(&d1, "blue", 1, Source::File, SystemTime::now(), None, &m);
+        let t1 = RoutingTable::build(&spec(&d1, "blue", 1), None, &m);
+        t1.publish(None, &m);
         let d2 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\n").unwrap();
-        let t2 = RoutingTable::build(&d2, "green", 2, Source::Admin, SystemTime::now(), Some(&t1), &m);
+        let t2 = RoutingTable::build(&spec(&d2, "green", 2), Some(&t1), &m);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("switchyard_active_pool{pool=\"blue\"} 1"),
+            "build sets no metric: {text}"
+        );
+        t2.publish(Some(&t1), &m);
         assert!(Arc::ptr_eq(&t1.pools[0], &t2.pools[0]));
         assert!(!Arc::ptr_eq(&t1.pools[1], &t2.pools[1]));
         assert!(Arc::ptr_eq(&t1.pools[1].endpoints[0], &t2.pools[1].endpoints[0]));
@@ -311,7 +370,8 @@ mod tests {
         );
         // Removing a pool removes its series.
         let d3 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n").unwrap();
-        let _t3 = RoutingTable::build(&d3, "blue", 3, Source::File, SystemTime::now(), Some(&t2), &m);
+        let t3 = RoutingTable::build(&spec(&d3, "blue", 3), Some(&t2), &m);
+        t3.publish(Some(&t2), &m);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(!text.contains("pool=\"green\""), "{text}");
     }

@@ -3,7 +3,7 @@
 //! where a watch on the file itself dies silently), debounces, and asks the
 //! writer to re-read. It ignores `Access` events other than `Close(Write)`:
 //! the writer's own reads open the file, and reloading on those loops.
-//! A periodic re-read backs the events up; a watcher error is logged and
+//! SIGHUP asks for a re-read too. A periodic re-read backs the events up; a watcher error is logged and
 //! the watch re-established, never a panic.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::reload::{Cause, Command};
+use crate::control::{Cause, Command};
 
 /// Quiet time after the last event before re-reading.
 pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
@@ -113,6 +113,10 @@ pub async fn run(
         None
     };
     let mut burst: Option<(Instant, Instant)> = None; // (first, last) event of a burst
+                                                      // SIGHUP asks for a re-read as well (`kill -HUP`, the operator's nudge).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGHUP; file events and the periodic re-read still work"))
+        .ok();
     let mut periodic = tokio::time::interval_at(Instant::now() + reread, reread);
     periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -158,6 +162,15 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(rewatch_at.unwrap_or(far)), if rewatch_at.is_some() => {}
+            Some(()) = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => {
+                let (reply, outcome) = tokio::sync::oneshot::channel();
+                if writer.send(Command::Reload { cause: Cause::Signal, reply: Some(reply) }).await.is_err() {
+                    break;
+                }
+                if let Ok(outcome) = outcome.await {
+                    tracing::info!(?outcome, "SIGHUP: upstreams file re-read");
+                }
+            }
             _ = periodic.tick() => {
                 if writer.send(Command::Reload { cause: Cause::Periodic, reply: None }).await.is_err() {
                     break;

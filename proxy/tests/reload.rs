@@ -204,14 +204,7 @@ async fn error_names_file_line_and_reason() {
     );
     let mut err = String::new();
     wait_until(Duration::from_secs(5), "rejection", || {
-        let st = tp
-            .proxy()
-            .shared()
-            .status
-            .lock()
-            .unwrap()
-            .last_reload_error
-            .clone();
+        let st = tp.proxy().shared().table.load().facts.last_reload_error.clone();
         err = st.unwrap_or_default();
         !err.is_empty()
     })

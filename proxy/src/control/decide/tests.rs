@@ -1,0 +1,493 @@
+//! The decision table, one row per case: `event | condition | decision`,
+//! as the design writes it. Rows the design adds for later features (the
+//! readiness gate, pending switches, splits, automatic rollback) come with
+//! those features.
+
+use super::*;
+
+/// An upstreams file: `active` and the named pools (one endpoint each).
+fn file(active: &str, pools: &[&str]) -> Desired {
+    Desired {
+        active: active.into(),
+        pools: pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.to_string(), vec![format!("127.0.0.1:{}", 8081 + i)]))
+            .collect(),
+    }
+}
+
+/// Blue and green, blue active, as at start from a file hashed 1.
+fn started() -> ControlState {
+    ControlState::start(file("blue", &["blue", "green"]), 1, false)
+}
+
+/// `state` after `event`, which must have been decided as `store`.
+fn after(state: &ControlState, event: Event) -> ControlState {
+    decide(state, event).next
+}
+
+/// Started, then `POST /switch {"to":"green"}`.
+fn overridden_to_green() -> ControlState {
+    after(&started(), switch("green", None))
+}
+
+fn read(hash: u64, file: Desired) -> Event {
+    Event::FileRead(FileRead::Read {
+        hash,
+        parsed: Ok(file),
+    })
+}
+
+fn switch(to: &str, if_generation: Option<u64>) -> Event {
+    Event::Switch {
+        to: to.into(),
+        if_generation,
+    }
+}
+
+fn rollback(if_generation: Option<u64>) -> Event {
+    Event::Rollback { if_generation }
+}
+
+fn route(pool: &str) -> Route {
+    Route::to(pool)
+}
+
+fn switched(d: &Decision) -> SwitchOutcome {
+    match &d.reply {
+        Reply::Switch(Ok(o)) => o.clone(),
+        other => panic!("expected a switch outcome, got {other:?}"),
+    }
+}
+
+fn refused(d: &Decision) -> SwitchError {
+    match &d.reply {
+        Reply::Switch(Err(e)) => e.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn reloaded(d: &Decision) -> ReloadOutcome {
+    match &d.reply {
+        Reply::Reload(o) => o.clone(),
+        other => panic!("expected a reload outcome, got {other:?}"),
+    }
+}
+
+/// One row of the decision table.
+struct Row {
+    event: &'static str,
+    condition: &'static str,
+    given: ControlState,
+    when: Event,
+    /// The decision, checked against the state it was made from.
+    then: fn(&ControlState, &Decision),
+}
+
+fn rows() -> Vec<Row> {
+    vec![
+        // ---- start --------------------------------------------------------
+        Row {
+            event: "start",
+            condition: "file valid",
+            given: started(),
+            // Start is `ControlState::start`; a re-read of the same bytes
+            // then changes nothing.
+            when: read(1, file("blue", &["blue", "green"])),
+            then: |given, d| {
+                assert_eq!(given.route, route("blue"));
+                assert_eq!((given.overridden.clone(), given.previous.clone()), (None, None));
+                assert_eq!((given.generation, given.source), (1, Source::File));
+                assert_eq!(reloaded(d), ReloadOutcome::Unchanged);
+                assert_eq!(d.store, Store::Nothing);
+            },
+        },
+        // ---- the file -----------------------------------------------------
+        Row {
+            event: "file accepted, same route as `file`",
+            condition: "no override",
+            given: started(),
+            when: read(2, file("blue", &["blue", "green", "canary"])),
+            then: |given, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 2 });
+                assert_eq!(d.store, Store::Table);
+                assert_eq!(d.next.route, given.route);
+                assert_eq!(d.next.file.pools.len(), 3);
+                assert_eq!(d.next.previous, None, "the route did not change");
+                assert_eq!(d.next.file_hash, 2);
+            },
+        },
+        Row {
+            event: "file accepted, same route as `file`",
+            condition: "the override's pool still defined",
+            given: overridden_to_green(),
+            when: read(2, file("blue", &["blue", "green", "canary"])),
+            then: |given, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 3 });
+                assert_eq!(d.store, Store::Table);
+                assert_eq!(d.next.route, route("green"), "the override stays in force");
+                assert_eq!(d.next.overridden, given.overridden);
+                assert_eq!(d.next.previous, given.previous);
+            },
+        },
+        Row {
+            event: "file accepted, same route as `file`",
+            // The design rejects this file ("switch away first"); today the
+            // override is dropped and the file's route applies. Changing it
+            // is the "Faults that wedge or mislead" issue's row.
+            condition: "it removes the override's pool (today's rule)",
+            given: overridden_to_green(),
+            when: read(2, file("blue", &["blue"])),
+            then: |_, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 3 });
+                assert_eq!(d.next.route, route("blue"));
+                assert_eq!(d.next.overridden, None);
+                assert_eq!(d.next.previous, Some(route("green")));
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            // Today the table is rebuilt by the file (generation +1, source
+            // `file`); the design's row keeps it as it is.
+            condition: "it equals the route in force (an override made it)",
+            given: overridden_to_green(),
+            when: read(2, file("green", &["blue", "green"])),
+            then: |given, d| {
+                assert_eq!(d.next.overridden, None, "the file now says it");
+                assert_eq!(d.next.route, route("green"));
+                assert_eq!(d.next.previous, given.previous, "no switch happened");
+                assert_eq!((d.next.generation, d.next.source), (3, Source::File));
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "no override",
+            given: started(),
+            when: read(2, file("green", &["blue", "green"])),
+            then: |_, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 2 });
+                assert_eq!(d.next.route, route("green"));
+                assert_eq!(d.next.previous, Some(route("blue")));
+                assert_eq!(d.next.source, Source::File);
+                assert_eq!(d.persist, None, "a file switch is never persisted");
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "an override to another pool is in force",
+            given: overridden_to_green(),
+            when: read(2, file("canary", &["blue", "green", "canary"])),
+            then: |_, d| {
+                assert_eq!(d.next.overridden, None, "the file's new intent wins");
+                assert_eq!(d.next.route, route("canary"));
+                assert_eq!(d.next.previous, Some(route("green")));
+            },
+        },
+        Row {
+            event: "file read",
+            condition: "same bytes as the accepted file",
+            given: ControlState {
+                last_reload_error: Some("earlier".into()),
+                ..started()
+            },
+            when: read(1, file("blue", &["blue", "green"])),
+            then: |_, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Unchanged);
+                assert_eq!(d.next.last_reload_error, None, "the valid file is back");
+                assert_eq!(d.store, Store::Facts);
+            },
+        },
+        Row {
+            event: "file accepted",
+            condition: "other bytes, same meaning (a comment)",
+            given: started(),
+            when: read(7, file("blue", &["blue", "green"])),
+            then: |given, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Unchanged);
+                assert_eq!(d.store, Store::Nothing);
+                assert_eq!(d.next.file_hash, 7, "remembered: not parsed again");
+                assert_eq!(d.next.generation, given.generation);
+            },
+        },
+        Row {
+            event: "file read",
+            condition: "invalid",
+            given: overridden_to_green(),
+            when: Event::FileRead(FileRead::Read {
+                hash: 9,
+                parsed: Err("u.toml: line 2: no pool is defined".into()),
+            }),
+            then: |given, d| {
+                assert_eq!(
+                    reloaded(d),
+                    ReloadOutcome::Rejected("u.toml: line 2: no pool is defined".into())
+                );
+                assert_eq!(d.store, Store::Facts, "only the error is shown");
+                assert_eq!(
+                    d.next.file_hash, given.file_hash,
+                    "a rejected file is judged again next time"
+                );
+                assert_eq!(d.next.route, given.route);
+                assert_eq!(d.next.overridden, given.overridden);
+                assert_eq!(
+                    d.next.last_reload_error.as_deref(),
+                    Some("u.toml: line 2: no pool is defined")
+                );
+            },
+        },
+        Row {
+            event: "file read",
+            condition: "unreadable",
+            given: started(),
+            when: Event::FileRead(FileRead::Unreadable("u.toml: cannot read".into())),
+            then: |given, d| {
+                assert!(matches!(reloaded(d), ReloadOutcome::Rejected(_)));
+                assert_eq!(d.next.generation, given.generation);
+                assert_eq!(d.next.file, given.file);
+            },
+        },
+        // ---- admin switch -------------------------------------------------
+        Row {
+            event: "admin switch to R",
+            condition: "R is the current route",
+            given: started(),
+            when: switch("blue", None),
+            then: |given, d| {
+                let o = switched(d);
+                assert!(!o.changed);
+                assert_eq!((o.active.as_str(), o.generation), ("blue", 1));
+                assert_eq!(d.next, *given);
+                assert_eq!(d.store, Store::Nothing);
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "`if_generation` mismatch",
+            given: started(),
+            when: switch("green", Some(7)),
+            then: |given, d| {
+                assert_eq!(
+                    refused(d),
+                    SwitchError::Conflict {
+                        expected: 7,
+                        current: 1
+                    }
+                );
+                assert_eq!(d.next, *given);
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "`if_generation` matches",
+            given: started(),
+            when: switch("green", Some(1)),
+            then: |_, d| {
+                assert!(switched(d).changed);
+                assert_eq!(d.next.route, route("green"));
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "unknown pool",
+            given: started(),
+            when: switch("purple", None),
+            then: |given, d| {
+                assert!(matches!(refused(d), SwitchError::UnknownPool { .. }));
+                assert_eq!(d.next, *given);
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "otherwise",
+            given: started(),
+            when: switch("green", None),
+            then: |_, d| {
+                let o = switched(d);
+                assert_eq!(
+                    (
+                        o.changed,
+                        o.active.as_str(),
+                        o.previous.as_str(),
+                        o.generation,
+                        o.source
+                    ),
+                    (true, "green", "blue", 2, "admin")
+                );
+                assert_eq!(
+                    d.next.overridden,
+                    Some(Override {
+                        route: route("green"),
+                        source: Source::Admin
+                    })
+                );
+                assert_eq!(d.next.previous, Some(route("blue")));
+                assert_eq!(d.next.file.active, "blue", "the file still says blue");
+                assert_eq!(d.store, Store::Table);
+                assert_eq!(d.persist, None, "persist is off");
+            },
+        },
+        // ---- rollback -----------------------------------------------------
+        Row {
+            event: "rollback",
+            condition: "no `previous`",
+            given: started(),
+            when: rollback(None),
+            then: |given, d| {
+                assert_eq!(refused(d), SwitchError::NothingToRollBack);
+                assert_eq!(d.next, *given);
+            },
+        },
+        Row {
+            event: "rollback",
+            condition: "`if_generation` mismatch",
+            given: overridden_to_green(),
+            when: rollback(Some(1)),
+            then: |_, d| {
+                assert_eq!(
+                    refused(d),
+                    SwitchError::Conflict {
+                        expected: 1,
+                        current: 2
+                    }
+                );
+            },
+        },
+        Row {
+            event: "rollback",
+            condition: "otherwise",
+            given: overridden_to_green(),
+            when: rollback(Some(2)),
+            then: |_, d| {
+                let o = switched(d);
+                assert_eq!(
+                    (o.active.as_str(), o.previous.as_str(), o.source),
+                    ("blue", "green", "rollback")
+                );
+                assert_eq!(
+                    d.next.overridden,
+                    Some(Override {
+                        route: route("blue"),
+                        source: Source::Rollback
+                    })
+                );
+                assert_eq!(d.next.previous, None, "consumed: a second rollback is 409");
+                assert_eq!(
+                    refused(&decide(&d.next, rollback(None))),
+                    SwitchError::NothingToRollBack
+                );
+            },
+        },
+        Row {
+            event: "rollback",
+            condition: "after a file switch",
+            given: after(&started(), read(2, file("green", &["blue", "green"]))),
+            when: rollback(None),
+            then: |_, d| {
+                assert_eq!(switched(d).active, "blue");
+                assert_eq!(d.next.source, Source::Rollback);
+            },
+        },
+        // ---- persist ------------------------------------------------------
+        Row {
+            event: "admin switch",
+            condition: "persist on",
+            given: ControlState {
+                persist: true,
+                ..started()
+            },
+            when: switch("green", None),
+            then: |_, d| {
+                assert_eq!(d.persist, Some(route("green")), "stored first, then written");
+                assert!(
+                    d.next.overridden.is_some(),
+                    "an override until the write succeeds"
+                );
+            },
+        },
+        Row {
+            event: "persisted",
+            condition: "written",
+            given: after(
+                &ControlState {
+                    persist: true,
+                    ..started()
+                },
+                switch("green", None),
+            ),
+            when: Event::Persisted {
+                route: route("green"),
+                result: Ok(42),
+            },
+            then: |given, d| {
+                assert_eq!(d.next.overridden, None, "the file now says green");
+                assert_eq!((d.next.file.active.as_str(), d.next.file_hash), ("green", 42));
+                assert_eq!(d.next.generation, given.generation, "no new table");
+                assert_eq!(d.store, Store::Facts);
+                // The watcher's read of what was written is already applied.
+                let echo = decide(&d.next, read(42, file("green", &["blue", "green"])));
+                assert_eq!(
+                    (reloaded(&echo), echo.store),
+                    (ReloadOutcome::Unchanged, Store::Nothing)
+                );
+            },
+        },
+        Row {
+            event: "persisted",
+            condition: "the write failed",
+            given: after(
+                &ControlState {
+                    persist: true,
+                    ..started()
+                },
+                switch("green", None),
+            ),
+            when: Event::Persisted {
+                route: route("green"),
+                result: Err("read-only file system".into()),
+            },
+            then: |given, d| {
+                assert_eq!(d.next, *given, "the switch stays an override");
+                assert_eq!(d.store, Store::Nothing);
+            },
+        },
+    ]
+}
+
+#[test]
+fn the_decision_table() {
+    for row in rows() {
+        let decision = decide(&row.given, row.when.clone());
+        let check = std::panic::catch_unwind(|| (row.then)(&row.given, &decision));
+        if let Err(panic) = check {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+                .unwrap_or_default();
+            panic!(
+                "row `{} | {}` (event {:?}):\n{why}\ndecision: {decision:#?}",
+                row.event, row.condition, row.when
+            );
+        }
+    }
+}
+
+#[test]
+fn every_store_moves_the_generation_by_one_and_only_then() {
+    let mut state = started();
+    let events = [
+        switch("green", None),
+        read(2, file("blue", &["blue", "green", "canary"])),
+        rollback(None),
+        read(3, file("canary", &["blue", "green", "canary"])),
+        switch("canary", None),
+        read(3, file("canary", &["blue", "green", "canary"])),
+    ];
+    for event in events {
+        let d = decide(&state, event);
+        let moved = d.next.generation - state.generation;
+        assert_eq!(moved, u64::from(d.store == Store::Table), "{d:?}");
+        state = d.next;
+    }
+}

@@ -1,0 +1,288 @@
+//! The single writer: every change of the routing table — a file reload,
+//! an admin switch, a rollback — is a [`Command`] to the one task that
+//! turns it into an [`Event`], asks [`decide`] what to do, and does it:
+//! builds and stores the table, publishes the metrics after the store,
+//! writes the audit line, persists, and answers. With one writer a plain
+//! `store()` is enough, and an answer is sent only once the new table is
+//! live. This module holds no rule of its own.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::decide::{
+    decide, ControlState, Decision, Event, FileRead, ReloadOutcome, Reply, Route, Store, SwitchError,
+    SwitchOutcome,
+};
+use crate::config;
+use crate::table::{Desired, RoutingTable, Spec};
+use crate::Shared;
+
+/// Why the upstreams file is being re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A file-system event in its directory.
+    Event,
+    /// The periodic re-read.
+    Periodic,
+    /// SIGHUP or [`crate::Reloader::reload`].
+    Signal,
+}
+
+/// A request to the writer.
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /switch`.
+    Switch {
+        /// Target pool.
+        to: String,
+        /// Compare-and-swap on the generation.
+        if_generation: Option<u64>,
+        /// Who asked (for the audit line).
+        who: String,
+        /// The answer, once the new table is live.
+        reply: oneshot::Sender<Result<SwitchOutcome, SwitchError>>,
+    },
+    /// `POST /rollback`.
+    Rollback {
+        /// Compare-and-swap on the generation.
+        if_generation: Option<u64>,
+        /// Who asked (for the audit line).
+        who: String,
+        /// The answer.
+        reply: oneshot::Sender<Result<SwitchOutcome, SwitchError>>,
+    },
+    /// Re-read the upstreams file.
+    Reload {
+        /// Why.
+        cause: Cause,
+        /// The answer, when someone waits for it.
+        reply: Option<oneshot::Sender<ReloadOutcome>>,
+    },
+}
+
+/// Hash of an upstreams file's bytes, to tell an applied content from a new one.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// The writer task: the control state, and where to carry out decisions.
+pub struct Writer {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    state: ControlState,
+}
+
+impl Writer {
+    /// The writer for the table already stored in `shared` from `state`.
+    pub fn new(shared: Arc<Shared>, path: PathBuf, state: ControlState) -> Writer {
+        Writer { shared, path, state }
+    }
+
+    /// Runs until every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Switch {
+                    to,
+                    if_generation,
+                    who,
+                    reply,
+                } => {
+                    let asked = format!("switch to {to}");
+                    let r = self.switch(Event::Switch { to, if_generation }, &who, &asked);
+                    let _ = reply.send(r);
+                }
+                Command::Rollback {
+                    if_generation,
+                    who,
+                    reply,
+                } => {
+                    let r = self.switch(Event::Rollback { if_generation }, &who, "rollback");
+                    let _ = reply.send(r);
+                }
+                Command::Reload { cause, reply } => {
+                    let r = self.reload(cause);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+        }
+    }
+
+    fn switch(&mut self, event: Event, who: &str, asked: &str) -> Result<SwitchOutcome, SwitchError> {
+        let before = self.state.route.active.clone();
+        let generation = self.state.generation;
+        let r = match self.execute(event) {
+            Reply::Switch(r) => r,
+            other => unreachable!("a switch is answered with a switch outcome, not {other:?}"),
+        };
+        match &r {
+            Ok(o) if o.changed => {
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, from = %before, to = %o.active, generation = o.generation, "applied")
+            }
+            Ok(_) => {
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, active = %before, generation, "already active")
+            }
+            Err(e) => {
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, active = %before, generation, error = %e, "refused")
+            }
+        }
+        r
+    }
+
+    fn reload(&mut self, cause: Cause) -> ReloadOutcome {
+        let read = match config::read_upstreams(&self.path) {
+            Err(e) => FileRead::Unreadable(e.to_string()),
+            Ok(bytes) => FileRead::Read {
+                hash: content_hash(&bytes),
+                parsed: Desired::parse(&self.path, &bytes).map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            },
+        };
+        let outcome = match self.execute(Event::FileRead(read)) {
+            Reply::Reload(o) => o,
+            other => unreachable!("a file read is answered with a reload outcome, not {other:?}"),
+        };
+        self.shared.metrics.reload(outcome.label());
+        match &outcome {
+            ReloadOutcome::Applied { generation } => {
+                tracing::info!(file = %self.path.display(), ?cause, generation, "upstreams file applied")
+            }
+            ReloadOutcome::Rejected(error) => {
+                tracing::error!(?cause, %error, "upstreams file rejected; the current table stays")
+            }
+            ReloadOutcome::Unchanged => {}
+        }
+        outcome
+    }
+
+    /// Decides `event` and carries the decision out; a persist it asks for
+    /// is done, and its result decided, before the answer is returned.
+    fn execute(&mut self, event: Event) -> Reply {
+        let decision = decide(&self.state, event);
+        let persist = decision.persist.clone();
+        let reply = decision.reply.clone();
+        self.carry_out(decision);
+        if let Some(route) = persist {
+            let result = persist_route(&self.path, &route).map_err(|e| {
+                tracing::error!(file = %self.path.display(), error = %e, "could not persist the switch; it stays an override");
+                e.to_string()
+            });
+            let decision = decide(&self.state, Event::Persisted { route, result });
+            self.carry_out(decision);
+        }
+        reply
+    }
+
+    /// Stores what the decision says, publishes the metrics after the store,
+    /// and takes the next state.
+    fn carry_out(&mut self, decision: Decision) {
+        let Decision { next, store, .. } = decision;
+        let routes = &self.shared.table;
+        match store {
+            Store::Nothing => {}
+            Store::Facts => {
+                let old = routes.load_full();
+                routes.store(Arc::new(old.with_facts(next.facts())));
+            }
+            Store::Table => {
+                let began = Instant::now();
+                let old = routes.load_full();
+                let moved = next.route != self.state.route;
+                let switched_at = if moved { SystemTime::now() } else { old.switched_at };
+                let table = RoutingTable::build(
+                    &Spec {
+                        file: &next.file,
+                        active: &next.route.active,
+                        generation: next.generation,
+                        source: next.source,
+                        switched_at,
+                        facts: next.facts(),
+                    },
+                    Some(&old),
+                    &self.shared.metrics,
+                );
+                let table = Arc::new(table);
+                routes.store(Arc::clone(&table));
+                let took = began.elapsed();
+                table.publish(Some(&old), &self.shared.metrics);
+                if moved {
+                    let m = &self.shared.metrics;
+                    m.switched(next.source.as_str());
+                    let secs = switched_at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                    m.last_switch.set(i64::try_from(secs).unwrap_or(i64::MAX));
+                }
+                tracing::info!(
+                    from = %self.state.route.active,
+                    to = %next.route.active,
+                    source = next.source.as_str(),
+                    generation = next.generation,
+                    swap_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                    "routing table stored"
+                );
+            }
+        }
+        self.state = next;
+    }
+}
+
+/// Rewrites `active = "<to>"` in the upstreams file, keeping comments and
+/// layout (toml_edit), through a temp file renamed over it. Returns the hash
+/// of what was written.
+pub fn persist_route(path: &Path, to: &Route) -> Result<u64, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))?;
+    let decor = doc
+        .get("active")
+        .and_then(|i| i.as_value())
+        .map(|v| v.decor().clone());
+    let mut value = toml_edit::Value::from(to.active.as_str());
+    if let Some(d) = decor {
+        *value.decor_mut() = d;
+    }
+    doc["active"] = toml_edit::Item::Value(value);
+    let out = doc.to_string();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.switchyard-tmp"));
+    std::fs::write(&tmp, out.as_bytes())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(content_hash(out.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persist_keeps_comments_and_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("upstreams.toml");
+        let text = "# the cut-over file\nactive = \"blue\"   # flip me\n\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"] # b\n";
+        std::fs::write(&p, text).unwrap();
+        let hash = persist_route(&p, &Route::to("green")).unwrap();
+        let after = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(after, text.replace("\"blue\"   #", "\"green\"   #"));
+        assert_eq!(hash, content_hash(after.as_bytes()));
+    }
+}

@@ -1,0 +1,91 @@
+//! The `/status` document as a type: the admin listener serializes it from
+//! one load of the routing table, and `switchyard status` reads it back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::table::RoutingTable;
+
+/// `GET /status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The pool that gets new requests.
+    pub active: String,
+    /// The pool active before the last switch, until a rollback consumes it.
+    pub previous: Option<String>,
+    /// Whether an admin switch or rollback overrides the file's `active`.
+    #[serde(rename = "override")]
+    pub overridden: bool,
+    /// Counts changes of routing intent.
+    pub generation: u64,
+    /// Who made the current table: `file`, `admin`, `rollback`.
+    pub source: String,
+    /// When the active pool last changed (RFC 3339).
+    pub switched_at: String,
+    /// The last rejected reload's errors, until a valid file is read.
+    pub last_reload_error: Option<String>,
+    /// Every pool by name.
+    pub pools: BTreeMap<String, PoolStatus>,
+}
+
+/// One pool in `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Whether it gets new requests.
+    pub active: bool,
+    /// Its endpoints, in file order.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Requests in flight on it.
+    pub inflight: i64,
+    /// Inactive with nothing in flight: safe to scale down.
+    pub drained: bool,
+}
+
+/// One endpoint in `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// `host:port` as configured.
+    pub address: String,
+    /// The `upstream_healthy` gauge.
+    pub healthy: bool,
+}
+
+impl Status {
+    /// The status of a proxy whose current table is `table`.
+    pub fn of(table: &RoutingTable) -> Status {
+        let pools = table
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let inflight = p.inflight().max(0);
+                let endpoints = p
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointStatus {
+                        address: e.addr.clone(),
+                        healthy: e.healthy.get() == 1,
+                    })
+                    .collect();
+                let status = PoolStatus {
+                    active: i == table.active,
+                    endpoints,
+                    inflight,
+                    drained: i != table.active && inflight == 0,
+                };
+                (p.name.clone(), status)
+            })
+            .collect();
+        Status {
+            active: table.active_pool().name.clone(),
+            previous: table.facts.previous.clone(),
+            overridden: table.facts.overridden,
+            generation: table.generation,
+            source: table.source.as_str().to_string(),
+            switched_at: humantime::format_rfc3339_millis(table.switched_at).to_string(),
+            last_reload_error: table.facts.last_reload_error.clone(),
+            pools,
+        }
+    }
+}
