@@ -1,7 +1,7 @@
 //! The control plane: every change of the routing table goes through one
 //! writer task, and every rule of *which wins* is one pure function.
 //!
-//! - [`decide`]: `decide(&ControlState, Event) -> Decision`, the switching
+//! - [`mod@decide`]: `decide(&ControlState, Event) -> Decision`, the switching
 //!   rules (file reloads, admin switches, rollbacks, persist) with no I/O,
 //!   no clock and no metrics. Its unit tests are the design's decision
 //!   table, one row per case.

@@ -11,7 +11,7 @@
 //! - [`listener`]: per-core runtimes, accept loops, graceful drain;
 //! - [`balance`]: the cores' open connections, kept even by handing a
 //!   newly accepted one to the least loaded core;
-//! - [`control`]: the control plane: [`control::decide`] (the switching
+//! - [`control`]: the control plane: [`control::decide()`] (the switching
 //!   rules, pure) and its single writer of the table;
 //! - [`watch`]: the upstreams file watcher (and SIGHUP);
 //! - [`status`]: the typed `/status` document;
