@@ -104,9 +104,9 @@ impl DataOpts {
 pub struct Shared {
     /// The routing table: loaded by every request, stored only by the
     /// control plane's writer (see [`control::Routes`]).
-    pub table: Routes,
+    pub table: Arc<Routes>,
     /// Every metric, in the proxy's own registry.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Fixed settings of the data plane.
     pub opts: DataOpts,
     /// `/readyz`: true once listening with a table, false from shutdown on.
@@ -391,8 +391,8 @@ impl Proxy {
         metrics.reload("ok");
         let (balance, inboxes) = balance::Balancer::new(cores);
         let shared = Arc::new(Shared {
-            table: Routes::new(table),
-            metrics,
+            table: Arc::new(Routes::new(table)),
+            metrics: Arc::new(metrics),
             opts: DataOpts::of(file),
             ready: AtomicBool::new(false),
             flush: local::FlushRequests::new(cores),
@@ -413,7 +413,12 @@ impl Proxy {
         let watch_events = Arc::new(AtomicU64::new(0));
 
         // The control runtime: writer, admin API, watcher.
-        let writer = Writer::new(Arc::clone(&shared), path.clone(), state);
+        let writer = Writer::new(
+            Arc::clone(&shared.table),
+            Arc::clone(&shared.metrics),
+            path.clone(),
+            state,
+        );
         let admin = Arc::new(admin::Admin {
             shared: Arc::clone(&shared),
             writer: writer_tx.clone(),

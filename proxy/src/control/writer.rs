@@ -17,9 +17,10 @@ use super::decide::{
     decide, ControlState, Decision, Event, FileRead, ReloadOutcome, Reply, Route, Store, SwitchError,
     SwitchOutcome,
 };
+use super::Routes;
 use crate::config;
+use crate::metrics::Metrics;
 use crate::table::{Desired, RoutingTable, Spec};
-use crate::Shared;
 
 /// Why the upstreams file is being re-read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +74,23 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
 
 /// The writer task: the control state, and where to carry out decisions.
 pub struct Writer {
-    shared: Arc<Shared>,
+    /// Where the tables go (shared with the data plane, which only loads).
+    routes: Arc<Routes>,
+    /// The proxy's metrics, published after each store.
+    metrics: Arc<Metrics>,
     path: PathBuf,
     state: ControlState,
 }
 
 impl Writer {
-    /// The writer for the table already stored in `shared` from `state`.
-    pub fn new(shared: Arc<Shared>, path: PathBuf, state: ControlState) -> Writer {
-        Writer { shared, path, state }
+    /// The writer for the table already stored in `routes` from `state`.
+    pub fn new(routes: Arc<Routes>, metrics: Arc<Metrics>, path: PathBuf, state: ControlState) -> Writer {
+        Writer {
+            routes,
+            metrics,
+            path,
+            state,
+        }
     }
 
     /// Runs until every sender is gone.
@@ -155,7 +164,7 @@ impl Writer {
             Reply::Reload(o) => o,
             other => unreachable!("a file read is answered with a reload outcome, not {other:?}"),
         };
-        self.shared.metrics.reload(outcome.label());
+        self.metrics.reload(outcome.label());
         match &outcome {
             ReloadOutcome::Applied { generation } => {
                 tracing::info!(file = %self.path.display(), ?cause, generation, "upstreams file applied")
@@ -190,7 +199,7 @@ impl Writer {
     /// and takes the next state.
     fn carry_out(&mut self, decision: Decision) {
         let Decision { next, store, .. } = decision;
-        let routes = &self.shared.table;
+        let routes = &self.routes;
         match store {
             Store::Nothing => {}
             Store::Facts => {
@@ -212,14 +221,14 @@ impl Writer {
                         facts: next.facts(),
                     },
                     Some(&old),
-                    &self.shared.metrics,
+                    &self.metrics,
                 );
                 let table = Arc::new(table);
                 routes.store(Arc::clone(&table));
                 let took = began.elapsed();
-                table.publish(Some(&old), &self.shared.metrics);
+                table.publish(Some(&old), &self.metrics);
                 if moved {
-                    let m = &self.shared.metrics;
+                    let m = &self.metrics;
                     m.switched(next.source.as_str());
                     let secs = switched_at
                         .duration_since(SystemTime::UNIX_EPOCH)
