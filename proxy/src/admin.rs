@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{Command, SwitchError, SwitchOutcome};
+use crate::shared::Shared;
 use crate::status::Status;
-use crate::Shared;
 
 /// Largest admin request body read.
 const MAX_BODY: usize = 64 * 1024;

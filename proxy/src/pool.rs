@@ -63,9 +63,9 @@ pub struct Inflight {
 }
 
 impl Inflight {
-    /// A count with one slot per CPU.
+    /// A count with one slot per CPU (a core index wraps onto them).
     pub fn new() -> Inflight {
-        let n = crate::default_cores().max(1);
+        let n = std::thread::available_parallelism().map_or(1, usize::from);
         Inflight {
             slots: (0..n).map(|_| Slot::default()).collect(),
         }

@@ -1,0 +1,471 @@
+//! Start-up and shutdown: [`Checked`] reads and validates the files,
+//! [`Listeners`] binds the sockets, [`Proxy::spawn`] starts the cores and
+//! the control runtime, [`run`] runs them until a shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
+
+use crate::config::{self, Settings};
+use crate::control::{self, Cause, Command, ControlState, ReloadOutcome, Routes, Writer};
+use crate::error::{ConfigError, ConfigErrors, Error};
+use crate::metrics::Metrics;
+use crate::shared::{DataOpts, Shared};
+use crate::table::{Desired, RoutingTable, Source, Spec};
+use crate::{admin, balance, listener, local, watch};
+
+/// The configuration a proxy starts from, read and validated completely:
+/// what `switchyard check` checks and what [`Proxy::spawn`] runs.
+pub struct Checked {
+    /// `proxy.toml`.
+    pub settings: Settings,
+    /// The upstreams file, validated.
+    pub upstreams: Desired,
+    /// Hash of the upstreams file's bytes as read.
+    pub upstreams_hash: u64,
+    /// The admin token (none when `token_file` is unset or `offline`).
+    pub token: Option<String>,
+}
+
+impl Checked {
+    /// Reads and validates `proxy.toml` and its upstreams file. `offline`
+    /// skips what needs the machine it will run on (the token file).
+    pub fn load(config: &Path, offline: bool) -> Result<Checked, ConfigErrors> {
+        Checked::from_settings(Settings::load(config).map_err(ConfigErrors)?, offline)
+    }
+
+    /// Like [`Checked::load`], from loaded settings; every error is listed.
+    pub fn from_settings(settings: Settings, offline: bool) -> Result<Checked, ConfigErrors> {
+        let mut errors = Vec::new();
+        let path = &settings.upstreams_path;
+        let upstreams = match config::read_upstreams(path) {
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+            Ok(bytes) => match Desired::parse(path, &bytes) {
+                Err(es) => {
+                    errors.extend(es);
+                    None
+                }
+                Ok(d) => Some((d, control::content_hash(&bytes))),
+            },
+        };
+        if settings.file.admin.persist
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            errors.push(ConfigError::Invalid {
+                file: settings.path.clone(),
+                line: None,
+                reason: format!(
+                    "[admin] persist = true, but the upstreams file {} is a symlink (a ConfigMap mount?): \
+                     persist would break it; turn persist off and make switches durable in the ConfigMap instead",
+                    path.display()
+                ),
+            });
+        }
+        let token = if offline {
+            None
+        } else {
+            settings.read_token().unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            })
+        };
+        match upstreams {
+            Some((upstreams, upstreams_hash)) if errors.is_empty() => Ok(Checked {
+                settings,
+                upstreams,
+                upstreams_hash,
+                token,
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Endpoints given as DNS names that do not resolve on this machine now
+    /// (`switchyard check` without `--offline`; the proxy itself resolves
+    /// them at each new upstream connection).
+    pub fn unresolvable_endpoints(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (pool, endpoints) in &self.upstreams.pools {
+            for ep in endpoints {
+                if ep.parse::<SocketAddr>().is_ok() {
+                    continue;
+                }
+                if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(ep.as_str()) {
+                    errors.push(ConfigError::Invalid {
+                        file: self.settings.upstreams_path.clone(),
+                        line: None,
+                        reason: format!("pools.{pool}: cannot resolve `{ep}`: {e}"),
+                    });
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// The bound sockets of a proxy: one `SO_REUSEPORT` data listener per core
+/// and the admin listener. Binding comes first so that every error is
+/// returned before anything starts.
+pub struct Listeners {
+    http: Vec<std::net::TcpListener>,
+    admin: std::net::TcpListener,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds `[listen] http` once per core (`cores` at least 1) and `[admin] listen`.
+    pub fn bind(settings: &Settings, cores: usize) -> Result<Listeners, Error> {
+        let bind_error = |addr| move |source| Error::Bind { addr, source };
+        let wanted = settings.file.listen.http;
+        let first = listener::bind_reuseport(wanted).map_err(bind_error(wanted))?;
+        // With port 0 the other cores bind the port the first one got.
+        let http_addr = first.local_addr().map_err(bind_error(wanted))?;
+        let mut http = vec![first];
+        for _ in 1..cores.max(1) {
+            http.push(listener::bind_reuseport(http_addr).map_err(bind_error(http_addr))?);
+        }
+        let wanted = settings.file.admin.listen;
+        let admin = std::net::TcpListener::bind(wanted).map_err(bind_error(wanted))?;
+        let admin_addr = admin.local_addr().map_err(bind_error(wanted))?;
+        admin.set_nonblocking(true).map_err(bind_error(admin_addr))?;
+        Ok(Listeners {
+            http,
+            admin,
+            http_addr,
+            admin_addr,
+        })
+    }
+
+    /// The data listener's address (the real port when configured with 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+}
+
+/// Runs a proxy on `listeners` until `shutdown` completes, then stops it
+/// gracefully ([`Proxy::shutdown`]): the entry point of the binary.
+pub async fn run(
+    checked: Checked,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let proxy = Proxy::spawn(checked, listeners)?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || proxy.shutdown())
+        .await
+        .map_err(|e| Error::Runtime {
+            what: "the shutdown",
+            source: std::io::Error::other(e),
+        })
+}
+
+/// Starts a thread named `name` that builds its runtime with `build` and
+/// runs `body` on it; returns once the runtime is built (or failed to be).
+fn start_thread<R: 'static>(
+    name: String,
+    what: &'static str,
+    build: impl FnOnce() -> std::io::Result<R> + Send + 'static,
+    body: impl FnOnce(R) + Send + 'static,
+) -> Result<JoinHandle<()>, Error> {
+    let (built_tx, built_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || match build() {
+            Ok(rt) => {
+                let _ = built_tx.send(Ok(()));
+                drop(built_tx);
+                body(rt);
+            }
+            Err(e) => {
+                let _ = built_tx.send(Err(e));
+            }
+        })
+        .map_err(|source| Error::Runtime { what, source })?;
+    match built_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(source)) => Err(Error::Runtime { what, source }),
+        Err(_) => Err(Error::Runtime {
+            what,
+            source: std::io::Error::other("the thread ended early"),
+        }),
+    }
+}
+
+/// A running proxy: its cores, its control runtime, and how to stop them.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    writer: mpsc::Sender<Command>,
+    stop_cores: tokio_watch::Sender<bool>,
+    stop_control: tokio_watch::Sender<bool>,
+    cores: Vec<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
+    shutdown_delay: Duration,
+    watch_events: Arc<AtomicU64>,
+}
+
+/// Number of data-plane cores to run: one per CPU.
+pub fn default_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+impl Proxy {
+    /// Loads `proxy.toml` (and its upstreams file), binds the listeners and
+    /// starts one data-plane core per CPU plus the control runtime. Returns
+    /// once every listener is up and the table is loaded.
+    pub fn start(config_path: &Path) -> Result<Proxy, Error> {
+        let checked = Checked::load(config_path, false)?;
+        let listeners = Listeners::bind(&checked.settings, default_cores())?;
+        Proxy::spawn(checked, listeners)
+    }
+
+    /// Like [`Proxy::start`], from loaded settings and with `cores` cores.
+    pub fn start_with(settings: Settings, cores: usize) -> Result<Proxy, Error> {
+        let checked = Checked::from_settings(settings, false)?;
+        let listeners = Listeners::bind(&checked.settings, cores)?;
+        Proxy::spawn(checked, listeners)
+    }
+
+    /// Starts the proxy `checked` describes on `listeners`: one data-plane
+    /// core per data listener and the control runtime (writer, admin API,
+    /// watcher). Returns once all of them run and `/readyz` is 200.
+    pub fn spawn(checked: Checked, listeners: Listeners) -> Result<Proxy, Error> {
+        let Checked {
+            settings,
+            upstreams,
+            upstreams_hash,
+            token,
+        } = checked;
+        let Listeners {
+            http,
+            admin: admin_listener,
+            http_addr,
+            admin_addr,
+        } = listeners;
+        let cores = http.len();
+        let file = &settings.file;
+        let path = settings.upstreams_path.clone();
+        let watch = watch::Watch::arm(&path);
+        let state = ControlState::start(upstreams, upstreams_hash, file.admin.persist);
+        let metrics = Metrics::new();
+        let table = RoutingTable::build(
+            &Spec {
+                file: &state.file,
+                active: &state.route.active,
+                generation: state.generation,
+                source: Source::File,
+                switched_at: SystemTime::now(),
+                facts: state.facts(),
+            },
+            None,
+            &metrics,
+        );
+        table.publish(None, &metrics);
+        metrics.reload("ok");
+        let (balance, inboxes) = balance::Balancer::new(cores);
+        let shared = Arc::new(Shared {
+            table: Arc::new(Routes::new(table)),
+            metrics: Arc::new(metrics),
+            opts: DataOpts::of(file),
+            ready: AtomicBool::new(false),
+            flush: local::FlushRequests::new(cores),
+            balance,
+        });
+
+        let (writer_tx, writer_rx) = mpsc::channel(64);
+        // The file may have changed between its check and the watch: then
+        // the writer reads it first.
+        if config::read_upstreams(&path).is_ok_and(|b| control::content_hash(&b) != upstreams_hash) {
+            let _ = writer_tx.try_send(Command::Reload {
+                cause: Cause::Event,
+                reply: None,
+            });
+        }
+        let (stop_cores, stop_cores_rx) = tokio_watch::channel(false);
+        let (stop_control, stop_control_rx) = tokio_watch::channel(false);
+        let watch_events = Arc::new(AtomicU64::new(0));
+
+        // The control runtime: writer, admin API, watcher.
+        let writer = Writer::new(
+            Arc::clone(&shared.table),
+            Arc::clone(&shared.metrics),
+            path.clone(),
+            state,
+        );
+        let admin = Arc::new(admin::Admin {
+            shared: Arc::clone(&shared),
+            writer: writer_tx.clone(),
+            token,
+        });
+        let watcher = watch::run(
+            watch,
+            file.upstreams.reread,
+            writer_tx.clone(),
+            Arc::clone(&watch_events),
+            stop_control_rx.clone(),
+        );
+        let control = start_thread(
+            "switchyard-control".into(),
+            "the control runtime",
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let admin_listener = {
+                    let _entered = rt.enter();
+                    tokio::net::TcpListener::from_std(admin_listener)?
+                };
+                Ok((rt, admin_listener))
+            },
+            move |(rt, admin_listener)| {
+                rt.block_on(async move {
+                    let writer_task = tokio::spawn(writer.run(writer_rx));
+                    let watcher_task = tokio::spawn(watcher);
+                    listener::run_admin(admin_listener, admin, stop_control_rx).await;
+                    let _ = watcher_task.await;
+                    // The writer ends once every sender (the Proxy's too) is gone.
+                    writer_task.abort();
+                });
+            },
+        )?;
+
+        let mut core_threads = Vec::with_capacity(cores);
+        for (core, (l, inbox)) in http.into_iter().zip(inboxes).enumerate() {
+            let shared = Arc::clone(&shared);
+            let stop = stop_cores_rx.clone();
+            // A local runtime (built on its thread, which it never leaves)
+            // runs `!Send` tasks on its own run queue: an I/O wake-up is
+            // queued there like any other, where a `LocalSet` on a
+            // `current_thread` runtime would take its locked remote queue.
+            let handle = start_thread(
+                format!("switchyard-core-{core}"),
+                "a core runtime",
+                || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build_local(tokio::runtime::LocalOptions::default())
+                },
+                move |rt| {
+                    // The core's work is a task of its own, like every
+                    // connection's; `block_on` only waits for it.
+                    let main = rt.spawn_local(listener::run_core(core, l, inbox, shared, stop));
+                    if let Err(e) = rt.block_on(main) {
+                        tracing::error!(core, error = %e, "core task failed");
+                    }
+                },
+            )?;
+            core_threads.push(handle);
+        }
+        shared.ready.store(true, Ordering::Release);
+        tracing::info!(%http_addr, %admin_addr, cores, upstreams = %path.display(), "switchyard listening");
+        Ok(Proxy {
+            shared,
+            http_addr,
+            admin_addr,
+            writer: writer_tx,
+            stop_cores,
+            stop_control,
+            cores: core_threads,
+            control: Some(control),
+            shutdown_delay: file.timeouts.shutdown_delay,
+            watch_events,
+        })
+    }
+
+    /// The data listener's address (the real port when configured with 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// State shared with the cores (table, metrics), for embedding and tests.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Relevant file-system events the watcher has seen.
+    pub fn watch_events(&self) -> u64 {
+        self.watch_events.load(Ordering::Relaxed)
+    }
+
+    /// A handle to ask the writer for a reload (SIGHUP) from any thread.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.writer.clone())
+    }
+
+    /// First step of a shutdown: `/readyz` answers 503 from now on.
+    pub fn begin_shutdown(&self) {
+        self.shared.ready.store(false, Ordering::Release);
+    }
+
+    /// Graceful stop: `/readyz` 503, keep serving for `shutdown_delay`, then
+    /// stop accepting, let in-flight requests finish within `shutdown`, and
+    /// stop the control runtime. Blocks until done.
+    pub fn shutdown(mut self) {
+        self.begin_shutdown();
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "shutdown: still serving while the load balancers catch up");
+            std::thread::sleep(self.shutdown_delay);
+        }
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.shared.ready.store(false, Ordering::Release);
+        let _ = self.stop_cores.send(true);
+        for core in self.cores.drain(..) {
+            let _ = core.join();
+        }
+        let _ = self.stop_control.send(true);
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Asks the writer to re-read the upstreams file.
+#[derive(Clone)]
+pub struct Reloader(mpsc::Sender<Command>);
+
+impl Reloader {
+    /// Re-reads the upstreams file and returns what happened.
+    pub async fn reload(&self) -> ReloadOutcome {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Reload {
+            cause: Cause::Signal,
+            reply: Some(reply),
+        };
+        if self.0.send(cmd).await.is_err() {
+            return ReloadOutcome::Rejected("the proxy is shutting down".into());
+        }
+        rx.await
+            .unwrap_or(ReloadOutcome::Rejected("the proxy is shutting down".into()))
+    }
+}

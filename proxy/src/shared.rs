@@ -1,0 +1,82 @@
+//! What the cores and the control plane share: the routing table, the
+//! metrics, the data plane's fixed settings, readiness, and the cores'
+//! connection counts.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::balance;
+use crate::config;
+use crate::control::Routes;
+use crate::local;
+use crate::metrics::Metrics;
+
+/// The data plane's settings, fixed at start.
+#[derive(Debug, Clone)]
+pub struct DataOpts {
+    /// Add `x-switchyard-pool` / `-generation` to responses.
+    pub expose_headers: bool,
+    /// Peers whose `X-Forwarded-For` is extended.
+    pub trusted_proxies: Vec<IpNet>,
+    /// One access-log line per request.
+    pub access_log: bool,
+    /// Until the upstream's response head.
+    pub request_timeout: Duration,
+    /// Idle keep-alive client connection.
+    pub client_idle: Duration,
+    /// Idle pooled upstream connection.
+    pub upstream_idle: Duration,
+    /// Upstream connect.
+    pub connect_timeout: Duration,
+    /// Grace for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl DataOpts {
+    pub(crate) fn of(file: &config::ProxyFile) -> DataOpts {
+        let t = &file.timeouts;
+        DataOpts {
+            expose_headers: file.headers.expose,
+            trusted_proxies: file.headers.trusted_proxies.clone(),
+            access_log: file.log.access,
+            request_timeout: t.request,
+            client_idle: t.client_idle,
+            upstream_idle: t.upstream_idle,
+            connect_timeout: t.connect,
+            shutdown_grace: t.shutdown,
+        }
+    }
+}
+
+/// Everything the cores and the control plane share.
+pub struct Shared {
+    /// The routing table: loaded by every request, stored only by the
+    /// control plane's writer (see [`Routes`]).
+    pub table: Arc<Routes>,
+    /// Every metric, in the proxy's own registry.
+    pub metrics: Arc<Metrics>,
+    /// Fixed settings of the data plane.
+    pub opts: DataOpts,
+    /// `/readyz`: true once listening with a table, false from shutdown on.
+    pub ready: AtomicBool,
+    /// How a scrape collects the metrics the cores buffer.
+    pub flush: local::FlushRequests,
+    /// The cores' open client connections, kept even.
+    pub balance: Arc<balance::Balancer>,
+}
+
+impl Shared {
+    /// The Prometheus text exposition, with every request that ended before
+    /// the call counted.
+    pub async fn render_metrics(&self) -> Vec<u8> {
+        self.flush.flush_all(Duration::from_millis(250)).await;
+        // The in-flight gauges are read from the pools' per-core counts.
+        for p in &self.table.load().pools {
+            p.metrics.inflight.set(p.inflight());
+        }
+        self.metrics.render()
+    }
+}
