@@ -3,8 +3,7 @@
 //! tracing-appender's `NonBlocking` writer hands every line to its writer
 //! thread through a channel: one allocation, one send and, when that thread
 //! sleeps, one wake-up per line. At tens of thousands of access-log lines a
-//! second the wake-ups cost more than the formatting (measured: ~+6 µs per
-//! request with the log on). [`Batched`] puts a per-thread buffer in front:
+//! second the wake-ups cost more than the formatting. [`Batched`] puts a per-thread buffer in front:
 //! a worker thread that called [`batch_this_thread`] appends its lines to a
 //! thread-local buffer that goes to the inner writer in one piece when it
 //! passes [`CHUNK`] bytes, when the worker calls [`flush_this_thread`] (its

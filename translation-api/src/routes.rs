@@ -13,8 +13,8 @@
 //! function, [`respond`]: the fixed bodies are `static` or pre-built once per
 //! worker, the 404 of an unknown phrase is the only body assembled per
 //! request. The server calls it straight from its hyper service (no routing
-//! framework, no boxed future, no allocation for a known phrase: measured
-//! cheaper than an axum `Router` on the hot path); [`app`] wraps the same
+//! framework, no boxed future, no allocation for a known phrase: cheaper
+//! than an axum `Router` on the hot path); [`app`] wraps the same
 //! function in an axum `Router` for socket-free tests and embedding.
 
 use std::borrow::Cow;

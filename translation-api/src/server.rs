@@ -2,8 +2,8 @@
 //! `SO_REUSEPORT` listener on the same address (the kernel spreads the
 //! connections), its own copy of the [`AppState`], and hyper's HTTP/1
 //! connection driver calling [`respond`] directly. The workers share only the readiness flag, the shutdown signal and
-//! the Redis queue. This shape measured 20–25 % faster than tokio's
-//! multi-thread runtime on this kind of machine (docs/performance.md).
+//! the Redis queue: the per-core shape the proxy uses too, chosen over
+//! tokio's multi-thread runtime for the same reasons (docs/performance.md).
 //!
 //! Shutdown ([`Running::begin_shutdown`]): `/readyz` turns 503 at once; the
 //! workers keep accepting for `shutdown_delay`, then close their listeners
