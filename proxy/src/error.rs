@@ -1,52 +1,11 @@
-//! Error types, and the one mapping from a forwarding error to an HTTP answer.
-
-use std::path::PathBuf;
+//! Error types, and the one mapping from an error to an HTTP answer.
 
 use bytes::Bytes;
 use http::StatusCode;
 
-/// Something wrong with a configuration file. Its `Display` names the file,
-/// the line when known, and the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: cannot read: {source}", file.display())]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file was read but is not valid.
-    #[error("{}{}: {reason}", file.display(), line.map(|l| format!(": line {l}")).unwrap_or_default())]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// 1-based line, when the error points at one.
-        line: Option<usize>,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    /// Wraps a TOML syntax or shape error, keeping its line.
-    pub fn toml(file: &std::path::Path, text: &str, err: &toml::de::Error) -> ConfigError {
-        let line = err.span().map(|s| crate::config::line_of(text, s.start));
-        // The first line of toml's message repeats the position; keep the reason.
-        let message = err.message().trim().to_string();
-        ConfigError::Invalid {
-            file: file.to_path_buf(),
-            line,
-            reason: message,
-        }
-    }
-}
-
-/// Several configuration errors, listed one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+/// Configuration errors live with the configuration ([`crate::config`]);
+/// re-exported here, where the other error types are.
+pub use crate::config::{ConfigError, ConfigErrors};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
