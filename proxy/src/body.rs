@@ -174,6 +174,12 @@ impl ProxyBody {
     }
 }
 
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> ProxyBody {
+        ProxyBody::full(bytes)
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -409,11 +409,7 @@ pub fn handle(
                 let status = e.status();
                 completion.status = status.as_u16();
                 drop(completion);
-                let mut r = Response::new(ProxyBody::full(e.body()));
-                *r.status_mut() = status;
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                r
+                e.response()
             }
         };
         let h = response.headers_mut();
