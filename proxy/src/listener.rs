@@ -24,7 +24,9 @@ use tokio::sync::{watch, Notify};
 use crate::admin::Admin;
 use crate::balance::{Balancer, Handoff, Inbox, Slot};
 use crate::client::LocalClient;
-use crate::forward::{self, Conn, Worker};
+use crate::conn::Conn;
+use crate::forward;
+use crate::worker::Worker;
 use crate::Shared;
 
 /// Longest time a core keeps request metrics before adding them to the
