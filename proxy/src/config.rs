@@ -2,7 +2,7 @@
 //!
 //! These are the *raw* shapes, checked for syntax, unknown keys and the
 //! features that are not built yet. Turning an [`UpstreamsFile`] into the
-//! routing table (and its semantic checks) is [`crate::table`]'s job.
+//! routing table (and its semantic checks) is the `table` module's job.
 //! The errors found in these files ([`ConfigError`]) are defined here too,
 //! so that this module depends on no other of the crate.
 
@@ -161,7 +161,7 @@ pub struct Timeouts {
     /// Idle keep-alive client connection (also bounds reading a request head).
     #[serde(with = "humantime_serde")]
     pub client_idle: Duration,
-    /// Idle pooled upstream connection.
+    /// Idle upstream connection kept for reuse.
     #[serde(with = "humantime_serde")]
     pub upstream_idle: Duration,
     /// On SIGTERM: keep serving this long with `/readyz` = 503.
