@@ -2,7 +2,7 @@
 //! apply the header rules, send it (retrying where that is safe), and answer
 //! with the upstream's response, a tunnel, or the proxy's own error.
 //!
-//! Layout: this file (the request flow and the answers), [`send`] (sending
+//! Layout: this file (the request flow and the answers), [`send`](mod@send) (sending
 //! to an endpoint, on this core's upstream connections) and [`retry`] (the
 //! retry policy).
 
@@ -43,19 +43,22 @@ pub fn handle(
     let worker = &conn.worker;
     let opts = &worker.shared.opts;
 
-    // The one load of the routing table for this request.
+    // Route: the one load of the routing table for this request.
     let (pool, generation_header) = worker.view.route(&worker.shared.table.load());
 
-    // Upstream connections always speak HTTP/1.1 (keep-alive), whatever the client spoke.
+    // Header rules (and the request id). Upstream connections always speak
+    // HTTP/1.1 (keep-alive), whatever the client spoke.
     *req.version_mut() = http::Version::HTTP_11;
     let Rewritten { upgrade, request_id } =
         headers::rewrite_request(req.headers_mut(), &conn.peer_header, conn.trusted, || {
             worker.new_request_id()
         });
 
+    // Record: counted in flight from here until the answer's body ends.
     let access = opts.access_log.then(|| access_info(&conn, &req, &request_id));
     let completion = Completion::start(Rc::clone(&pool), Rc::clone(&conn), start, access);
 
+    // Send, retrying where that is safe, within `timeouts.request`.
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let request_deadline = worker.deadlines.add(deadline::after(start, opts.request_timeout));
     let client = Rc::clone(&worker.client);
@@ -76,6 +79,8 @@ pub fn handle(
                 after: opts.request_timeout,
             }),
         };
+        // Answer: the upstream's response (or a tunnel), or the proxy's own
+        // error; then the labels every answer carries.
         let mut response = match result {
             Ok(sent) => answer(sent, client_upgrade, completion, &pool, &worker.client),
             Err(e) => failed(e, &pool, &request_id, completion),
