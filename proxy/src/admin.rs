@@ -46,7 +46,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
 }
 
 fn error(status: StatusCode, detail: &str) -> Resp {
-    json_bytes(status, crate::error::json_error(status, detail))
+    crate::error::respond(status, detail)
 }
 
 fn method_not_allowed(allow: &'static str) -> Resp {

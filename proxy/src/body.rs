@@ -1,5 +1,6 @@
-//! Body types of the data plane: what is sent upstream, what is sent back,
-//! and the completion record that counts a request once it is over.
+//! What goes back to the client: the response body, and the record of the
+//! request ([`Completion`]) that counts it while it is in flight and logs it
+//! once that body ended. The body sent upstream is [`crate::client::body`]'s.
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -11,48 +12,10 @@ use http::{HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::client::{LocalClient, Sender};
-use crate::forward::Conn;
+use crate::client::Recycle;
+use crate::conn::Conn;
 use crate::local::CorePool;
 use crate::metrics::ErrorKind;
-
-/// A request body sent upstream: the client's streamed body, or none (a
-/// retried body-less request).
-pub enum UpstreamBody {
-    /// The client's body, streamed as it arrives.
-    Incoming(Incoming),
-    /// No body.
-    Empty,
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Incoming(b) => b.is_end_stream(),
-            UpstreamBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Incoming(b) => b.size_hint(),
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
 
 /// What the access log line needs to know about a request.
 pub struct AccessInfo {
@@ -142,16 +105,6 @@ impl Drop for Completion {
     }
 }
 
-/// Where a connection goes back once its response body has been read.
-pub struct Recycle {
-    /// The connection.
-    pub sender: Sender,
-    /// This core's pool.
-    pub client: Rc<LocalClient>,
-    /// Its endpoint's id.
-    pub endpoint_id: u64,
-}
-
 /// A response body sent to the client.
 pub enum ProxyBody {
     /// A body the proxy made itself (errors, admin answers).
@@ -162,7 +115,7 @@ pub enum ProxyBody {
         inner: Incoming,
         /// Recorded when this body is dropped.
         completion: Completion,
-        /// Returned to the pool at the end of the body.
+        /// Kept for reuse at the end of the body.
         recycle: Option<Recycle>,
     },
 }
@@ -171,6 +124,12 @@ impl ProxyBody {
     /// A complete body.
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody::Full(Some(bytes.into()))
+    }
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> ProxyBody {
+        ProxyBody::full(bytes)
     }
 }
 
@@ -230,12 +189,5 @@ impl Body for ProxyBody {
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Stream { inner, .. } => inner.size_hint(),
         }
-    }
-}
-
-impl Recycle {
-    /// Returns the connection to this core's pool.
-    pub fn give_back(self) {
-        self.client.put(self.endpoint_id, self.sender);
     }
 }

@@ -1,23 +1,32 @@
-//! The per-core upstream connection pool: for each endpoint, the idle
-//! `hyper::client::conn::http1` handles of *this* core's runtime. Nothing
-//! here is shared between cores, so nothing is locked: the pool lives in a
-//! `RefCell` of a `current_thread` runtime.
+//! One core's upstream connections: it opens them
+//! (`hyper::client::conn::http1` handles driven on *this* core's runtime)
+//! and keeps the idle ones per endpoint for reuse. Nothing here is shared
+//! between cores, so nothing is locked: the idle connections live in a
+//! `RefCell` of a `current_thread` runtime. ("Pool" in this crate means a
+//! blue/green pool of endpoints, never this.)
 //!
-//! A connection goes back to the pool only once its response body was read
-//! to the end; idle connections expire after `timeouts.upstream_idle` (set
-//! below the upstream's own keep-alive timeout so the proxy, not the
-//! upstream, closes them), and at most [`MAX_IDLE_PER_ENDPOINT`] are kept
-//! per endpoint and core.
+//! A connection is kept for reuse ([`Recycle`]) only once its response body
+//! was read to the end; idle connections expire after
+//! `timeouts.upstream_idle` (set below the upstream's own keep-alive timeout
+//! so the proxy, not the upstream, closes them), and at most
+//! [`MAX_IDLE_PER_ENDPOINT`] are kept per endpoint and core.
+//!
+//! Layout: this file (connect, keep, reuse, [`Recycle`]) and [`body`], the
+//! request body sent upstream.
+
+pub mod body;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use crate::body::UpstreamBody;
 use crate::pool::Endpoint;
+
+pub use body::UpstreamBody;
 
 /// Idle connections kept per endpoint on one core.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -30,7 +39,8 @@ struct Idle {
     since: Instant,
 }
 
-/// One core's connection pool; see the module doc.
+/// One core's upstream connections, idle ones kept per endpoint; see the
+/// module doc.
 pub struct LocalClient {
     /// Idle connections by endpoint id. A short list searched in order: a
     /// core talks to a handful of endpoints, and hashing each request's
@@ -41,28 +51,21 @@ pub struct LocalClient {
 }
 
 /// Why a new connection could not be made.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// No connection within `timeouts.connect`.
+    #[error("connect timed out")]
     Timeout,
     /// Refused, unreachable, unresolvable…
-    Io(std::io::Error),
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
     /// The HTTP/1 handshake failed.
-    Handshake(hyper::Error),
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::Timeout => f.write_str("connect timed out"),
-            ConnectError::Io(e) => write!(f, "{e}"),
-            ConnectError::Handshake(e) => write!(f, "{e}"),
-        }
-    }
+    #[error("{0}")]
+    Handshake(#[source] hyper::Error),
 }
 
 impl LocalClient {
-    /// An empty pool.
+    /// No connections yet.
     pub fn new(idle_timeout: Duration, connect_timeout: Duration) -> LocalClient {
         LocalClient {
             idle: RefCell::new(Vec::new()),
@@ -139,5 +142,22 @@ impl LocalClient {
     /// Closes every idle connection (at shutdown).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
+    }
+}
+
+/// A connection to keep for reuse once its response body has been read.
+pub struct Recycle {
+    /// The connection.
+    pub sender: Sender,
+    /// This core's upstream connections, where it is kept.
+    pub client: Rc<LocalClient>,
+    /// Its endpoint's id.
+    pub endpoint_id: u64,
+}
+
+impl Recycle {
+    /// Keeps the connection for reuse by this core's next requests.
+    pub fn give_back(self) {
+        self.client.put(self.endpoint_id, self.sender);
     }
 }

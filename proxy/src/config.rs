@@ -2,7 +2,9 @@
 //!
 //! These are the *raw* shapes, checked for syntax, unknown keys and the
 //! features that are not built yet. Turning an [`UpstreamsFile`] into the
-//! routing table (and its semantic checks) is [`crate::table`]'s job.
+//! routing table (and its semantic checks) is the `table` module's job.
+//! The errors found in these files ([`ConfigError`]) are defined here too,
+//! so that this module depends on no other of the crate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,8 +13,6 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
-
-use crate::error::ConfigError;
 
 /// Default `[upstreams] reread`: the periodic re-read backing up file events.
 pub const DEFAULT_REREAD: Duration = Duration::from_secs(5);
@@ -161,7 +161,7 @@ pub struct Timeouts {
     /// Idle keep-alive client connection (also bounds reading a request head).
     #[serde(with = "humantime_serde")]
     pub client_idle: Duration,
-    /// Idle pooled upstream connection.
+    /// Idle upstream connection kept for reuse.
     #[serde(with = "humantime_serde")]
     pub upstream_idle: Duration,
     /// On SIGTERM: keep serving this long with `/readyz` = 503.
@@ -228,6 +228,49 @@ pub struct Settings {
     /// The admin token file's path, resolved likewise.
     pub token_path: Option<PathBuf>,
 }
+
+/// Something wrong with a configuration file. Its `Display` names the file,
+/// the line when known, and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not valid.
+    #[error("{}{}: {reason}", file.display(), line.map(|l| format!(": line {l}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line, when the error points at one.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Wraps a TOML syntax or shape error, keeping its line.
+    pub fn toml(file: &std::path::Path, text: &str, err: &toml::de::Error) -> ConfigError {
+        let line = err.span().map(|s| line_of(text, s.start));
+        // The first line of toml's message repeats the position; keep the reason.
+        let message = err.message().trim().to_string();
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line,
+            reason: message,
+        }
+    }
+}
+
+/// Several configuration errors, listed one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
 
 /// 1-based line of a byte offset in `text`.
 pub fn line_of(text: &str, offset: usize) -> usize {

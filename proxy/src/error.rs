@@ -1,52 +1,11 @@
-//! Error types, and the one mapping from a forwarding error to an HTTP answer.
-
-use std::path::PathBuf;
+//! Error types, and the one mapping from an error to an HTTP answer.
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{header, HeaderValue, Response, StatusCode};
 
-/// Something wrong with a configuration file. Its `Display` names the file,
-/// the line when known, and the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: cannot read: {source}", file.display())]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file was read but is not valid.
-    #[error("{}{}: {reason}", file.display(), line.map(|l| format!(": line {l}")).unwrap_or_default())]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// 1-based line, when the error points at one.
-        line: Option<usize>,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    /// Wraps a TOML syntax or shape error, keeping its line.
-    pub fn toml(file: &std::path::Path, text: &str, err: &toml::de::Error) -> ConfigError {
-        let line = err.span().map(|s| crate::config::line_of(text, s.start));
-        // The first line of toml's message repeats the position; keep the reason.
-        let message = err.message().trim().to_string();
-        ConfigError::Invalid {
-            file: file.to_path_buf(),
-            line,
-            reason: message,
-        }
-    }
-}
-
-/// Several configuration errors, listed one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+/// Configuration errors live with the configuration ([`crate::config`]);
+/// re-exported here, where the other error types are.
+pub use crate::config::{ConfigError, ConfigErrors};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,16 +90,83 @@ impl ForwardError {
         }
     }
 
-    /// The JSON body: `{"error":"...","errors":["..."]}`.
-    pub fn body(&self) -> Bytes {
-        json_error(self.status(), &self.to_string())
+    /// The answer the client gets: [`respond`] with this error's status and
+    /// message.
+    pub fn response<B: From<Bytes>>(&self) -> Response<B> {
+        respond(self.status(), &self.to_string())
     }
 }
 
-/// The proxy's own JSON error shape, for the data plane and the admin API:
+/// The proxy's own answer to a request it could not serve, for the data
+/// plane and the admin API alike: `status`, `Content-Type:
+/// application/json` and the body [`json_error`] makes. The one place an
+/// error becomes an HTTP response.
+pub fn respond<B: From<Bytes>>(status: StatusCode, detail: &str) -> Response<B> {
+    let mut r = Response::new(B::from(json_error(status, detail)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The proxy's own JSON error shape:
 /// `{"error":"<status reason>","errors":["<detail>"]}`.
 pub fn json_error(status: StatusCode, detail: &str) -> Bytes {
     let error = status.canonical_reason().unwrap_or("error");
     let v = serde_json::json!({ "error": error, "errors": [detail] });
     Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn respond_is_status_json_type_and_json_body() {
+        let r: Response<Bytes> = respond(StatusCode::NOT_FOUND, "no such admin endpoint: /x");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).expect("JSON body");
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "Not Found", "errors": ["no such admin endpoint: /x"]})
+        );
+    }
+
+    #[test]
+    fn forward_errors_map_to_502_503_504() {
+        let cases = [
+            (
+                ForwardError::NoEndpoint { pool: "blue".into() },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                ForwardError::Connect {
+                    endpoint: "e:1".into(),
+                    reason: "refused".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ForwardError::Upstream {
+                    endpoint: "e:1".into(),
+                    reason: "reset".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ForwardError::Timeout {
+                    pool: "blue".into(),
+                    after: std::time::Duration::from_secs(30),
+                },
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+        ];
+        for (e, status) in cases {
+            let r: Response<Bytes> = e.response();
+            assert_eq!(r.status(), status, "{e}");
+            let v: serde_json::Value = serde_json::from_slice(r.body()).expect("JSON body");
+            assert_eq!(v["errors"][0], e.to_string());
+        }
+    }
 }

@@ -1,26 +1,36 @@
 //! switchyard: an HTTP edge proxy that cuts a service over from its blue
 //! pool to its green one atomically, by itself.
 //!
-//! Layout:
-//! - [`config`]: serde shapes of `proxy.toml` / `upstreams.toml`;
+//! Layout (one concern per module; the import graph has no circle, see
+//! docs/architecture.md):
+//! - [`config`]: serde shapes of `proxy.toml` / `upstreams.toml`, their errors;
 //! - [`table`]: the immutable [`table::RoutingTable`] and its validation;
-//! - [`pool`]: endpoints, round-robin, in-flight counts;
-//! - [`client`]: the per-core upstream connection pool;
-//! - [`body`]: the bodies of the data plane and the per-request record;
-//! - [`forward`]: one request, end to end;
+//! - [`pool`]: a blue/green pool: endpoints, round-robin, in-flight counts;
+//! - [`client`]: per-core upstream connections per endpoint (kept open and
+//!   idle for reuse), and the request body sent upstream;
+//! - [`headers`]: the request and response header rules (pure);
+//! - [`conn`]: one client connection's context; [`worker`]: one core's;
+//! - [`body`]: the response body and the per-request record;
+//! - [`forward`]: one request, end to end (its sending and retry policy
+//!   in `forward::send` and `forward::retry`);
 //! - [`listener`]: per-core runtimes, accept loops, graceful drain;
 //! - [`balance`]: the cores' open connections, kept even by handing a
 //!   newly accepted one to the least loaded core;
+//! - [`local`], [`deadline`]: per-core metric buffers and coarse timers;
 //! - [`control`]: the control plane: [`control::decide()`] (the switching
 //!   rules, pure) and its single writer of the table;
 //! - [`watch`]: the upstreams file watcher (and SIGHUP);
-//! - [`status`]: the typed `/status` document;
-//! - [`admin`]: the admin API; [`metrics`]: Prometheus; [`error`]: errors.
+//! - [`status`]: the typed `/status` document; [`admin`]: the admin API;
+//! - [`shared`]: what the cores and the control plane share;
+//!   [`server`]: start-up and shutdown;
+//! - [`metrics`]: Prometheus; [`error`]: errors and the one error → HTTP
+//!   answer mapping.
 //!
 //! Request flow: a core's listener accepts → hyper reads the request →
 //! [`forward::handle`] loads the table once and takes its active pool →
-//! picks an endpoint round-robin and a pooled connection of this core →
-//! streams the request and the answer, recording metrics when it ends.
+//! picks an endpoint round-robin and an idle upstream connection of this
+//! core (or opens one) → streams the request and the answer, recording
+//! metrics when it ends.
 //!
 //! Start-up: [`Checked`] reads and validates the files (what `switchyard
 //! check` checks), [`Listeners`] binds the sockets, [`run`] (or
@@ -32,10 +42,12 @@ pub mod balance;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod deadline;
 pub mod error;
 pub mod forward;
+pub mod headers;
 pub mod listener;
 pub mod local;
 pub mod metrics;
@@ -45,8 +57,10 @@ pub mod shared;
 pub mod status;
 pub mod table;
 pub mod watch;
+pub mod worker;
 
+pub use config::{ConfigError, ConfigErrors};
 pub use control::{ReloadOutcome, SwitchError, SwitchOutcome};
-pub use error::{ConfigError, ConfigErrors, Error};
+pub use error::Error;
 pub use server::{default_cores, run, Checked, Listeners, Proxy, Reloader};
 pub use shared::{DataOpts, Shared};

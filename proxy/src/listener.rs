@@ -24,8 +24,10 @@ use tokio::sync::{watch, Notify};
 use crate::admin::Admin;
 use crate::balance::{Balancer, Handoff, Inbox, Slot};
 use crate::client::LocalClient;
-use crate::forward::{self, Conn, Worker};
-use crate::Shared;
+use crate::conn::Conn;
+use crate::forward;
+use crate::shared::Shared;
+use crate::worker::Worker;
 
 /// Longest time a core keeps request metrics before adding them to the
 /// shared series (it adds them sooner under load).

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 
 use crate::config::{self, Settings};
+use crate::config::{ConfigError, ConfigErrors};
 use crate::control::{self, Cause, Command, ControlState, ReloadOutcome, Routes, Writer};
-use crate::error::{ConfigError, ConfigErrors, Error};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shared::{DataOpts, Shared};
 use crate::table::{Desired, RoutingTable, Source, Spec};

@@ -27,7 +27,7 @@ pub struct DataOpts {
     pub request_timeout: Duration,
     /// Idle keep-alive client connection.
     pub client_idle: Duration,
-    /// Idle pooled upstream connection.
+    /// Idle upstream connection kept for reuse.
     pub upstream_idle: Duration,
     /// Upstream connect.
     pub connect_timeout: Duration,

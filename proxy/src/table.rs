@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use http::HeaderValue;
 
+use crate::config::ConfigError;
 use crate::config::{self, PoolFile};
-use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::pool::{Endpoint, Pool};
 

@@ -161,7 +161,7 @@ async fn killing_one_endpoint_under_load_loses_no_get() {
     let tp = TestProxy::start(&ups, "");
     let load = Load::start(tp.proxy().http_addr(), 16, "/version").await;
     load.wait_more(500).await;
-    // Stop one endpoint: its pooled connections close, and new connects are refused.
+    // Stop one endpoint: its idle connections close, and new connects are refused.
     drop(blue_b);
     load.wait_more(2000).await;
     let samples = load.stop().await;
@@ -188,7 +188,7 @@ fn closing_upstream() -> std::net::SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pooled_connection_closed_by_upstream_is_retried_not_failed() {
+async fn idle_connection_closed_by_upstream_is_retried_not_failed() {
     let up = closing_upstream();
     let tp = TestProxy::start(&blue_pool(up), "");
     for _ in 0..20 {

@@ -1,0 +1,191 @@
+//! Sending one request to an endpoint of its pool, trying again where
+//! [`super::retry`] says so, on this core's upstream connections.
+
+use std::rc::Rc;
+
+use http::header::HeaderMap;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::retry::{self, Next, Retry};
+use crate::client::{ConnectError, LocalClient, Sender, UpstreamBody};
+use crate::error::ForwardError;
+use crate::local::CorePool;
+use crate::metrics::ErrorKind;
+use crate::pool::Endpoint;
+
+/// A request as [`send`] keeps it between tries.
+pub enum Outgoing {
+    /// A request that [`retry::may_repeat`], not sent yet.
+    Retryable(Request<UpstreamBody>),
+    /// The same once it was sent: what a repeat is made of, if its
+    /// connection closes before any response byte.
+    Sent(Template),
+    /// Any other request: it goes out once (and comes back only if it was
+    /// not sent at all).
+    Once(Option<Request<UpstreamBody>>),
+}
+
+impl Outgoing {
+    /// The client's request, ready for its first try.
+    pub fn of(req: Request<Incoming>, upgrade: bool) -> Outgoing {
+        let retryable = retry::may_repeat(req.method(), http_body::Body::is_end_stream(req.body()), upgrade);
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, UpstreamBody::Incoming(body));
+        if retryable {
+            Outgoing::Retryable(req)
+        } else {
+            Outgoing::Once(Some(req))
+        }
+    }
+
+    /// The request for the next try, if there is one to send. The first try
+    /// of a retry-able request sends the request itself, the header map
+    /// hyper parsed (whose room the upstream connection reuses for the
+    /// response's headers), and keeps a copy; later tries send copies.
+    fn next(&mut self) -> Option<Request<UpstreamBody>> {
+        match std::mem::replace(self, Outgoing::Once(None)) {
+            Outgoing::Retryable(req) => {
+                *self = Outgoing::Sent(Template::of(&req));
+                Some(req)
+            }
+            Outgoing::Sent(t) => {
+                let req = t.build();
+                *self = Outgoing::Sent(t);
+                Some(req)
+            }
+            Outgoing::Once(req) => req,
+        }
+    }
+}
+
+/// What a repeat of a retry-able request is made of.
+pub struct Template {
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn of(req: &Request<UpstreamBody>) -> Template {
+        Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn build(&self) -> Request<UpstreamBody> {
+        let mut r = Request::new(UpstreamBody::Empty);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// The response, the index of the endpoint that sent it, and its connection.
+pub type Sent = (Response<Incoming>, usize, Sender);
+
+/// A ready connection to `ep`: an idle one unless `fresh`, else a new one.
+/// The flag says whether it was reused (was idle).
+async fn acquire(client: &LocalClient, ep: &Endpoint, fresh: bool) -> Result<(Sender, bool), ConnectError> {
+    if !fresh {
+        while let Some(mut s) = client.take(ep) {
+            if s.ready().await.is_ok() {
+                return Ok((s, true));
+            }
+        }
+    }
+    // Boxed: connecting (and the handshake) is the rare path; inline, its
+    // state (896 bytes) would be part of every request's `send` future,
+    // which is allocated and written for every request.
+    let mut s = Box::pin(client.connect(ep)).await?;
+    s.ready().await.map_err(ConnectError::Handshake)?;
+    Ok((s, false))
+}
+
+/// Sends the request to an endpoint of `pool`, trying again as [`Retry`]
+/// says after each failed try. Never to another pool.
+///
+/// Not an `async fn`: its arguments would be stored twice in the future
+/// (once as arguments, once as locals), and this future is allocated and
+/// written per request.
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` would be 248 bytes larger
+pub fn send(
+    client: Rc<LocalClient>,
+    core_pool: Rc<CorePool>,
+    mut out: Outgoing,
+) -> impl std::future::Future<Output = Result<Sent, ForwardError>> {
+    async move {
+        let pool = &*core_pool.pool;
+        let n = pool.endpoints.len();
+        if n == 0 {
+            return Err(ForwardError::NoEndpoint {
+                pool: pool.name.clone(),
+            });
+        }
+        let mut retry = Retry::new(core_pool.next_start(), n);
+        let mut next = retry.first();
+        let mut last_err = None;
+        while let Next::Try(t) = next {
+            if t.retry {
+                pool.metrics.retries.inc();
+            }
+            let ep = &pool.endpoints[t.endpoint];
+            let (mut sender, reused) = match acquire(&client, ep, t.fresh).await {
+                Ok(s) => s,
+                Err(e) => {
+                    pool.metrics.error(ErrorKind::Connect);
+                    last_err = Some(ForwardError::Connect {
+                        endpoint: ep.addr.clone(),
+                        reason: e.to_string(),
+                    });
+                    next = retry.after_connect_failure();
+                    continue;
+                }
+            };
+            // A fresh binding per try, moved into the sending future: kept
+            // apart from `out`, it would take room in every state.
+            let Some(req) = out.next() else { break };
+            match sender.try_send_request(req).await {
+                // The endpoint's index from `retry`, not kept from `t`:
+                // one local less in every state of this future.
+                Ok(resp) => return Ok((resp, retry.endpoint(), sender)),
+                Err(mut e) => {
+                    let err = ForwardError::Upstream {
+                        endpoint: ep.addr.clone(),
+                        reason: e.error().to_string(),
+                    };
+                    match e.take_message() {
+                        // Not sent at all: the same request goes out again.
+                        Some(back) => {
+                            if let Outgoing::Once(r) = &mut out {
+                                *r = Some(back);
+                            }
+                            next = retry.after_not_sent(reused);
+                            last_err = Some(err);
+                        }
+                        // Sent, and the connection closed before any
+                        // response byte: repeated once if it may be.
+                        None => {
+                            let repeatable = matches!(out, Outgoing::Sent(_));
+                            // Matched, not compared: a comparison borrows
+                            // `next`, and a borrowed local is kept in every
+                            // state of this future.
+                            next = match retry.after_closed_before_response(reused, repeatable) {
+                                Next::GiveUp => return Err(err),
+                                again => again,
+                            };
+                            pool.metrics.error(ErrorKind::Reset);
+                            last_err = Some(err);
+                        }
+                    }
+                }
+            }
+        }
+        Err(last_err.unwrap_or(ForwardError::NoEndpoint {
+            pool: pool.name.clone(),
+        }))
+    }
+}

@@ -1,0 +1,279 @@
+//! The header rules of the data plane, as pure functions of a header map:
+//! hop-by-hop removal (both ways, with the headers `Connection` names),
+//! `X-Forwarded-For` / `-Proto` / `-Host` (and the trusted-proxies rule that
+//! decides whether they are extended or replaced), the request id (kept if
+//! valid, else generated), and the labels every answer gets.
+//!
+//! Nothing here does I/O or knows about connections, pools or tables; the
+//! request flow (`forward`) calls these on each request and response.
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_SWITCHYARD_POOL: HeaderName = HeaderName::from_static("x-switchyard-pool");
+static X_SWITCHYARD_GENERATION: HeaderName = HeaderName::from_static("x-switchyard-generation");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual extras), never forwarded.
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+];
+
+/// The index of `name` in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| *h == name)
+}
+
+/// What [`rewrite_request`] found out about a request.
+pub struct Rewritten {
+    /// The request asks for a protocol upgrade (WebSocket…): its `Upgrade`
+    /// and `Connection: upgrade` were kept.
+    pub upgrade: bool,
+    /// `X-Request-Id` as sent upstream: the client's if valid, else a new one.
+    pub request_id: HeaderValue,
+}
+
+/// Applies every request rule, in order: hop-by-hop removal (keeping the
+/// upgrade headers of an upgrade handshake), `X-Forwarded-*` for a client
+/// whose address header value is `peer` (extended when `trusted`, else
+/// replaced), and the request id (`new_id` makes one when the client sent
+/// none or an invalid one).
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    trusted: bool,
+    new_id: impl FnOnce() -> HeaderValue,
+) -> Rewritten {
+    let upgrade = wants_upgrade(headers);
+    strip_hop_by_hop(headers, upgrade);
+    // Room for the X-Forwarded-* headers and the request id in one step.
+    headers.reserve(4);
+    forwarded(headers, peer, trusted);
+    let request_id = request_id(headers, new_id);
+    Rewritten { upgrade, request_id }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket…).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+/// Removes the hop-by-hop headers and those that `Connection` names; with
+/// `keep_upgrade` (an upgrade handshake) `Upgrade` and `Connection: upgrade`
+/// stay. One pass over the names finds which are present; only those are
+/// removed (each removal is a hash lookup). Used on requests and responses.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    let upgrade = if keep_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    if present & 1 != 0 {
+        // Names that `Connection` lists, beyond the options that name no
+        // header of their own (`close`) or one removed anyway.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            for token in v.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// `X-Forwarded-*`: for a `trusted` proxy `X-Forwarded-For` gets `peer`
+/// appended (to the first value) and `-Proto` / `-Host` are kept when
+/// present, else set; for anyone else all three are replaced (`-Host` by
+/// `Host`, or removed without one). `-Proto` is always `http`.
+pub fn forwarded(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
+    if trusted {
+        let xff = match headers.get(&X_FORWARDED_FOR) {
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.clone())
+            }
+            None => peer.clone(),
+        };
+        headers.insert(&X_FORWARDED_FOR, xff);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(host) = headers.get(header::HOST).cloned() {
+                headers.insert(&X_FORWARDED_HOST, host);
+            }
+        }
+    } else {
+        headers.insert(&X_FORWARDED_FOR, peer.clone());
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match headers.get(header::HOST).cloned() {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+}
+
+/// The request's id: its `X-Request-Id` if valid, else one from `new_id`,
+/// which then replaces (or becomes) the header.
+pub fn request_id(headers: &mut HeaderMap, new_id: impl FnOnce() -> HeaderValue) -> HeaderValue {
+    match headers.entry(&X_REQUEST_ID) {
+        header::Entry::Occupied(e) if valid_request_id(e.get()) => e.get().clone(),
+        header::Entry::Occupied(mut e) => {
+            let id = new_id();
+            e.insert(id.clone());
+            id
+        }
+        header::Entry::Vacant(e) => e.insert(new_id()).clone(),
+    }
+}
+
+/// A request id the proxy keeps: 1 to 128 of ASCII letters, digits, `-_.:`.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// The labels every answer gets: `X-Request-Id`, and with `expose` (`[headers]
+/// expose`, on by default) `X-Switchyard-Pool` and `-Generation`.
+pub fn label_response(
+    headers: &mut HeaderMap,
+    expose: bool,
+    pool: &HeaderValue,
+    generation: HeaderValue,
+    request_id: HeaderValue,
+) {
+    headers.reserve(3);
+    if expose {
+        headers.insert(&X_SWITCHYARD_POOL, pool.clone());
+        headers.insert(&X_SWITCHYARD_GENERATION, generation);
+    }
+    headers.insert(&X_REQUEST_ID, request_id);
+}
+
+/// The address a client is known by: an IPv4-mapped IPv6 address as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The trusted-proxies rule: whether a client at `ip` (canonical, see
+/// [`canonical_ip`]) is in `[headers] trusted_proxies`, so that its
+/// `X-Forwarded-*` headers are extended rather than replaced.
+pub fn is_trusted(trusted_proxies: &[IpNet], ip: IpAddr) -> bool {
+    trusted_proxies.iter().any(|n| n.contains(&ip))
+}
+
+/// `ip` as a header value (`X-Forwarded-For`), made once per connection.
+pub fn peer_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Length of a request id made by the proxy: 32 hex digits.
+const ID_LEN: usize = 32;
+/// Request ids made at once.
+const IDS_PER_BLOCK: usize = 64;
+
+/// One core's maker of request ids: its random prefix and a counter, in hex.
+pub struct RequestIds {
+    /// Request id prefix of this core (random per process and core).
+    prefix: u64,
+    /// Request id counter of this core.
+    next: Cell<u64>,
+    /// The next request ids of this core, made [`IDS_PER_BLOCK`] at a time
+    /// in one buffer that each id is a slice of: one allocation per block
+    /// instead of one per id and one more for its first clone.
+    block: RefCell<Bytes>,
+}
+
+impl RequestIds {
+    /// Ids starting with `prefix` (16 hex digits), then a counter from 1.
+    pub fn new(prefix: u64) -> RequestIds {
+        RequestIds {
+            prefix,
+            next: Cell::new(0),
+            block: RefCell::new(Bytes::new()),
+        }
+    }
+
+    /// A new request id.
+    pub fn next_id(&self) -> HeaderValue {
+        let mut ids = self.block.borrow_mut();
+        if ids.is_empty() {
+            let mut block = vec![0u8; ID_LEN * IDS_PER_BLOCK];
+            for id in block.chunks_exact_mut(ID_LEN) {
+                let n = self.next.get().wrapping_add(1);
+                self.next.set(n);
+                hex16(self.prefix, &mut id[..16]);
+                hex16(n, &mut id[16..]);
+            }
+            *ids = Bytes::from(block);
+        }
+        let take = ID_LEN.min(ids.len());
+        let id = ids.split_to(take);
+        HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+fn hex16(v: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests;

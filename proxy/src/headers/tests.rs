@@ -1,0 +1,328 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("test header name"),
+            HeaderValue::from_str(v).expect("test header value"),
+        );
+    }
+    h
+}
+
+fn names(h: &HeaderMap) -> Vec<&str> {
+    let mut v: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+    v.sort_unstable();
+    v
+}
+
+fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.to_str().expect("test header is text"))
+}
+
+#[test]
+fn strips_hop_by_hop_and_what_connection_names() {
+    let mut h = map(&[
+        ("connection", "Keep-Alive, X-One"),
+        ("connection", "close,  x-two ,upgrade"),
+        ("keep-alive", "timeout=5"),
+        ("x-one", "1"),
+        ("x-two", "2"),
+        ("te", "trailers"),
+        ("transfer-encoding", "chunked"),
+        ("proxy-authorization", "Basic eA=="),
+        ("upgrade", "websocket"),
+        ("x-kept", "yes"),
+        ("host", "h"),
+    ]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(names(&h), ["host", "x-kept"]);
+}
+
+#[test]
+fn each_hop_by_hop_header_is_removed() {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+    ] {
+        let mut h = map(&[(name, "x"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-kept"], "{name}");
+    }
+}
+
+#[test]
+fn an_upgrade_keeps_upgrade_and_connection_upgrade() {
+    let mut h = map(&[
+        ("connection", "Upgrade, x-one"),
+        ("upgrade", "websocket"),
+        ("x-one", "1"),
+        ("keep-alive", "timeout=5"),
+    ]);
+    strip_hop_by_hop(&mut h, true);
+    assert_eq!(names(&h), ["connection", "upgrade"]);
+    assert_eq!(h["connection"], "upgrade");
+    assert_eq!(h["upgrade"], "websocket");
+}
+
+#[test]
+fn headers_without_hop_by_hop_names_are_untouched() {
+    let mut h = map(&[("host", "h"), ("x-a", "1"), ("x-a", "2")]);
+    let before = h.clone();
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h, before);
+}
+
+#[test]
+fn wants_upgrade_needs_upgrade_and_a_connection_upgrade_token() {
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[("upgrade", "websocket"), ("connection", "Upgrade")], true),
+        (
+            &[("upgrade", "websocket"), ("connection", "keep-alive, upgrade")],
+            true,
+        ),
+        (
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "keep-alive"),
+                ("connection", "UPGRADE"),
+            ],
+            true,
+        ),
+        (&[("upgrade", "websocket")], false),
+        (&[("connection", "upgrade")], false),
+        (&[("upgrade", "websocket"), ("connection", "upgrades")], false),
+        (&[], false),
+    ];
+    for (headers, want) in cases {
+        assert_eq!(wants_upgrade(&map(headers)), *want, "{headers:?}");
+    }
+}
+
+/// One row of the `X-Forwarded-*` table: what the client sent, whether it
+/// is trusted, and the three headers the upstream gets.
+struct Fwd {
+    trusted: bool,
+    sent: &'static [(&'static str, &'static str)],
+    xff: Option<&'static str>,
+    proto: Option<&'static str>,
+    host: Option<&'static str>,
+}
+
+#[test]
+fn x_forwarded_headers_are_replaced_unless_trusted() {
+    let peer = HeaderValue::from_static("192.0.2.7");
+    let table = [
+        // Anyone else: all three replaced; a forged chain is dropped.
+        Fwd {
+            trusted: false,
+            sent: &[("host", "a.example")],
+            xff: Some("192.0.2.7"),
+            proto: Some("http"),
+            host: Some("a.example"),
+        },
+        Fwd {
+            trusted: false,
+            sent: &[
+                ("host", "a.example"),
+                ("x-forwarded-for", "10.9.9.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "forged.example"),
+            ],
+            xff: Some("192.0.2.7"),
+            proto: Some("http"),
+            host: Some("a.example"),
+        },
+        Fwd {
+            trusted: false,
+            sent: &[("x-forwarded-host", "forged.example")],
+            xff: Some("192.0.2.7"),
+            proto: Some("http"),
+            host: None,
+        },
+        // A trusted proxy: the chain is extended, -Proto and -Host kept.
+        Fwd {
+            trusted: true,
+            sent: &[("host", "a.example")],
+            xff: Some("192.0.2.7"),
+            proto: Some("http"),
+            host: Some("a.example"),
+        },
+        Fwd {
+            trusted: true,
+            sent: &[
+                ("host", "a.example"),
+                ("x-forwarded-for", "203.0.113.1"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "front.example"),
+            ],
+            xff: Some("203.0.113.1, 192.0.2.7"),
+            proto: Some("https"),
+            host: Some("front.example"),
+        },
+        Fwd {
+            trusted: true,
+            sent: &[],
+            xff: Some("192.0.2.7"),
+            proto: Some("http"),
+            host: None,
+        },
+        // Today's rule extends the first X-Forwarded-For line only.
+        Fwd {
+            trusted: true,
+            sent: &[
+                ("x-forwarded-for", "203.0.113.1"),
+                ("x-forwarded-for", "203.0.113.2"),
+            ],
+            xff: Some("203.0.113.1, 192.0.2.7"),
+            proto: Some("http"),
+            host: None,
+        },
+    ];
+    for row in table {
+        let mut h = map(row.sent);
+        forwarded(&mut h, &peer, row.trusted);
+        let what = format!("trusted={} sent={:?}", row.trusted, row.sent);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1, "{what}");
+        assert_eq!(get(&h, "x-forwarded-for"), row.xff, "{what}");
+        assert_eq!(get(&h, "x-forwarded-proto"), row.proto, "{what}");
+        assert_eq!(get(&h, "x-forwarded-host"), row.host, "{what}");
+    }
+}
+
+#[test]
+fn trusted_proxies_rule() {
+    let nets: Vec<IpNet> = ["10.0.0.0/8", "2001:db8::/32"]
+        .iter()
+        .map(|n| n.parse().expect("test CIDR"))
+        .collect();
+    let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    let cases = [
+        (v4(10, 1, 2, 3), true),
+        (v4(11, 1, 2, 3), false),
+        (IpAddr::V6("2001:db8::1".parse().expect("test address")), true),
+        (IpAddr::V6("2001:db9::1".parse().expect("test address")), false),
+        // An IPv4 client on a dual-stack listener counts by its IPv4 address.
+        (
+            canonical_ip(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped())),
+            true,
+        ),
+    ];
+    for (ip, want) in cases {
+        assert_eq!(is_trusted(&nets, ip), want, "{ip}");
+    }
+    assert!(!is_trusted(&[], v4(10, 0, 0, 1)), "default: nobody is trusted");
+}
+
+#[test]
+fn canonical_ip_unmaps_ipv4_only() {
+    let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
+    assert_eq!(canonical_ip(mapped), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    assert_eq!(canonical_ip(v6), v6);
+    assert_eq!(peer_value(v6), "::1");
+}
+
+#[test]
+fn request_id_is_kept_if_valid_else_generated() {
+    let long = "a".repeat(129);
+    let max = "b".repeat(128);
+    let cases: &[(Option<&str>, bool)] = &[
+        (Some("abc-123_x.y:z"), true),
+        (Some(&max), true),
+        (Some(&long), false),
+        (Some(""), false),
+        (Some("has space"), false),
+        (Some("semi;colon"), false),
+        (Some("slash/"), false),
+        (None, false),
+    ];
+    for (sent, kept) in cases {
+        let mut h = HeaderMap::new();
+        if let Some(v) = sent {
+            h.insert("x-request-id", HeaderValue::from_str(v).expect("test value"));
+        }
+        let id = request_id(&mut h, || HeaderValue::from_static("new-id"));
+        let want = if *kept { sent.unwrap_or_default() } else { "new-id" };
+        assert_eq!(id, want, "{sent:?}");
+        assert_eq!(h["x-request-id"], want, "{sent:?}: the header carries the id");
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+    }
+}
+
+#[test]
+fn rewrite_request_applies_every_rule() {
+    let mut h = map(&[
+        ("host", "a.example"),
+        ("connection", "x-secret"),
+        ("x-secret", "1"),
+        ("x-forwarded-for", "10.9.9.9"),
+    ]);
+    let peer = HeaderValue::from_static("192.0.2.7");
+    let r = rewrite_request(&mut h, &peer, false, || HeaderValue::from_static("id-1"));
+    assert!(!r.upgrade);
+    assert_eq!(r.request_id, "id-1");
+    assert_eq!(
+        names(&h),
+        [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-request-id"
+        ]
+    );
+    assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+
+    let mut h = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+    let r = rewrite_request(&mut h, &peer, false, || HeaderValue::from_static("id-2"));
+    assert!(r.upgrade);
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "upgrade");
+}
+
+#[test]
+fn label_response_adds_labels_only_when_exposed() {
+    let pool = HeaderValue::from_static("blue");
+    for expose in [true, false] {
+        let mut h = map(&[("x-request-id", "from-upstream")]);
+        label_response(
+            &mut h,
+            expose,
+            &pool,
+            HeaderValue::from_static("7"),
+            HeaderValue::from_static("rid"),
+        );
+        assert_eq!(
+            h["x-request-id"], "rid",
+            "the request's id replaces the upstream's"
+        );
+        assert_eq!(get(&h, "x-switchyard-pool"), expose.then_some("blue"));
+        assert_eq!(get(&h, "x-switchyard-generation"), expose.then_some("7"));
+    }
+}
+
+#[test]
+fn request_ids_are_32_hex_digits_prefix_then_counter() {
+    let ids = RequestIds::new(0x0123_4567_89ab_cdef);
+    let first = ids.next_id();
+    assert_eq!(first, "0123456789abcdef0000000000000001");
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(first);
+    // Past one block of ids: still unique and well formed.
+    for _ in 0..(IDS_PER_BLOCK * 2) {
+        let id = ids.next_id();
+        assert_eq!(id.len(), ID_LEN);
+        assert!(valid_request_id(&id));
+        assert!(seen.insert(id), "ids are unique");
+    }
+}
