@@ -2,13 +2,17 @@
 //!
 //! - `cargo xtask test [--long]`: everything CI runs. Installs what the tests
 //!   need and is missing (Debian packages via apt when running as root),
-//!   then runs the lints, the link check (see [`links`]),
+//!   then runs the lints, the link check (see [`links`]), the module-graph
+//!   check (see [`modules`]),
 //!   `cargo test --workspace --locked` and the delivery checks (Dockerfiles,
 //!   Helm charts, workflows: see [`delivery`]). `--long` then adds the slow
 //!   suites: `cargo test --workspace --locked -- --ignored`. A slow test is
 //!   an ignored one, `#[ignore = "slow: runs under cargo xtask test --long"]`,
 //!   so that a plain `cargo test` leaves it out.
 //! - `cargo xtask links`: only the link check (a part of `test`).
+//! - `cargo xtask modules`: prints the proxy's module graph and checks it
+//!   has no circle and matches `docs/architecture.md` (a part of `test`; see
+//!   [`modules`]).
 //! - `cargo xtask delivery`: only the delivery checks (a part of `test`).
 //! - `cargo xtask image-tag`: prints the image tag for the current git
 //!   context (see [`image_tag`]).
@@ -18,6 +22,7 @@
 mod delivery;
 mod image_tag;
 mod links;
+mod modules;
 mod pgo;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +61,8 @@ enum Task {
     Delivery,
     /// Only the link check of the tracked markdown files.
     Links,
+    /// Prints the proxy's module graph and checks it (no circle, documented).
+    Modules,
     /// The profile-guided build of switchyard, `target/pgo/switchyard`.
     Pgo {
         /// Passed to every `cargo build`.
@@ -73,6 +80,13 @@ fn main() -> Result<()> {
         Task::ImageTag => image_tag::main(),
         Task::Delivery => ensure_apt_packages().and_then(|()| delivery::check()),
         Task::Links => links::check(),
+        Task::Modules => {
+            print!(
+                "{}",
+                modules::render(&modules::graph_of(&root().join("proxy/src"))?)
+            );
+            modules::check()
+        }
         Task::Pgo { locked, offline } => {
             let flags: Vec<String> = [(locked, "--locked"), (offline, "--offline")]
                 .into_iter()
@@ -157,6 +171,7 @@ fn test(long: bool) -> Result<()> {
     ensure_apt_packages()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     links::check()?;
+    modules::check()?;
     run(cargo().args([
         "clippy",
         "--workspace",
