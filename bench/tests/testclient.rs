@@ -91,7 +91,7 @@ fn reports_a_switch_as_a_version_change_and_writes_json() {
         .build()
         .unwrap();
     let admin =
-        bench::admin::AdminClient::new(&proxy.admin_url(), None, bench::clock::Clock::start()).unwrap();
+        bench::admin::AdminClient::new(&proxy.admin_url(), None, testkit::loadgen::clock::Clock::start()).unwrap();
     let answer = rt.block_on(admin.switch("green")).unwrap();
     assert_eq!(answer.body["active"], "green");
     tc.wait_line(Duration::from_secs(30), "for the version change", |l| {
