@@ -17,12 +17,12 @@ use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::admin::{pools_of_status, AdminClient};
+use crate::upstreams::{read_pools, set_active_by_rename, ConfigMapDir};
 use loadgen::clock::Clock;
-use loadgen::{LoadConfig, LoadGen, Recorder};
 use loadgen::report::Switch;
 use loadgen::sample::Sample;
 use loadgen::target::Target;
-use crate::upstreams::{read_pools, set_active_by_rename, ConfigMapDir};
+use loadgen::{LoadConfig, LoadGen, Recorder};
 
 /// Which pool a switch goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]

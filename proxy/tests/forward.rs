@@ -176,9 +176,11 @@ async fn pooled_connection_closed_by_upstream_while_idle_is_not_a_failure() {
         let mut c = Client::connect(tp.http()).await.unwrap();
         let (status, _, body) = c.get("/").await.unwrap();
         assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
-        wait_until_async(Duration::from_secs(5), "the upstream closed the connection", || {
-            up.closed() >= i
-        })
+        wait_until_async(
+            Duration::from_secs(5),
+            "the upstream closed the connection",
+            || up.closed() >= i,
+        )
         .await;
     }
     let m = tp.metrics().await;

@@ -103,14 +103,14 @@ async fn sigterm_finishes_in_flight_requests_then_refuses_and_exits_0() {
 async fn sighup_rereads_the_file() {
     let blue = api("0.0.1");
     let green = api("0.0.2");
-    let p = spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue_green(
-        "blue",
-        blue.addr(),
-        green.addr(),
-    )));
+    let p =
+        spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue.addr(), green.addr())));
     let mut c = Client::connect(p.http).await.unwrap();
     assert_eq!(c.get("/version").await.unwrap().1["x-switchyard-pool"], "blue");
-    let hup_lines = || p.proc.count_lines(|l| l.contains("SIGHUP: upstreams file re-read"));
+    let hup_lines = || {
+        p.proc
+            .count_lines(|l| l.contains("SIGHUP: upstreams file re-read"))
+    };
     // SIGHUP re-reads (here: nothing new), and the process lives on.
     p.proc.signal("HUP");
     wait_until_async(Duration::from_secs(5), "the SIGHUP re-read", || hup_lines() == 1).await;
@@ -240,11 +240,8 @@ fn version_flag() {
 async fn status_prints_the_proxy_for_a_person() {
     let blue = api("0.0.1");
     let green = api("0.0.2");
-    let p = spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue_green(
-        "blue",
-        blue.addr(),
-        green.addr(),
-    )));
+    let p =
+        spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue.addr(), green.addr())));
     let admin_addr = p.admin;
     assert_eq!(
         admin(admin_addr, "POST", "/switch", r#"{"to":"green"}"#, None)
@@ -273,5 +270,8 @@ async fn status_prints_the_proxy_for_a_person() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot connect to {}", nobody.addr())), "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to {}", nobody.addr())),
+        "{err}"
+    );
 }

@@ -81,7 +81,8 @@ async fn every_file_update_style_switches_under_load_without_failure() {
     write_in_place(path, &Upstreams::blue_green("green", b, g).to_string());
     wait_active(&tp, "green").await;
     load.wait_more(200).await;
-    tp.files.rename_upstreams(&Upstreams::blue_green("blue", b, g).to_string());
+    tp.files
+        .rename_upstreams(&Upstreams::blue_green("blue", b, g).to_string());
     wait_active(&tp, "blue").await;
     load.wait_more(200).await;
     std::process::Command::new("sed")
@@ -207,14 +208,7 @@ async fn error_names_file_line_and_reason() {
     );
     let mut err = String::new();
     wait_until_async(Duration::from_secs(5), "rejection", || {
-        let st = tp
-            .proxy
-            .shared()
-            .status
-            .lock()
-            .unwrap()
-            .last_reload_error
-            .clone();
+        let st = tp.proxy.shared().status.lock().unwrap().last_reload_error.clone();
         err = st.unwrap_or_default();
         !err.is_empty()
     })

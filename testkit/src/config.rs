@@ -78,7 +78,10 @@ fn quoted(s: &str) -> String {
 
 /// A TOML key: bare when it can be, else quoted.
 fn key(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         s.to_string()
     } else {
         quoted(s)
@@ -353,7 +356,10 @@ mod tests {
             .expose_headers(false)
             .upstreams(Upstreams::blue_green("green", "127.0.0.1:1", "127.0.0.1:2").comment("test"))
             .write();
-        let proxy: Table = std::fs::read_to_string(&files.proxy_toml).unwrap().parse().unwrap();
+        let proxy: Table = std::fs::read_to_string(&files.proxy_toml)
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(proxy["admin"]["persist"].as_bool(), Some(true));
         assert_eq!(proxy["admin"]["token_file"].as_str(), Some("token"));
         assert_eq!(proxy["admin"]["listen"].as_str(), Some("127.0.0.1:0"));
@@ -370,6 +376,9 @@ mod tests {
             "# test\nactive = \"green\"\n\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n"
         );
         let parsed: Table = ups.parse().unwrap();
-        assert_eq!(parsed["pools"]["green"]["endpoints"][0].as_str(), Some("127.0.0.1:2"));
+        assert_eq!(
+            parsed["pools"]["green"]["endpoints"][0].as_str(),
+            Some("127.0.0.1:2")
+        );
     }
 }

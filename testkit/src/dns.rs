@@ -59,13 +59,9 @@ impl DnsServer {
             ),
             SERIAL,
         );
-        let records = BTreeMap::from([(
-            RrKey::new(LowerName::new(&origin), RecordType::SOA),
-            soa_set,
-        )]);
+        let records = BTreeMap::from([(RrKey::new(LowerName::new(&origin), RecordType::SOA), soa_set)]);
         let zone = Arc::new(
-            InMemoryZoneHandler::new(origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny)
-                .unwrap(),
+            InMemoryZoneHandler::new(origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny).unwrap(),
         );
         let mut catalog = Catalog::new();
         catalog.upsert(

@@ -243,7 +243,10 @@ mod tests {
     #[test]
     fn a_child_is_read_line_by_line_and_exits() {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo one; echo 'x listening addr=127.0.0.1:7'; echo err >&2; exit 3"]);
+        cmd.args([
+            "-c",
+            "echo one; echo 'x listening addr=127.0.0.1:7'; echo err >&2; exit 3",
+        ]);
         let mut p = Proc::spawn(cmd);
         assert_eq!(p.listening_addr("addr"), "127.0.0.1:7".parse().unwrap());
         assert_eq!(p.next_line(Duration::from_secs(5), "one", |l| l == "one"), "one");

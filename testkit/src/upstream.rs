@@ -165,7 +165,9 @@ pub fn vanishing() -> SocketAddr {
 /// that dies exactly when it is reused, every time.
 pub fn dies_on_reuse() -> SocketAddr {
     raw_upstream(|mut s, _head| {
-        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
+        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .is_err()
+        {
             return;
         }
         let _ = read_head(&mut s);
@@ -222,9 +224,8 @@ pub fn upgrade_echo() -> SocketAddr {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
             return;
         }
-        let _ = s.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n",
-        );
+        let _ =
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n");
         let mut buf = [0u8; 4096];
         loop {
             match s.read(&mut buf) {

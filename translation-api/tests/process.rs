@@ -76,10 +76,7 @@ fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
     p.signal("TERM");
     // ...the service stops accepting while the request is still arriving...
     wait_until(Duration::from_secs(10), "the listener closes", || refused(addr));
-    assert!(
-        p.running(),
-        "exited with a request in flight"
-    );
+    assert!(p.running(), "exited with a request in flight");
     // ...and still answers it in full before exiting 0.
     let r = finish_slowly(&mut s, &request[15..]);
     assert_eq!(r.status, 200);

@@ -73,7 +73,9 @@ impl TestProxy {
 
 /// Blue (`0.0.1`) and green (`0.0.2`) translation-apis and a switchyard
 /// configured by `config` in front of them, blue active.
-pub fn blue_green_proxy(config: ProxyConfig) -> (translation_api::Running, translation_api::Running, TestProxy) {
+pub fn blue_green_proxy(
+    config: ProxyConfig,
+) -> (translation_api::Running, translation_api::Running, TestProxy) {
     let blue = api("0.0.1");
     let green = api("0.0.2");
     let tp = TestProxy::start(config.upstreams(Upstreams::blue_green("blue", blue.addr(), green.addr())));
