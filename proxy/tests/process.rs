@@ -22,21 +22,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// The binary running with `config`; it listens on port 0, and its
 /// listeners' addresses come from its "switchyard listening" log line.
-struct Running {
+struct Binary {
     proc: Proc,
     files: ProxyFiles,
     http: SocketAddr,
     admin: SocketAddr,
 }
 
-fn spawn_proxy(config: ProxyConfig) -> Running {
+fn spawn_proxy(config: ProxyConfig) -> Binary {
     let files = config.write();
     let mut cmd = Command::new(BIN);
     cmd.arg("-c").arg(&files.proxy_toml).env_remove("RUST_LOG");
     let proc = Proc::spawn(cmd);
     let http = proc.listening_addr("http_addr");
     let admin = proc.listening_addr("admin_addr");
-    Running {
+    Binary {
         proc,
         files,
         http,

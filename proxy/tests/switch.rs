@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::*;
 use testkit::http::{admin, metric, Client};
 use testkit::load::{assert_no_failures, Load};
@@ -233,5 +231,4 @@ async fn metrics_show_the_rollout_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(c);
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }
