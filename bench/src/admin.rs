@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use crate::clock::Clock;
-use crate::target::Target;
+use loadgen::clock::Clock;
+use loadgen::target::Target;
 
 /// An admin API answer with its timing.
 #[derive(Debug, Clone)]

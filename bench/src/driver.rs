@@ -17,12 +17,12 @@ use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::admin::{pools_of_status, AdminClient};
-use crate::clock::Clock;
-use crate::loadgen::{LoadConfig, LoadGen, Sink};
-use crate::report::Switch;
-use crate::sample::Sample;
-use crate::target::Target;
 use crate::upstreams::{read_pools, set_active_by_rename, ConfigMapDir};
+use loadgen::clock::Clock;
+use loadgen::report::Switch;
+use loadgen::sample::Sample;
+use loadgen::target::Target;
+use loadgen::{LoadConfig, LoadGen, Recorder};
 
 /// Which pool a switch goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,19 +121,6 @@ pub struct Outcome {
     pub run_starts: Vec<(u64, String)>,
 }
 
-/// The sink of `cutover`'s workers: every sample, and a live count for the progress bar.
-struct Recorder {
-    samples: Vec<Sample>,
-    count: Arc<AtomicU64>,
-}
-
-impl Sink for Recorder {
-    fn record(&mut self, sample: Sample) {
-        self.samples.push(sample);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Progress display: the bar counts planned milliseconds.
 struct Progress<'a> {
     bar: Option<&'a ProgressBar>,
@@ -183,10 +170,8 @@ pub async fn execute(
         cfg.rate = opts.rate;
         cfg.threads = opts.threads;
         out.run_starts.push((clock.now_ns(), run.label.clone()));
-        let load = LoadGen::start(cfg, clock, |_| Recorder {
-            samples: Vec::new(),
-            count: count.clone(),
-        })?;
+        // The workers' sink: every sample, and a live count for the progress bar.
+        let load = LoadGen::start(cfg, clock, |_| Recorder::new(count.clone()))?;
         progress
             .sleep_until(clock.now_ns() + opts.warmup.as_nanos() as u64, "warm-up")
             .await;

@@ -8,13 +8,11 @@
 //!   running deployment), drives load through the proxy, switches four ways
 //!   and reports what each cut-over cost.
 //!
+//! The load generator, its samples, clock and latency statistics, and the
+//! cut-over arithmetic live in the `loadgen` crate, which the tests of every
+//! crate share (through `testkit`).
+//!
 //! Layout:
-//! - [`clock`]    one monotonic clock for every timestamp of a run
-//! - [`target`]   a `http://` URL split into connect address, `Host` and path
-//! - [`sample`]   what is recorded per request; the version body parser
-//! - [`loadgen`]  N keep-alive connections on their own threads, closed or open loop
-//! - [`stats`]    latency percentiles (hdrhistogram)
-//! - [`report`]   the cut-over arithmetic: pure functions over samples
 //! - [`plot`]     the SVG timeline
 //! - [`table`]    the report as a text table
 //! - [`admin`]    a timed client for switchyard's admin API
@@ -22,13 +20,7 @@
 //! - [`driver`]   a scenario: load through a proxy while switching it, phase by phase
 
 pub mod admin;
-pub mod clock;
 pub mod driver;
-pub mod loadgen;
 pub mod plot;
-pub mod report;
-pub mod sample;
-pub mod stats;
 pub mod table;
-pub mod target;
 pub mod upstreams;

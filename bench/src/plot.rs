@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use plotters::prelude::*;
 
-use crate::report::Timeline;
+use loadgen::report::Timeline;
 
 /// A vertical line on the plot.
 #[derive(Debug, Clone)]
@@ -164,8 +164,8 @@ fn draw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::timeline;
-    use crate::sample::Sample;
+    use loadgen::report::timeline;
+    use loadgen::sample::Sample;
 
     #[test]
     fn renders_an_svg_with_versions_failures_and_marks() {

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use crate::report::{CutoverReport, Totals};
-use crate::stats::Latency;
+use loadgen::report::{CutoverReport, Totals};
+use loadgen::stats::Latency;
 
 /// Formats rows as columns: the first `left` columns left-aligned, the others right-aligned.
 pub fn format_table(header: &[&str], left: usize, rows: &[Vec<String>]) -> String {

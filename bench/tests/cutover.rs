@@ -2,23 +2,30 @@
 //! with no failed request and no old answer after the acknowledgement.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+#[path = "../../proxy/tests/support/mod.rs"]
 mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{api, Running, TestProxy};
+use support::{blue_green_proxy, ProxyConfig};
+use testkit::net::ClosedPort;
+use testkit::process::Proc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 
+/// Runs `cutover` to its end (at most `within`): exit status and stdout lines.
+fn finish(cmd: Command, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
+    let mut p = Proc::spawn(cmd);
+    let status = p.wait_exit(within);
+    (status, p.stdout_lines())
+}
+
 fn run(args: &[&str], json: &std::path::Path) -> (Value, Vec<String>) {
-    let child = Running::spawn({
-        let mut c = Command::new(BIN);
-        c.args(args).arg("--json").arg(json);
-        c
-    });
-    let (status, out) = child.finish(Duration::from_secs(120));
+    let mut c = Command::new(BIN);
+    c.args(args).arg("--json").arg(json);
+    let (status, out) = finish(c, Duration::from_secs(120));
     let text = out.join("\n");
     let v: Value = serde_json::from_slice(&std::fs::read(json).unwrap_or_default())
         .unwrap_or_else(|e| panic!("no JSON report ({e}); {status:?}; output:\n{text}"));
@@ -100,12 +107,10 @@ fn embedded_cutover_passes_all_four_switches() {
 
 #[test]
 fn external_mode_measures_a_running_deployment() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let proxy = TestProxy::start(blue.addr(), green.addr());
+    let (_blue, _green, proxy) = blue_green_proxy(ProxyConfig::new().persist(true));
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("cutover.json");
-    let upstreams = proxy.dir.path().join("upstreams.toml");
+    let upstreams = &proxy.files.upstreams_toml;
     let (v, out) = run(
         &[
             "--target",
@@ -146,34 +151,30 @@ fn external_mode_measures_a_running_deployment() {
 #[test]
 fn a_switch_that_does_nothing_fails_the_run() {
     // The switch cannot be made: it is reported, and the run fails.
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let proxy = TestProxy::start(blue.addr(), green.addr());
+    let (_blue, _green, proxy) = blue_green_proxy(ProxyConfig::new().persist(true));
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("cutover.json");
-    let child = Running::spawn({
-        let mut c = Command::new(BIN);
-        // An admin URL where nothing listens.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        c.args(["--target", &proxy.url("/version"), "--admin"])
-            .arg(format!("http://127.0.0.1:{port}"))
-            .args([
-                "--duration",
-                "200ms",
-                "--warmup",
-                "100ms",
-                "--concurrency",
-                "2",
-                "--json",
-            ])
-            .arg(&json);
-        c
-    });
-    let (status, out) = child.finish(Duration::from_secs(60));
+    // An admin URL where nothing listens.
+    let nobody = ClosedPort::new();
+    let (status, out) = finish(
+        {
+            let mut c = Command::new(BIN);
+            c.args(["--target", &proxy.url("/version"), "--admin"])
+                .arg(format!("http://{}", nobody.addr()))
+                .args([
+                    "--duration",
+                    "200ms",
+                    "--warmup",
+                    "100ms",
+                    "--concurrency",
+                    "2",
+                    "--json",
+                ])
+                .arg(&json);
+            c
+        },
+        Duration::from_secs(60),
+    );
     let text = out.join("\n");
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL"), "{text}");

@@ -1,31 +1,49 @@
 //! `testclient` against real servers, stopped with SIGINT, its output parsed.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+#[path = "../../proxy/tests/support/mod.rs"]
 mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::{api, field, Running, TestProxy};
+use support::{api, blue_green_proxy, ProxyConfig};
+use testkit::net::ClosedPort;
+use testkit::process::Proc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_testclient");
+
+/// `testclient args...` running.
+fn start(args: &[&str]) -> Proc {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    Proc::spawn(c)
+}
+
+/// Sends SIGINT, waits for the exit; the status and every stdout line.
+fn interrupt(mut tc: Proc, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
+    tc.signal("INT");
+    let status = tc.wait_exit(within);
+    (status, tc.stdout_lines())
+}
+
+/// The value after `key: ` on the line that starts with it.
+fn field<'a>(lines: &'a [String], key: &str) -> Option<&'a str> {
+    lines.iter().find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+}
 
 #[test]
 fn counts_and_summarises_until_sigint() {
     let server = api("0.0.7");
     let url = format!("http://{}/version", server.addr());
-    let mut tc = Running::spawn({
-        let mut c = Command::new(BIN);
-        c.arg(&url);
-        c
-    });
-    tc.wait_line(Duration::from_secs(20), "for the first version", |l| {
+    let mut tc = start(&[&url]);
+    tc.next_line(Duration::from_secs(20), "for the first version", |l| {
         l.starts_with("version 0.0.7 (first answer")
     });
-    tc.wait_line(Duration::from_secs(30), "after 1000 requests", |l| {
+    tc.next_line(Duration::from_secs(30), "after 1000 requests", |l| {
         l == "1000 requests, 0 failed"
     });
-    let (status, out) = tc.interrupt(Duration::from_secs(20));
+    let (status, out) = interrupt(tc, Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{}", out.join("\n"));
     assert!(out.iter().any(|l| l == "--- summary ---"), "{}", out.join("\n"));
     let total: u64 = field(&out, "total requests").unwrap().parse().unwrap();
@@ -44,21 +62,13 @@ fn counts_and_summarises_until_sigint() {
 
 #[test]
 fn prints_failures_and_keeps_going() {
-    // Nothing listens on this port once the listener is dropped.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut tc = Running::spawn({
-        let mut c = Command::new(BIN);
-        c.arg(format!("http://127.0.0.1:{port}/version"));
-        c
-    });
-    tc.wait_line(Duration::from_secs(20), "for the third failure", |l| {
+    // Nothing listens on this port (and nothing can, while `nobody` lives).
+    let nobody = ClosedPort::new();
+    let mut tc = start(&[&format!("http://{}/version", nobody.addr())]);
+    tc.next_line(Duration::from_secs(20), "for the third failure", |l| {
         l.starts_with("request 3 failed: error: connect")
     });
-    let (status, out) = tc.interrupt(Duration::from_secs(20));
+    let (status, out) = interrupt(tc, Duration::from_secs(20));
     assert!(status.success());
     let failed: u64 = field(&out, "failed").unwrap().parse().unwrap();
     assert!(failed >= 3);
@@ -71,19 +81,17 @@ fn prints_failures_and_keeps_going() {
 
 #[test]
 fn reports_a_switch_as_a_version_change_and_writes_json() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let proxy = TestProxy::start(blue.addr(), green.addr());
+    let (_blue, _green, proxy) = blue_green_proxy(ProxyConfig::new().persist(true));
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("tc.json");
-    let mut tc = Running::spawn({
-        let mut c = Command::new(BIN);
-        c.arg(proxy.url("/version"))
-            .args(["--concurrency", "4", "--json"])
-            .arg(&json);
-        c
-    });
-    tc.wait_line(Duration::from_secs(30), "after 1000 requests", |l| {
+    let mut tc = start(&[
+        &proxy.url("/version"),
+        "--concurrency",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tc.next_line(Duration::from_secs(30), "after 1000 requests", |l| {
         l.starts_with("1000 requests")
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -91,13 +99,14 @@ fn reports_a_switch_as_a_version_change_and_writes_json() {
         .build()
         .unwrap();
     let admin =
-        bench::admin::AdminClient::new(&proxy.admin_url(), None, bench::clock::Clock::start()).unwrap();
+        bench::admin::AdminClient::new(&proxy.admin_url(), None, testkit::loadgen::clock::Clock::start())
+            .unwrap();
     let answer = rt.block_on(admin.switch("green")).unwrap();
     assert_eq!(answer.body["active"], "green");
-    tc.wait_line(Duration::from_secs(30), "for the version change", |l| {
+    tc.next_line(Duration::from_secs(30), "for the version change", |l| {
         l.starts_with("version 0.0.1 -> 0.0.2 at request ")
     });
-    let (status, out) = tc.interrupt(Duration::from_secs(20));
+    let (status, out) = interrupt(tc, Duration::from_secs(20));
     assert!(status.success(), "{}", out.join("\n"));
     assert_eq!(field(&out, "failed"), Some("0"), "{}", out.join("\n"));
     assert_eq!(field(&out, "last version"), Some("0.0.2"));
@@ -128,13 +137,9 @@ fn reports_a_switch_as_a_version_change_and_writes_json() {
 fn duration_and_rate_bound_the_run() {
     let server = api("0.0.1");
     let url = format!("http://{}/version", server.addr());
-    let tc = Running::spawn({
-        let mut c = Command::new(BIN);
-        c.arg(&url)
-            .args(["--duration", "1s", "--rate", "200", "--concurrency", "2"]);
-        c
-    });
-    let (status, out) = tc.finish(Duration::from_secs(30));
+    let mut tc = start(&[&url, "--duration", "1s", "--rate", "200", "--concurrency", "2"]);
+    let status = tc.wait_exit(Duration::from_secs(30));
+    let out = tc.stdout_lines();
     assert!(status.success(), "{}", out.join("\n"));
     let total: u64 = field(&out, "total requests").unwrap().parse().unwrap();
     // 200 requests/s for 1 s, open loop: about 200, never much more.

@@ -3,42 +3,28 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
+use http_body_util::Full;
+use hyper::Request;
 use support::*;
+use testkit::http::{admin, metric, Client};
+use testkit::load::{assert_no_failures, Load};
+use testkit::net::ClosedPort;
+use testkit::upstream;
+use testkit::wait_until_async;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An upstream that answers with the request headers it received, as JSON.
-async fn header_echo() -> std::net::SocketAddr {
-    let (addr, _task) = serve(|req: Request<hyper::body::Incoming>| async move {
-        let mut map = serde_json::Map::new();
-        for (k, v) in req.headers() {
-            map.insert(
-                k.to_string(),
-                serde_json::Value::String(v.to_str().unwrap_or("?").to_string()),
-            );
-        }
-        Response::builder()
-            .header("x-hop", "must go")
-            .header("connection", "x-hop")
-            .header("keep-alive", "timeout=5")
-            .header("x-end", "kept")
-            .body(full(serde_json::Value::Object(map).to_string()))
-            .unwrap()
-    })
-    .await;
-    addr
+/// A proxy whose one pool, `blue`, is `endpoint`, configured by `config`.
+fn proxy_to(endpoint: impl std::fmt::Display, config: ProxyConfig) -> TestProxy {
+    TestProxy::start(config.upstreams(Upstreams::blue(endpoint)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_rules() {
-    let up = header_echo().await;
-    let tp = TestProxy::start(&blue_pool(up), "");
-    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let tp = proxy_to(upstream::header_echo().await, ProxyConfig::new());
+    let mut c = Client::connect(tp.http()).await.unwrap();
     let req = Request::get("/echo")
         .header("host", "api.example.com")
         .header("connection", "keep-alive, x-secret")
@@ -127,12 +113,13 @@ async fn header_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxy_extends_forwarded_for_and_expose_off_hides_headers() {
-    let up = header_echo().await;
-    let tp = TestProxy::start(
-        &blue_pool(up),
-        "[headers]\nexpose = false\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    let tp = proxy_to(
+        upstream::header_echo().await,
+        ProxyConfig::new()
+            .expose_headers(false)
+            .trusted_proxies(["127.0.0.0/8"]),
     );
-    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let mut c = Client::connect(tp.http()).await.unwrap();
     let (_, headers, body) = c
         .send(
             Request::get("/")
@@ -152,22 +139,24 @@ async fn killing_one_endpoint_under_load_loses_no_get() {
     let blue_a = api("0.0.1");
     let blue_b = api("0.0.1");
     let green = api("0.0.2");
-    let ups = format!(
-        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[pools.green]\nendpoints = [\"{}\"]\n",
-        blue_a.addr(),
-        blue_b.addr(),
-        green.addr()
+    let tp = TestProxy::start(
+        ProxyConfig::new().upstreams(
+            Upstreams::new("blue")
+                .pool("blue", [blue_a.addr(), blue_b.addr()])
+                .pool("green", [green.addr()]),
+        ),
     );
-    let tp = TestProxy::start(&ups, "");
-    let load = Load::start(tp.proxy().http_addr(), 16, "/version").await;
+    let load = Load::start(tp.http(), 16, "/version").await;
     load.wait_more(500).await;
     // Stop one endpoint: its idle connections close, and new connects are refused.
     drop(blue_b);
     load.wait_more(2000).await;
-    let samples = load.stop().await;
+    let samples = load.stop().concat();
     assert_no_failures(&samples);
     assert!(
-        samples.iter().all(|s| s.pool == "blue"),
+        samples
+            .iter()
+            .all(|s| s.pool.as_deref() == Some("blue") && s.ok_version() == Some("0.0.1")),
         "a retry never crosses to another pool"
     );
     let m = tp.metrics().await;
@@ -177,25 +166,22 @@ async fn killing_one_endpoint_under_load_loses_no_get() {
     );
 }
 
-/// An upstream that answers with keep-alive, then closes each connection
-/// shortly after, while it sits idle in the proxy's pool.
-fn closing_upstream() -> std::net::SocketAddr {
-    raw_upstream(|mut s, _head| {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-        std::thread::sleep(Duration::from_millis(30));
-        // Closed without `Connection: close`: the proxy learns it only on reuse.
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connection_closed_by_upstream_is_retried_not_failed() {
-    let up = closing_upstream();
-    let tp = TestProxy::start(&blue_pool(up), "");
-    for _ in 0..20 {
-        let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+async fn idle_connection_closed_by_upstream_is_not_a_failure() {
+    // Each connection is closed by the upstream 30 ms after its answer,
+    // while the proxy keeps it idle for reuse (no `Connection: close`).
+    let up = upstream::closing();
+    let tp = proxy_to(up.addr, ProxyConfig::new());
+    for i in 1..=20 {
+        let mut c = Client::connect(tp.http()).await.unwrap();
         let (status, _, body) = c.get("/").await.unwrap();
         assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        wait_until_async(
+            Duration::from_secs(5),
+            "the upstream closed the connection",
+            || up.closed() >= i,
+        )
+        .await;
     }
     let m = tp.metrics().await;
     assert_eq!(
@@ -205,22 +191,37 @@ async fn idle_connection_closed_by_upstream_is_retried_not_failed() {
     );
 }
 
-/// An endpoint that accepts connections and reads the request, then closes
-/// without answering: one going away (accepted, then reset).
-fn vanishing_upstream() -> std::net::SocketAddr {
-    raw_upstream(|_s, _head| {})
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_connection_closed_before_an_answer_is_retried_on_a_new_one() {
+    // Every reused upstream connection dies exactly when it is reused: the upstream
+    // reads the second request on a connection and closes it unanswered.
+    let tp = proxy_to(upstream::dies_on_reuse(), ProxyConfig::new());
+    let retries = "switchyard_upstream_retries_total{pool=\"blue\"}";
+    assert_eq!(metric(&tp.metrics().await, retries), 0.0);
+    // One client connection: one core, so one idle upstream connection at a time.
+    let mut c = Client::connect(tp.http()).await.unwrap();
+    for _ in 0..20 {
+        let (status, _, body) = c.get("/").await.unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+    }
+    // The first request opened the connection; each later one found it
+    // dead on reuse and was sent again on a new connection: 19 retries.
+    let m = tp.metrics().await;
+    assert_eq!(metric(&m, retries), 19.0, "{m}");
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{code=\"2xx\",pool=\"blue\"}"),
+        20.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connection_closed_before_an_answer_retries_a_get_on_the_next_endpoint_only() {
-    let (good, _t) = serve(|_req| async { Response::new(full("ok")) }).await;
-    let bad = vanishing_upstream();
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{bad}\", \"{good}\"]\n"),
-        "",
-    );
+    let good = upstream::text("ok").await;
+    let bad = upstream::vanishing();
+    let tp = TestProxy::start(ProxyConfig::new().upstreams(Upstreams::new("blue").pool("blue", [bad, good])));
     // Round-robin sends every other request to the vanishing endpoint first.
-    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let mut c = Client::connect(tp.http()).await.unwrap();
     for _ in 0..10 {
         let (status, _, body) = c.get("/").await.unwrap();
         assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
@@ -233,7 +234,7 @@ async fn new_connection_closed_before_an_answer_retries_a_get_on_the_next_endpoi
     // A POST is not idempotent: never sent twice, so some fail.
     let mut failed = 0;
     for _ in 0..10 {
-        let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+        let mut c = Client::connect(tp.http()).await.unwrap();
         let (status, _, _) = c
             .send(
                 Request::post("/")
@@ -256,16 +257,11 @@ async fn new_connection_closed_before_an_answer_retries_a_get_on_the_next_endpoi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_pool_answers_json_502() {
-    // A port with nothing listening.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let tp = TestProxy::start(
-        &format!("active = \"blue\"\n[pools.blue]\nendpoints = [\"{dead}\"]\n"),
-        "",
-    );
-    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    // A port with nothing listening (and nobody to take it meanwhile).
+    let closed = ClosedPort::new();
+    let dead = closed.addr();
+    let tp = proxy_to(dead, ProxyConfig::new());
+    let mut c = Client::connect(tp.http()).await.unwrap();
     let (status, headers, body) = c.get("/version").await.unwrap();
     assert_eq!(status, 502);
     assert_eq!(headers["content-type"], "application/json");
@@ -287,13 +283,12 @@ async fn down_pool_answers_json_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_answers_json_504() {
-    let (up, _t) = serve(|_req| async {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        Response::new(full("late"))
-    })
-    .await;
-    let tp = TestProxy::start(&blue_pool(up), "[timeouts]\nrequest = \"200ms\"");
-    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let up = upstream::slow("/", Duration::from_secs(5), "late").await;
+    let tp = proxy_to(
+        up.addr,
+        ProxyConfig::new().request_timeout(Duration::from_millis(200)),
+    );
+    let mut c = Client::connect(tp.http()).await.unwrap();
     let (status, _, body) = c.get("/").await.unwrap();
     assert_eq!(status, 504, "{body:?}");
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -344,15 +339,12 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_idle_closes_idle_and_slow_head_connections_never_busy_ones() {
-    let (up, _t) = serve(|req: Request<hyper::body::Incoming>| async move {
-        if req.uri().path() == "/slow" {
-            tokio::time::sleep(Duration::from_millis(900)).await;
-        }
-        Response::new(full("done"))
-    })
-    .await;
-    let tp = TestProxy::start(&blue_pool(up), "[timeouts]\nclient_idle = \"300ms\"");
-    let addr = tp.proxy().http_addr();
+    let up = upstream::slow("/slow", Duration::from_millis(900), "done").await;
+    let tp = proxy_to(
+        up.addr,
+        ProxyConfig::new().client_idle(Duration::from_millis(300)),
+    );
+    let addr = tp.http();
 
     // A connection that never sends anything is closed, but not at once.
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -410,36 +402,10 @@ async fn closed_after_idle(s: &mut tokio::net::TcpStream, what: &str) {
     );
 }
 
-/// A raw upstream that accepts an `Upgrade` handshake and then echoes bytes.
-fn upgrade_echo_upstream() -> std::net::SocketAddr {
-    raw_upstream(|mut s, head| {
-        if !(head.contains("upgrade: echo") && head.contains("connection: upgrade")) {
-            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-            return;
-        }
-        let _ =
-            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n");
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_relays_bytes_both_ways() {
-    let up = upgrade_echo_upstream();
-    let tp = TestProxy::start(&blue_pool(up), "");
-    let mut s = tokio::net::TcpStream::connect(tp.proxy().http_addr())
-        .await
-        .unwrap();
+    let tp = proxy_to(upstream::upgrade_echo(), ProxyConfig::new());
+    let mut s = tokio::net::TcpStream::connect(tp.http()).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
         .await
         .unwrap();
@@ -458,8 +424,8 @@ async fn upgrade_relays_bytes_both_ways() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     // In flight while the tunnel is open.
-    wait_until(Duration::from_secs(5), "in-flight tunnel", || {
-        tp.proxy().shared().table.load().active_pool().inflight() == 1
+    wait_until_async(Duration::from_secs(5), "in-flight tunnel", || {
+        tp.proxy.shared().table.load().active_pool().inflight() == 1
     })
     .await;
     for msg in [&b"ping"[..], &b"hello through the tunnel"[..]] {
@@ -469,8 +435,8 @@ async fn upgrade_relays_bytes_both_ways() {
         assert_eq!(back, msg);
     }
     drop(s);
-    wait_until(Duration::from_secs(5), "tunnel closed", || {
-        tp.proxy().shared().table.load().active_pool().inflight() == 0
+    wait_until_async(Duration::from_secs(5), "tunnel closed", || {
+        tp.proxy.shared().table.load().active_pool().inflight() == 0
     })
     .await;
 }
@@ -478,12 +444,9 @@ async fn upgrade_relays_bytes_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways() {
     // An upstream that streams the request body back as it arrives.
-    let (up, _t) =
-        serve(|req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body().boxed()) })
-            .await;
-    let tp = TestProxy::start(&blue_pool(up), "");
+    let tp = proxy_to(upstream::echo().await, ProxyConfig::new());
     let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let mut c = Client::connect(tp.http()).await.unwrap();
     let (status, _, body) = c
         .send(
             Request::post("/upload")
@@ -499,22 +462,16 @@ async fn large_bodies_stream_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_gone_before_the_answer_counts_as_499_and_leaves_no_inflight() {
-    let (up, _t) = serve(|_req| async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        Response::new(full("late"))
-    })
-    .await;
-    let tp = TestProxy::start(&blue_pool(up), "");
-    let mut s = tokio::net::TcpStream::connect(tp.proxy().http_addr())
-        .await
-        .unwrap();
+    let up = upstream::slow("/", Duration::from_secs(2), "late").await;
+    let tp = proxy_to(up.addr, ProxyConfig::new());
+    let mut s = tokio::net::TcpStream::connect(tp.http()).await.unwrap();
     s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let pool = || tp.proxy().shared().table.load().active_pool().inflight();
-    wait_until(Duration::from_secs(5), "request in flight", || pool() == 1).await;
+    let pool = || tp.proxy.shared().table.load().active_pool().inflight();
+    wait_until_async(Duration::from_secs(5), "request in flight", || pool() == 1).await;
     drop(s);
-    wait_until(Duration::from_secs(5), "in-flight count back to 0", || {
+    wait_until_async(Duration::from_secs(5), "in-flight count back to 0", || {
         pool() == 0
     })
     .await;
@@ -535,22 +492,8 @@ async fn ipv6_listener_and_ipv6_endpoint() {
     let mut c = translation_api::Config::new("[::1]:0".parse().unwrap(), "0.0.6");
     c.workers = 1;
     let up = translation_api::spawn(c).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("upstreams.toml"),
-        format!(
-            "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\"]\n",
-            up.addr()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("proxy.toml"),
-        "[listen]\nhttp = \"[::1]:0\"\n[admin]\nlisten = \"[::1]:0\"\n[upstreams]\nfile = \"upstreams.toml\"\n[log]\naccess = false\n",
-    )
-    .unwrap();
-    let settings = switchyard::config::Settings::load(&dir.path().join("proxy.toml")).unwrap();
-    let proxy = switchyard::Proxy::start_with(settings, 2).unwrap();
+    let tp = proxy_to(up.addr(), ProxyConfig::new().on("::1".parse().unwrap()));
+    let proxy = &tp.proxy;
     assert!(proxy.http_addr().is_ipv6() && up.addr().is_ipv6());
     let mut client = Client::connect(proxy.http_addr()).await.unwrap();
     let (status, headers, body) = client.get("/version").await.unwrap();
@@ -587,8 +530,8 @@ fn per_core(conns: &[(String, Client)]) -> std::collections::BTreeMap<String, us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_connections_are_spread_evenly_over_the_cores() {
     let up = api("0.0.1");
-    let tp = TestProxy::start(&blue_pool(up.addr()), "");
-    let addr = tp.proxy().http_addr();
+    let tp = proxy_to(up.addr(), ProxyConfig::new());
+    let addr = tp.http();
     // The kernel's SO_REUSEPORT hash alone splits 100 connections 50/50
     // only about one time in twelve.
     let mut conns = connections_by_core(addr, 100).await;
@@ -605,8 +548,8 @@ async fn client_connections_are_spread_evenly_over_the_cores() {
     // would send about half of them to the other core).
     let emptied = split.keys().next().unwrap().clone();
     conns.retain(|(core, _)| *core != emptied);
-    let balance = &tp.proxy().shared().balance;
-    wait_until(Duration::from_secs(5), "closed connections uncounted", || {
+    let balance = &tp.proxy.shared().balance;
+    wait_until_async(Duration::from_secs(5), "closed connections uncounted", || {
         (0..balance.cores()).map(|c| balance.open(c)).sum::<usize>() == 50
     })
     .await;

@@ -4,66 +4,44 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
+use http_body_util::Full;
+use hyper::Request;
 use support::*;
+use testkit::http::{admin, get, Client};
+use testkit::net::{refused, ClosedPort};
+use testkit::process::Proc;
+use testkit::{upstream, wait_until_async};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-struct Proc(Child);
+/// The binary running with `config`; it listens on port 0, and its
+/// listeners' addresses come from its "switchyard listening" log line.
+struct Binary {
+    proc: Proc,
+    files: ProxyFiles,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+fn spawn_proxy(config: ProxyConfig) -> Binary {
+    let files = config.write();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-c").arg(&files.proxy_toml).env_remove("RUST_LOG");
+    let proc = Proc::spawn(cmd);
+    let http = proc.listening_addr("http_addr");
+    let admin = proc.listening_addr("admin_addr");
+    Binary {
+        proc,
+        files,
+        http,
+        admin,
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Writes proxy.toml + upstreams.toml into `dir` with fixed free ports and
-/// starts the binary, its log going to `dir/switchyard.log`.
-fn spawn_proxy(dir: &Path, upstreams: &str, extra: &str) -> (Proc, u16, u16) {
-    let (http, admin) = (free_port(), free_port());
-    std::fs::write(dir.join("upstreams.toml"), upstreams).unwrap();
-    std::fs::write(
-        dir.join("proxy.toml"),
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[upstreams]\nfile = \"upstreams.toml\"\n[log]\naccess = false\n{extra}\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(BIN)
-        .args(["-c", dir.join("proxy.toml").to_str().unwrap()])
-        .stdout(std::fs::File::create(dir.join("switchyard.log")).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Proc(child), http, admin)
-}
-
-fn signal(p: &Proc, sig: &str) {
-    assert!(Command::new("kill")
-        .args(["-s", sig, &p.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -77,92 +55,73 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_refuses_and_exits_0() {
     // An upstream whose answers take 1.5 s.
-    let (up, _t) = serve(|_req| async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        Response::new(full("slow but complete"))
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut proc, http, admin_port) = spawn_proxy(
-        dir.path(),
-        &blue_pool(up),
-        "[timeouts]\nshutdown_delay = \"500ms\"\nshutdown = \"10s\"",
+    let up = upstream::slow("/", Duration::from_millis(1500), "slow but complete").await;
+    let delay = Duration::from_millis(500);
+    let mut p = spawn_proxy(
+        ProxyConfig::new()
+            .upstreams(Upstreams::blue(up.addr))
+            .shutdown_delay(delay)
+            .shutdown_timeout(Duration::from_secs(10)),
     );
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
-    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let (addr, admin_addr) = (p.http, p.admin);
     let mut inflight = Vec::new();
     for _ in 0..5 {
         let mut c = Client::connect(addr).await.unwrap();
         inflight.push(tokio::spawn(async move { c.get("/slow").await }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(&proc, "TERM");
+    // All five have reached the upstream: they are in flight at the signal.
+    wait_until_async(Duration::from_secs(5), "five requests at the upstream", || {
+        up.received() == 5
+    })
+    .await;
+    let signalled = Instant::now();
+    p.proc.signal("TERM");
     // During the delay: /readyz 503, still serving new connections.
-    wait_until(Duration::from_secs(2), "readyz 503", || {
-        std::thread::sleep(Duration::from_millis(20));
-        let mut s = std::net::TcpStream::connect(admin_addr).unwrap();
-        use std::io::{Read, Write};
-        s.write_all(b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.1 503")
+    wait_until_async(Duration::from_secs(2), "readyz 503", || {
+        get(admin_addr, "/readyz", &[]).status == 503
     })
     .await;
     assert!(
         std::net::TcpStream::connect(addr).is_ok(),
         "still accepting during shutdown_delay"
     );
-    // After the delay: new connections refused.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // After the delay, and not before: new connections refused.
+    wait_until_async(Duration::from_secs(5), "the listener closes", || refused(addr)).await;
     assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "stopped accepting after the delay"
+        signalled.elapsed() >= delay,
+        "stopped accepting {:?} after SIGTERM, before the {delay:?} delay",
+        signalled.elapsed()
     );
     for r in inflight {
         let (status, _, body) = r.await.unwrap().expect("an in-flight request is never cut");
         assert_eq!((status.as_u16(), &body[..]), (200, &b"slow but complete"[..]));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = proc.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(p.proc.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rereads_the_file() {
     let blue = api("0.0.1");
     let green = api("0.0.2");
-    let dir = tempfile::tempdir().unwrap();
-    let (proc, http, _) = spawn_proxy(dir.path(), &two_pools("blue", blue.addr(), green.addr()), "");
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
-    let mut c = Client::connect(addr).await.unwrap();
+    let p =
+        spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue.addr(), green.addr())));
+    let mut c = Client::connect(p.http).await.unwrap();
     assert_eq!(c.get("/version").await.unwrap().1["x-switchyard-pool"], "blue");
-    let log = dir.path().join("switchyard.log");
     let hup_lines = || {
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .matches("SIGHUP: upstreams file re-read")
-            .count()
+        p.proc
+            .count_lines(|l| l.contains("SIGHUP: upstreams file re-read"))
     };
     // SIGHUP re-reads (here: nothing new), and the process lives on.
-    signal(&proc, "HUP");
-    wait_until(Duration::from_secs(5), "the SIGHUP re-read", || hup_lines() == 1).await;
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("outcome=Unchanged"));
+    p.proc.signal("HUP");
+    wait_until_async(Duration::from_secs(5), "the SIGHUP re-read", || hup_lines() == 1).await;
+    assert!(p.proc.stdout().contains("outcome=Unchanged"));
     std::fs::write(
-        dir.path().join("upstreams.toml"),
-        two_pools("green", blue.addr(), green.addr()),
+        &p.files.upstreams_toml,
+        Upstreams::blue_green("green", blue.addr(), green.addr()).to_string(),
     )
     .unwrap();
-    signal(&proc, "HUP");
-    wait_until(Duration::from_secs(5), "the second SIGHUP re-read", || {
+    p.proc.signal("HUP");
+    wait_until_async(Duration::from_secs(5), "the second SIGHUP re-read", || {
         hup_lines() == 2
     })
     .await;
@@ -171,13 +130,8 @@ async fn sighup_rereads_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_with_bounded_memory() {
-    let (up, _t) =
-        serve(|req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body().boxed()) })
-            .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (proc, http, _) = spawn_proxy(dir.path(), &blue_pool(up), "");
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
-    let mut c = Client::connect(addr).await.unwrap();
+    let p = spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue(upstream::echo().await)));
+    let mut c = Client::connect(p.http).await.unwrap();
     // Warm up, then measure the peak RSS growth over a 32 MiB upload echoed back as a
     // download: a buffered body would add at least 32 MiB; streaming adds a fixed few.
     c.send(
@@ -187,7 +141,7 @@ async fn large_bodies_stream_with_bounded_memory() {
     )
     .await
     .unwrap();
-    let before = vm_hwm_kib(proc.0.id());
+    let before = vm_hwm_kib(p.proc.id());
     let data = Bytes::from(
         (0..32 * 1024 * 1024u32)
             .map(|i| (i % 253) as u8)
@@ -199,7 +153,7 @@ async fn large_bodies_stream_with_bounded_memory() {
         .unwrap();
     assert_eq!(status, 200);
     assert!(body == data);
-    let grew = vm_hwm_kib(proc.0.id()).saturating_sub(before);
+    let grew = vm_hwm_kib(p.proc.id()).saturating_sub(before);
     assert!(
         grew < 8 * 1024,
         "peak RSS grew by {grew} KiB for a 32 MiB body: it was buffered"
@@ -286,9 +240,9 @@ fn version_flag() {
 async fn status_prints_the_proxy_for_a_person() {
     let blue = api("0.0.1");
     let green = api("0.0.2");
-    let dir = tempfile::tempdir().unwrap();
-    let (_proc, _, admin_port) = spawn_proxy(dir.path(), &two_pools("blue", blue.addr(), green.addr()), "");
-    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let p =
+        spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue.addr(), green.addr())));
+    let admin_addr = p.admin;
     assert_eq!(
         admin(admin_addr, "POST", "/switch", r#"{"to":"green"}"#, None)
             .await
@@ -309,10 +263,15 @@ async fn status_prints_the_proxy_for_a_person() {
         "{text}"
     );
     // A proxy that is not there: a clear error, non-zero.
+    let nobody = ClosedPort::new();
     let out = Command::new(BIN)
-        .args(["status", "--admin", "http://127.0.0.1:1"])
+        .args(["status", "--admin", &format!("http://{}", nobody.addr())])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to 127.0.0.1:1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot connect to {}", nobody.addr())),
+        "{err}"
+    );
 }

@@ -7,7 +7,13 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use switchyard::ReloadOutcome;
+
 use support::*;
+use testkit::http::{admin, metric};
+use testkit::load::{assert_no_failures, Load};
+use testkit::net::ClosedPort;
+use testkit::wait_until_async;
 
 /// Writes the file in place (truncate + write), as vim does.
 fn write_in_place(path: &Path, text: &str) {
@@ -18,13 +24,6 @@ fn write_in_place(path: &Path, text: &str) {
         .open(path)
         .unwrap();
     f.write_all(text.as_bytes()).unwrap();
-}
-
-/// Writes a temp file and renames it over, as `sed -i` and most editors do.
-fn write_rename(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The kubelet's ConfigMap layout: `upstreams.toml` → `..data/upstreams.toml`,
@@ -64,7 +63,7 @@ impl Kubelet {
 
 async fn wait_active(tp: &TestProxy, want: &str) -> Duration {
     let t = Instant::now();
-    wait_until(Duration::from_secs(5), &format!("active = {want}"), || {
+    wait_until_async(Duration::from_secs(5), &format!("active = {want}"), || {
         tp.active() == want
     })
     .await;
@@ -73,27 +72,28 @@ async fn wait_active(tp: &TestProxy, want: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_update_style_switches_under_load_without_failure() {
-    let (blue, green, tp) = blue_green_proxy("");
+    let (blue, green, tp) = blue_green_proxy(ProxyConfig::new());
     let (b, g) = (blue.addr(), green.addr());
-    let path = tp.upstreams_path();
-    let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
+    let path = &tp.files.upstreams_toml;
+    let load = Load::start(tp.http(), 8, "/version").await;
     load.wait_more(200).await;
 
-    write_in_place(&path, &two_pools("green", b, g));
+    write_in_place(path, &Upstreams::blue_green("green", b, g).to_string());
     wait_active(&tp, "green").await;
     load.wait_more(200).await;
-    write_rename(&path, &two_pools("blue", b, g));
+    tp.files
+        .rename_upstreams(&Upstreams::blue_green("blue", b, g).to_string());
     wait_active(&tp, "blue").await;
     load.wait_more(200).await;
     std::process::Command::new("sed")
         .args(["-i", "s/active = \"blue\"/active = \"green\"/"])
-        .arg(&path)
+        .arg(path)
         .status()
         .unwrap();
     wait_active(&tp, "green").await;
     load.wait_more(200).await;
 
-    let samples = load.stop().await;
+    let samples = load.stop().concat();
     assert_no_failures(&samples);
     assert_eq!(tp.generation(), 4);
     assert!(metric(&tp.metrics().await, "switchyard_switches_total{source=\"file\"}") == 3.0);
@@ -105,30 +105,30 @@ async fn kubelet_configmap_swap_three_times_in_a_row() {
     let green = api("0.0.2");
     let (b, g) = (blue.addr(), green.addr());
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = Kubelet::new(dir.path(), &two_pools("blue", b, g));
-    let tp = TestProxy::start_in(dir, "upstreams.toml", "");
-    let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
+    let mut kubelet = Kubelet::new(dir.path(), &Upstreams::blue_green("blue", b, g).to_string());
+    let tp = TestProxy::start(ProxyConfig::new().in_dir_with_upstreams(dir));
+    let load = Load::start(tp.http(), 8, "/version").await;
     for want in ["green", "blue", "green"] {
         load.wait_more(200).await;
-        kubelet.update(&two_pools(want, b, g));
+        kubelet.update(&Upstreams::blue_green(want, b, g).to_string());
         wait_active(&tp, want).await;
     }
     load.wait_more(200).await;
-    let samples = load.stop().await;
+    let samples = load.stop().concat();
     assert_no_failures(&samples);
     assert_eq!(tp.generation(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_files_never_apply_and_a_later_valid_one_does() {
-    let (blue, green, tp) = blue_green_proxy("");
+    let (blue, green, tp) = blue_green_proxy(ProxyConfig::new());
     let (b, g) = (blue.addr(), green.addr());
-    let path = tp.upstreams_path();
-    let load = Load::start(tp.proxy().http_addr(), 8, "/version").await;
+    let path = &tp.files.upstreams_toml;
+    let load = Load::start(tp.http(), 8, "/version").await;
     let garbage: String = (0..10 * 1024 * 1024)
         .map(|i| (b'!' + (i % 90) as u8) as char)
         .collect();
-    let valid_green = two_pools("green", b, g);
+    let valid_green = Upstreams::blue_green("green", b, g).to_string();
     let cases: Vec<(&str, String)> = vec![
         (
             "syntax error",
@@ -136,9 +136,11 @@ async fn invalid_files_never_apply_and_a_later_valid_one_does() {
         ),
         (
             "unknown key",
-            valid_green.replace("endpoints = [\"", "endpoint = [\""),
+            format!(
+                "active = \"green\"\n[pools.blue]\nendpoint = [\"{b}\"]\n[pools.green]\nendpoint = [\"{g}\"]\n"
+            ),
         ),
-        ("unknown pool", two_pools("purple", b, g)),
+        ("unknown pool", Upstreams::blue_green("purple", b, g).to_string()),
         (
             "pool without endpoints",
             format!(
@@ -155,9 +157,9 @@ async fn invalid_files_never_apply_and_a_later_valid_one_does() {
     let mut errors = 0.0;
     for (what, text) in cases {
         load.wait_more(50).await;
-        write_rename(&path, &text);
+        tp.files.rename_upstreams(&text);
         errors += 1.0;
-        wait_until(Duration::from_secs(5), what, || {
+        wait_until_async(Duration::from_secs(5), what, || {
             metric(
                 &tp.control_metrics(),
                 "switchyard_config_reloads_total{result=\"error\"}",
@@ -177,8 +179,8 @@ async fn invalid_files_never_apply_and_a_later_valid_one_does() {
         );
     }
     // The file deleted.
-    std::fs::remove_file(&path).unwrap();
-    wait_until(Duration::from_secs(5), "deleted file rejected", || {
+    std::fs::remove_file(path).unwrap();
+    wait_until_async(Duration::from_secs(5), "deleted file rejected", || {
         metric(
             &tp.control_metrics(),
             "switchyard_config_reloads_total{result=\"error\"}",
@@ -187,24 +189,26 @@ async fn invalid_files_never_apply_and_a_later_valid_one_does() {
     .await;
     assert_eq!(tp.generation(), 1);
     // A valid file applies.
-    write_rename(&path, &valid_green);
+    tp.files.rename_upstreams(&valid_green);
     wait_active(&tp, "green").await;
     let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
     assert!(st["last_reload_error"].is_null(), "{st}");
     load.wait_more(100).await;
-    assert_no_failures(&load.stop().await);
+    assert_no_failures(&load.stop().concat());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_names_file_line_and_reason() {
-    let (blue, green, tp) = blue_green_proxy("");
-    write_rename(
-        &tp.upstreams_path(),
-        &two_pools("purple", blue.addr(), green.addr()),
+    let (blue, green, tp) = blue_green_proxy(ProxyConfig::new());
+    // Line 1 is a comment, so `active` is on line 2.
+    tp.files.rename_upstreams(
+        &Upstreams::blue_green("purple", blue.addr(), green.addr())
+            .comment("test upstreams")
+            .to_string(),
     );
     let mut err = String::new();
-    wait_until(Duration::from_secs(5), "rejection", || {
-        let st = tp.proxy().shared().table.load().facts.last_reload_error.clone();
+    wait_until_async(Duration::from_secs(5), "rejection", || {
+        let st = tp.proxy.shared().table.load().facts.last_reload_error.clone();
         err = st.unwrap_or_default();
         !err.is_empty()
     })
@@ -217,9 +221,8 @@ async fn error_names_file_line_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_rules_and_persist() {
-    let (blue, green, tp) = blue_green_proxy("");
+    let (blue, green, tp) = blue_green_proxy(ProxyConfig::new());
     let (b, g) = (blue.addr(), green.addr());
-    let path = tp.upstreams_path();
     // Admin to green: an override.
     assert_eq!(
         admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None)
@@ -233,12 +236,10 @@ async fn override_rules_and_persist() {
         (Some("green"), Some(true))
     );
     // An unrelated edit (the file still says blue) keeps green.
-    write_rename(
-        &path,
-        &two_pools("blue", b, g).replace("# test upstreams", "# edited"),
-    );
+    tp.files
+        .rename_upstreams(&Upstreams::blue_green("blue", b, g).comment("edited").to_string());
     let gen = tp.generation();
-    wait_until(Duration::from_secs(5), "the edit is read", || {
+    wait_until_async(Duration::from_secs(5), "the edit is read", || {
         metric(
             &tp.control_metrics(),
             "switchyard_config_reloads_total{result=\"unchanged\"}",
@@ -247,26 +248,26 @@ async fn override_rules_and_persist() {
     .await;
     assert_eq!((tp.active().as_str(), tp.generation()), ("green", gen));
     // A change of the endpoints keeps the override too.
-    let extra = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    write_rename(
-        &path,
-        &two_pools("blue", b, g).replace(&format!("[\"{g}\"]"), &format!("[\"{g}\", \"{extra}\"]")),
+    let extra = ClosedPort::new();
+    tp.files.rename_upstreams(
+        &Upstreams::blue_green("blue", b, g)
+            .pool("green", [g, extra.addr()])
+            .to_string(),
     );
-    wait_until(Duration::from_secs(5), "endpoint change applied", || {
+    wait_until_async(Duration::from_secs(5), "endpoint change applied", || {
         tp.generation() == gen + 1
     })
     .await;
     assert_eq!(tp.active(), "green");
     // Editing `active` in the file (to green, then blue) is a newer intent: it wins.
-    write_rename(&path, &two_pools("green", b, g));
-    wait_until(Duration::from_secs(5), "file active green", || {
+    tp.files
+        .rename_upstreams(&Upstreams::blue_green("green", b, g).to_string());
+    wait_until_async(Duration::from_secs(5), "file active green", || {
         tp.generation() == gen + 2
     })
     .await;
-    write_rename(&path, &two_pools("blue", b, g));
+    tp.files
+        .rename_upstreams(&Upstreams::blue_green("blue", b, g).to_string());
     wait_active(&tp, "blue").await;
     let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
     assert_eq!(
@@ -284,20 +285,25 @@ async fn persist_writes_active_back_keeping_comments_once() {
         blue.addr(),
         green.addr()
     );
-    let tp = TestProxy::start(&text, "[admin]\npersist = true");
+    let tp = TestProxy::start(ProxyConfig::new().persist(true).upstreams_text(&text));
     let (s, b) = admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None).await;
     assert_eq!((s, b["generation"].as_u64()), (200, Some(2)));
-    let after = std::fs::read_to_string(tp.upstreams_path()).unwrap();
+    let after = std::fs::read_to_string(&tp.files.upstreams_toml).unwrap();
     assert_eq!(after, text.replace("active = \"blue\"", "active = \"green\""));
     // The watcher sees its own write as already applied: no second generation.
-    wait_until(Duration::from_secs(5), "own write read back", || {
+    wait_until_async(Duration::from_secs(5), "own write read back", || {
         metric(
             &tp.control_metrics(),
             "switchyard_config_reloads_total{result=\"unchanged\"}",
         ) >= 1.0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // And so does a re-read now, through the one writer (after anything the
+    // watcher has queued): the file is what is live.
+    assert!(
+        matches!(tp.proxy.reloader().reload().await, ReloadOutcome::Unchanged),
+        "the persisted file reads back as applied"
+    );
     assert_eq!(tp.generation(), 2);
     let (_, st) = admin(tp.admin(), "GET", "/status", "", None).await;
     assert_eq!(
@@ -314,12 +320,11 @@ fn persist_is_refused_on_a_symlinked_upstreams_file() {
         dir.path(),
         "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n",
     );
-    std::fs::write(
-        dir.path().join("proxy.toml"),
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = true\n[upstreams]\nfile = \"upstreams.toml\"\n",
-    )
-    .unwrap();
-    let err = switchyard::Proxy::start(&dir.path().join("proxy.toml"))
+    let files = ProxyConfig::new()
+        .persist(true)
+        .in_dir_with_upstreams(dir)
+        .write();
+    let err = switchyard::Proxy::start(&files.proxy_toml)
         .err()
         .expect("refused");
     assert!(err.to_string().contains("symlink"), "{err}");
@@ -327,14 +332,16 @@ fn persist_is_refused_on_a_symlinked_upstreams_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_does_not_loop_on_its_own_reads() {
-    let (blue, green, tp) = blue_green_proxy("");
-    write_rename(
-        &tp.upstreams_path(),
-        &two_pools("green", blue.addr(), green.addr()),
-    );
+    let (blue, green, tp) = blue_green_proxy(ProxyConfig::new());
+    tp.files
+        .rename_upstreams(&Upstreams::blue_green("green", blue.addr(), green.addr()).to_string());
     wait_active(&tp, "green").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let events = tp.proxy().watch_events();
+    // A re-read through the one writer: whatever the rename queued is done.
+    assert!(matches!(
+        tp.proxy.reloader().reload().await,
+        ReloadOutcome::Unchanged
+    ));
+    let events = tp.proxy.watch_events();
     let reloads = |m: &str| {
         ["ok", "error", "unchanged"]
             .iter()
@@ -345,7 +352,7 @@ async fn watcher_does_not_loop_on_its_own_reads() {
     // Idle: reading the file must not feed the watcher new events.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        tp.proxy().watch_events(),
+        tp.proxy.watch_events(),
         events,
         "the watcher saw events while nothing changed"
     );

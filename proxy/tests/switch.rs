@@ -3,19 +3,22 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use support::*;
+use testkit::http::{admin, metric, Client};
+use testkit::load::{assert_no_failures, Load};
+use testkit::loadgen::report::{cutover_report, Switch};
+use testkit::loadgen::sample::Sample;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_switch_under_load_has_no_failure_and_no_stale_answer_after_ack() {
-    let (_blue, _green, tp) = blue_green_proxy("");
-    // Every client connection is opened before the switch.
-    let load = Load::start(tp.proxy().http_addr(), 16, "/version").await;
+    let (_blue, _green, tp) = blue_green_proxy(ProxyConfig::new());
+    // Every client connection is open (answered once) before the switch.
+    let load = Load::start(tp.http(), 16, "/version").await;
     load.wait_more(500).await;
 
+    let issued = load.now_ns();
     let (status, body) = admin(tp.admin(), "POST", "/switch", r#"{"to":"green"}"#, None).await;
-    let ack = Instant::now();
+    let ack = load.now_ns();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changed"], true);
     assert_eq!(body["active"], "green");
@@ -24,35 +27,57 @@ async fn admin_switch_under_load_has_no_failure_and_no_stale_answer_after_ack() 
     assert_eq!(body["source"], "admin");
 
     load.wait_more(500).await;
-    let samples = load.stop().await;
+    let per_conn = load.stop();
+    let samples: Vec<Sample> = per_conn.concat();
     assert_no_failures(&samples);
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.sent > ack).collect();
-    let stale: Vec<&&Sample> = after
+    // The cut-over as bench's report measures it: blue before, green after,
+    // nothing failed, no old answer to a request sent after the ack.
+    let report = cutover_report(
+        &samples,
+        &Switch {
+            name: "admin switch".into(),
+            source: "admin".into(),
+            how: "POST /switch".into(),
+            issued_ns: issued,
+            ack_ns: Some(ack),
+            phase: 0..u64::MAX,
+            generation: Some(2),
+            expected: Some("0.0.2".into()),
+            error: None,
+        },
+    );
+    assert_eq!(report.stale_after_ack, 0, "{report:?}");
+    assert_eq!(
+        (report.from.as_deref(), report.to.as_deref()),
+        (Some("0.0.1"), Some("0.0.2")),
+        "blue answered before the switch, green after"
+    );
+    assert!(report.passed(), "{report:?}");
+    // Stricter, per request: every request sent after the ack was answered
+    // by green, and the proxy said so.
+    let stale: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.version != "0.0.2" || s.pool != "green")
+        .filter(|s| s.sent_ns > ack)
+        .filter(|s| s.ok_version() != Some("0.0.2") || s.pool.as_deref() != Some("green"))
         .collect();
     assert!(
         stale.is_empty(),
-        "{} requests sent after the ack were answered by blue: {:?}",
+        "{} requests sent after the ack were not answered by green: {:?}",
         stale.len(),
         &stale[..stale.len().min(3)]
     );
     // The switch reached connections opened before it: each one sent after the ack.
-    for conn in 0..16 {
+    for (conn, samples) in per_conn.iter().enumerate() {
         assert!(
-            after.iter().any(|s| s.conn == conn),
+            samples.iter().any(|s| s.sent_ns > ack),
             "connection {conn} sent nothing after the switch"
         );
     }
-    assert!(
-        samples.iter().any(|s| s.version == "0.0.1"),
-        "blue answered before the switch"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_rollback_and_admin_errors() {
-    let (blue, _green, tp) = blue_green_proxy("");
+    let (blue, _green, tp) = blue_green_proxy(ProxyConfig::new());
     let a = tp.admin();
 
     // Nothing to roll back to at start.
@@ -122,16 +147,7 @@ async fn cas_rollback_and_admin_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_protects_mutations_only() {
-    let blue = api("0.0.1");
-    let green = api("0.0.2");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
-    std::fs::write(
-        dir.path().join("upstreams.toml"),
-        two_pools("blue", blue.addr(), green.addr()),
-    )
-    .unwrap();
-    let tp = TestProxy::start_in(dir, "upstreams.toml", "[admin]\ntoken_file = \"token\"");
+    let (_blue, _green, tp) = blue_green_proxy(ProxyConfig::new().token("s3cret"));
     let a = tp.admin();
     assert_eq!(
         admin(a, "POST", "/switch", r#"{"to":"green"}"#, None).await.0,
@@ -156,8 +172,8 @@ async fn token_protects_mutations_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_the_rollout_and_pass_promtool() {
-    let (blue, _green, tp) = blue_green_proxy("");
-    let mut c = Client::connect(tp.proxy().http_addr()).await.unwrap();
+    let (blue, _green, tp) = blue_green_proxy(ProxyConfig::new());
+    let mut c = Client::connect(tp.http()).await.unwrap();
     for _ in 0..3 {
         assert_eq!(c.get("/version").await.unwrap().0, 200);
     }
@@ -215,5 +231,4 @@ async fn metrics_show_the_rollout_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(c);
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }

@@ -6,7 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{get, refused, start, wait_until};
+use support::start;
+use testkit::http::get;
+use testkit::net::refused;
+use testkit::wait_until;
 
 fn service_threads() -> usize {
     std::fs::read_dir("/proc/self/task")

@@ -8,7 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::{get, raw, request, start};
+use support::start;
+use testkit::http::{get, raw, request};
 
 #[test]
 fn version() {

@@ -1,15 +1,36 @@
 //! The built binary as a process: flags, environment, signals, exit codes.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{finish_slowly, free_port, get, refused, send_and_wait_read, wait_until, Proc, Redis};
+use testkit::http::get;
+use testkit::net::{finish_slowly, refused, send_and_wait_read, ClosedPort};
+use testkit::process::Proc;
+use testkit::redis::Redis;
+use testkit::wait_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_translation-api");
+
+/// Starts `translation-api args...` with `env` set (and `REDIS_ADDR`,
+/// `APP_VERSION`, `RUST_LOG` cleared unless given).
+fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("REDIS_ADDR")
+        .env_remove("APP_VERSION")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc::spawn(cmd)
+}
+
+/// The address of the service's "listening" log line.
+fn addr(p: &Proc) -> SocketAddr {
+    p.listening_addr("addr")
+}
 
 #[test]
 fn version_flag_and_app_version_override() {
@@ -37,15 +58,15 @@ fn version_flag_and_app_version_override() {
         "translation-api 3.1.4-green\n"
     );
 
-    let p = Proc::start(&["--listen", "127.0.0.1:0"], &[("APP_VERSION", "3.1.4-green")]);
-    let r = get(p.addr(), "/version", &[]);
+    let p = start(&["--listen", "127.0.0.1:0"], &[("APP_VERSION", "3.1.4-green")]);
+    let r = get(addr(&p), "/version", &[]);
     assert_eq!(r.body, r#"{"version":"3.1.4-green","errors":[]}"#);
 }
 
 #[test]
 fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
-    let mut p = Proc::start(&["--listen", "127.0.0.1:0"], &[]);
-    let addr = p.addr();
+    let mut p = start(&["--listen", "127.0.0.1:0"], &[]);
+    let addr = addr(&p);
     let request = b"GET /api/v1/translate?phrase=Victory+or+Death HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -55,10 +76,7 @@ fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
     p.signal("TERM");
     // ...the service stops accepting while the request is still arriving...
     wait_until(Duration::from_secs(10), "the listener closes", || refused(addr));
-    assert!(
-        p.child.try_wait().unwrap().is_none(),
-        "exited with a request in flight"
-    );
+    assert!(p.running(), "exited with a request in flight");
     // ...and still answers it in full before exiting 0.
     let r = finish_slowly(&mut s, &request[15..]);
     assert_eq!(r.status, 200);
@@ -66,8 +84,8 @@ fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
         r.body,
         r#"{"phrase":"Victory or Death","translation":"Lok'Tar Ogar","errors":[]}"#
     );
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
-    let out = p.stdout.lock().unwrap().clone();
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let out = p.stdout();
     let line = out
         .lines()
         .find(|l| l.contains("path=/api/v1/translate?phrase=Victory+or+Death"))
@@ -79,8 +97,8 @@ fn sigterm_mid_request_lets_the_request_complete_and_exits_0() {
 
 #[test]
 fn sigint_with_shutdown_delay_keeps_serving_then_exits_0() {
-    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--shutdown-delay", "2s"], &[]);
-    let addr = p.addr();
+    let mut p = start(&["--listen", "127.0.0.1:0", "--shutdown-delay", "2s"], &[]);
+    let addr = addr(&p);
     assert_eq!(get(addr, "/readyz", &[]).status, 200);
     let begun = Instant::now();
     p.signal("INT");
@@ -88,7 +106,7 @@ fn sigint_with_shutdown_delay_keeps_serving_then_exits_0() {
         get(addr, "/readyz", &[]).status == 503
     });
     assert_eq!(get(addr, "/api/v1/translate?phrase=Hey", &[]).status, 200);
-    assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
+    assert_eq!(p.wait_exit(Duration::from_secs(15)).code(), Some(0));
     assert!(
         begun.elapsed() >= Duration::from_secs(2),
         "exited after {:?}",
@@ -98,26 +116,26 @@ fn sigint_with_shutdown_delay_keeps_serving_then_exits_0() {
 
 #[test]
 fn a_second_signal_exits_at_once_with_1() {
-    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--shutdown-delay", "60s"], &[]);
-    let addr = p.addr();
+    let mut p = start(&["--listen", "127.0.0.1:0", "--shutdown-delay", "60s"], &[]);
+    let addr = addr(&p);
     p.signal("TERM");
     wait_until(Duration::from_secs(5), "/readyz is 503", || {
         get(addr, "/readyz", &[]).status == 503
     });
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(1));
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(1));
 }
 
 #[test]
 fn access_log_false_writes_no_request_lines() {
-    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--access-log=false"], &[]);
-    let addr = p.addr();
+    let mut p = start(&["--listen", "127.0.0.1:0", "--access-log=false"], &[]);
+    let addr = addr(&p);
     for _ in 0..3 {
         assert_eq!(get(addr, "/version", &[]).status, 200);
     }
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
-    let out = p.stdout.lock().unwrap().clone();
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let out = p.stdout();
     assert!(out.contains("stopped"), "the log was flushed:\n{out}");
     assert!(
         !out.contains("path=/version"),
@@ -127,28 +145,20 @@ fn access_log_false_writes_no_request_lines() {
 
 #[test]
 fn json_log_format() {
-    let mut p = Proc::start(&["--listen", "127.0.0.1:0", "--log-format", "json"], &[]);
+    let mut p = start(&["--listen", "127.0.0.1:0", "--log-format", "json"], &[]);
     // The listening line's address is a JSON field here.
-    let addr = {
-        let mut found = None;
-        wait_until(Duration::from_secs(10), "listening", || {
-            let out = p.stdout.lock().unwrap();
-            found = out.lines().find(|l| l.contains("listening")).map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-            });
-            found.is_some()
-        });
-        found.unwrap()
-    };
+    let addr = addr(&p);
+    let listening = p
+        .stdout_lines()
+        .into_iter()
+        .find(|l| l.contains("listening"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    assert_eq!(v["addr"], addr.to_string(), "{listening}");
     get(addr, "/api/v1/translate?phrase=Nope", &[]);
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
-    let out = p.stdout.lock().unwrap().clone();
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let out = p.stdout();
     let access: serde_json::Value = out
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -161,11 +171,11 @@ fn json_log_format() {
 
 #[test]
 fn redis_at_a_closed_port_exits_1_within_5s_naming_the_address() {
-    let port = free_port();
-    let redis = format!("127.0.0.1:{port}");
+    let closed = ClosedPort::new();
+    let redis = closed.addr().to_string();
     let started = Instant::now();
-    let mut p = Proc::start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", &redis)]);
-    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(1));
+    let mut p = start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", &redis)]);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(5));
     let err = p.stderr();
     assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -177,8 +187,8 @@ fn redis_that_never_answers_exits_1_within_5s() {
     // An address nobody answers from (TEST-NET-1): the connection either
     // hangs until our timeout or fails at once; either way, exit 1 in time.
     let started = Instant::now();
-    let mut p = Proc::start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", "192.0.2.1")]);
-    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(1));
+    let mut p = start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", "192.0.2.1")]);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(p.stderr().contains("192.0.2.1:6379"));
 }
@@ -203,11 +213,11 @@ fn invalid_flags_and_redis_addr_are_refused() {
 #[test]
 fn counts_reach_redis_and_are_flushed_on_sigterm() {
     let redis = Redis::start();
-    let mut p = Proc::start(
+    let mut p = start(
         &["--listen", "127.0.0.1:0", "--trusted-proxy", "127.0.0.1/32"],
         &[("REDIS_ADDR", &redis.addr())],
     );
-    let addr = p.addr();
+    let addr = addr(&p);
     for _ in 0..3 {
         let r = get(
             addr,
@@ -217,7 +227,7 @@ fn counts_reach_redis_and_are_flushed_on_sigterm() {
         assert_eq!(r.status, 200);
     }
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert_eq!(redis.count("198.51.100.23"), Some(3));
     assert_eq!(redis.count("6.6.6.6"), None);
 }

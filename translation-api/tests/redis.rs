@@ -5,7 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{get, start, wait_until, Redis};
+use support::start;
+use testkit::http::get;
+use testkit::redis::Redis;
+use testkit::wait_until;
 
 #[test]
 fn every_translate_request_is_counted_for_the_right_client() {

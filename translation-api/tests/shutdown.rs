@@ -8,7 +8,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{finish_slowly, get, refused, send_and_wait_read, start, wait_until};
+use support::start;
+use testkit::http::get;
+use testkit::net::{finish_slowly, refused, send_and_wait_read};
+use testkit::wait_until;
 
 #[test]
 fn readyz_turns_503_at_once_and_requests_are_served_during_the_delay() {

@@ -24,15 +24,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bench::admin::AdminClient;
-use bench::clock::Clock;
 use bench::driver::{self, Action, Options, PoolChoice, Run, Step};
 use bench::plot::{self, Decor, Mark, MarkKind};
-use bench::report::{cutover_report, timeline, totals, CutoverReport, Totals};
 use bench::table::format_report;
-use bench::target::Target;
 use bench::upstreams::ConfigMapDir;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use loadgen::clock::Clock;
+use loadgen::report::{cutover_report, timeline, totals, CutoverReport, Totals};
+use loadgen::target::Target;
 use serde::Serialize;
 
 const BLUE: &str = "0.0.1";

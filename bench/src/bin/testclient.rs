@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use bench::clock::Clock;
-use bench::loadgen::{LoadConfig, LoadGen, Sink};
-use bench::sample::Sample;
-use bench::stats::{Latency, LatencyRecorder};
-use bench::target::Target;
 use clap::Parser;
+use loadgen::clock::Clock;
+use loadgen::sample::Sample;
+use loadgen::stats::{Latency, LatencyRecorder};
+use loadgen::target::Target;
+use loadgen::{LoadConfig, LoadGen, Sink};
 use serde::Serialize;
 
 /// `println!` that ignores a closed stdout (`testclient | head` must not panic).

@@ -19,6 +19,8 @@ pub struct Sample {
     pub status: u16,
     /// `version` from the JSON body `{"version":"..."}`, when there was one.
     pub version: Option<Arc<str>>,
+    /// The pool switchyard says answered (its `X-Switchyard-Pool` header), when it said.
+    pub pool: Option<Arc<str>>,
     /// Why the request failed at the transport level, if it did.
     pub error: Option<Box<str>>,
 }
@@ -32,6 +34,7 @@ impl Sample {
             done_ns,
             status: 200,
             version: Some(Arc::from(version)),
+            pool: None,
             error: None,
         }
     }
@@ -44,6 +47,7 @@ impl Sample {
             done_ns,
             status: 0,
             version: None,
+            pool: None,
             error: Some(error.into()),
         }
     }
@@ -92,8 +96,8 @@ pub fn parse_version(body: &[u8]) -> Option<&str> {
     serde_json::from_slice::<Body<'_>>(body).ok().map(|b| b.version)
 }
 
-/// Hands out shared copies of the versions seen, so that recording a sample
-/// does not allocate (a run sees two or three distinct versions).
+/// Hands out shared copies of the versions (or pool names) seen, so that
+/// recording a sample does not allocate (a run sees two or three distinct ones).
 #[derive(Debug, Default)]
 pub struct VersionInterner {
     seen: Vec<Arc<str>>,

@@ -12,6 +12,7 @@
 //! its own task (no separate connection task), so the send time taken just
 //! before `send_request` is taken just before the first byte is written.
 //! A failed request is recorded and the worker reconnects; nothing is fatal.
+//! The proxy's `X-Switchyard-Pool` header, when present, is recorded too.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -32,6 +33,9 @@ use crate::clock::Clock;
 use crate::sample::{parse_version, Sample, VersionInterner};
 use crate::target::Target;
 
+/// The header in which switchyard names the pool that answered.
+static POOL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-pool");
+
 /// Where each worker puts its samples. One sink per worker, so recording
 /// needs no lock; the sinks are handed back by [`LoadGen::stop`].
 pub trait Sink: Send + 'static {
@@ -42,6 +46,33 @@ pub trait Sink: Send + 'static {
 impl Sink for Vec<Sample> {
     fn record(&mut self, sample: Sample) {
         self.push(sample);
+    }
+}
+
+/// A sink that keeps every sample and counts them in a counter others can
+/// read while the load runs (a progress bar, a test waiting for progress).
+#[derive(Debug)]
+pub struct Recorder {
+    /// Every sample of this worker, in order.
+    pub samples: Vec<Sample>,
+    /// Bumped once per sample; may be shared by several recorders.
+    pub count: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// An empty recorder that bumps `count` per sample.
+    pub fn new(count: Arc<AtomicU64>) -> Self {
+        Self {
+            samples: Vec::new(),
+            count,
+        }
+    }
+}
+
+impl Sink for Recorder {
+    fn record(&mut self, sample: Sample) {
+        self.samples.push(sample);
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -249,6 +280,7 @@ async fn worker(shared: &Shared, mut stop: watch::Receiver<bool>, sink: &mut imp
     let clock = shared.clock;
     let cfg = &shared.cfg;
     let mut versions = VersionInterner::default();
+    let mut pools = VersionInterner::default();
     let mut client: Option<Client> = None;
     while let Some(intended) = next_slot(shared, &mut stop).await {
         // A usable connection: reuse the kept-alive one, else connect.
@@ -291,18 +323,23 @@ async fn worker(shared: &Shared, mut stop: watch::Receiver<bool>, sink: &mut imp
         let work = async {
             let resp = response.await?;
             let status = resp.status().as_u16();
+            let pool = resp.headers().get(&POOL_HEADER).cloned();
             let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
+            Ok::<_, hyper::Error>((status, pool, body))
         };
         let result = tokio::time::timeout(cfg.request_timeout, drive(&mut c.conn, work)).await;
         let done = clock.now_ns();
         match result {
-            Ok(Ok((status, body))) => sink.record(Sample {
+            Ok(Ok((status, pool, body))) => sink.record(Sample {
                 intended_ns: intended,
                 sent_ns: sent,
                 done_ns: done,
                 status,
                 version: parse_version(&body).map(|v| versions.intern(v)),
+                pool: pool
+                    .as_ref()
+                    .and_then(|p| p.to_str().ok())
+                    .map(|p| pools.intern(p)),
                 error: None,
             }),
             Ok(Err(e)) => {
@@ -330,6 +367,7 @@ fn record_error(sink: &mut impl Sink, intended: u64, sent: u64, done: u64, error
         done_ns: done,
         status: 0,
         version: None,
+        pool: None,
         error: Some(error.into()),
     });
 }

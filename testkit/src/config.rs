@@ -1,0 +1,384 @@
+//! Typed builders for switchyard's two files, written into a temp dir.
+//!
+//! testkit cannot depend on switchyard, so [`ProxyConfig::write`] returns
+//! the paths ([`ProxyFiles`]); each crate's tests start the proxy (in-process
+//! or as the built binary) from them.
+//!
+//! ```
+//! use testkit::config::{ProxyConfig, Upstreams};
+//! let files = ProxyConfig::new()
+//!     .persist(true)
+//!     .token("s3cret")
+//!     .upstreams(Upstreams::blue_green("blue", "127.0.0.1:8081", "127.0.0.1:8082"))
+//!     .write();
+//! assert!(files.proxy_toml.exists() && files.upstreams_toml.exists());
+//! ```
+
+use std::fmt::{self, Display};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+/// An `upstreams.toml`: the active pool and each pool's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstreams {
+    comment: Option<String>,
+    active: String,
+    pools: Vec<(String, Vec<String>)>,
+}
+
+impl Upstreams {
+    /// No pools yet, `active` named.
+    pub fn new(active: &str) -> Self {
+        Self {
+            comment: None,
+            active: active.to_string(),
+            pools: Vec::new(),
+        }
+    }
+
+    /// Pools `blue` and `green` of one endpoint each, `active` active.
+    pub fn blue_green(active: &str, blue: impl Display, green: impl Display) -> Self {
+        Self::new(active).pool("blue", [blue]).pool("green", [green])
+    }
+
+    /// One pool, `blue`, of one endpoint, active.
+    pub fn blue(endpoint: impl Display) -> Self {
+        Self::new("blue").pool("blue", [endpoint])
+    }
+
+    /// Adds (or replaces) the pool `name` with `endpoints`.
+    pub fn pool<E: Display>(mut self, name: &str, endpoints: impl IntoIterator<Item = E>) -> Self {
+        let endpoints = endpoints.into_iter().map(|e| e.to_string()).collect();
+        match self.pools.iter_mut().find(|(n, _)| n == name) {
+            Some(p) => p.1 = endpoints,
+            None => self.pools.push((name.to_string(), endpoints)),
+        }
+        self
+    }
+
+    /// A different active pool.
+    pub fn active(mut self, name: &str) -> Self {
+        self.active = name.to_string();
+        self
+    }
+
+    /// A `# comment` first line (then `active` is on line 2).
+    pub fn comment(mut self, text: &str) -> Self {
+        self.comment = Some(text.to_string());
+        self
+    }
+}
+
+/// A TOML string literal, escaped.
+fn quoted(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// A TOML key: bare when it can be, else quoted.
+fn key(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        s.to_string()
+    } else {
+        quoted(s)
+    }
+}
+
+impl Display for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.comment {
+            writeln!(f, "# {c}")?;
+        }
+        writeln!(f, "active = {}", quoted(&self.active))?;
+        for (name, endpoints) in &self.pools {
+            let list: Vec<String> = endpoints.iter().map(|e| quoted(e)).collect();
+            writeln!(f, "\n[pools.{}]\nendpoints = [{}]", key(name), list.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the upstreams file comes from.
+#[derive(Debug, Clone)]
+enum UpstreamsSource {
+    Built(Upstreams),
+    Text(String),
+    /// Already in the directory (e.g. a ConfigMap-style symlink).
+    Existing,
+}
+
+/// A `proxy.toml` for tests: listeners on port 0 of 127.0.0.1, access log
+/// off, the periodic re-read at 1 h (so only the watcher and SIGHUP reload),
+/// everything else switchyard's default unless set.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    http: String,
+    admin: String,
+    persist: bool,
+    token: Option<String>,
+    reread: Option<Duration>,
+    access_log: bool,
+    timeouts: Vec<(&'static str, Duration)>,
+    expose: Option<bool>,
+    trusted_proxies: Vec<String>,
+    upstreams: UpstreamsSource,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A duration as switchyard's files write it (`500ms`, `10s`).
+fn humane(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+impl ProxyConfig {
+    /// The defaults above, with an upstreams file of no pools (set one).
+    pub fn new() -> Self {
+        Self {
+            http: "127.0.0.1:0".into(),
+            admin: "127.0.0.1:0".into(),
+            persist: false,
+            token: None,
+            reread: Some(Duration::from_secs(3600)),
+            access_log: false,
+            timeouts: Vec::new(),
+            expose: None,
+            trusted_proxies: Vec::new(),
+            upstreams: UpstreamsSource::Text(String::new()),
+            dir: None,
+        }
+    }
+
+    /// Both listeners on port 0 of `ip` (e.g. `::1`).
+    pub fn on(mut self, ip: std::net::IpAddr) -> Self {
+        let addr = std::net::SocketAddr::new(ip, 0).to_string();
+        self.http.clone_from(&addr);
+        self.admin = addr;
+        self
+    }
+
+    /// `[admin] persist`.
+    pub fn persist(mut self, on: bool) -> Self {
+        self.persist = on;
+        self
+    }
+
+    /// `[admin] token_file`, a file `token` holding `token` (and a newline).
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// `[upstreams] reread`; `None`: switchyard's default.
+    pub fn reread(mut self, every: Option<Duration>) -> Self {
+        self.reread = every;
+        self
+    }
+
+    /// `[log] access`.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
+    /// `[timeouts] request`.
+    pub fn request_timeout(self, d: Duration) -> Self {
+        self.timeout("request", d)
+    }
+
+    /// `[timeouts] client_idle`.
+    pub fn client_idle(self, d: Duration) -> Self {
+        self.timeout("client_idle", d)
+    }
+
+    /// `[timeouts] shutdown_delay`.
+    pub fn shutdown_delay(self, d: Duration) -> Self {
+        self.timeout("shutdown_delay", d)
+    }
+
+    /// `[timeouts] shutdown` (the drain deadline).
+    pub fn shutdown_timeout(self, d: Duration) -> Self {
+        self.timeout("shutdown", d)
+    }
+
+    fn timeout(mut self, key: &'static str, d: Duration) -> Self {
+        self.timeouts.retain(|(k, _)| *k != key);
+        self.timeouts.push((key, d));
+        self
+    }
+
+    /// `[headers] expose`.
+    pub fn expose_headers(mut self, on: bool) -> Self {
+        self.expose = Some(on);
+        self
+    }
+
+    /// `[headers] trusted_proxies`.
+    pub fn trusted_proxies<S: Display>(mut self, nets: impl IntoIterator<Item = S>) -> Self {
+        self.trusted_proxies = nets.into_iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// The upstreams file.
+    pub fn upstreams(mut self, u: Upstreams) -> Self {
+        self.upstreams = UpstreamsSource::Built(u);
+        self
+    }
+
+    /// The upstreams file, verbatim (comments, odd layouts, invalid files).
+    pub fn upstreams_text(mut self, text: &str) -> Self {
+        self.upstreams = UpstreamsSource::Text(text.to_string());
+        self
+    }
+
+    /// Writes into `dir`, whose `upstreams.toml` is already there (a file or a symlink).
+    pub fn in_dir_with_upstreams(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self.upstreams = UpstreamsSource::Existing;
+        self
+    }
+
+    /// `proxy.toml` as text.
+    pub fn proxy_toml(&self) -> String {
+        let mut t = Table::new();
+        let mut section = |name: &str, entries: Vec<(&str, Value)>| {
+            if !entries.is_empty() {
+                let table: Table = entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                t.insert(name.to_string(), Value::Table(table));
+            }
+        };
+        section("listen", vec![("http", Value::String(self.http.clone()))]);
+        let mut admin = vec![("listen", Value::String(self.admin.clone()))];
+        if self.persist {
+            admin.push(("persist", Value::Boolean(true)));
+        }
+        if self.token.is_some() {
+            admin.push(("token_file", Value::String("token".into())));
+        }
+        section("admin", admin);
+        let mut ups = vec![("file", Value::String("upstreams.toml".into()))];
+        if let Some(r) = self.reread {
+            ups.push(("reread", Value::String(humane(r))));
+        }
+        section("upstreams", ups);
+        section("log", vec![("access", Value::Boolean(self.access_log))]);
+        section(
+            "timeouts",
+            self.timeouts
+                .iter()
+                .map(|(k, d)| (*k, Value::String(humane(*d))))
+                .collect(),
+        );
+        let mut headers = Vec::new();
+        if let Some(e) = self.expose {
+            headers.push(("expose", Value::Boolean(e)));
+        }
+        if !self.trusted_proxies.is_empty() {
+            let nets = self.trusted_proxies.iter().cloned().map(Value::String).collect();
+            headers.push(("trusted_proxies", Value::Array(nets)));
+        }
+        section("headers", headers);
+        t.to_string()
+    }
+
+    /// Writes `proxy.toml`, `upstreams.toml` and the token file into a new
+    /// temp dir (or the one given) and returns their paths.
+    pub fn write(mut self) -> ProxyFiles {
+        let dir = match self.dir.take() {
+            Some(d) => d,
+            None => tempfile::tempdir().unwrap(),
+        };
+        let proxy_toml = dir.path().join("proxy.toml");
+        let upstreams_toml = dir.path().join("upstreams.toml");
+        std::fs::write(&proxy_toml, self.proxy_toml()).unwrap();
+        match &self.upstreams {
+            UpstreamsSource::Built(u) => std::fs::write(&upstreams_toml, u.to_string()).unwrap(),
+            UpstreamsSource::Text(t) => std::fs::write(&upstreams_toml, t).unwrap(),
+            UpstreamsSource::Existing => {}
+        }
+        if let Some(token) = &self.token {
+            std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+        }
+        ProxyFiles {
+            proxy_toml,
+            upstreams_toml,
+            dir,
+        }
+    }
+}
+
+/// A written configuration: its paths, and the temp dir (removed on drop).
+#[derive(Debug)]
+pub struct ProxyFiles {
+    /// `proxy.toml`: what switchyard is started with.
+    pub proxy_toml: PathBuf,
+    /// `upstreams.toml`, which tests rewrite to switch.
+    pub upstreams_toml: PathBuf,
+    /// The directory holding both.
+    pub dir: tempfile::TempDir,
+}
+
+impl ProxyFiles {
+    /// Replaces `upstreams.toml` by writing a temp file and renaming it over
+    /// (as `sed -i` and most editors do).
+    pub fn rename_upstreams(&self, text: &str) {
+        let tmp = self.upstreams_toml.with_extension("tmp~");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.upstreams_toml).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_both_files() {
+        let files = ProxyConfig::new()
+            .persist(true)
+            .token("t")
+            .shutdown_delay(Duration::from_millis(500))
+            .shutdown_timeout(Duration::from_secs(10))
+            .trusted_proxies(["127.0.0.0/8"])
+            .expose_headers(false)
+            .upstreams(Upstreams::blue_green("green", "127.0.0.1:1", "127.0.0.1:2").comment("test"))
+            .write();
+        let proxy: Table = std::fs::read_to_string(&files.proxy_toml)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(proxy["admin"]["persist"].as_bool(), Some(true));
+        assert_eq!(proxy["admin"]["token_file"].as_str(), Some("token"));
+        assert_eq!(proxy["admin"]["listen"].as_str(), Some("127.0.0.1:0"));
+        assert_eq!(proxy["timeouts"]["shutdown_delay"].as_str(), Some("500ms"));
+        assert_eq!(proxy["timeouts"]["shutdown"].as_str(), Some("10s"));
+        assert_eq!(proxy["headers"]["expose"].as_bool(), Some(false));
+        assert_eq!(
+            std::fs::read_to_string(files.dir.path().join("token")).unwrap(),
+            "t\n"
+        );
+        let ups = std::fs::read_to_string(&files.upstreams_toml).unwrap();
+        assert_eq!(
+            ups,
+            "# test\nactive = \"green\"\n\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n"
+        );
+        let parsed: Table = ups.parse().unwrap();
+        assert_eq!(
+            parsed["pools"]["green"]["endpoints"][0].as_str(),
+            Some("127.0.0.1:2")
+        );
+    }
+}

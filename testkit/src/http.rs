@@ -1,0 +1,172 @@
+//! Clients: a keep-alive hyper client, the admin API, a `GET` of text, raw
+//! HTTP/1.1 on a std socket (bodies compared byte for byte), and metrics.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+/// A keep-alive HTTP/1.1 client connection (upgrades allowed).
+pub struct Client {
+    sender: http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+/// A response: status, headers and the whole body.
+pub type Answer = (StatusCode, HeaderMap, Bytes);
+
+impl Client {
+    /// Connects to `addr` (`TCP_NODELAY`), driving the connection in a task.
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(Client {
+            sender,
+            host: addr.to_string(),
+        })
+    }
+
+    /// Sends a request (with `Host: addr` unless it has one) and reads the whole answer.
+    pub async fn send(&mut self, mut req: Request<Full<Bytes>>) -> Result<Answer, String> {
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.host.parse().unwrap());
+        }
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((parts.status, parts.headers, body))
+    }
+
+    /// `GET path`.
+    pub async fn get(&mut self, path: &str) -> Result<Answer, String> {
+        self.send(Request::get(path).body(Full::default()).unwrap()).await
+    }
+}
+
+/// An admin API call on a new connection: `method path` with `body` and an
+/// optional bearer `token`; the status and the body as JSON (`Null` if it is not).
+pub async fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut c = Client::connect(addr).await.unwrap();
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (status, _, body) = c
+        .send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status.as_u16(), json)
+}
+
+/// `GET path` on a new connection: the status and the body as text.
+pub async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut c = Client::connect(addr).await.unwrap();
+    let (status, _, body) = c.get(path).await.unwrap();
+    (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of a Prometheus series in `text` (the exact series text
+/// before the value, labels included); 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    /// Lower-cased names.
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// `GET path` with `extra` header lines and `Connection: close`, on a std socket.
+pub fn get(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Resp {
+    request(addr, "GET", path, extra)
+}
+
+/// `method path` with `extra` header lines and `Connection: close`; the
+/// answer read until the server closes.
+pub fn request(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Resp {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    parse_with(&buf, method != "HEAD")
+}
+
+/// Writes `bytes` on a new connection and reads the response until close.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    read_response(&mut s)
+}
+
+/// Reads one response until the server closes the connection.
+pub fn read_response(s: &mut TcpStream) -> Resp {
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    parse(&buf)
+}
+
+/// Parses a whole response, checking `Content-Length` against the body.
+pub fn parse(buf: &[u8]) -> Resp {
+    parse_with(buf, true)
+}
+
+/// Parses a response; `check_length`: the body is as long as `Content-Length` says.
+pub fn parse_with(buf: &[u8], check_length: bool) -> Resp {
+    let text = String::from_utf8(buf.to_vec()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect::<HashMap<_, _>>();
+    if let Some(len) = headers.get("content-length").filter(|_| check_length) {
+        assert_eq!(
+            body.len(),
+            len.parse::<usize>().unwrap(),
+            "content-length matches the body"
+        );
+    }
+    Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}

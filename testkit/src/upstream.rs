@@ -1,0 +1,241 @@
+//! Small real upstreams on 127.0.0.1:0: a hyper server around any handler,
+//! a raw TCP one (a thread per connection) for what hyper would not do, and
+//! the ready-made ones the tests use.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+/// The response body type of [`serve`] handlers.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A whole body for [`serve`] handlers.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Runs a real HTTP/1.1 server (upgrades allowed) on 127.0.0.1:0 calling
+/// `handler` per request, on the current tokio runtime, for as long as it runs.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Answers every request with 200 and `body`.
+pub async fn text(body: &'static str) -> SocketAddr {
+    serve(move |_req| async move { Response::new(full(body)) }).await
+}
+
+/// Streams each request's body back as the response body, as it arrives.
+pub async fn echo() -> SocketAddr {
+    serve(|req: Request<Incoming>| async move { Response::new(req.into_body().boxed()) }).await
+}
+
+/// Answers with the request's headers as a JSON object, and with
+/// hop-by-hop headers of its own (`x-hop` named in `Connection`,
+/// `Keep-Alive`) beside an end-to-end `x-end: kept`.
+pub async fn header_echo() -> SocketAddr {
+    serve(|req: Request<Incoming>| async move {
+        let mut map = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            map.insert(
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("?").to_string()),
+            );
+        }
+        Response::builder()
+            .header("x-hop", "must go")
+            .header("connection", "x-hop")
+            .header("keep-alive", "timeout=5")
+            .header("x-end", "kept")
+            .body(full(serde_json::Value::Object(map).to_string()))
+            .unwrap()
+    })
+    .await
+}
+
+/// An upstream that answers after a delay; it counts the requests it has
+/// received, so a test can wait until they are provably in flight.
+#[derive(Debug, Clone)]
+pub struct Slow {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    received: Arc<AtomicUsize>,
+}
+
+impl Slow {
+    /// Requests received so far (answered or not).
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers every request whose path starts with `prefix` after `delay`
+/// (others at once) with 200 and `body`.
+pub async fn slow(prefix: &'static str, delay: Duration, body: &'static str) -> Slow {
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let addr = serve(move |req: Request<Incoming>| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if req.uri().path().starts_with(prefix) {
+                tokio::time::sleep(delay).await;
+            }
+            Response::new(full(body))
+        }
+    })
+    .await;
+    Slow { addr, received }
+}
+
+/// A raw TCP upstream on 127.0.0.1:0 (a thread per connection): reads one
+/// request head, then hands the stream and the head (lower-cased) to `then`.
+pub fn raw_upstream(then: fn(std::net::TcpStream, String)) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                if let Some(head) = read_head(&mut s) {
+                    then(s, head);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads up to the end of a request head; `None` if the peer closed first.
+pub fn read_head(s: &mut std::net::TcpStream) -> Option<String> {
+    let mut byte = [0u8; 1];
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => got.push(byte[0]),
+        }
+    }
+    Some(String::from_utf8_lossy(&got).to_lowercase())
+}
+
+/// Accepts, reads the request, then closes without answering: an endpoint
+/// going away (accepted, then reset).
+pub fn vanishing() -> SocketAddr {
+    raw_upstream(|_s, _head| {})
+}
+
+/// Answers the first request of each connection (keep-alive, `ok`), then
+/// reads the second one and closes without answering: a reused connection
+/// that dies exactly when it is reused, every time.
+pub fn dies_on_reuse() -> SocketAddr {
+    raw_upstream(|mut s, _head| {
+        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .is_err()
+        {
+            return;
+        }
+        let _ = read_head(&mut s);
+        // Dropped: closed after the request arrived, before any response byte.
+    })
+}
+
+/// Answers each connection's first request with keep-alive (`ok`), then
+/// closes it 30 ms later, without `Connection: close` (so the proxy holds it
+/// idle in its pool when it closes); [`Closing::closed`] counts the
+/// connections closed so far.
+#[derive(Debug, Clone)]
+pub struct Closing {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    closed: Arc<AtomicUsize>,
+}
+
+impl Closing {
+    /// Connections this upstream has closed.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// See [`Closing`].
+pub fn closing() -> Closing {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let count = closed.clone();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                if read_head(&mut s).is_some() {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+                drop(s);
+                count.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Closing { addr, closed }
+}
+
+/// Accepts an `Upgrade: echo` handshake (101), then echoes bytes; anything
+/// else gets a 400.
+pub fn upgrade_echo() -> SocketAddr {
+    raw_upstream(|mut s, head| {
+        if !(head.contains("upgrade: echo") && head.contains("connection: upgrade")) {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            return;
+        }
+        let _ =
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n");
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
