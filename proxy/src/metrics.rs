@@ -18,15 +18,65 @@ pub enum ErrorKind {
     Timeout,
     /// The connection failed after the request was sent.
     Reset,
+    /// No byte from the upstream for `timeouts.upstream_read` mid-response.
+    ReadTimeout,
+    /// The response body ended before its announced end (cut mid-body).
+    Truncated,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 3] = [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Reset];
+    const ALL: [ErrorKind; 5] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::ReadTimeout,
+        ErrorKind::Truncated,
+    ];
     fn label(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Reset => "reset",
+            ErrorKind::ReadTimeout => "read_timeout",
+            ErrorKind::Truncated => "truncated",
+        }
+    }
+}
+
+/// `switchyard_rejected_total{reason}`: requests or connections the proxy
+/// refused or cut itself. A fixed list: label values never come from
+/// request data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// The HTTP parser refused the request (400).
+    BadRequest,
+    /// The request target is too long (414).
+    UriTooLong,
+    /// The request head is too large (431).
+    HeadTooLarge,
+    /// A method the proxy does not forward (`CONNECT`: 405).
+    MethodNotAllowed,
+    /// The client did not read the response for `timeouts.send`.
+    SendTimeout,
+}
+
+impl Reject {
+    /// Every reason, in the order of [`Metrics::rejected`]'s handles.
+    pub const ALL: [Reject; 5] = [
+        Reject::BadRequest,
+        Reject::UriTooLong,
+        Reject::HeadTooLarge,
+        Reject::MethodNotAllowed,
+        Reject::SendTimeout,
+    ];
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::BadRequest => "bad_request",
+            Reject::UriTooLong => "uri_too_long",
+            Reject::HeadTooLarge => "head_too_large",
+            Reject::MethodNotAllowed => "method_not_allowed",
+            Reject::SendTimeout => "send_timeout",
         }
     }
 }
@@ -53,6 +103,8 @@ pub struct Metrics {
     /// `switchyard_last_switch_timestamp_seconds`.
     pub last_switch: IntGauge,
     client_connections: IntGaugeVec,
+    /// `switchyard_rejected_total{reason}`, one handle per [`Reject`].
+    rejected: [IntCounter; Reject::ALL.len()],
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -137,6 +189,12 @@ impl Metrics {
             "Open client connections, by listener.",
             &["listener"],
         );
+        let rejected_family = counter(
+            "rejected_total",
+            "Requests or connections refused or cut by the proxy itself, by reason.",
+            &["reason"],
+        );
+        let rejected = Reject::ALL.map(|r| rejected_family.with_label_values(&[r.label()]));
         // Families without labels from the config are initialised so they show at 0.
         for s in SOURCES {
             switches.with_label_values(&[s]);
@@ -158,7 +216,14 @@ impl Metrics {
             healthy,
             last_switch,
             client_connections,
+            rejected,
         }
+    }
+
+    /// Counts one refusal (a pre-resolved handle: fine on the hot path).
+    pub fn rejected(&self, reason: Reject) {
+        // `Reject::ALL` lists every variant in declaration order.
+        self.rejected[reason as usize].inc();
     }
 
     /// Resolves (and creates at 0) every series of one pool, for the hot path.
@@ -241,7 +306,7 @@ pub struct PoolMetrics {
     pub inflight: IntGauge,
     /// `active_pool{pool}`.
     pub active: IntGauge,
-    errors: [IntCounter; 3],
+    errors: [IntCounter; ErrorKind::ALL.len()],
     /// `upstream_retries_total{pool}`.
     pub retries: IntCounter,
 }
@@ -257,12 +322,8 @@ impl PoolMetrics {
 
     /// Counts one upstream failure.
     pub fn error(&self, kind: ErrorKind) {
-        let i = match kind {
-            ErrorKind::Connect => 0,
-            ErrorKind::Timeout => 1,
-            ErrorKind::Reset => 2,
-        };
-        self.errors[i].inc();
+        // `ErrorKind::ALL` lists every kind in declaration order.
+        self.errors[kind as usize].inc();
     }
 }
 
@@ -300,5 +361,32 @@ impl LocalPoolMetrics {
 impl Drop for LocalPoolMetrics {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_label_lists_are_in_declaration_order() {
+        // `error` and `rejected` index their handles by the enum's discriminant.
+        assert!(ErrorKind::ALL.iter().enumerate().all(|(i, k)| *k as usize == i));
+        assert!(Reject::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+    }
+
+    #[test]
+    fn every_rejection_reason_shows_at_zero_and_counts() {
+        let m = Metrics::new();
+        m.rejected(Reject::HeadTooLarge);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("switchyard_rejected_total{reason=\"head_too_large\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_rejected_total{reason=\"send_timeout\"} 0"),
+            "{text}"
+        );
     }
 }
