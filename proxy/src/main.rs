@@ -166,6 +166,9 @@ fn status(admin: &str) -> Result<()> {
     if let Some(e) = &s.last_reload_error {
         println!("last reload error: {e}");
     }
+    if let Some(e) = &s.persist_error {
+        println!("persist error: {e}");
+    }
     for (name, p) in &s.pools {
         let state = if p.active {
             "active"

@@ -30,6 +30,8 @@ pub struct Checked {
     pub upstreams: Desired,
     /// Hash of the upstreams file's bytes as read.
     pub upstreams_hash: u64,
+    /// The upstreams file's text as read (what persist edits).
+    pub upstreams_text: Arc<str>,
     /// The admin token (none when `token_file` is unset or `offline`).
     pub token: Option<String>,
 }
@@ -55,7 +57,11 @@ impl Checked {
                     errors.extend(es);
                     None
                 }
-                Ok(d) => Some((d, control::content_hash(&bytes))),
+                Ok(d) => Some((
+                    d,
+                    control::content_hash(&bytes),
+                    String::from_utf8_lossy(&bytes).into(),
+                )),
             },
         };
         if settings.file.admin.persist
@@ -80,10 +86,11 @@ impl Checked {
             })
         };
         match upstreams {
-            Some((upstreams, upstreams_hash)) if errors.is_empty() => Ok(Checked {
+            Some((upstreams, upstreams_hash, upstreams_text)) if errors.is_empty() => Ok(Checked {
                 settings,
                 upstreams,
                 upstreams_hash,
+                upstreams_text,
                 token,
             }),
             _ => Err(ConfigErrors(errors)),
@@ -252,6 +259,7 @@ impl Proxy {
             settings,
             upstreams,
             upstreams_hash,
+            upstreams_text,
             token,
         } = checked;
         let Listeners {
@@ -264,7 +272,7 @@ impl Proxy {
         let file = &settings.file;
         let path = settings.upstreams_path.clone();
         let watch = watch::Watch::arm(&path);
-        let state = ControlState::start(upstreams, upstreams_hash, file.admin.persist);
+        let state = ControlState::start(upstreams, upstreams_hash, upstreams_text, file.admin.persist);
         let metrics = Metrics::new();
         let table = RoutingTable::build(
             &Spec {

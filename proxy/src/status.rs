@@ -25,6 +25,9 @@ pub struct Status {
     pub switched_at: String,
     /// The last rejected reload's errors, until a valid file is read.
     pub last_reload_error: Option<String>,
+    /// Why the override in force could not be written to the upstreams file
+    /// (`[admin] persist`); the switch stays an override.
+    pub persist_error: Option<String>,
     /// Every pool by name.
     pub pools: BTreeMap<String, PoolStatus>,
 }
@@ -85,6 +88,7 @@ impl Status {
             source: table.source.as_str().to_string(),
             switched_at: humantime::format_rfc3339_millis(table.switched_at).to_string(),
             last_reload_error: table.facts.last_reload_error.clone(),
+            persist_error: table.facts.persist_error.clone(),
             pools,
         }
     }

@@ -161,6 +161,8 @@ pub struct ControlFacts {
     pub overridden: bool,
     /// The last rejected reload's errors, cleared by the next valid read.
     pub last_reload_error: Option<String>,
+    /// Why the override in force could not be written to the file (persist).
+    pub persist_error: Option<String>,
 }
 
 /// What a table is built from.

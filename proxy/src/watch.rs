@@ -3,8 +3,18 @@
 //! where a watch on the file itself dies silently), debounces, and asks the
 //! writer to re-read. It ignores `Access` events other than `Close(Write)`:
 //! the writer's own reads open the file, and reloading on those loops.
-//! SIGHUP asks for a re-read too. A periodic re-read backs the events up; a watcher error is logged and
-//! the watch re-established, never a panic.
+//! SIGHUP asks for a re-read too. A periodic re-read backs the events up; a
+//! watcher error is logged and the watch re-established, never a panic.
+//!
+//! An in-place write settles before it is read: once the file itself is
+//! modified (not replaced), the re-read waits for the writer to close it
+//! (`Close(Write)`), at most [`IN_PLACE_SETTLE`] after its last
+//! modification, and the periodic re-read waits as well. So a file written
+//! in pieces is read whole. A rename over the file and the kubelet's
+//! `..data` swap are atomic: they are read after the usual debounce, with no
+//! wait. (A prefix that is read anyway — a writer pausing longer than the
+//! bound — is judged like any file: the decision table rejects one that
+//! drops the pool an override routes to.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +32,9 @@ use crate::control::{Cause, Command};
 pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
 /// Longest wait after the first event of a burst.
 pub const DEBOUNCE_MAX: Duration = Duration::from_millis(50);
+/// Longest wait for an in-place writer to close the file after its last
+/// modification, before the file is read anyway.
+pub const IN_PLACE_SETTLE: Duration = Duration::from_secs(2);
 /// Pause before re-establishing a failed watch.
 const REWATCH_PAUSE: Duration = Duration::from_secs(1);
 
@@ -35,8 +48,30 @@ pub fn is_relevant(kind: &EventKind) -> bool {
 }
 
 enum Signal {
-    Event,
+    /// Something changed in the directory.
+    Event(Change),
     Failed(String),
+}
+
+/// What an event says about the upstreams file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The file itself was modified in place: a writer may still be writing.
+    Writing,
+    /// A writer closed the file after writing: the write is complete.
+    Closed,
+    /// Anything else (a rename, a new or removed entry, a `..data` swap).
+    Other,
+}
+
+/// How `kind`, on `paths`, bears on the file named `name`.
+fn change_of(kind: &EventKind, paths: &[PathBuf], name: Option<&std::ffi::OsStr>) -> Change {
+    let on_file = paths.iter().any(|p| p.file_name() == name);
+    match kind {
+        EventKind::Modify(notify::event::ModifyKind::Data(_)) if on_file => Change::Writing,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) if on_file => Change::Closed,
+        _ => Change::Other,
+    }
 }
 
 /// The directory watched for a file.
@@ -47,16 +82,18 @@ fn dir_of(file: &Path) -> PathBuf {
     }
 }
 
-fn start_watch(dir: &Path, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<RecommendedWatcher> {
+fn start_watch(file: &Path, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<RecommendedWatcher> {
+    let dir = dir_of(file);
+    let name = file.file_name().map(ToOwned::to_owned);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
         let signal = match res {
-            Ok(ev) if is_relevant(&ev.kind) => Signal::Event,
+            Ok(ev) if is_relevant(&ev.kind) => Signal::Event(change_of(&ev.kind, &ev.paths, name.as_deref())),
             Ok(_) => return,
             Err(e) => Signal::Failed(e.to_string()),
         };
         let _ = tx.send(signal);
     })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
 
@@ -75,7 +112,7 @@ impl Watch {
     pub fn arm(file: &Path) -> Watch {
         let (tx, rx) = mpsc::unbounded_channel();
         let dir = dir_of(file);
-        let watcher = match start_watch(&dir, tx.clone()) {
+        let watcher = match start_watch(file, tx.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot watch; will retry (the periodic re-read still runs)");
@@ -112,8 +149,11 @@ pub async fn run(
     } else {
         None
     };
-    let mut burst: Option<(Instant, Instant)> = None; // (first, last) event of a burst
-                                                      // SIGHUP asks for a re-read as well (`kill -HUP`, the operator's nudge).
+    // (first, last) event of a burst, read after DEBOUNCE_QUIET.
+    let mut burst: Option<(Instant, Instant)> = None;
+    // The last in-place modification of the file not yet followed by its close.
+    let mut writing: Option<Instant> = None;
+    // SIGHUP asks for a re-read as well (`kill -HUP`, the operator's nudge).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGHUP; file events and the periodic re-read still work"))
         .ok();
@@ -122,7 +162,7 @@ pub async fn run(
     loop {
         if let Some(at) = rewatch_at {
             if at <= Instant::now() {
-                match start_watch(&dir, tx.clone()) {
+                match start_watch(&file, tx.clone()) {
                     Ok(w) => {
                         tracing::info!(dir = %dir.display(), "watch re-established");
                         // Anything may have changed while the watch was down.
@@ -137,16 +177,24 @@ pub async fn run(
                 }
             }
         }
-        let fire_at = burst.map(|(first, last)| (last + DEBOUNCE_QUIET).min(first + DEBOUNCE_MAX));
+        let settled = writing.map(|last| last + IN_PLACE_SETTLE);
+        let fire_at = burst
+            .map(|(first, last)| (last + DEBOUNCE_QUIET).min(first + DEBOUNCE_MAX))
+            .map(|at| settled.map_or(at, |s| s.max(at)));
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             biased;
             _ = crate::listener::stopped(&mut stop) => break,
             signal = rx.recv() => match signal {
-                Some(Signal::Event) => {
+                Some(Signal::Event(change)) => {
                     events.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
                     burst = Some(burst.map_or((now, now), |(first, _)| (first, now)));
+                    match change {
+                        Change::Writing => writing = Some(now),
+                        Change::Closed => writing = None,
+                        Change::Other => {}
+                    }
                 }
                 Some(Signal::Failed(e)) => {
                     tracing::error!(dir = %dir.display(), error = %e, "watch error; re-establishing");
@@ -157,6 +205,9 @@ pub async fn run(
             },
             _ = tokio::time::sleep_until(fire_at.unwrap_or(far)), if fire_at.is_some() => {
                 burst = None;
+                if writing.take().is_some() {
+                    tracing::warn!(file = %file.display(), bound = ?IN_PLACE_SETTLE, "an in-place write was not closed in time; reading the file as it is");
+                }
                 if writer.send(Command::Reload { cause: Cause::Event, reply: None }).await.is_err() {
                     break;
                 }
@@ -172,6 +223,10 @@ pub async fn run(
                 }
             }
             _ = periodic.tick() => {
+                // An in-place write still under way is read once it settles.
+                if settled.is_some_and(|s| Instant::now() < s) {
+                    continue;
+                }
                 if writer.send(Command::Reload { cause: Cause::Periodic, reply: None }).await.is_err() {
                     break;
                 }

@@ -359,3 +359,195 @@ async fn watcher_does_not_loop_on_its_own_reads() {
     assert_eq!(reloads(&tp.metrics().await), before);
     assert!(events < 50, "{events} events for one rename");
 }
+
+/// `/status` now.
+async fn status(tp: &TestProxy) -> serde_json::Value {
+    let (code, st) = admin(tp.admin(), "GET", "/status", "", None).await;
+    assert_eq!(code, 200, "{st}");
+    st
+}
+
+/// The pool that answers a request through the proxy now.
+async fn answering_pool(tp: &TestProxy) -> String {
+    let mut c = testkit::http::Client::connect(tp.http()).await.unwrap();
+    let (code, headers, _) = c.get("/version").await.unwrap();
+    assert_eq!(code, 200);
+    headers["x-switchyard-pool"].to_str().unwrap().to_string()
+}
+
+async fn switch_to(tp: &TestProxy, pool: &str) -> serde_json::Value {
+    let (code, body) = admin(
+        tp.admin(),
+        "POST",
+        "/switch",
+        &format!(r#"{{"to":"{pool}"}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_never_launders_a_rejected_file() {
+    let (blue, green, tp) = blue_green_proxy(ProxyConfig::new().persist(true));
+    // A file that empties green is rejected: the accepted one stays in force.
+    let bad = Upstreams::blue_green("blue", blue.addr(), green.addr())
+        .pool("green", Vec::<String>::new())
+        .to_string();
+    tp.files.rename_upstreams(&bad);
+    wait_until_async(Duration::from_secs(5), "the rejection", || {
+        tp.proxy.shared().table.load().facts.last_reload_error.is_some()
+    })
+    .await;
+    // The switch applies (green of the accepted file), but is not written
+    // over the rejected file: that would make it the applied one.
+    assert_eq!(switch_to(&tp, "green").await["active"], "green");
+    assert_eq!(std::fs::read_to_string(&tp.files.upstreams_toml).unwrap(), bad);
+    let st = status(&tp).await;
+    assert_eq!(st["override"], true, "{st}");
+    assert!(
+        st["persist_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("changed since it was last accepted")),
+        "{st}"
+    );
+    assert!(
+        st["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("at least one endpoint")),
+        "{st}"
+    );
+    // Still rejected when read again, and the next request is served by green.
+    assert!(matches!(
+        tp.proxy.reloader().reload().await,
+        ReloadOutcome::Rejected(_)
+    ));
+    assert_eq!(answering_pool(&tp).await, "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_never_writes_through_a_symlink_put_in_place_later() {
+    let (_blue, _green, tp) = blue_green_proxy(ProxyConfig::new().persist(true));
+    // The same content, but now behind a symlink (as a ConfigMap mount is).
+    let path = &tp.files.upstreams_toml;
+    let text = std::fs::read_to_string(path).unwrap();
+    let real = tp.files.dir.path().join("real.toml");
+    std::fs::write(&real, &text).unwrap();
+    let link = tp.files.dir.path().join("link.tmp~");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    std::fs::rename(&link, path).unwrap();
+    assert!(matches!(
+        tp.proxy.reloader().reload().await,
+        ReloadOutcome::Unchanged
+    ));
+    assert_eq!(switch_to(&tp, "green").await["active"], "green");
+    let st = status(&tp).await;
+    assert!(
+        st["persist_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("symlink")),
+        "{st}"
+    );
+    assert_eq!(st["override"], true);
+    assert!(
+        std::fs::symlink_metadata(path).unwrap().file_type().is_symlink(),
+        "the link is kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&real).unwrap(),
+        text,
+        "nothing written through it"
+    );
+    assert_eq!(answering_pool(&tp).await, "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_drops_the_override_pool_is_rejected_and_the_override_stays() {
+    let (blue, green, tp) = blue_green_proxy(ProxyConfig::new());
+    switch_to(&tp, "green").await;
+    let gen = tp.generation();
+    // The same route (`active = "blue"`), without green.
+    tp.files
+        .rename_upstreams(&Upstreams::blue(blue.addr()).to_string());
+    wait_until_async(Duration::from_secs(5), "the rejection", || {
+        tp.proxy.shared().table.load().facts.last_reload_error.is_some()
+    })
+    .await;
+    let st = status(&tp).await;
+    assert!(
+        st["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no longer defines pool `green`")),
+        "{st}"
+    );
+    assert_eq!(
+        (st["active"].as_str(), st["override"].as_bool()),
+        (Some("green"), Some(true))
+    );
+    assert_eq!(tp.generation(), gen);
+    assert_eq!(answering_pool(&tp).await, "green");
+    // The whole file again: accepted (nothing changed), the error is gone.
+    tp.files
+        .rename_upstreams(&Upstreams::blue_green("blue", blue.addr(), green.addr()).to_string());
+    wait_until_async(Duration::from_secs(5), "the error is cleared", || {
+        tp.proxy.shared().table.load().facts.last_reload_error.is_none()
+    })
+    .await;
+    assert_eq!((tp.active().as_str(), tp.generation()), ("green", gen));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_in_place_in_pieces_keeps_the_override() {
+    use std::io::Write;
+    let (_blue, _green, tp) = blue_green_proxy(ProxyConfig::new());
+    switch_to(&tp, "green").await;
+    let gen = tp.generation();
+    let path = &tp.files.upstreams_toml;
+    let text = std::fs::read_to_string(path).unwrap();
+    let (first, rest) = text.split_at(text.find("[pools.green]").unwrap());
+    let errors = || {
+        metric(
+            &tp.control_metrics(),
+            "switchyard_config_reloads_total{result=\"error\"}",
+        )
+    };
+    let events = tp.proxy.watch_events();
+    // A slow writer: the same content, a pool at a time, 300 ms apart (the
+    // pause is the behaviour under test), then closed.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    f.flush().unwrap();
+    wait_until_async(Duration::from_secs(5), "the watcher sees the write", || {
+        tp.proxy.watch_events() > events
+    })
+    .await;
+    std::thread::sleep(Duration::from_millis(300));
+    f.write_all(rest.as_bytes()).unwrap();
+    drop(f);
+    // Everything the watcher queued, then this read, through the one writer.
+    wait_until_async(Duration::from_secs(5), "the close is seen", || {
+        tp.proxy.watch_events() >= events + 3
+    })
+    .await;
+    assert!(matches!(
+        tp.proxy.reloader().reload().await,
+        ReloadOutcome::Unchanged
+    ));
+    let st = status(&tp).await;
+    assert_eq!(
+        (
+            st["active"].as_str(),
+            st["override"].as_bool(),
+            st["generation"].as_u64()
+        ),
+        (Some("green"), Some(true), Some(gen)),
+        "{st}"
+    );
+    assert_eq!(errors(), 0.0, "the half-written file was never read");
+    assert_eq!(answering_pool(&tp).await, "green");
+}

@@ -4,6 +4,8 @@
 //! does those, exactly as the [`Decision`] says, so every rule can be
 //! tested as a row of the design's decision table (see the tests below).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::table::{ControlFacts, Desired, Source};
@@ -38,6 +40,8 @@ pub struct ControlState {
     pub file: Desired,
     /// Hash of the accepted file's bytes (or of what persist wrote there).
     pub file_hash: u64,
+    /// The accepted file's text: what persist edits (never a re-read).
+    pub file_text: Arc<str>,
     /// The route in force.
     pub route: Route,
     /// An override of the file's route, if any.
@@ -50,6 +54,8 @@ pub struct ControlState {
     pub source: Source,
     /// The last rejected file's errors, until a read finds a valid file.
     pub last_reload_error: Option<String>,
+    /// Why the override in force could not be written to the file.
+    pub persist_error: Option<String>,
     /// `[admin] persist`: an admin switch also rewrites the file's route.
     pub persist: bool,
 }
@@ -57,16 +63,18 @@ pub struct ControlState {
 impl ControlState {
     /// The state at start, from the valid upstreams file: its route applies,
     /// with no override and nothing to roll back to.
-    pub fn start(file: Desired, file_hash: u64, persist: bool) -> ControlState {
+    pub fn start(file: Desired, file_hash: u64, file_text: Arc<str>, persist: bool) -> ControlState {
         ControlState {
             route: Route::to(file.active.clone()),
             file,
             file_hash,
+            file_text,
             overridden: None,
             previous: None,
             generation: 1,
             source: Source::File,
             last_reload_error: None,
+            persist_error: None,
             persist,
         }
     }
@@ -77,6 +85,7 @@ impl ControlState {
             previous: self.previous.as_ref().map(|r| r.active.clone()),
             overridden: self.overridden.is_some(),
             last_reload_error: self.last_reload_error.clone(),
+            persist_error: self.persist_error.clone(),
         }
     }
 }
@@ -86,11 +95,13 @@ impl ControlState {
 pub enum FileRead {
     /// It could not be read (the message names the file and why).
     Unreadable(String),
-    /// It was read: the hash of its bytes, and the file parsed and validated
-    /// (or every error, one message).
+    /// It was read: the hash of its bytes, its text, and the file parsed and
+    /// validated (or every error, one message).
     Read {
         /// Hash of the bytes read.
         hash: u64,
+        /// The text read (kept if the file is accepted).
+        text: Arc<str>,
         /// The validated file, or why it is invalid.
         parsed: Result<Desired, String>,
     },
@@ -113,14 +124,23 @@ pub enum Event {
         /// Compare-and-swap on the generation.
         if_generation: Option<u64>,
     },
-    /// The writer tried to persist `route` into the file: the hash of what
-    /// it wrote, or why it could not.
+    /// The writer tried to persist `route` into the file: what it wrote,
+    /// or why it could not.
     Persisted {
         /// The route written.
         route: Route,
-        /// The hash of the file's new content, or the error.
-        result: Result<u64, String>,
+        /// The file's new content, or why nothing was written.
+        result: Result<Written, String>,
     },
+}
+
+/// What persist wrote to the upstreams file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Hash of the new content.
+    pub hash: u64,
+    /// The new content.
+    pub text: Arc<str>,
 }
 
 /// What the writer stores after a decision.
@@ -261,9 +281,9 @@ fn reload(state: &ControlState, next: ControlState, outcome: ReloadOutcome) -> D
 
 fn file_read(state: &ControlState, read: FileRead) -> Decision {
     let mut next = state.clone();
-    let (hash, parsed) = match read {
+    let (hash, text, parsed) = match read {
         FileRead::Unreadable(error) => return reject(state, error),
-        FileRead::Read { hash, parsed } => (hash, parsed),
+        FileRead::Read { hash, text, parsed } => (hash, text, parsed),
     };
     // Only the hash of an accepted file is remembered, so a rejected file
     // is read and judged again at the next event.
@@ -275,24 +295,37 @@ fn file_read(state: &ControlState, read: FileRead) -> Decision {
         Ok(file) => file,
         Err(error) => return reject(state, error),
     };
+    // A file that keeps the route but no longer defines the override's pool
+    // is rejected: a half-written file (or an edit made before switching
+    // away) must never drop an operator's switch.
+    if file.active == state.file.active {
+        if let Some(o) = state
+            .overridden
+            .as_ref()
+            .filter(|o| !file.has_pool(&o.route.active))
+        {
+            return reject(
+                state,
+                format!(
+                    "the file no longer defines pool `{}`, where the override ({}) sends traffic; \
+                     switch away from it first, or change `active` in the file",
+                    o.route.active,
+                    o.source.as_str()
+                ),
+            );
+        }
+    }
     next.file_hash = hash;
+    next.file_text = text;
     next.last_reload_error = None;
     if file == state.file {
         return reload(state, next, ReloadOutcome::Unchanged);
     }
-    // A new route in the file is a newer intent than an override.
+    // A new route in the file is a newer intent than an override: it clears
+    // the override, and with it what persist could not write.
     if file.active != state.file.active {
         next.overridden = None;
-    }
-    // Today a file that removes the override's pool drops the override and
-    // its own route applies. (The design's table rejects that file instead:
-    // the row of the "Faults that wedge or mislead" issue.)
-    if next
-        .overridden
-        .as_ref()
-        .is_some_and(|o| !file.has_pool(&o.route.active))
-    {
-        next.overridden = None;
+        next.persist_error = None;
     }
     let route = match &next.overridden {
         Some(o) => o.route.clone(),
@@ -370,15 +403,20 @@ fn switch(state: &ControlState, to: Route, if_generation: Option<u64>, source: S
     settle(state, next, persist, Reply::Switch(Ok(outcome)))
 }
 
-fn persisted(state: &ControlState, route: Route, result: Result<u64, String>) -> Decision {
+fn persisted(state: &ControlState, route: Route, result: Result<Written, String>) -> Decision {
     let mut next = state.clone();
-    // Written: the file now says what the table does, so there is no
-    // override, and the watcher finds this content already applied.
-    // Not written: the switch stays an override (the error is logged).
-    if let Ok(hash) = result {
-        next.file_hash = hash;
-        next.file.active = route.active;
-        next.overridden = None;
+    match result {
+        // Written: the file now says what the table does, so there is no
+        // override, and the watcher finds this content already applied.
+        Ok(written) => {
+            next.file_hash = written.hash;
+            next.file_text = written.text;
+            next.file.active = route.active;
+            next.overridden = None;
+            next.persist_error = None;
+        }
+        // Not written: the switch stays an override, and `/status` says why.
+        Err(error) => next.persist_error = Some(error),
     }
     settle(state, next, None, Reply::Nothing)
 }

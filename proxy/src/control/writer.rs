@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::decide::{
     decide, ControlState, Decision, Event, FileRead, ReloadOutcome, Reply, Route, Store, SwitchError,
-    SwitchOutcome,
+    SwitchOutcome, Written,
 };
 use super::Routes;
 use crate::config;
@@ -151,6 +151,7 @@ impl Writer {
             Err(e) => FileRead::Unreadable(e.to_string()),
             Ok(bytes) => FileRead::Read {
                 hash: content_hash(&bytes),
+                text: String::from_utf8_lossy(&bytes).into(),
                 parsed: Desired::parse(&self.path, &bytes).map_err(|errors| {
                     errors
                         .iter()
@@ -185,10 +186,11 @@ impl Writer {
         let reply = decision.reply.clone();
         self.carry_out(decision);
         if let Some(route) = persist {
-            let result = persist_route(&self.path, &route).map_err(|e| {
-                tracing::error!(file = %self.path.display(), error = %e, "could not persist the switch; it stays an override");
-                e.to_string()
-            });
+            let result = persist_route(&self.path, self.state.file_hash, &self.state.file_text, &route)
+                .map_err(|e| {
+                    tracing::error!(file = %self.path.display(), error = %e, "could not persist the switch; it stays an override");
+                    e.to_string()
+                });
             let decision = decide(&self.state, Event::Persisted { route, result });
             self.carry_out(decision);
         }
@@ -250,14 +252,70 @@ impl Writer {
     }
 }
 
-/// Rewrites `active = "<to>"` in the upstreams file, keeping comments and
-/// layout (toml_edit), through a temp file renamed over it. Returns the hash
-/// of what was written.
-pub fn persist_route(path: &Path, to: &Route) -> Result<u64, std::io::Error> {
-    let text = std::fs::read_to_string(path)?;
-    let mut doc: toml_edit::DocumentMut = text
+/// Why persist wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// The upstreams file is a symlink (a ConfigMap mount): a rename over it
+    /// would break the kubelet's layout, and the mount is read-only anyway.
+    #[error("{}: the upstreams file is a symlink (a ConfigMap mount?); not written", .0.display())]
+    Symlink(PathBuf),
+    /// The file on disk is not the content last accepted: it was edited (or
+    /// is invalid) since; writing would launder that content.
+    #[error(
+        "{}: the file changed since it was last accepted (it is judged at the next read); not written",
+        .0.display()
+    )]
+    Changed(PathBuf),
+    /// The accepted content could not be edited (it always parsed as TOML).
+    #[error("{}: cannot edit `active`: {reason}", file.display())]
+    Edit {
+        /// The upstreams file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Reading, writing, syncing or renaming failed.
+    #[error("{}: {source}", file.display())]
+    Io {
+        /// The upstreams file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Rewrites `active = "<to>"` in the accepted content `accepted` (comments
+/// and layout kept, with toml_edit) and writes it over the upstreams file —
+/// only if the file on disk still hashes to `accepted_hash`, and never
+/// through a symlink. The write is a temp file with the original's
+/// permissions, fsync, rename over the file, fsync of the directory, so a
+/// crash leaves the old file or the new one. Returns what was written.
+pub fn persist_route(
+    path: &Path,
+    accepted_hash: u64,
+    accepted: &str,
+    to: &Route,
+) -> Result<Written, PersistError> {
+    use std::io::Write;
+    let io = |source| PersistError::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let edit = |reason: String| PersistError::Edit {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    if meta.file_type().is_symlink() {
+        return Err(PersistError::Symlink(path.to_path_buf()));
+    }
+    let on_disk = config::read_upstreams(path).map_err(|e| edit(e.to_string()))?;
+    if content_hash(&on_disk) != accepted_hash {
+        return Err(PersistError::Changed(path.to_path_buf()));
+    }
+    let mut doc: toml_edit::DocumentMut = accepted
         .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))?;
+        .map_err(|e: toml_edit::TomlError| edit(e.to_string()))?;
     let decor = doc
         .get("active")
         .and_then(|i| i.as_value())
@@ -268,30 +326,90 @@ pub fn persist_route(path: &Path, to: &Route) -> Result<u64, std::io::Error> {
     }
     doc["active"] = toml_edit::Item::Value(value);
     let out = doc.to_string();
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.switchyard-tmp"));
-    std::fs::write(&tmp, out.as_bytes())?;
-    std::fs::rename(&tmp, path)?;
-    Ok(content_hash(out.as_bytes()))
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.set_permissions(meta.permissions())?;
+        f.write_all(out.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(Written {
+        hash: content_hash(out.as_bytes()),
+        text: out.into(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
+    const TEXT: &str =
+        "# the cut-over file\nactive = \"blue\"   # flip me\n\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"] # b\n";
+
+    fn accepted(dir: &Path) -> (PathBuf, u64) {
+        let p = dir.join("upstreams.toml");
+        std::fs::write(&p, TEXT).unwrap();
+        (p, content_hash(TEXT.as_bytes()))
+    }
+
     #[test]
-    fn persist_keeps_comments_and_layout() {
+    fn persist_keeps_comments_layout_and_permissions() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("upstreams.toml");
-        let text = "# the cut-over file\nactive = \"blue\"   # flip me\n\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"] # b\n";
-        std::fs::write(&p, text).unwrap();
-        let hash = persist_route(&p, &Route::to("green")).unwrap();
+        let (p, hash) = accepted(dir.path());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let written = persist_route(&p, hash, TEXT, &Route::to("green")).unwrap();
         let after = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(after, text.replace("\"blue\"   #", "\"green\"   #"));
-        assert_eq!(hash, content_hash(after.as_bytes()));
+        assert_eq!(after, TEXT.replace("\"blue\"   #", "\"green\"   #"));
+        assert_eq!(
+            (written.hash, &*written.text),
+            (content_hash(after.as_bytes()), after.as_str())
+        );
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        assert!(!dir.path().join(".upstreams.toml.switchyard-tmp").exists());
+    }
+
+    #[test]
+    fn persist_edits_the_accepted_content_only_if_the_disk_still_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, hash) = accepted(dir.path());
+        // An edit since (here: a rejected file on disk) is never laundered.
+        let edited = TEXT.replace("127.0.0.1:1", "");
+        std::fs::write(&p, &edited).unwrap();
+        let e = persist_route(&p, hash, TEXT, &Route::to("green")).unwrap_err();
+        assert!(matches!(e, PersistError::Changed(_)), "{e}");
+        assert!(
+            e.to_string().contains("changed since it was last accepted"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), edited, "nothing written");
+    }
+
+    #[test]
+    fn persist_never_writes_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let (real, hash) = accepted(dir.path());
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = persist_route(&link, hash, TEXT, &Route::to("green")).unwrap_err();
+        assert!(matches!(e, PersistError::Symlink(_)), "{e}");
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), TEXT);
     }
 }

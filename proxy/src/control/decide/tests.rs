@@ -19,7 +19,12 @@ fn file(active: &str, pools: &[&str]) -> Desired {
 
 /// Blue and green, blue active, as at start from a file hashed 1.
 fn started() -> ControlState {
-    ControlState::start(file("blue", &["blue", "green"]), 1, false)
+    ControlState::start(
+        file("blue", &["blue", "green"]),
+        1,
+        "active = \"blue\"".into(),
+        false,
+    )
 }
 
 /// `state` after `event`, which must have been decided as `store`.
@@ -35,7 +40,15 @@ fn overridden_to_green() -> ControlState {
 fn read(hash: u64, file: Desired) -> Event {
     Event::FileRead(FileRead::Read {
         hash,
+        text: format!("file {hash}").into(),
         parsed: Ok(file),
+    })
+}
+
+fn written(hash: u64) -> Result<Written, String> {
+    Ok(Written {
+        hash,
+        text: format!("written {hash}").into(),
     })
 }
 
@@ -133,17 +146,31 @@ fn rows() -> Vec<Row> {
         },
         Row {
             event: "file accepted, same route as `file`",
-            // The design rejects this file ("switch away first"); today the
-            // override is dropped and the file's route applies. Changing it
-            // is the "Faults that wedge or mislead" issue's row.
-            condition: "it removes the override's pool (today's rule)",
+            condition: "it removes the override's pool",
             given: overridden_to_green(),
             when: read(2, file("blue", &["blue"])),
+            then: |given, d| {
+                let ReloadOutcome::Rejected(why) = reloaded(d) else {
+                    panic!("expected a rejection, got {:?}", d.reply)
+                };
+                assert!(why.contains("no longer defines pool `green`"), "{why}");
+                assert_eq!(d.next.route, route("green"), "the override stays in force");
+                assert_eq!(d.next.overridden, given.overridden);
+                assert_eq!(d.next.file, given.file, "the file is not accepted");
+                assert_eq!(d.next.file_hash, given.file_hash, "judged again at the next read");
+                assert_eq!(d.next.last_reload_error, Some(why));
+                assert_eq!(d.store, Store::Facts, "only the error is shown");
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "it also removes the override's pool",
+            given: overridden_to_green(),
+            when: read(2, file("canary", &["blue", "canary"])),
             then: |_, d| {
                 assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 3 });
-                assert_eq!(d.next.route, route("blue"));
+                assert_eq!(d.next.route, route("canary"), "a newer intent: it applies");
                 assert_eq!(d.next.overridden, None);
-                assert_eq!(d.next.previous, Some(route("green")));
             },
         },
         Row {
@@ -216,6 +243,7 @@ fn rows() -> Vec<Row> {
             given: overridden_to_green(),
             when: Event::FileRead(FileRead::Read {
                 hash: 9,
+                text: "half".into(),
                 parsed: Err("u.toml: line 2: no pool is defined".into()),
             }),
             then: |given, d| {
@@ -417,11 +445,13 @@ fn rows() -> Vec<Row> {
             ),
             when: Event::Persisted {
                 route: route("green"),
-                result: Ok(42),
+                result: written(42),
             },
             then: |given, d| {
                 assert_eq!(d.next.overridden, None, "the file now says green");
                 assert_eq!((d.next.file.active.as_str(), d.next.file_hash), ("green", 42));
+                assert_eq!(&*d.next.file_text, "written 42", "the next persist edits this");
+                assert_eq!(d.next.persist_error, None);
                 assert_eq!(d.next.generation, given.generation, "no new table");
                 assert_eq!(d.store, Store::Facts);
                 // The watcher's read of what was written is already applied.
@@ -434,7 +464,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             event: "persisted",
-            condition: "the write failed",
+            condition: "nothing written (the file changed since it was accepted, a symlink, an I/O error)",
             given: after(
                 &ControlState {
                     persist: true,
@@ -444,11 +474,42 @@ fn rows() -> Vec<Row> {
             ),
             when: Event::Persisted {
                 route: route("green"),
-                result: Err("read-only file system".into()),
+                result: Err("upstreams.toml: the file changed since it was last accepted".into()),
             },
             then: |given, d| {
-                assert_eq!(d.next, *given, "the switch stays an override");
-                assert_eq!(d.store, Store::Nothing);
+                assert_eq!(
+                    d.next.overridden, given.overridden,
+                    "the switch stays an override"
+                );
+                assert_eq!(
+                    (d.next.file_hash, &d.next.file_text),
+                    (given.file_hash, &given.file_text)
+                );
+                assert_eq!(
+                    d.next.persist_error.as_deref(),
+                    Some("upstreams.toml: the file changed since it was last accepted"),
+                    "/status says why"
+                );
+                assert_eq!(d.store, Store::Facts);
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "after a persist error",
+            given: ControlState {
+                persist_error: Some("not written".into()),
+                ..after(
+                    &ControlState {
+                        persist: true,
+                        ..started()
+                    },
+                    switch("green", None),
+                )
+            },
+            when: read(2, file("green", &["blue", "green"])),
+            then: |_, d| {
+                assert_eq!(d.next.overridden, None, "the file now says it");
+                assert_eq!(d.next.persist_error, None, "nothing is left to persist");
             },
         },
     ]
