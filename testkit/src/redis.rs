@@ -15,6 +15,8 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Holds the port (refusing connections) until the first start.
+    reserved: Option<ClosedPort>,
 }
 
 /// Where `redis-server` is installed (`cargo xtask test` installs it).
@@ -35,16 +37,23 @@ impl Redis {
     /// Starts a server on a port reserved for it (no free-port race) and
     /// waits until it answers `PING`.
     pub fn start() -> Redis {
+        let mut r = Redis::reserved();
+        r.restart();
+        r
+    }
+
+    /// A server not started yet: its port is reserved (bound, not
+    /// listening, so connecting is refused and nobody else takes it) until
+    /// [`Redis::restart`] starts it there. For "Redis is away at start".
+    pub fn reserved() -> Redis {
         // Held, not listening, while the server binds the port beside it.
         let reserved = ClosedPort::reusable();
-        let mut r = Redis {
+        Redis {
             port: reserved.port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
-        };
-        r.restart();
-        drop(reserved);
-        r
+            reserved: Some(reserved),
+        }
     }
 
     /// (Re)starts the server on the same port.
@@ -63,6 +72,7 @@ impl Redis {
         wait_until(Duration::from_secs(10), "redis-server answers PING", || {
             self.ping()
         });
+        self.reserved = None;
     }
 
     /// Kills the server.

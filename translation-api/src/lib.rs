@@ -80,7 +80,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `host` or `host:port` (default port 6379) of the Redis that counts
     /// requests per client address; `None` (the default) counts nothing.
+    /// Redis being away at start does not stop the service: it logs a
+    /// warning naming the address and connects in the background.
     pub redis_addr: Option<String>,
+    /// Fail the start ([`Error::RedisRequired`]) when `redis_addr` does not
+    /// answer `PING` within 3 s (`--require-redis`). Default `false`.
+    pub require_redis: bool,
     /// Number of worker threads, each with its own runtime and listener;
     /// 0 (the default) = one per available core.
     pub workers: usize,
@@ -88,7 +93,8 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the defaults: loopback trusted, no access log,
-    /// no shutdown delay, 30 s grace, no Redis, one worker per core.
+    /// no shutdown delay, 30 s grace, no Redis (and not required), one
+    /// worker per core.
     pub fn new(listen: SocketAddr, version: impl Into<String>) -> Self {
         Config {
             listen,
@@ -98,6 +104,7 @@ impl Config {
             shutdown_delay: Duration::ZERO,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             redis_addr: None,
+            require_redis: false,
             workers: 0,
         }
     }
@@ -119,9 +126,10 @@ pub enum Error {
     /// `REDIS_ADDR` is not `host` or `host:port`.
     #[error("invalid Redis address {addr:?}: {reason}")]
     RedisAddr { addr: String, reason: String },
-    /// Redis did not answer `PING` at start.
-    #[error("cannot reach Redis at {addr}: {reason}")]
-    RedisUnreachable { addr: String, reason: String },
+    /// Redis did not answer `PING` at start and [`Config::require_redis`]
+    /// is set (without it, the service starts anyway and connects later).
+    #[error("cannot reach Redis at {addr} (--require-redis: not starting without it): {reason}")]
+    RedisRequired { addr: String, reason: String },
     /// A worker thread panicked.
     #[error("worker thread {0} panicked")]
     WorkerPanicked(String),

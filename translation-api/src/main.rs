@@ -1,6 +1,7 @@
-//! `translation-api`: flags → tracing → Redis check and listeners
-//! ([`translation_api::spawn`]) → wait for SIGTERM/SIGINT → graceful
-//! shutdown → exit code (0 after a clean shutdown, 1 when it could not start).
+//! `translation-api`: flags → tracing → the Redis task (its check fatal only
+//! with `--require-redis`) and listeners ([`translation_api::spawn`]) → wait
+//! for SIGTERM/SIGINT → graceful shutdown → exit code (0 after a clean
+//! shutdown, 1 when it could not start, 2 for a usage error).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -20,7 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The translation API that switchyard fronts.
 ///
 /// Environment: REDIS_ADDR (`host` or `host:port`, default port 6379) counts
-/// translate requests per client address in the Redis hash `requests_by_ip`;
+/// translate requests per client address in the Redis hash `requests_by_ip`
+/// (Redis being away at start does not stop the service: it warns, serves and
+/// connects in the background, unless --require-redis);
 /// APP_VERSION overrides the version built in; RUST_LOG filters the logs
 /// (`access=off` silences the access log).
 #[derive(Parser, Debug)]
@@ -59,6 +62,11 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Exit 1 at start when REDIS_ADDR does not answer PING within 3 s,
+    /// instead of serving and connecting in the background. Needs REDIS_ADDR.
+    #[arg(long)]
+    require_redis: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -104,6 +112,10 @@ fn main() -> ExitCode {
     }
 
     let redis_addr = std::env::var("REDIS_ADDR").ok().filter(|a| !a.trim().is_empty());
+    if cli.require_redis && redis_addr.is_none() {
+        eprintln!("translation-api: --require-redis needs REDIS_ADDR (host or host:port)");
+        return ExitCode::from(2);
+    }
     let mut config = Config::new(cli.listen, version.clone());
     config.trusted_proxies = if cli.trusted_proxy.is_empty() {
         default_trusted_proxies()
@@ -114,6 +126,7 @@ fn main() -> ExitCode {
     config.shutdown_delay = cli.shutdown_delay;
     config.shutdown_grace = cli.shutdown_grace;
     config.redis_addr = redis_addr;
+    config.require_redis = cli.require_redis;
     config.workers = cli.workers;
 
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -121,9 +121,10 @@ impl Drop for Running {
     }
 }
 
-/// Binds `config.listen` once per worker (`SO_REUSEPORT`), connects to Redis
-/// if configured (connect + `PING`, failing with
-/// [`Error::RedisUnreachable`]), starts the workers, and returns once every
+/// Binds `config.listen` once per worker (`SO_REUSEPORT`), starts the Redis
+/// task if configured (which connects in the background; only with
+/// `require_redis` does spawn wait for its connect + `PING` and fail with
+/// [`Error::RedisRequired`]), starts the workers, and returns once every
 /// listener is listening.
 pub fn spawn(config: Config) -> Result<Running, Error> {
     let workers = match config.workers {
@@ -132,7 +133,7 @@ pub fn spawn(config: Config) -> Result<Running, Error> {
     };
     let (recorder, stats_task) = match &config.redis_addr {
         Some(addr) => {
-            let (recorder, task) = stats::start(addr)?;
+            let (recorder, task) = stats::start(addr, config.require_redis)?;
             (Some(recorder), Some(task))
         }
         None => (None, None),

@@ -8,8 +8,10 @@
 //! if each request had sent `HINCRBY ... 1`), one round-trip at a time:
 //! while a pipeline is on the wire, the next batch collects in the queue.
 //!
-//! While Redis is unreachable the task keeps the sums (up to
-//! [`MAX_PENDING_ADDRESSES`] addresses) and reconnects with a backoff; a
+//! While Redis is unreachable — at start too, unless `--require-redis` asked
+//! for the check to stop the start — the task keeps the sums (up to
+//! [`MAX_PENDING_ADDRESSES`] addresses) and reconnects in the background
+//! with a backoff ([`RECONNECT_MIN`] doubling to [`RECONNECT_MAX`]); a
 //! pipeline that fails on the wire is not resent (it may have been applied)
 //! and its increments are counted as lost. Drops and losses are logged every
 //! [`REPORT_EVERY`] while they happen, never per request.
@@ -41,12 +43,13 @@ const BATCH: usize = 4_096;
 pub const MAX_PENDING_ADDRESSES: usize = 100_000;
 /// How often drops and losses are logged while they happen.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
-/// Connect + `PING` at start must succeed within this (well under 5 s).
+/// The first connect + `PING` answers within this (well under 5 s), or
+/// counts as failed (fatal only with `--require-redis`).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// A Redis address: `host` or `host:port`, IPv6 as `[::1]:6379` or bare `::1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,15 +189,22 @@ async fn connect(client: &Client) -> Result<MultiplexedConnection, String> {
     }
 }
 
-/// Connects to `addr` and checks it answers `PING` (within
-/// [`STARTUP_TIMEOUT`]), then keeps the task running on its own thread.
+/// Starts the Redis task on its own thread. Its first act is to connect to
+/// `addr` and check it answers `PING` (within [`STARTUP_TIMEOUT`]).
 ///
-/// Blocks the caller during the check; works whether or not the caller is
-/// itself inside a tokio runtime (the check runs on the task's own thread).
-pub(crate) fn start(addr: &str) -> Result<(Recorder, Task), Error> {
+/// With `require` the caller waits for that check and gets
+/// [`Error::RedisRequired`] when it fails (the `--require-redis` start).
+/// Without, nothing waits: if the check fails the task logs one warning
+/// naming the address, keeps the counts (as during any outage) and connects
+/// in the background with a backoff from [`RECONNECT_MIN`] doubling to
+/// [`RECONNECT_MAX`], logging once when it has connected.
+///
+/// Works whether or not the caller is itself inside a tokio runtime (the
+/// check runs on the task's own thread).
+pub(crate) fn start(addr: &str, require: bool) -> Result<(Recorder, Task), Error> {
     let parsed = RedisAddr::parse(addr)?;
     let shown = parsed.to_string();
-    let unreachable = |reason: String| Error::RedisUnreachable {
+    let unreachable = |reason: String| Error::RedisRequired {
         addr: shown.clone(),
         reason,
     };
@@ -218,26 +228,30 @@ pub(crate) fn start(addr: &str) -> Result<(Recorder, Task), Error> {
                 let checked = timeout(STARTUP_TIMEOUT, check(&client))
                     .await
                     .unwrap_or_else(|_| Err(format!("no answer to PING within {STARTUP_TIMEOUT:?}")));
-                let conn = match checked {
+                let mut sink = Sink::new(sink_addr, client);
+                match checked {
                     Ok(conn) => {
                         let _ = checked_tx.send(Ok(()));
-                        conn
+                        tracing::info!(redis = %sink.addr, "connected to Redis");
+                        sink.conn = Some(conn);
+                        sink.connected_once = true;
                     }
-                    Err(reason) => {
+                    Err(reason) if require => {
                         let _ = checked_tx.send(Err(reason));
                         return;
                     }
-                };
-                let sink = Sink {
-                    addr: sink_addr,
-                    client,
-                    conn: Some(conn),
-                    pending: HashMap::new(),
-                    lost: 0,
-                    retry_at: Instant::now(),
-                    backoff: RECONNECT_MIN,
-                    outage_logged: false,
-                };
+                    Err(reason) => {
+                        drop(checked_tx);
+                        tracing::warn!(
+                            redis = %sink.addr,
+                            error = %reason,
+                            "cannot reach Redis at start; serving without it, \
+                             keeping the counts and connecting in the background"
+                        );
+                        sink.outage_logged = true;
+                        sink.schedule_retry();
+                    }
+                }
                 run(rx, stop_rx, sink, task_dropped).await;
             });
         })
@@ -246,6 +260,9 @@ pub(crate) fn start(addr: &str) -> Result<(Recorder, Task), Error> {
         stop: Some(stop_tx),
         thread: Some(thread),
     };
+    if !require {
+        return Ok((Recorder { tx, dropped }, task));
+    }
     match checked_rx.recv() {
         Ok(Ok(())) => Ok((Recorder { tx, dropped }, task)),
         Ok(Err(reason)) => {
@@ -297,15 +314,23 @@ async fn run(
                 }
                 break;
             }
+            // Disconnected: (re)connect when the backoff says so, whether or
+            // not counts are waiting, then write what was kept.
+            _ = tokio::time::sleep_until(sink.retry_at), if sink.conn.is_none() => {
+                sink.reconnect().await;
+                sink.flush().await;
+            }
             _ = tick.tick() => {
                 sink.flush().await;
                 report.maybe(&sink, &dropped, false);
             }
         }
     }
-    // Final flush: one more attempt (reconnecting if needed), bounded by the
-    // connect and response timeouts.
-    sink.retry_at = Instant::now();
+    // Final flush: one more attempt (connecting if needed and anything is
+    // left), bounded by the connect and response timeouts.
+    if sink.conn.is_none() && !sink.pending.is_empty() {
+        sink.reconnect().await;
+    }
     sink.flush().await;
     sink.lost += sink.pending.values().map(|n| n.unsigned_abs()).sum::<u64>();
     report.maybe(&sink, &dropped, true);
@@ -351,12 +376,31 @@ struct Sink {
     pending: HashMap<IpAddr, i64>,
     /// Increments that could not be recorded (failed pipelines, overflow).
     lost: u64,
+    /// While disconnected: when to try connecting next.
     retry_at: Instant,
+    /// The wait after the next failed attempt.
     backoff: Duration,
+    /// The current outage was logged (one warning per outage).
     outage_logged: bool,
+    /// A connection was made at some point ("connected" vs "reconnected").
+    connected_once: bool,
 }
 
 impl Sink {
+    fn new(addr: String, client: Client) -> Sink {
+        Sink {
+            addr,
+            client,
+            conn: None,
+            pending: HashMap::new(),
+            lost: 0,
+            retry_at: Instant::now(),
+            backoff: RECONNECT_MIN,
+            outage_logged: false,
+            connected_once: false,
+        }
+    }
+
     fn add(&mut self, ips: impl Iterator<Item = IpAddr>) {
         for ip in ips {
             if let Some(n) = self.pending.get_mut(&ip) {
@@ -369,38 +413,50 @@ impl Sink {
         }
     }
 
+    /// The next attempt after the current backoff, which then doubles
+    /// (up to [`RECONNECT_MAX`]).
+    fn schedule_retry(&mut self) {
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+    }
+
+    /// One connection attempt (bounded by the connect timeout); logs the
+    /// first failure of an outage and the success.
+    async fn reconnect(&mut self) {
+        match connect(&self.client).await {
+            Ok(conn) => {
+                if self.connected_once {
+                    tracing::info!(redis = %self.addr, "reconnected to Redis");
+                } else {
+                    tracing::info!(redis = %self.addr, "connected to Redis");
+                }
+                self.conn = Some(conn);
+                self.connected_once = true;
+                self.backoff = RECONNECT_MIN;
+                self.outage_logged = false;
+            }
+            Err(reason) => {
+                if !self.outage_logged {
+                    tracing::warn!(
+                        redis = %self.addr,
+                        error = %reason,
+                        "cannot reach Redis; keeping counts and retrying"
+                    );
+                    self.outage_logged = true;
+                }
+                self.schedule_retry();
+            }
+        }
+    }
+
+    /// Writes the pending sums as one pipeline; does nothing while
+    /// disconnected (the run loop reconnects).
     async fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => {
-                if Instant::now() < self.retry_at {
-                    return;
-                }
-                match connect(&self.client).await {
-                    Ok(conn) => {
-                        tracing::info!(redis = %self.addr, "reconnected to Redis");
-                        self.backoff = RECONNECT_MIN;
-                        self.outage_logged = false;
-                        self.conn.insert(conn)
-                    }
-                    Err(reason) => {
-                        if !self.outage_logged {
-                            tracing::warn!(
-                                redis = %self.addr,
-                                error = %reason,
-                                "cannot reach Redis; keeping counts and retrying"
-                            );
-                            self.outage_logged = true;
-                        }
-                        self.retry_at = Instant::now() + self.backoff;
-                        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
-                        return;
-                    }
-                }
-            }
+        let Some(conn) = &mut self.conn else {
+            return;
         };
         let mut pipe = redis::pipe();
         for (ip, n) in &self.pending {
@@ -460,16 +516,7 @@ mod tests {
     #[test]
     fn increments_are_summed_per_address_and_bounded() {
         let addr = RedisAddr::parse("127.0.0.1:1").unwrap();
-        let mut sink = Sink {
-            addr: addr.to_string(),
-            client: client_for(&addr).unwrap(),
-            conn: None,
-            pending: HashMap::new(),
-            lost: 0,
-            retry_at: Instant::now(),
-            backoff: RECONNECT_MIN,
-            outage_logged: false,
-        };
+        let mut sink = Sink::new(addr.to_string(), client_for(&addr).unwrap());
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         sink.add([a, b, a, a].into_iter());

@@ -170,27 +170,95 @@ fn json_log_format() {
 }
 
 #[test]
-fn redis_at_a_closed_port_exits_1_within_5s_naming_the_address() {
+fn redis_away_at_start_serves_warns_and_counts_once_redis_comes() {
+    // The port is reserved but nothing listens: connecting is refused.
+    let mut redis = Redis::reserved();
+    let mut p = start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", &redis.addr())]);
+    let addr = addr(&p);
+    let warning = p.next_line(Duration::from_secs(10), "warning that Redis is away", |l| {
+        l.contains("WARN") && l.contains(&redis.addr())
+    });
+    assert!(warning.contains("background"), "{warning}");
+    for _ in 0..3 {
+        let r = get(
+            addr,
+            "/api/v1/translate?phrase=Lol",
+            &[("X-Forwarded-For", "192.0.2.7")],
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, r#"{"phrase":"Lol","translation":"Kek","errors":[]}"#);
+    }
+    assert_eq!(get(addr, "/readyz", &[]).status, 200);
+
+    // Redis comes: the service connects on its own, says so once, and
+    // writes the counts it kept.
+    redis.restart();
+    p.next_line(Duration::from_secs(20), "saying it connected", |l| {
+        l.contains("connected to Redis") && l.contains(&redis.addr())
+    });
+    wait_until(Duration::from_secs(20), "the 3 counts in Redis", || {
+        redis.all().get("192.0.2.7") == Some(&3)
+    });
+    // The next request is counted too.
+    assert_eq!(
+        get(
+            addr,
+            "/api/v1/translate?phrase=Lol",
+            &[("X-Forwarded-For", "192.0.2.7")]
+        )
+        .status,
+        200
+    );
+    wait_until(Duration::from_secs(20), "the 4th count in Redis", || {
+        redis.all().get("192.0.2.7") == Some(&4)
+    });
+    assert_eq!(p.count_lines(|l| l.contains("connected to Redis")), 1);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn require_redis_with_redis_at_a_closed_port_exits_1_within_5s_naming_the_address() {
     let closed = ClosedPort::new();
     let redis = closed.addr().to_string();
     let started = Instant::now();
-    let mut p = start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", &redis)]);
+    let mut p = start(
+        &["--listen", "127.0.0.1:0", "--require-redis"],
+        &[("REDIS_ADDR", &redis)],
+    );
     assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(5));
     let err = p.stderr();
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains(&redis), "the address is named: {err}");
+    assert!(err.contains("--require-redis"), "the reason is named: {err}");
+    assert_eq!(p.count_lines(|l| l.contains("listening")), 0);
 }
 
 #[test]
-fn redis_that_never_answers_exits_1_within_5s() {
+fn require_redis_that_never_answers_exits_1_within_5s() {
     // An address nobody answers from (TEST-NET-1): the connection either
     // hangs until our timeout or fails at once; either way, exit 1 in time.
     let started = Instant::now();
-    let mut p = start(&["--listen", "127.0.0.1:0"], &[("REDIS_ADDR", "192.0.2.1")]);
+    let mut p = start(
+        &["--listen", "127.0.0.1:0", "--require-redis"],
+        &[("REDIS_ADDR", "192.0.2.1")],
+    );
     assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(p.stderr().contains("192.0.2.1:6379"));
+}
+
+#[test]
+fn require_redis_without_redis_addr_is_refused() {
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--require-redis"])
+        .env_remove("REDIS_ADDR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("REDIS_ADDR"), "{err}");
 }
 
 #[test]

@@ -114,3 +114,47 @@ fn redis_going_away_fails_no_request_and_the_task_reconnects() {
         redis.count("192.0.2.3") == Some(4)
     });
 }
+
+#[test]
+fn redis_away_at_start_does_not_stop_spawn_and_counts_arrive_once_it_comes() {
+    let mut redis = Redis::reserved();
+    let api = start(|c| c.redis_addr = Some(redis.addr()));
+    let addr = api.addr();
+    for _ in 0..2 {
+        let r = get(
+            addr,
+            "/api/v1/translate?phrase=Okay",
+            &[("X-Forwarded-For", "192.0.2.9")],
+        );
+        assert_eq!(r.status, 200, "Redis being away never fails a request");
+    }
+    assert_eq!(get(addr, "/readyz", &[]).status, 200);
+    redis.restart();
+    wait_until(Duration::from_secs(20), "the kept counts in Redis", || {
+        redis.all().get("192.0.2.9") == Some(&2)
+    });
+    get(
+        addr,
+        "/api/v1/translate?phrase=Okay",
+        &[("X-Forwarded-For", "192.0.2.9")],
+    );
+    wait_until(Duration::from_secs(20), "the next count", || {
+        redis.count("192.0.2.9") == Some(3)
+    });
+}
+
+#[test]
+fn require_redis_makes_spawn_fail_naming_the_address() {
+    let redis = Redis::reserved();
+    let mut c = translation_api::Config::new("127.0.0.1:0".parse().unwrap(), "0.0.1");
+    c.workers = 1;
+    c.redis_addr = Some(redis.addr());
+    c.require_redis = true;
+    match translation_api::spawn(c) {
+        Err(e @ translation_api::Error::RedisRequired { .. }) => {
+            assert!(e.to_string().contains(&redis.addr()), "{e}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("started without the Redis it requires"),
+    }
+}
