@@ -154,8 +154,9 @@ impl Drop for Tracked {
 }
 
 /// One core: accept until told to stop, then let every connection finish
-/// its in-flight requests (closing idle keep-alive connections) within
-/// `grace`. Runs on the core's own `LocalRuntime`.
+/// its in-flight requests, and every tunnel run, (closing idle keep-alive
+/// connections) within `grace`; what is still open then is closed with the
+/// core's runtime. Runs on the core's own `LocalRuntime`.
 pub async fn run_core(
     core: usize,
     listener: std::net::TcpListener,
