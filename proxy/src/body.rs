@@ -13,9 +13,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::client::Recycle;
-use crate::conn::Conn;
+use crate::conn::{Conn, Waiting};
 use crate::local::CorePool;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, Reject};
 
 /// What the access log line needs to know about a request.
 pub struct AccessInfo {
@@ -32,6 +32,48 @@ pub struct AccessInfo {
 /// The status recorded for a request whose client went away before it was
 /// answered (nginx's 499).
 pub const CLIENT_CLOSED: u16 = 499;
+
+/// The status class a response cut by its upstream is counted under in
+/// `requests_total` (what the proxy answers when the upstream fails before
+/// the head).
+const CUT_BY_UPSTREAM: u16 = 502;
+
+/// Why a response body did not reach the client whole. Such a response is
+/// counted in `requests_total` under the class of the side that failed it
+/// (never as a clean 2xx), and marked in the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The upstream ended it before its announced end (it closed or reset
+    /// the connection, or broke the chunked framing): `upstream_errors_total
+    /// {kind="truncated"}`, and 5xx.
+    Truncated,
+    /// The upstream sent nothing for `timeouts.upstream_read`:
+    /// `upstream_errors_total{kind="read_timeout"}`, and 5xx.
+    ReadTimeout,
+    /// The client took nothing for `timeouts.send`:
+    /// `rejected_total{reason="send_timeout"}`, and 4xx (as a client that
+    /// went away, 499).
+    SendTimeout,
+}
+
+impl Cut {
+    /// The access log's `cut` field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cut::Truncated => "truncated",
+            Cut::ReadTimeout => "read_timeout",
+            Cut::SendTimeout => "send_timeout",
+        }
+    }
+
+    /// The status whose class `requests_total` counts the request under.
+    fn counted_status(self) -> u16 {
+        match self {
+            Cut::Truncated | Cut::ReadTimeout => CUT_BY_UPSTREAM,
+            Cut::SendTimeout => CLIENT_CLOSED,
+        }
+    }
+}
 
 /// Counts a request while it is in flight and records it (metrics, access
 /// log) when dropped: after the response body ended or was abandoned.
@@ -50,7 +92,11 @@ pub struct Completion {
     /// (moved into the response body, and with it into per-connection
     /// state) would be three times larger for every request, logged or not.
     pub access: Option<Box<AccessInfo>>,
-    /// The client connection it came on (its idle time starts at the end).
+    /// Set when the upstream cut the response body; a cut by the
+    /// connection's deadline is read from the connection at the end.
+    pub cut: Option<Cut>,
+    /// The client connection it came on (its idle time starts at the end;
+    /// its deadline times the response body).
     conn: Rc<Conn>,
 }
 
@@ -70,8 +116,16 @@ impl Completion {
             bytes: 0,
             endpoint: None,
             access,
+            cut: None,
             conn,
         }
+    }
+}
+
+impl Completion {
+    /// The client connection the request came on.
+    pub fn conn(&self) -> &Rc<Conn> {
+        &self.conn
     }
 }
 
@@ -79,10 +133,27 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let p = &self.pool;
         p.pool.inflight.add(p.core, -1);
+        // Read before `request_ended` re-arms the connection's deadline.
+        let cut = self.cut.or_else(|| match self.conn.cut_while() {
+            Some(Waiting::Upstream) => Some(Cut::ReadTimeout),
+            Some(Waiting::Client) => Some(Cut::SendTimeout),
+            _ => None,
+        });
+        let counted_status = match cut {
+            None => self.status,
+            Some(c) => {
+                match c {
+                    Cut::Truncated => p.pool.metrics.error(ErrorKind::Truncated),
+                    Cut::ReadTimeout => p.pool.metrics.error(ErrorKind::ReadTimeout),
+                    Cut::SendTimeout => self.conn.worker.shared.metrics.rejected(Reject::SendTimeout),
+                }
+                c.counted_status()
+            }
+        };
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.start);
         self.conn.request_ended(now);
-        if p.metrics.request(self.status, elapsed.as_secs_f64()) {
+        if p.metrics.request(counted_status, elapsed.as_secs_f64()) {
             p.metrics.flush();
         }
         if let Some(a) = &self.access {
@@ -100,6 +171,8 @@ impl Drop for Completion {
                     .map_or("-", |e| e.addr.as_str()),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 bytes = self.bytes,
+                truncated = cut.is_some(),
+                cut = cut.map_or("-", Cut::label),
             );
         }
     }
@@ -158,6 +231,10 @@ impl Body for ProxyBody {
                             if let Some(r) = recycle.take() {
                                 r.give_back();
                             }
+                        } else {
+                            // Handed over: until hyper asks for the next
+                            // frame, the client is what we wait for.
+                            completion.conn.waits_for_client();
                         }
                     }
                     Poll::Ready(None) => {
@@ -166,10 +243,14 @@ impl Body for ProxyBody {
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
+                        // Cut before its end: the connection is not reused,
+                        // and the error makes hyper close the client's
+                        // connection, so the client sees the body end
+                        // short, never framed as complete.
                         recycle.take();
-                        completion.pool.pool.metrics.error(ErrorKind::Reset);
+                        completion.cut = Some(Cut::Truncated);
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => completion.conn.waits_for_upstream(),
                 }
                 polled
             }

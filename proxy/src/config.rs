@@ -26,8 +26,19 @@ pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
 pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(50);
 /// Default `[timeouts] shutdown_delay`.
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
-/// Default `[timeouts] shutdown`: grace for in-flight requests.
+/// Default `[timeouts] shutdown`: grace for in-flight requests and open tunnels.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default `[timeouts] send`: a response the client takes nothing of for
+/// this long is cut (nginx's `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `[timeouts] upstream_read`: a response body of which the upstream
+/// sends nothing for this long is cut.
+pub const DEFAULT_UPSTREAM_READ: Duration = Duration::from_secs(60);
+/// Default `[timeouts] tunnel_idle`: an upgraded connection with no byte
+/// either way for this long is closed.
+pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(3600);
+/// Default `[limits] upgrade_protocols`: the `Upgrade` tokens tunnelled.
+pub const DEFAULT_UPGRADE_PROTOCOLS: [&str; 1] = ["websocket"];
 /// Largest upstreams file we read; anything bigger is rejected unparsed.
 pub const MAX_UPSTREAMS_BYTES: u64 = 1 << 20;
 
@@ -51,6 +62,9 @@ pub struct ProxyFile {
     /// `[timeouts]`.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: Limits,
     /// `[tls]` (later): rejected as not supported yet.
     pub tls: Option<Spanned<toml::Value>>,
 }
@@ -167,9 +181,21 @@ pub struct Timeouts {
     /// On SIGTERM: keep serving this long with `/readyz` = 503.
     #[serde(with = "humantime_serde")]
     pub shutdown_delay: Duration,
-    /// Then: grace for in-flight requests.
+    /// Then: grace for in-flight requests and open tunnels.
     #[serde(with = "humantime_serde")]
     pub shutdown: Duration,
+    /// A response the client takes nothing of for this long is cut
+    /// (inactivity, from the head on).
+    #[serde(with = "humantime_serde")]
+    pub send: Duration,
+    /// A response body of which the upstream sends nothing for this long is
+    /// cut (inactivity, from the head on).
+    #[serde(with = "humantime_serde")]
+    pub upstream_read: Duration,
+    /// An upgraded connection (a tunnel) with no byte either way for this
+    /// long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -181,8 +207,61 @@ impl Default for Timeouts {
             upstream_idle: DEFAULT_UPSTREAM_IDLE,
             shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
             shutdown: DEFAULT_SHUTDOWN_GRACE,
+            send: DEFAULT_SEND_TIMEOUT,
+            upstream_read: DEFAULT_UPSTREAM_READ,
+            tunnel_idle: DEFAULT_TUNNEL_IDLE,
         }
     }
+}
+
+/// `[limits]`: what an internet-facing edge ships with. Only
+/// `upgrade_protocols` is built; the other keys of the design are rejected
+/// as not supported yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The `Upgrade` protocols tunnelled (case-insensitive tokens); any
+    /// other `Upgrade` is stripped and the request forwarded as a plain one.
+    #[serde(default = "default_upgrade_protocols")]
+    pub upgrade_protocols: Vec<String>,
+    /// `max_connections` (later).
+    pub max_connections: Option<Spanned<toml::Value>>,
+    /// `max_header_bytes` (later).
+    pub max_header_bytes: Option<Spanned<toml::Value>>,
+    /// `max_headers` (later).
+    pub max_headers: Option<Spanned<toml::Value>>,
+    /// `max_body` (later).
+    pub max_body: Option<Spanned<toml::Value>>,
+    /// `upstream_max_connections` (later).
+    pub upstream_max_connections: Option<Spanned<toml::Value>>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            upgrade_protocols: default_upgrade_protocols(),
+            max_connections: None,
+            max_header_bytes: None,
+            max_headers: None,
+            max_body: None,
+            upstream_max_connections: None,
+        }
+    }
+}
+
+fn default_upgrade_protocols() -> Vec<String> {
+    DEFAULT_UPGRADE_PROTOCOLS
+        .iter()
+        .map(|p| (*p).to_string())
+        .collect()
+}
+
+/// Whether `s` is an HTTP token (RFC 9110 §5.6.2), as an `Upgrade`
+/// protocol name must be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `upstreams.toml`: the desired state, watched.
@@ -318,11 +397,35 @@ impl Settings {
                 reason: "admin.listen must not be the data listener's address".into(),
             });
         }
+        let l = &file.limits;
+        for (key, value) in [
+            ("max_connections", &l.max_connections),
+            ("max_header_bytes", &l.max_header_bytes),
+            ("max_headers", &l.max_headers),
+            ("max_body", &l.max_body),
+            ("upstream_max_connections", &l.upstream_max_connections),
+        ] {
+            if let Some(v) = value {
+                errors.push(not_supported(path, text, &format!("limits.{key}"), v.span()));
+            }
+        }
+        for p in &l.upgrade_protocols {
+            if !is_token(p) {
+                errors.push(ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    line: None,
+                    reason: format!("limits.upgrade_protocols: {p:?} is not a protocol name (an HTTP token)"),
+                });
+            }
+        }
         let t = &file.timeouts;
         for (name, value) in [
             ("connect", t.connect),
             ("request", t.request),
             ("client_idle", t.client_idle),
+            ("send", t.send),
+            ("upstream_read", t.upstream_read),
+            ("tunnel_idle", t.tunnel_idle),
         ] {
             if value.is_zero() {
                 errors.push(ConfigError::Invalid {
@@ -526,5 +629,79 @@ mod tests {
         assert_eq!(s.upstreams_path, Path::new("/etc/sy/u.toml"));
         assert_eq!(s.file.timeouts.upstream_idle, DEFAULT_UPSTREAM_IDLE);
         assert!(s.file.headers.expose && s.file.log.access && !s.file.admin.persist);
+        assert_eq!(
+            (
+                s.file.timeouts.send,
+                s.file.timeouts.upstream_read,
+                s.file.timeouts.tunnel_idle
+            ),
+            (DEFAULT_SEND_TIMEOUT, DEFAULT_UPSTREAM_READ, DEFAULT_TUNNEL_IDLE)
+        );
+        assert_eq!(s.file.limits.upgrade_protocols, ["websocket"]);
+    }
+
+    const MINIMAL: &str = "[listen]\nhttp = \"127.0.0.1:1\"\n[upstreams]\nfile = \"u\"\n";
+
+    #[test]
+    fn limits_builds_upgrade_protocols_and_refuses_the_rest_as_not_supported_yet() {
+        let s = Settings::parse(
+            Path::new("p.toml"),
+            &format!("{MINIMAL}[limits]\nupgrade_protocols = [\"websocket\", \"h2c\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(s.file.limits.upgrade_protocols, ["websocket", "h2c"]);
+        for key in [
+            "max_connections = 20000",
+            "max_header_bytes = \"32KiB\"",
+            "max_headers = 100",
+            "max_body = \"0\"",
+            "upstream_max_connections = 1024",
+        ] {
+            let errs =
+                Settings::parse(Path::new("p.toml"), &format!("{MINIMAL}[limits]\n{key}\n")).unwrap_err();
+            let name = key.split(' ').next().unwrap();
+            let msg = errs[0].to_string();
+            assert!(
+                msg.contains(&format!("`limits.{name}` is not supported yet")) && msg.contains("line 6"),
+                "{msg}"
+            );
+        }
+        let errs = Settings::parse(
+            Path::new("p.toml"),
+            &format!("{MINIMAL}[limits]\nupgrade_protocols = [\"web socket\"]\n"),
+        )
+        .unwrap_err();
+        assert!(errs[0].to_string().contains("not a protocol name"), "{errs:?}");
+    }
+
+    #[test]
+    fn the_response_timeouts_parse_and_must_not_be_zero() {
+        let s = Settings::parse(
+            Path::new("p.toml"),
+            &format!(
+                "{MINIMAL}[timeouts]\nsend = \"5s\"\nupstream_read = \"300ms\"\ntunnel_idle = \"10m\"\n"
+            ),
+        )
+        .unwrap();
+        let t = &s.file.timeouts;
+        assert_eq!(
+            (t.send, t.upstream_read, t.tunnel_idle),
+            (
+                Duration::from_secs(5),
+                Duration::from_millis(300),
+                Duration::from_secs(600)
+            )
+        );
+        let errs = Settings::parse(
+            Path::new("p.toml"),
+            &format!("{MINIMAL}[timeouts]\nsend = \"0s\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("timeouts.send must be greater than 0"),
+            "{errs:?}"
+        );
     }
 }

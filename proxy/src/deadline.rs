@@ -1,6 +1,8 @@
 //! Coarse deadlines of one core: the request timeout of every in-flight
-//! request and the idle timeout of every client connection, checked by one
-//! ticking task per core instead of one timer per request.
+//! request, the one inactivity deadline of every client connection (idle
+//! between requests, `send` and `upstream_read` while a response body
+//! streams) and that of every tunnel, checked by one ticking task per core
+//! instead of one timer per request.
 //!
 //! A tokio timer per request (and hyper's header-read timer, re-armed for
 //! every request of a keep-alive connection) costs allocations, timer wheel
@@ -11,8 +13,14 @@
 //! price is precision: a deadline fires up to one tick late, and the tick
 //! is a fraction of the shortest timeout, bounded below and above (see
 //! `tick_for`).
+//!
+//! An inactivity timeout is re-armed on every sign of progress (a body
+//! frame passed on, a tunnel read) with [`Deadline::arm_in`], which reads
+//! no clock: it counts from the core's coarse clock, the time of the last
+//! tick, plus one tick (so it never fires early), at the cost of a slab
+//! write.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -40,9 +48,22 @@ struct Entry {
 }
 
 /// One core's deadlines; see the module doc.
-#[derive(Default)]
 pub struct Deadlines {
     entries: RefCell<Slab<Entry>>,
+    /// The coarse clock: when the ticker last ran (see [`Deadline::arm_in`]).
+    now: Cell<Instant>,
+    /// The ticker's period (until it runs: the longest tick).
+    tick: Cell<Duration>,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            entries: RefCell::default(),
+            now: Cell::new(Instant::now()),
+            tick: Cell::new(MAX_TICK),
+        }
+    }
 }
 
 impl Deadlines {
@@ -61,6 +82,7 @@ impl Deadlines {
 
     /// Fires every armed deadline that is due at `now`. Returns how many.
     pub fn fire(&self, now: Instant) -> usize {
+        self.now.set(self.now.get().max(now));
         let mut wake = Vec::new();
         let mut n = 0;
         for (_, e) in self.entries.borrow_mut().iter_mut() {
@@ -88,6 +110,7 @@ impl Deadlines {
 
     /// Runs the core's ticker: fires due deadlines every `tick`, forever.
     pub async fn run(self: Rc<Self>, tick: Duration) {
+        self.tick.set(tick);
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -110,6 +133,23 @@ impl Deadline {
             e.at = at;
             e.fired = false;
         }
+    }
+
+    /// Arms it to fire once `d` has passed, counted on the core's coarse
+    /// clock (the last tick) plus one tick: no clock read, never early, up
+    /// to two ticks late. What inactivity timeouts re-arm with on progress.
+    pub fn arm_in(&self, d: Duration) {
+        let dl = &self.deadlines;
+        self.arm(dl.now.get().checked_add(d.saturating_add(dl.tick.get())));
+    }
+
+    /// Whether it has fired (and was not re-armed since).
+    pub fn has_fired(&self) -> bool {
+        self.deadlines
+            .entries
+            .borrow()
+            .get(self.key)
+            .is_some_and(|e| e.fired)
     }
 
     /// Disarms it: it will not fire until armed again.
@@ -217,6 +257,25 @@ mod tests {
         x.disarm();
         assert_eq!(d.fire(t0 + Duration::from_secs(60)), 0);
         assert!(x.poll_fired(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn arm_in_counts_from_the_last_tick_plus_one_tick() {
+        let d = Rc::new(Deadlines::default());
+        d.tick.set(Duration::from_millis(10));
+        let t0 = Instant::now();
+        d.fire(t0);
+        let x = d.add(None);
+        x.arm_in(Duration::from_secs(1));
+        assert_eq!(d.fire(t0 + Duration::from_millis(1009)), 0);
+        assert!(!x.has_fired());
+        assert_eq!(d.fire(t0 + Duration::from_millis(1010)), 1);
+        assert!(x.has_fired());
+        // Re-armed (progress) after a later tick: counted from that tick.
+        x.arm_in(Duration::from_secs(1));
+        assert!(!x.has_fired());
+        assert_eq!(d.fire(t0 + Duration::from_millis(2019)), 0);
+        assert_eq!(d.fire(t0 + Duration::from_millis(2020)), 1);
     }
 
     #[test]

@@ -9,22 +9,25 @@
 pub mod retry;
 pub mod send;
 
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::{AccessInfo, Completion, ProxyBody};
 use crate::client::{LocalClient, Recycle, Sender};
 use crate::conn::Conn;
-use crate::deadline;
+use crate::deadline::{self, Deadline};
 use crate::error::ForwardError;
 use crate::headers::{self, Rewritten};
 use crate::local::CorePool;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, Reject};
 use send::{send, Outgoing, Sent};
 
 /// Handles one request of a client connection. Never fails: errors become
@@ -49,10 +52,13 @@ pub fn handle(
     // Header rules (and the request id). Upstream connections always speak
     // HTTP/1.1 (keep-alive), whatever the client spoke.
     *req.version_mut() = http::Version::HTTP_11;
-    let Rewritten { upgrade, request_id } =
-        headers::rewrite_request(req.headers_mut(), &conn.peer_header, conn.trusted, || {
-            worker.new_request_id()
-        });
+    let Rewritten { upgrade, request_id } = headers::rewrite_request(
+        req.headers_mut(),
+        &conn.peer_header,
+        conn.trusted,
+        &opts.upgrade_protocols,
+        || worker.new_request_id(),
+    );
 
     // Record: counted in flight from here until the answer's body ends.
     let access = opts.access_log.then(|| access_info(&conn, &req, &request_id));
@@ -82,7 +88,14 @@ pub fn handle(
         // Answer: the upstream's response (or a tunnel), or the proxy's own
         // error; then the labels every answer carries.
         let mut response = match result {
-            Ok(sent) => answer(sent, client_upgrade, completion, &pool, &worker.client),
+            Ok(sent) => answer(
+                sent,
+                client_upgrade,
+                completion,
+                &pool,
+                &worker.client,
+                &request_id,
+            ),
             Err(e) => failed(e, &pool, &request_id, completion),
         };
         headers::label_response(
@@ -114,12 +127,23 @@ fn answer(
     mut completion: Completion,
     pool: &CorePool,
     client: &Rc<LocalClient>,
+    request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     completion.endpoint = Some(endpoint);
     completion.status = resp.status().as_u16();
     match client_upgrade {
         Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tunnel(resp, client_upgrade, completion, sender)
+        }
+        // A switch nobody asked for (the request's upgrade, if any, was
+        // stripped): not a tunnel, and not an answer to pass on.
+        None if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            drop(sender);
+            let e = ForwardError::Upstream {
+                endpoint: pool.pool.endpoints[endpoint].addr.clone(),
+                reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
+            };
+            failed(e, pool, request_id, completion)
         }
         _ => {
             let endpoint_id = pool.pool.endpoints[endpoint].id;
@@ -137,8 +161,12 @@ fn answer(
 }
 
 /// The upstream accepted the upgrade (`101`): the answer goes back without
-/// a body, and a task relays bytes both ways until either side closes. The
-/// tunnel keeps the request counted in flight until then.
+/// a body, and a task relays bytes both ways until either side closes, or
+/// until no byte went either way for `timeouts.tunnel_idle` (then both are
+/// closed, counted as `rejected_total{reason="tunnel_idle"}`). Until then
+/// the tunnel counts in flight and in `tunnels` on its pool, and its client
+/// connection as open on its core (so a graceful shutdown waits for it, up
+/// to its grace). It is not subject to `timeouts.request`.
 fn tunnel(
     mut resp: Response<Incoming>,
     client_upgrade: OnUpgrade,
@@ -147,15 +175,98 @@ fn tunnel(
 ) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(resp.headers_mut(), true);
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let counted = TunnelCount::open(&completion.pool);
     tokio::task::spawn_local(async move {
-        let _completion = completion;
-        if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+        let _counted = counted;
+        let Ok((c, u)) = tokio::try_join!(client_upgrade, upstream_upgrade) else {
+            return;
+        };
+        let conn = completion.conn();
+        let idle = conn.worker.shared.opts.tunnel_idle;
+        let deadline = conn.worker.deadlines.add(None);
+        deadline.arm_in(idle);
+        let mut client = Active::new(TokioIo::new(c), &deadline, idle);
+        let mut upstream = Active::new(TokioIo::new(u), &deadline, idle);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+            () = deadline.fired() => {
+                conn.worker.shared.metrics.rejected(Reject::TunnelIdle);
+                tracing::info!(
+                    pool = %completion.pool.pool.name,
+                    client = %conn.peer,
+                    idle = ?idle,
+                    "tunnel closed: no byte either way for timeouts.tunnel_idle"
+                );
+            }
         }
+        // Both sides close here, then the record ends the request.
+        drop((client, upstream));
+        drop(completion);
     });
     drop(sender);
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, ProxyBody::Full(None))
+}
+
+/// One open tunnel in its pool's `tunnels` count, until dropped.
+struct TunnelCount(Rc<CorePool>);
+
+impl TunnelCount {
+    fn open(pool: &Rc<CorePool>) -> TunnelCount {
+        pool.pool.inflight.add_tunnels(pool.core, 1);
+        TunnelCount(Rc::clone(pool))
+    }
+}
+
+impl Drop for TunnelCount {
+    fn drop(&mut self) {
+        self.0.pool.inflight.add_tunnels(self.0.core, -1);
+    }
+}
+
+/// One side of a tunnel: every byte read from it (either way) re-arms the
+/// tunnel's inactivity deadline (a slab write, no clock read: see
+/// deadline.rs).
+struct Active<'a, T> {
+    io: T,
+    deadline: &'a Deadline,
+    idle: Duration,
+}
+
+impl<'a, T> Active<'a, T> {
+    fn new(io: T, deadline: &'a Deadline, idle: Duration) -> Self {
+        Active { io, deadline, idle }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.deadline.arm_in(this.idle);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<'_, T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// The upstream's response, its body streamed to the client; its connection

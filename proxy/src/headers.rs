@@ -42,15 +42,17 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 
 /// What [`rewrite_request`] found out about a request.
 pub struct Rewritten {
-    /// The request asks for a protocol upgrade (WebSocket…): its `Upgrade`
-    /// and `Connection: upgrade` were kept.
+    /// The request asks for a protocol upgrade that is tunnelled (one of
+    /// `[limits] upgrade_protocols`): its `Upgrade` and `Connection:
+    /// upgrade` were kept. Any other upgrade was stripped.
     pub upgrade: bool,
     /// `X-Request-Id` as sent upstream: the client's if valid, else a new one.
     pub request_id: HeaderValue,
 }
 
 /// Applies every request rule, in order: hop-by-hop removal (keeping the
-/// upgrade headers of an upgrade handshake), `X-Forwarded-*` for a client
+/// upgrade headers of an upgrade handshake to one of `upgrade_protocols`,
+/// lower-cased, and stripping any other), `X-Forwarded-*` for a client
 /// whose address header value is `peer` (extended when `trusted`, else
 /// replaced), and the request id (`new_id` makes one when the client sent
 /// none or an invalid one).
@@ -58,9 +60,10 @@ pub fn rewrite_request(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
     trusted: bool,
+    upgrade_protocols: &[String],
     new_id: impl FnOnce() -> HeaderValue,
 ) -> Rewritten {
-    let upgrade = wants_upgrade(headers);
+    let upgrade = wants_upgrade(headers) && upgrade_allowed(headers, upgrade_protocols);
     strip_hop_by_hop(headers, upgrade);
     // Room for the X-Forwarded-* headers and the request id in one step.
     headers.reserve(4);
@@ -76,6 +79,28 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             v.to_str()
                 .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
         })
+}
+
+/// Whether every protocol the request's `Upgrade` offers (its name, before
+/// any `/version`, case-insensitive) is one of `protocols` (lower-cased):
+/// offered anything else, the upstream could switch to it, so the upgrade
+/// is not tunnelled.
+pub fn upgrade_allowed(headers: &HeaderMap, protocols: &[String]) -> bool {
+    let mut offered = false;
+    for v in headers.get_all(header::UPGRADE) {
+        let Ok(v) = v.to_str() else { return false };
+        for token in v.split(',') {
+            let name = token.split('/').next().unwrap_or_default().trim();
+            if name.is_empty() {
+                continue;
+            }
+            if !protocols.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            offered = true;
+        }
+    }
+    offered
 }
 
 /// Removes the hop-by-hop headers and those that `Connection` names; with

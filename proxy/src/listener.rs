@@ -110,7 +110,9 @@ impl Drop for Stopping {
 }
 
 /// One open connection of a core: counted for the drain, in the gauge, and
-/// (through its [`Slot`]) for balancing.
+/// (through its [`Slot`]) for balancing. Owned by the connection's
+/// [`Conn`], so a tunnel (which outlives the HTTP connection that made it)
+/// keeps it counted: the drain waits for tunnels too.
 struct Tracked {
     tracker: Rc<Tracker>,
     gauge: prometheus::IntGauge,
@@ -128,10 +130,13 @@ impl Tracked {
             _slot: slot,
         }
     }
+}
 
-    fn stopping(&self) -> Stopping {
+impl Tracker {
+    /// Resolves once the core is stopping.
+    fn stopping(self: &Rc<Self>) -> Stopping {
         Stopping {
-            tracker: Rc::clone(&self.tracker),
+            tracker: Rc::clone(self),
             id: None,
         }
     }
@@ -149,8 +154,9 @@ impl Drop for Tracked {
 }
 
 /// One core: accept until told to stop, then let every connection finish
-/// its in-flight requests (closing idle keep-alive connections) within
-/// `grace`. Runs on the core's own `LocalRuntime`.
+/// its in-flight requests, and every tunnel run, (closing idle keep-alive
+/// connections) within `grace`; what is still open then is closed with the
+/// core's runtime. Runs on the core's own `LocalRuntime`.
 pub async fn run_core(
     core: usize,
     listener: std::net::TcpListener,
@@ -210,13 +216,16 @@ pub async fn run_core(
     let ticker = tokio::task::spawn_local(Rc::clone(&worker.deadlines).run(crate::deadline::tick_for(&[
         opts.request_timeout,
         opts.client_idle,
+        opts.send_timeout,
+        opts.upstream_read,
+        opts.tunnel_idle,
     ])));
     let balancer = &shared.balance;
     let start = |stream: tokio::net::TcpStream, peer, slot| {
         let _ = stream.set_nodelay(true);
-        let conn = Rc::new(Conn::new(Rc::clone(&worker), peer));
-        let guard = Tracked::new(&tracker, &gauge, slot);
-        tokio::task::spawn_local(serve(stream, conn, guard));
+        let counted = Box::new(Tracked::new(&tracker, &gauge, slot));
+        let conn = Rc::new(Conn::new(Rc::clone(&worker), peer, counted));
+        tokio::task::spawn_local(serve(stream, conn, tracker.stopping()));
     };
     let take = |handoff: Handoff| {
         if let Some(stream) = receive(core, handoff.stream) {
@@ -306,14 +315,15 @@ fn receive(core: usize, stream: std::net::TcpStream) -> Option<tokio::net::TcpSt
     }
 }
 
-async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, guard: Tracked) {
+async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Stopping) {
     let service = {
         let conn = Rc::clone(&conn);
         service_fn(move |req| forward::handle(Rc::clone(&conn), req))
     };
     // No hyper timer: `conn.idle` (a coarse deadline of this core, see
-    // deadline.rs) bounds both the wait for the next request on an idle
-    // keep-alive connection and the reading of a request head (slowloris).
+    // deadline.rs) bounds the wait for the next request on an idle
+    // keep-alive connection, the reading of a request head (slowloris), and
+    // a response body that stalls (`send`, `upstream_read`; see conn.rs).
     let connection = http1::Builder::new()
         .keep_alive(true)
         // One buffer and write(2) per message instead of a vector of head
@@ -327,10 +337,12 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, guard: Tracked) {
     tokio::select! {
         biased;
         _ = connection.as_mut() => {}
-        // Idle for `timeouts.client_idle` with no request in progress:
-        // closed, like hyper's header-read timeout would.
+        // Idle for `timeouts.client_idle` with no request in progress, or a
+        // response body stalled for `send` / `upstream_read`: closed (and
+        // with it the response and its upstream connection, which the
+        // request's record counts as cut: see body.rs).
         () = conn.idle.fired() => {}
-        _ = guard.stopping() => {
+        _ = stopping => {
             connection.as_mut().graceful_shutdown();
             // A request in progress finishes; a connection that is idle
             // (a head still trickling in) is still cut at its deadline.

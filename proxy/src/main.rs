@@ -177,7 +177,10 @@ fn status(admin: &str) -> Result<()> {
         } else {
             "draining"
         };
-        println!("pool {name:<10} {state:<9} inflight {}", p.inflight);
+        println!(
+            "pool {name:<10} {state:<9} inflight {} tunnels {}",
+            p.inflight, p.tunnels
+        );
         for e in &p.endpoints {
             println!("  {} healthy={}", e.address, e.healthy);
         }

@@ -58,16 +58,19 @@ pub enum Reject {
     MethodNotAllowed,
     /// The client did not read the response for `timeouts.send`.
     SendTimeout,
+    /// A tunnel carried no byte either way for `timeouts.tunnel_idle`.
+    TunnelIdle,
 }
 
 impl Reject {
     /// Every reason, in the order of [`Metrics::rejected`]'s handles.
-    pub const ALL: [Reject; 5] = [
+    pub const ALL: [Reject; 6] = [
         Reject::BadRequest,
         Reject::UriTooLong,
         Reject::HeadTooLarge,
         Reject::MethodNotAllowed,
         Reject::SendTimeout,
+        Reject::TunnelIdle,
     ];
     /// The `reason` label.
     pub fn label(self) -> &'static str {
@@ -77,6 +80,7 @@ impl Reject {
             Reject::HeadTooLarge => "head_too_large",
             Reject::MethodNotAllowed => "method_not_allowed",
             Reject::SendTimeout => "send_timeout",
+            Reject::TunnelIdle => "tunnel_idle",
         }
     }
 }

@@ -48,13 +48,17 @@ impl Endpoint {
     }
 }
 
-/// One core's share of an in-flight count, alone on its cache line so that
-/// cores never write the same line.
+/// One core's share of an in-flight count (and of the tunnels among it),
+/// alone on its cache line so that cores never write the same line.
 #[repr(align(128))]
 #[derive(Default)]
-struct Slot(AtomicI64);
+struct Slot {
+    inflight: AtomicI64,
+    tunnels: AtomicI64,
+}
 
-/// Requests of a pool in flight, counted per core: each core adds to its own
+/// Requests of a pool in flight (an open tunnel is one until it closes),
+/// and the tunnels among them, counted per core: each core adds to its own
 /// slot (no cache line shared between cores on the request path) and a
 /// reader sums the slots. Exact, not sampled: `/status` says `drained` only
 /// when the sum is 0.
@@ -74,13 +78,28 @@ impl Inflight {
     /// Adds `delta` on core `core`.
     pub fn add(&self, core: usize, delta: i64) {
         self.slots[core % self.slots.len()]
-            .0
+            .inflight
             .fetch_add(delta, Ordering::Relaxed);
     }
 
     /// The total over every core.
     pub fn get(&self) -> i64 {
-        self.slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.slots
+            .iter()
+            .map(|s| s.inflight.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Adds `delta` open tunnels on core `core` (each is also in flight).
+    pub fn add_tunnels(&self, core: usize, delta: i64) {
+        self.slots[core % self.slots.len()]
+            .tunnels
+            .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Open tunnels over every core.
+    pub fn tunnels(&self) -> i64 {
+        self.slots.iter().map(|s| s.tunnels.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -131,5 +150,11 @@ impl Pool {
     /// Requests of this pool in flight (across every table that holds it).
     pub fn inflight(&self) -> i64 {
         self.inflight.get()
+    }
+
+    /// Open tunnels of this pool (across every table that holds it); each
+    /// also counts in [`Pool::inflight`].
+    pub fn tunnels(&self) -> i64 {
+        self.inflight.tunnels()
     }
 }

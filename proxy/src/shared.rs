@@ -31,8 +31,20 @@ pub struct DataOpts {
     pub upstream_idle: Duration,
     /// Upstream connect.
     pub connect_timeout: Duration,
-    /// Grace for in-flight requests at shutdown.
+    /// Grace for in-flight requests and open tunnels at shutdown.
     pub shutdown_grace: Duration,
+    /// `timeouts.send`: a response body the client takes nothing of for
+    /// this long is cut (both sides closed).
+    pub send_timeout: Duration,
+    /// `timeouts.upstream_read`: a response body of which the upstream
+    /// sends nothing for this long is cut (both sides closed).
+    pub upstream_read: Duration,
+    /// `timeouts.tunnel_idle`: a tunnel with no byte either way for this
+    /// long is closed.
+    pub tunnel_idle: Duration,
+    /// `limits.upgrade_protocols`, lower-cased: the `Upgrade` protocols
+    /// tunnelled; any other `Upgrade` is stripped.
+    pub upgrade_protocols: Vec<String>,
 }
 
 impl DataOpts {
@@ -47,6 +59,15 @@ impl DataOpts {
             upstream_idle: t.upstream_idle,
             connect_timeout: t.connect,
             shutdown_grace: t.shutdown,
+            send_timeout: t.send,
+            upstream_read: t.upstream_read,
+            tunnel_idle: t.tunnel_idle,
+            upgrade_protocols: file
+                .limits
+                .upgrade_protocols
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
         }
     }
 }

@@ -39,9 +39,13 @@ pub struct PoolStatus {
     pub active: bool,
     /// Its endpoints, in file order.
     pub endpoints: Vec<EndpointStatus>,
-    /// Requests in flight on it.
+    /// Requests in flight on it, open tunnels included.
     pub inflight: i64,
-    /// Inactive with nothing in flight: safe to scale down.
+    /// Open tunnels (upgraded connections) on it; each is also in
+    /// `inflight`. Absent from the documents of older proxies: 0.
+    #[serde(default)]
+    pub tunnels: i64,
+    /// Inactive with nothing in flight (no tunnel either): safe to scale down.
     pub drained: bool,
 }
 
@@ -75,6 +79,7 @@ impl Status {
                     active: i == table.active,
                     endpoints,
                     inflight,
+                    tunnels: p.tunnels().max(0),
                     drained: i != table.active && inflight == 0,
                 };
                 (p.name.clone(), status)

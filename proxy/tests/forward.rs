@@ -406,7 +406,7 @@ async fn closed_after_idle(s: &mut tokio::net::TcpStream, what: &str) {
 async fn upgrade_relays_bytes_both_ways() {
     let tp = proxy_to(upstream::upgrade_echo(), ProxyConfig::new());
     let mut s = tokio::net::TcpStream::connect(tp.http()).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
         .await
         .unwrap();
     let mut got = Vec::new();
@@ -422,7 +422,7 @@ async fn upgrade_relays_bytes_both_ways() {
     }
     let head = String::from_utf8_lossy(&got).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
     // In flight while the tunnel is open.
     wait_until_async(Duration::from_secs(5), "in-flight tunnel", || {
         tp.proxy.shared().table.load().active_pool().inflight() == 1

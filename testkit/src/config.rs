@@ -125,6 +125,7 @@ pub struct ProxyConfig {
     timeouts: Vec<(&'static str, Duration)>,
     expose: Option<bool>,
     trusted_proxies: Vec<String>,
+    upgrade_protocols: Option<Vec<String>>,
     upstreams: UpstreamsSource,
     dir: Option<tempfile::TempDir>,
 }
@@ -157,6 +158,7 @@ impl ProxyConfig {
             timeouts: Vec::new(),
             expose: None,
             trusted_proxies: Vec::new(),
+            upgrade_protocols: None,
             upstreams: UpstreamsSource::Text(String::new()),
             dir: None,
         }
@@ -212,6 +214,27 @@ impl ProxyConfig {
     /// `[timeouts] shutdown` (the drain deadline).
     pub fn shutdown_timeout(self, d: Duration) -> Self {
         self.timeout("shutdown", d)
+    }
+
+    /// `[timeouts] send` (a client that takes nothing of a response).
+    pub fn send_timeout(self, d: Duration) -> Self {
+        self.timeout("send", d)
+    }
+
+    /// `[timeouts] upstream_read` (an upstream that stalls mid-response).
+    pub fn upstream_read(self, d: Duration) -> Self {
+        self.timeout("upstream_read", d)
+    }
+
+    /// `[timeouts] tunnel_idle` (a tunnel with no byte either way).
+    pub fn tunnel_idle(self, d: Duration) -> Self {
+        self.timeout("tunnel_idle", d)
+    }
+
+    /// `[limits] upgrade_protocols`.
+    pub fn upgrade_protocols<S: Display>(mut self, protocols: impl IntoIterator<Item = S>) -> Self {
+        self.upgrade_protocols = Some(protocols.into_iter().map(|p| p.to_string()).collect());
+        self
     }
 
     fn timeout(mut self, key: &'static str, d: Duration) -> Self {
@@ -291,6 +314,12 @@ impl ProxyConfig {
             headers.push(("trusted_proxies", Value::Array(nets)));
         }
         section("headers", headers);
+        let mut limits = Vec::new();
+        if let Some(p) = &self.upgrade_protocols {
+            let list = p.iter().cloned().map(Value::String).collect();
+            limits.push(("upgrade_protocols", Value::Array(list)));
+        }
+        section("limits", limits);
         t.to_string()
     }
 
@@ -352,6 +381,10 @@ mod tests {
             .token("t")
             .shutdown_delay(Duration::from_millis(500))
             .shutdown_timeout(Duration::from_secs(10))
+            .send_timeout(Duration::from_millis(300))
+            .upstream_read(Duration::from_secs(2))
+            .tunnel_idle(Duration::from_secs(3600))
+            .upgrade_protocols(["websocket", "h2c"])
             .trusted_proxies(["127.0.0.0/8"])
             .expose_headers(false)
             .upstreams(Upstreams::blue_green("green", "127.0.0.1:1", "127.0.0.1:2").comment("test"))
@@ -365,6 +398,13 @@ mod tests {
         assert_eq!(proxy["admin"]["listen"].as_str(), Some("127.0.0.1:0"));
         assert_eq!(proxy["timeouts"]["shutdown_delay"].as_str(), Some("500ms"));
         assert_eq!(proxy["timeouts"]["shutdown"].as_str(), Some("10s"));
+        assert_eq!(proxy["timeouts"]["send"].as_str(), Some("300ms"));
+        assert_eq!(proxy["timeouts"]["upstream_read"].as_str(), Some("2s"));
+        assert_eq!(proxy["timeouts"]["tunnel_idle"].as_str(), Some("3600s"));
+        assert_eq!(
+            proxy["limits"]["upgrade_protocols"],
+            Value::Array(vec!["websocket".into(), "h2c".into()])
+        );
         assert_eq!(proxy["headers"]["expose"].as_bool(), Some(false));
         assert_eq!(
             std::fs::read_to_string(files.dir.path().join("token")).unwrap(),

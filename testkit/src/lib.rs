@@ -12,6 +12,7 @@
 //!   the address it listens on taken from its "listening" line, killed on drop
 //! - [`config`]   typed builders for `proxy.toml` and `upstreams.toml`, written into a temp dir
 //! - [`upstream`] small real upstreams: echo, slow, header echo, upgrade echo, ones that close
+//!   or stall or cut an answer mid-body (faulty)
 //! - [`http`]     clients: a keep-alive hyper client, the admin API, raw HTTP/1.1, metrics
 //! - [`net`]      sockets: a port nothing listens on, slow clients, what a server has read
 //! - [`load`]     keep-alive load through `loadgen` (the one load generator), with progress

@@ -216,16 +216,31 @@ pub fn closing() -> Closing {
     Closing { addr, closed }
 }
 
-/// Accepts an `Upgrade: echo` handshake (101), then echoes bytes; anything
-/// else gets a 400.
+/// Accepts any upgrade handshake (`Upgrade: <p>` with `Connection:
+/// upgrade`: 101 with `Upgrade: <p>`), then echoes bytes; a request that
+/// asks for no upgrade gets 200 whose body is the request head as this
+/// upstream read it (lower-cased), and `Connection: close`.
 pub fn upgrade_echo() -> SocketAddr {
     raw_upstream(|mut s, head| {
-        if !(head.contains("upgrade: echo") && head.contains("connection: upgrade")) {
-            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        let protocol = head
+            .lines()
+            .find_map(|l| l.strip_prefix("upgrade:"))
+            .map(str::trim)
+            .filter(|_| head.contains("connection: upgrade"));
+        let Some(protocol) = protocol else {
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+                    head.len()
+                )
+                .as_bytes(),
+            );
             return;
-        }
-        let _ =
-            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n");
+        };
+        let _ = s.write_all(
+            format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: {protocol}\r\nconnection: upgrade\r\n\r\n")
+                .as_bytes(),
+        );
         let mut buf = [0u8; 4096];
         loop {
             match s.read(&mut buf) {
@@ -238,4 +253,86 @@ pub fn upgrade_echo() -> SocketAddr {
             }
         }
     })
+}
+
+/// An upstream that fails mid-response, by path; see [`faulty`].
+#[derive(Debug, Clone)]
+pub struct Faulty {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    ended: Arc<AtomicUsize>,
+}
+
+impl Faulty {
+    /// Connections that ended after a faulty answer: this upstream cut them
+    /// (`/cut…`), or the proxy closed them (`/stall`, `/big`).
+    pub fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// The head and first 5 bytes of a 100-byte answer.
+const PARTIAL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello";
+
+/// A raw upstream (keep-alive) whose answers fail mid-body, by path:
+/// `/stall` sends `Content-Length: 100` and 5 bytes, then nothing until the
+/// proxy closes the connection; `/cut` sends the same, then closes;
+/// `/cut-chunked` sends a chunked head and one chunk, then closes; `/big`
+/// announces 1 GiB and writes it as fast as the proxy takes it, until the
+/// proxy closes. Any other path gets 200 `ok`, and the connection is kept.
+pub fn faulty() -> Faulty {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let ended = Arc::new(AtomicUsize::new(0));
+    let count = ended.clone();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                while let Some(head) = read_head(&mut s) {
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                    match path.as_str() {
+                        "/stall" => {
+                            if s.write_all(PARTIAL).is_ok() {
+                                let mut buf = [0u8; 1024];
+                                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                            }
+                        }
+                        "/cut" => {
+                            let _ = s.write_all(PARTIAL);
+                        }
+                        "/cut-chunked" => {
+                            let _ = s.write_all(
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                            );
+                        }
+                        "/big" => {
+                            let block = vec![b'x'; 64 * 1024];
+                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 1u64 << 30);
+                            if s.write_all(head.as_bytes()).is_ok() {
+                                for _ in 0..(1u64 << 30) / block.len() as u64 {
+                                    if s.write_all(&block).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        _ => {
+                            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .is_ok()
+                            {
+                                continue;
+                            }
+                            return;
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            });
+        }
+    });
+    Faulty { addr, ended }
 }

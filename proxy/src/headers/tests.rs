@@ -268,7 +268,8 @@ fn rewrite_request_applies_every_rule() {
         ("x-forwarded-for", "10.9.9.9"),
     ]);
     let peer = HeaderValue::from_static("192.0.2.7");
-    let r = rewrite_request(&mut h, &peer, false, || HeaderValue::from_static("id-1"));
+    let ws = ["websocket".to_string()];
+    let r = rewrite_request(&mut h, &peer, false, &ws, || HeaderValue::from_static("id-1"));
     assert!(!r.upgrade);
     assert_eq!(r.request_id, "id-1");
     assert_eq!(
@@ -284,10 +285,48 @@ fn rewrite_request_applies_every_rule() {
     assert_eq!(h["x-forwarded-for"], "192.0.2.7");
 
     let mut h = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
-    let r = rewrite_request(&mut h, &peer, false, || HeaderValue::from_static("id-2"));
+    let r = rewrite_request(&mut h, &peer, false, &ws, || HeaderValue::from_static("id-2"));
     assert!(r.upgrade);
     assert_eq!(h["upgrade"], "websocket");
     assert_eq!(h["connection"], "upgrade");
+}
+
+#[test]
+fn only_the_listed_upgrade_protocols_are_kept_others_are_stripped() {
+    let peer = HeaderValue::from_static("192.0.2.7");
+    let ws = ["websocket".to_string()];
+    for (upgrade, tunnelled) in [
+        ("websocket", true),
+        ("WebSocket", true),
+        ("websocket/13", true),
+        ("foo", false),
+        ("h2c", false),
+        ("websocket, foo", false),
+        ("", false),
+    ] {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("x-hop", "1"),
+            ("upgrade", upgrade),
+        ]);
+        let r = rewrite_request(&mut h, &peer, false, &ws, || HeaderValue::from_static("id"));
+        assert_eq!(r.upgrade, tunnelled, "{upgrade:?}");
+        if tunnelled {
+            assert_eq!(
+                (get(&h, "upgrade"), get(&h, "connection")),
+                (Some(upgrade), Some("upgrade"))
+            );
+        } else {
+            // Forwarded as a plain request: no Upgrade, no Connection, nor
+            // what Connection named.
+            for gone in ["upgrade", "connection", "x-hop"] {
+                assert!(h.get(gone).is_none(), "{upgrade:?}: {gone} stays: {h:?}");
+            }
+        }
+    }
+    let h = map(&[("upgrade", "foo")]);
+    assert!(!upgrade_allowed(&h, &[]), "an empty list tunnels nothing");
+    assert!(upgrade_allowed(&h, &["foo".to_string()]));
 }
 
 #[test]
