@@ -118,7 +118,9 @@ pub fn handle(
 /// `bad_request`), logged with the client and the request id, and answered
 /// with the proxy's JSON error (generic message and request id); the
 /// connection is closed after the answer, as nothing after such a request
-/// can be trusted to be where the client meant it.
+/// can be trusted to be where the client meant it. Cold: kept out of
+/// [`handle`]'s code.
+#[cold]
 fn refuse(conn: &Conn, mut req: Request<Incoming>, refusal: Refusal) -> Response<ProxyBody> {
     let worker = &conn.worker;
     let request_id = headers::request_id(req.headers_mut(), || worker.new_request_id());
