@@ -34,7 +34,9 @@ pub enum Error {
     Refused(String),
 }
 
-/// What went wrong forwarding one request; mapped to 502/503/504.
+/// What went wrong forwarding one request; mapped to 502/503/504. Its
+/// `Display` has the details (endpoint addresses, OS errors) and goes to the
+/// log only; the client gets [`ForwardError::public_message`].
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// No endpoint could be tried.
@@ -90,19 +92,67 @@ impl ForwardError {
         }
     }
 
-    /// The answer the client gets: [`respond`] with this error's status and
-    /// message.
-    pub fn response<B: From<Bytes>>(&self) -> Response<B> {
-        respond(self.status(), &self.to_string())
+    /// What the client is told: a fixed, generic sentence per kind, never
+    /// an address, a pool name or an OS error's text (those are in the
+    /// log line of the request, under its id).
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            ForwardError::NoEndpoint { .. } => "no upstream endpoint is available",
+            ForwardError::Connect { .. } => "cannot connect to the upstream",
+            ForwardError::Timeout { .. } => "the upstream did not answer in time",
+            ForwardError::Upstream { .. } => "the upstream failed",
+        }
+    }
+
+    /// The answer the client gets: [`respond_to`] with this error's status,
+    /// its public message and the request's id.
+    pub fn response<B: From<Bytes>>(&self, request_id: &HeaderValue) -> Response<B> {
+        respond_to(self.status(), self.public_message(), request_id)
+    }
+}
+
+/// Why hyper's HTTP/1 parser ended a client connection, as a
+/// `switchyard_rejected_total` reason, or `None` when something else ended
+/// it (the client went away, an I/O error). hyper has then answered by
+/// itself, without calling the proxy: 414 for a request target over its
+/// limit (64 KiB), 431 for a head over `max_buf_size` or with more than 100
+/// header lines, 400 for any other malformed head.
+///
+/// hyper tells 414 from 431 only by the error's text (`is_parse_too_large`
+/// covers both); that text is hyper's own, of the minor version pinned in
+/// the workspace's `Cargo.toml`, and a test sends both.
+pub fn parse_rejection(e: &hyper::Error) -> Option<crate::metrics::Reject> {
+    use crate::metrics::Reject;
+    if !e.is_parse() {
+        return None;
+    }
+    if !e.is_parse_too_large() {
+        return Some(Reject::BadRequest);
+    }
+    if e.to_string().starts_with("URI too long") {
+        Some(Reject::UriTooLong)
+    } else {
+        Some(Reject::HeadTooLarge)
     }
 }
 
 /// The proxy's own answer to a request it could not serve, for the data
 /// plane and the admin API alike: `status`, `Content-Type:
-/// application/json` and the body [`json_error`] makes. The one place an
-/// error becomes an HTTP response.
+/// application/json` and the body [`json_error`] makes. With the one below,
+/// the one place an error becomes an HTTP response.
 pub fn respond<B: From<Bytes>>(status: StatusCode, detail: &str) -> Response<B> {
-    let mut r = Response::new(B::from(json_error(status, detail)));
+    json_response(status, json_error(status, detail))
+}
+
+/// [`respond`] for a request of the data plane: the body also carries the
+/// request's id (`"request_id"`), the key to the log line with the details.
+pub fn respond_to<B: From<Bytes>>(status: StatusCode, detail: &str, request_id: &HeaderValue) -> Response<B> {
+    let id = request_id.to_str().unwrap_or("-");
+    json_response(status, error_body(status, detail, Some(id)))
+}
+
+fn json_response<B: From<Bytes>>(status: StatusCode, body: Bytes) -> Response<B> {
+    let mut r = Response::new(B::from(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -112,8 +162,16 @@ pub fn respond<B: From<Bytes>>(status: StatusCode, detail: &str) -> Response<B> 
 /// The proxy's own JSON error shape:
 /// `{"error":"<status reason>","errors":["<detail>"]}`.
 pub fn json_error(status: StatusCode, detail: &str) -> Bytes {
+    error_body(status, detail, None)
+}
+
+/// The JSON error shape, with `"request_id"` when there is one.
+fn error_body(status: StatusCode, detail: &str, request_id: Option<&str>) -> Bytes {
     let error = status.canonical_reason().unwrap_or("error");
-    let v = serde_json::json!({ "error": error, "errors": [detail] });
+    let v = match request_id {
+        Some(id) => serde_json::json!({ "error": error, "errors": [detail], "request_id": id }),
+        None => serde_json::json!({ "error": error, "errors": [detail] }),
+    };
     Bytes::from(v.to_string())
 }
 
@@ -162,11 +220,20 @@ mod tests {
                 StatusCode::GATEWAY_TIMEOUT,
             ),
         ];
+        let id = HeaderValue::from_static("rid-1");
         for (e, status) in cases {
-            let r: Response<Bytes> = e.response();
+            let r: Response<Bytes> = e.response(&id);
             assert_eq!(r.status(), status, "{e}");
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
             let v: serde_json::Value = serde_json::from_slice(r.body()).expect("JSON body");
-            assert_eq!(v["errors"][0], e.to_string());
+            assert_eq!(v["error"], status.canonical_reason().unwrap_or_default(), "{v}");
+            assert_eq!(v["errors"][0], e.public_message(), "{v}");
+            assert_eq!(v["request_id"], "rid-1", "{v}");
+            // The details stay out of the answer (they are in the log).
+            let body = std::str::from_utf8(r.body()).expect("UTF-8 body");
+            for secret in ["e:1", "refused", "reset", "blue", "30s"] {
+                assert!(!body.contains(secret), "{secret} in {body}");
+            }
         }
     }
 }

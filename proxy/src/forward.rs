@@ -1,6 +1,7 @@
-//! One request, end to end: load the table once and take its active pool,
-//! apply the header rules, send it (retrying where that is safe), and answer
-//! with the upstream's response, a tunnel, or the proxy's own error.
+//! One request, end to end: refuse it if the header rules say so, load the
+//! table once and take its active pool, apply the header rules, send it
+//! (retrying where that is safe), and answer with the upstream's response,
+//! a tunnel, or the proxy's own error.
 //!
 //! Layout: this file (the request flow and the answers), [`send`](mod@send) (sending
 //! to an endpoint, on this core's upstream connections) and [`retry`] (the
@@ -14,6 +15,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -24,11 +26,14 @@ use crate::body::{AccessInfo, Completion, ProxyBody};
 use crate::client::{LocalClient, Recycle, Sender};
 use crate::conn::Conn;
 use crate::deadline::{self, Deadline};
-use crate::error::ForwardError;
-use crate::headers::{self, Rewritten};
+use crate::error::{self, ForwardError};
+use crate::headers::{self, Refusal, Rewritten};
 use crate::local::CorePool;
 use crate::metrics::{ErrorKind, Reject};
 use send::{send, Outgoing, Sent};
+
+/// The proxy's answer to one request, ready at once or after forwarding.
+type Answer = Result<Response<ProxyBody>, std::convert::Infallible>;
 
 /// Handles one request of a client connection. Never fails: errors become
 /// the proxy's own JSON answers.
@@ -40,8 +45,20 @@ use send::{send, Outgoing, Sent};
 pub fn handle(
     conn: Rc<Conn>,
     mut req: Request<Incoming>,
-) -> impl std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> {
+) -> Either<std::future::Ready<Answer>, impl std::future::Future<Output = Answer>> {
     let start = Instant::now();
+    // The header rules that refuse a request come first: a refused request
+    // is never routed, and counts in `rejected_total`, not in a pool.
+    if let Err(refusal) = headers::check_request(req.method(), req.version(), req.uri(), req.headers()) {
+        return Either::Left(std::future::ready(Ok(refuse(&conn, req, refusal))));
+    }
+    // An absolute-form target (`GET http://a/x`) names the host: it
+    // replaces `Host`, and the upstream gets the origin form.
+    if req.uri().authority().is_some() {
+        let mut uri = std::mem::take(req.uri_mut());
+        headers::origin_form(&mut uri, req.headers_mut());
+        *req.uri_mut() = uri;
+    }
     conn.request_started();
     let worker = &conn.worker;
     let opts = &worker.shared.opts;
@@ -73,7 +90,7 @@ pub fn handle(
     // allocation; it also keeps an idle connection's task small.
     let sending = Box::pin(send(client, Rc::clone(&pool), Outgoing::of(req, upgrade)));
 
-    async move {
+    Either::Right(async move {
         let outcome = deadline::timeout(&request_deadline, sending).await;
         drop(request_deadline);
         let worker = &conn.worker;
@@ -106,7 +123,36 @@ pub fn handle(
             request_id,
         );
         Ok(response)
-    }
+    })
+}
+
+/// A request the header rules refuse (see [`headers::check_request`]):
+/// counted in `rejected_total` (`method_not_allowed` for `CONNECT`, else
+/// `bad_request`), logged with the client and the request id, and answered
+/// with the proxy's JSON error (generic message and request id); the
+/// connection is closed after the answer, as nothing after such a request
+/// can be trusted to be where the client meant it. Cold: kept out of
+/// [`handle`]'s code.
+#[cold]
+fn refuse(conn: &Conn, mut req: Request<Incoming>, refusal: Refusal) -> Response<ProxyBody> {
+    let worker = &conn.worker;
+    let request_id = headers::request_id(req.headers_mut(), || worker.new_request_id());
+    let reject = match refusal {
+        Refusal::Connect => Reject::MethodNotAllowed,
+        Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost => Reject::BadRequest,
+    };
+    worker.shared.metrics.rejected(reject);
+    tracing::warn!(
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %conn.peer,
+        method = %req.method(),
+        reason = reject.label(),
+        error = refusal.message(),
+        "request refused"
+    );
+    let mut response = error::respond_to(refusal.status(), refusal.message(), &request_id);
+    headers::label_refusal(response.headers_mut(), request_id);
+    response
 }
 
 /// What the access log line will need, taken before the request is sent.
@@ -308,5 +354,5 @@ fn failed(
     tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
     completion.status = e.status().as_u16();
     drop(completion);
-    e.response()
+    e.response(request_id)
 }

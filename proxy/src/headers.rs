@@ -1,8 +1,13 @@
-//! The header rules of the data plane, as pure functions of a header map:
-//! hop-by-hop removal (both ways, with the headers `Connection` names),
-//! `X-Forwarded-For` / `-Proto` / `-Host` (and the trusted-proxies rule that
-//! decides whether they are extended or replaced), the request id (kept if
-//! valid, else generated), and the labels every answer gets.
+//! The header rules of the data plane, as pure functions of a request's
+//! method, version, target and header map: which requests are refused
+//! ([`check_request`]: `CONNECT`, a missing or repeated `Host` on HTTP/1.1,
+//! a malformed `Host`), the absolute-form target that replaces `Host`
+//! ([`origin_form`]), hop-by-hop removal (both ways, with the headers
+//! `Connection` names, except those it can never strip), the client-sent
+//! forwarding headers the proxy drops, `X-Forwarded-For` / `-Proto` /
+//! `-Host` (and the trusted-proxies rule that decides whether they are
+//! extended or replaced), the request id (kept if valid, else generated),
+//! and the labels every answer gets.
 //!
 //! Nothing here does I/O or knows about connections, pools or tables; the
 //! request flow (`forward`) calls these on each request and response.
@@ -12,19 +17,29 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
 use ipnet::IpNet;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_SWITCHYARD_POOL: HeaderName = HeaderName::from_static("x-switchyard-pool");
 static X_SWITCHYARD_GENERATION: HeaderName = HeaderName::from_static("x-switchyard-generation");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual extras), never forwarded.
-static HOP_BY_HOP: [&HeaderName; 8] = [
+/// How many of [`REMOVED`] are hop-by-hop (RFC 9110 §7.6.1 and the usual
+/// extras, `Proxy-Authenticate` among them): never forwarded, either way.
+const HOP_BY_HOP: usize = 9;
+
+/// The headers the proxy removes: the first [`HOP_BY_HOP`] both ways
+/// (`Connection` first: [`strip`] relies on it), the rest from requests
+/// only: forwarding headers a client may not set, since the proxy does not
+/// vouch for them (`Forwarded`, `X-Real-IP`; `X-Forwarded-*` are rewritten
+/// by [`forwarded`] instead).
+static REMOVED: [&HeaderName; 11] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
@@ -33,11 +48,115 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
     &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+    &header::FORWARDED,
+    &X_REAL_IP,
 ];
 
-/// The index of `name` in [`HOP_BY_HOP`].
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    HOP_BY_HOP.iter().position(|h| *h == name)
+/// Headers that `Connection` can never remove, whatever it names: the
+/// request's target (`Host`) and its framing (`Content-Length`;
+/// `Transfer-Encoding` is hop-by-hop, and hyper re-frames the body).
+static NEVER_NAMED: [&HeaderName; 3] = [&header::HOST, &header::CONTENT_LENGTH, &header::TRANSFER_ENCODING];
+
+/// Why a request is refused before it is routed (see [`check_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `CONNECT`: the proxy opens no tunnel to an address a client names (405).
+    Connect,
+    /// An HTTP/1.1 request without `Host` (400, RFC 9112 §3.2).
+    NoHost,
+    /// More than one `Host` line (400, RFC 9112 §3.2).
+    TwoHosts,
+    /// A `Host` that is no `host[:port]`, or an absolute-form target with
+    /// user information (400).
+    BadHost,
+}
+
+impl Refusal {
+    /// The status the client gets.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// What the client is told (and the log says).
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Connect => "CONNECT is not allowed",
+            Refusal::NoHost => "an HTTP/1.1 request needs a Host header",
+            Refusal::TwoHosts => "more than one Host header",
+            Refusal::BadHost => "invalid Host",
+        }
+    }
+}
+
+/// Whether the proxy forwards a request at all: not `CONNECT` (405); on
+/// HTTP/1.1 exactly one `Host` (HTTP/1.0 may omit it, none may repeat it),
+/// which must be a valid `host[:port]` (or empty, as RFC 9112 allows);
+/// an absolute-form target must not carry user information. One lookup of
+/// `Host`, no allocation.
+pub fn check_request(
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), Refusal> {
+    if method == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version >= Version::HTTP_11 => return Err(Refusal::NoHost),
+        (None, _) => {}
+        (Some(_), Some(_)) => return Err(Refusal::TwoHosts),
+        (Some(host), None) if !valid_host(host.as_bytes()) => return Err(Refusal::BadHost),
+        (Some(_), None) => {}
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Refusal::BadHost);
+    }
+    Ok(())
+}
+
+/// A `Host` value: a registered name, an IPv4 or a bracketed IPv6 address,
+/// and an optional port (RFC 3986 `host [ ":" port ]`), or empty; checked
+/// by its characters (one table lookup each), not parsed.
+pub fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|c| HOST_BYTES[usize::from(*c)])
+}
+
+/// The bytes a `Host` value may hold: RFC 3986's unreserved, sub-delims,
+/// `%` (pct-encoded), `:` and the brackets of an IPv6 literal.
+static HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).is_ascii_alphanumeric();
+        c += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=%:[]";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// An absolute-form target (`GET http://a/x`) replaces `Host` with its
+/// authority (RFC 9112 §3.2.2) and becomes origin-form (`/x`), as the
+/// upstream gets it. Any other target is left alone (one check).
+pub fn origin_form(uri: &mut Uri, headers: &mut HeaderMap) {
+    let Some(authority) = uri.authority() else {
+        return;
+    };
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        headers.insert(header::HOST, host);
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    *uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
 }
 
 /// What [`rewrite_request`] found out about a request.
@@ -50,9 +169,11 @@ pub struct Rewritten {
     pub request_id: HeaderValue,
 }
 
-/// Applies every request rule, in order: hop-by-hop removal (keeping the
-/// upgrade headers of an upgrade handshake to one of `upgrade_protocols`,
-/// lower-cased, and stripping any other), `X-Forwarded-*` for a client
+/// Applies every header rule of a request (one [`check_request`] let
+/// through, and whose target [`origin_form`] settled), in order: hop-by-hop
+/// removal (keeping the upgrade headers of an upgrade handshake to one of
+/// `upgrade_protocols`, lower-cased, and stripping any other) and that of
+/// client-sent `Forwarded` and `X-Real-IP`, `X-Forwarded-*` for a client
 /// whose address header value is `peer` (extended when `trusted`, else
 /// replaced), and the request id (`new_id` makes one when the client sent
 /// none or an invalid one).
@@ -64,7 +185,7 @@ pub fn rewrite_request(
     new_id: impl FnOnce() -> HeaderValue,
 ) -> Rewritten {
     let upgrade = wants_upgrade(headers) && upgrade_allowed(headers, upgrade_protocols);
-    strip_hop_by_hop(headers, upgrade);
+    strip(headers, upgrade, &REMOVED);
     // Room for the X-Forwarded-* headers and the request id in one step.
     headers.reserve(4);
     forwarded(headers, peer, trusted);
@@ -103,14 +224,21 @@ pub fn upgrade_allowed(headers: &HeaderMap, protocols: &[String]) -> bool {
     offered
 }
 
-/// Removes the hop-by-hop headers and those that `Connection` names; with
-/// `keep_upgrade` (an upgrade handshake) `Upgrade` and `Connection: upgrade`
-/// stay. One pass over the names finds which are present; only those are
-/// removed (each removal is a hash lookup). Used on requests and responses.
+/// Removes the hop-by-hop headers and those that `Connection` names (never
+/// `Host`, `Content-Length` or `Transfer-Encoding`); with `keep_upgrade` (an
+/// upgrade handshake) `Upgrade` and `Connection: upgrade` stay. Used on
+/// responses; requests get the same through [`rewrite_request`].
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut present = 0u8;
+    strip(headers, keep_upgrade, &REMOVED[..HOP_BY_HOP]);
+}
+
+/// Removes the headers of `list` (a prefix of [`REMOVED`]) and those that
+/// `Connection` names. One pass over the names finds which are present;
+/// only those are removed (each removal is a hash lookup).
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool, list: &[&HeaderName]) {
+    let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
+        if let Some(i) = list.iter().position(|h| *h == name) {
             present |= 1 << i;
         }
     }
@@ -124,14 +252,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     };
     if present & 1 != 0 {
         // Names that `Connection` lists, beyond the options that name no
-        // header of their own (`close`) or one removed anyway.
+        // header of their own (`close`), those removed anyway, and those it
+        // can never remove.
         let mut named: Vec<HeaderName> = Vec::new();
         for v in headers.get_all(header::CONNECTION) {
             for token in v.to_str().unwrap_or_default().split(',') {
                 let token = token.trim();
                 if token.is_empty()
                     || token.eq_ignore_ascii_case("close")
-                    || HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token))
+                    || REMOVED[..HOP_BY_HOP]
+                        .iter()
+                        .chain(&NEVER_NAMED)
+                        .any(|h| h.as_str().eq_ignore_ascii_case(token))
                 {
                     continue;
                 }
@@ -144,7 +276,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    for (i, name) in list.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(*name);
         }
@@ -155,21 +287,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// `X-Forwarded-*`: for a `trusted` proxy `X-Forwarded-For` gets `peer`
-/// appended (to the first value) and `-Proto` / `-Host` are kept when
-/// present, else set; for anyone else all three are replaced (`-Host` by
-/// `Host`, or removed without one). `-Proto` is always `http`.
+/// `X-Forwarded-*`: for a `trusted` proxy `X-Forwarded-For` becomes one
+/// line, every line it sent (joined with `, `) then `peer`, and `-Proto` /
+/// `-Host` are kept when present, else set; for anyone else all three are
+/// replaced (`-Host` by `Host`, or removed without one). `-Proto` is always
+/// `http`.
 pub fn forwarded(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
     if trusted {
-        let xff = match headers.get(&X_FORWARDED_FOR) {
-            Some(prev) => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
-                v.extend_from_slice(prev.as_bytes());
+        let lines = headers.get_all(&X_FORWARDED_FOR);
+        let xff = if lines.iter().next().is_none() {
+            peer.clone()
+        } else {
+            let len: usize = lines.iter().map(|v| v.len() + 2).sum();
+            let mut v = Vec::with_capacity(len + peer.len());
+            for line in lines {
+                v.extend_from_slice(line.as_bytes());
                 v.extend_from_slice(b", ");
-                v.extend_from_slice(peer.as_bytes());
-                HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.clone())
             }
-            None => peer.clone(),
+            v.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.clone())
         };
         headers.insert(&X_FORWARDED_FOR, xff);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -225,6 +361,13 @@ pub fn label_response(
         headers.insert(&X_SWITCHYARD_GENERATION, generation);
     }
     headers.insert(&X_REQUEST_ID, request_id);
+}
+
+/// The labels of an answer to a refused request (see [`check_request`]):
+/// its `X-Request-Id`, and `Connection: close`.
+pub fn label_refusal(headers: &mut HeaderMap, request_id: HeaderValue) {
+    headers.insert(&X_REQUEST_ID, request_id);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// The address a client is known by: an IPv4-mapped IPv6 address as IPv4.

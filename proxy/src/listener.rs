@@ -25,6 +25,7 @@ use crate::admin::Admin;
 use crate::balance::{Balancer, Handoff, Inbox, Slot};
 use crate::client::LocalClient;
 use crate::conn::Conn;
+use crate::error;
 use crate::forward;
 use crate::shared::Shared;
 use crate::worker::Worker;
@@ -334,24 +335,37 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Stopping
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
-    tokio::select! {
+    let ended = tokio::select! {
         biased;
-        _ = connection.as_mut() => {}
+        ended = connection.as_mut() => ended,
         // Idle for `timeouts.client_idle` with no request in progress, or a
         // response body stalled for `send` / `upstream_read`: closed (and
         // with it the response and its upstream connection, which the
         // request's record counts as cut: see body.rs).
-        () = conn.idle.fired() => {}
+        () = conn.idle.fired() => Ok(()),
         _ = stopping => {
             connection.as_mut().graceful_shutdown();
             // A request in progress finishes; a connection that is idle
             // (a head still trickling in) is still cut at its deadline.
             tokio::select! {
                 biased;
-                _ = connection.as_mut() => {}
-                () = conn.idle.fired() => {}
+                ended = connection.as_mut() => ended,
+                () = conn.idle.fired() => Ok(()),
             }
         }
+    };
+    if let Err(e) = ended {
+        parse_rejected(&conn, &e);
+    }
+}
+
+/// A connection that hyper's parser ended (it answered 400, 414 or 431
+/// itself, never calling the proxy): counted in `rejected_total` and logged
+/// with the client's address. Other ends (the client went away) are not.
+fn parse_rejected(conn: &Conn, e: &hyper::Error) {
+    if let Some(reject) = error::parse_rejection(e) {
+        conn.worker.shared.metrics.rejected(reject);
+        tracing::warn!(client = %conn.peer, reason = reject.label(), error = %e, "request rejected by the HTTP parser");
     }
 }
 

@@ -53,10 +53,171 @@ fn each_hop_by_hop_header_is_removed() {
         "transfer-encoding",
         "upgrade",
         "proxy-authorization",
+        "proxy-authenticate",
     ] {
         let mut h = map(&[(name, "x"), ("x-kept", "1")]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(names(&h), ["x-kept"], "{name}");
+    }
+}
+
+#[test]
+fn connection_never_strips_host_content_length_or_transfer_encoding() {
+    // (what Connection names, what stays of host / content-length / x-named)
+    let table: &[(&str, &[&str])] = &[
+        ("host", &["content-length", "host", "x-named"]),
+        ("Host, Content-Length", &["content-length", "host", "x-named"]),
+        ("content-length, x-named", &["content-length", "host"]),
+        ("transfer-encoding", &["content-length", "host", "x-named"]),
+        ("close, HOST, x-named", &["content-length", "host"]),
+    ];
+    for (connection, kept) in table {
+        let mut h = map(&[
+            ("connection", connection),
+            ("host", "a.example"),
+            ("content-length", "5"),
+            ("x-named", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), *kept, "Connection: {connection}");
+        let mut h = map(&[
+            ("connection", connection),
+            ("host", "a.example"),
+            ("content-length", "5"),
+            ("x-named", "1"),
+        ]);
+        rewrite_request(&mut h, &HeaderValue::from_static("192.0.2.7"), false, &[], || {
+            HeaderValue::from_static("id")
+        });
+        for name in *kept {
+            assert!(h.contains_key(*name), "request, Connection: {connection}: {name}");
+        }
+    }
+}
+
+#[test]
+fn client_sent_forwarded_and_x_real_ip_are_removed_from_requests_only() {
+    let peer = HeaderValue::from_static("192.0.2.7");
+    for trusted in [false, true] {
+        let mut h = map(&[
+            ("host", "a.example"),
+            ("forwarded", "for=6.6.6.6"),
+            ("Forwarded", "host=evil.example"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        rewrite_request(&mut h, &peer, trusted, &[], || HeaderValue::from_static("id"));
+        assert!(
+            !h.contains_key("forwarded") && !h.contains_key("x-real-ip"),
+            "trusted={trusted}: {h:?}"
+        );
+    }
+    // An upstream's answer keeps them (they are not hop-by-hop).
+    let mut h = map(&[("forwarded", "for=x"), ("x-real-ip", "1.2.3.4")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(names(&h), ["forwarded", "x-real-ip"]);
+}
+
+#[test]
+fn check_request_refuses_connect_and_missing_repeated_or_bad_hosts() {
+    use http::{Method, Version};
+    let v11 = Version::HTTP_11;
+    let v10 = Version::HTTP_10;
+    let get = Method::GET;
+    /// (method, version, target, headers, verdict)
+    type Case<'a> = (
+        &'a Method,
+        Version,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        Result<(), Refusal>,
+    );
+    let cases: &[Case] = &[
+        (&get, v11, "/", &[("host", "a.example")], Ok(())),
+        (&get, v11, "/", &[("host", "a.example:8080")], Ok(())),
+        (&get, v11, "/", &[("host", "[::1]:8080")], Ok(())),
+        (&get, v11, "/", &[("host", "10.0.0.1")], Ok(())),
+        (&get, v11, "/", &[("host", "")], Ok(())),
+        (&get, v11, "/", &[], Err(Refusal::NoHost)),
+        (&get, v10, "/", &[], Ok(())),
+        (
+            &get,
+            v11,
+            "/",
+            &[("host", "a.example"), ("host", "a.example")],
+            Err(Refusal::TwoHosts),
+        ),
+        (
+            &get,
+            v10,
+            "/",
+            &[("host", "a.example"), ("host", "b.example")],
+            Err(Refusal::TwoHosts),
+        ),
+        (&get, v11, "/", &[("host", "a b")], Err(Refusal::BadHost)),
+        (&get, v11, "/", &[("host", "a/b")], Err(Refusal::BadHost)),
+        (&get, v11, "/", &[("host", "user@a")], Err(Refusal::BadHost)),
+        (&get, v11, "http://a.example/x", &[("host", "b.example")], Ok(())),
+        (
+            &get,
+            v11,
+            "http://u:p@a.example/x",
+            &[("host", "a.example")],
+            Err(Refusal::BadHost),
+        ),
+        (&get, v11, "http://a.example/x", &[], Err(Refusal::NoHost)),
+        (&get, v10, "http://a.example/x", &[], Ok(())),
+        (
+            &Method::CONNECT,
+            v11,
+            "127.0.0.1:22",
+            &[("host", "127.0.0.1:22")],
+            Err(Refusal::Connect),
+        ),
+        (&Method::CONNECT, v10, "127.0.0.1:22", &[], Err(Refusal::Connect)),
+        (&Method::OPTIONS, v11, "*", &[("host", "a.example")], Ok(())),
+    ];
+    for (method, version, target, headers, want) in cases {
+        let uri: Uri = target.parse().expect("test target");
+        let got = check_request(method, *version, &uri, &map(headers));
+        assert_eq!(got, *want, "{method} {target} {version:?} {headers:?}");
+    }
+    assert_eq!(Refusal::Connect.status(), StatusCode::METHOD_NOT_ALLOWED);
+    for r in [Refusal::NoHost, Refusal::TwoHosts, Refusal::BadHost] {
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{r:?}");
+    }
+}
+
+#[test]
+fn absolute_form_target_replaces_host_and_becomes_origin_form() {
+    // (target, Host sent, target sent upstream, Host sent upstream)
+    let cases: &[(&str, Option<&str>, &str, Option<&str>)] = &[
+        (
+            "http://evil.example/x?q=1",
+            Some("good.example"),
+            "/x?q=1",
+            Some("evil.example"),
+        ),
+        (
+            "http://evil.example:8080",
+            Some("good.example"),
+            "/",
+            Some("evil.example:8080"),
+        ),
+        ("https://[::1]:8443/a", None, "/a", Some("[::1]:8443")),
+        ("/x?q=1", Some("good.example"), "/x?q=1", Some("good.example")),
+        ("/", None, "/", None),
+        ("*", Some("good.example"), "*", Some("good.example")),
+    ];
+    for (target, host, want_target, want_host) in cases {
+        let mut uri: Uri = target.parse().expect("test target");
+        let mut h = match host {
+            Some(v) => map(&[("host", v)]),
+            None => HeaderMap::new(),
+        };
+        origin_form(&mut uri, &mut h);
+        assert_eq!(uri.to_string(), *want_target, "{target}");
+        assert_eq!(get(&h, "host"), *want_host, "{target}");
+        assert_eq!(h.get_all("host").iter().count(), usize::from(want_host.is_some()));
     }
 }
 
@@ -176,14 +337,26 @@ fn x_forwarded_headers_are_replaced_unless_trusted() {
             proto: Some("http"),
             host: None,
         },
-        // Today's rule extends the first X-Forwarded-For line only.
+        // Every X-Forwarded-For line of a trusted proxy is kept, in order,
+        // as one line.
         Fwd {
             trusted: true,
             sent: &[
                 ("x-forwarded-for", "203.0.113.1"),
+                ("x-forwarded-for", "203.0.113.2, 198.51.100.3"),
+            ],
+            xff: Some("203.0.113.1, 203.0.113.2, 198.51.100.3, 192.0.2.7"),
+            proto: Some("http"),
+            host: None,
+        },
+        // ...and from anyone else every line is replaced.
+        Fwd {
+            trusted: false,
+            sent: &[
+                ("x-forwarded-for", "203.0.113.1"),
                 ("x-forwarded-for", "203.0.113.2"),
             ],
-            xff: Some("203.0.113.1, 192.0.2.7"),
+            xff: Some("192.0.2.7"),
             proto: Some("http"),
             host: None,
         },
