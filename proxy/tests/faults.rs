@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::Request;
 use serde_json::Value;
 use support::*;
-use testkit::http::{admin, metric, Client};
+use testkit::http::{admin, metric, read_until, Client};
 use testkit::net::refused;
 use testkit::process::Proc;
 use testkit::upstream;
@@ -71,26 +71,6 @@ async fn switch(tp: &TestProxy, to: &str) {
     )
     .await;
     assert_eq!(code, 200, "{body}");
-}
-
-/// Reads from `s` until `what` has arrived; panics on EOF or after 10 s.
-async fn read_until(s: &mut TcpStream, what: &[u8]) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(what.len()).any(|w| w == what) {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before {:?} arrived: {:?}",
-            String::from_utf8_lossy(what),
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
 }
 
 /// Everything `s` still receives until the proxy closes it (EOF or reset);

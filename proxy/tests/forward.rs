@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use support::*;
-use testkit::http::{admin, metric, Client};
+use testkit::http::{admin, metric, read_until, Client};
 use testkit::load::{assert_no_failures, Load};
 use testkit::net::ClosedPort;
 use testkit::upstream;
@@ -298,26 +298,6 @@ async fn slow_upstream_answers_json_504() {
             "switchyard_upstream_errors_total{kind=\"timeout\",pool=\"blue\"}"
         ) == 1.0
     );
-}
-
-/// Reads from `s` until `what` has arrived; panics on EOF or after 5 s.
-async fn read_until(s: &mut tokio::net::TcpStream, what: &[u8]) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(what.len()).any(|w| w == what) {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer within 5 s")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before {:?} arrived: {:?}",
-            String::from_utf8_lossy(what),
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
 }
 
 /// Whether the proxy closes `s` within `within` (EOF or reset), reading

@@ -170,3 +170,25 @@ pub fn parse_with(buf: &[u8], check_length: bool) -> Resp {
         body: body.to_owned(),
     }
 }
+
+/// Reads from `s` until `what` has arrived and returns all that was read;
+/// panics if the stream closes first or nothing more arrives within 10 s.
+pub async fn read_until(s: &mut tokio::net::TcpStream, what: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(what.len()).any(|w| w == what) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("more of the answer within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {:?} arrived: {:?}",
+            String::from_utf8_lossy(what),
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
