@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::future::Future;
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,36 +15,18 @@ use http_body_util::Full;
 use hyper::Request;
 use serde_json::Value;
 use support::*;
-use testkit::http::{admin, metric, read_until, Client};
+use testkit::http::{metric, read_until, Client};
 use testkit::net::refused;
-use testkit::process::Proc;
+use testkit::process::{Proc, Switchyard};
 use testkit::upstream;
-use testkit::wait::Poll;
+use testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Polls the async `check` until it holds; fails the test after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let poll = Poll::new(within, what);
-    while !check().await {
-        tokio::time::sleep(poll.next_pause()).await;
-    }
-}
-
-async fn status(tp: &TestProxy) -> Value {
-    let (code, st) = admin(tp.admin(), "GET", "/status", "", None).await;
-    assert_eq!(code, 200, "{st}");
-    st
-}
 
 /// Waits until pool `pool` in `/status` satisfies `cond`.
 async fn wait_pool(tp: &TestProxy, pool: &str, what: &str, cond: impl Fn(&Value) -> bool) {
     eventually(Duration::from_secs(10), what, || async {
-        cond(&status(tp).await["pools"][pool])
+        cond(&tp.status().await["pools"][pool])
     })
     .await;
 }
@@ -59,18 +39,6 @@ async fn wait_metric(tp: &TestProxy, series: &str, value: f64) {
         || async { metric(&tp.metrics().await, series) == value },
     )
     .await;
-}
-
-async fn switch(tp: &TestProxy, to: &str) {
-    let (code, body) = admin(
-        tp.admin(),
-        "POST",
-        "/switch",
-        &format!(r#"{{"to":"{to}"}}"#),
-        None,
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
 }
 
 /// Everything `s` still receives until the proxy closes it (EOF or reset);
@@ -154,8 +122,8 @@ async fn upstream_stalling_mid_body_is_cut_after_upstream_read_counted_and_drain
         String::from_utf8_lossy(&got)
     );
     // Switched away while it stalls: blue has it in flight, not drained.
-    switch(&tp, "green").await;
-    let st = status(&tp).await;
+    tp.switch("green").await;
+    let st = tp.status().await;
     assert_eq!(
         (&st["pools"]["blue"]["inflight"], &st["pools"]["blue"]["drained"]),
         (&Value::from(1), &Value::from(false)),
@@ -184,7 +152,7 @@ async fn upstream_stalling_mid_body_is_cut_after_upstream_read_counted_and_drain
     .await;
     // The next requests are served, on green and back on blue.
     served(&tp, "/", "green", "green").await;
-    switch(&tp, "blue").await;
+    tp.switch("blue").await;
     served(&tp, "/ok", "blue", "ok").await;
 }
 
@@ -203,8 +171,8 @@ async fn client_not_reading_a_large_answer_is_cut_after_send_counted_and_drained
         .await
         .unwrap();
     wait_pool(&tp, "blue", "the download in flight", |p| p["inflight"] == 1).await;
-    switch(&tp, "green").await;
-    assert_eq!(status(&tp).await["pools"]["blue"]["drained"], false);
+    tp.switch("green").await;
+    assert_eq!(tp.status().await["pools"]["blue"]["drained"], false);
     // Once nothing could be written to the client for `send`: cut, counted,
     // the upstream connection closed, blue drained.
     wait_metric(&tp, SEND_TIMEOUT, 1.0).await;
@@ -235,7 +203,7 @@ async fn client_not_reading_a_large_answer_is_cut_after_send_counted_and_drained
         .expect("the client connection is closed");
     assert!(rest.len() < 1 << 30, "{} bytes", rest.len());
     served(&tp, "/", "green", "green").await;
-    switch(&tp, "blue").await;
+    tp.switch("blue").await;
     served(&tp, "/ok", "blue", "ok").await;
 }
 
@@ -314,7 +282,7 @@ async fn unlisted_upgrade_is_forwarded_plain_and_the_pool_drains() {
     assert!(seen.starts_with("get /x http/1.1"), "{seen}");
     assert!(!seen.contains("upgrade"), "the upstream sees no Upgrade: {seen}");
     // Nothing stays open: after switching away, blue drains.
-    switch(&tp, "green").await;
+    tp.switch("green").await;
     wait_pool(&tp, "blue", "blue drained", |p| {
         p["drained"] == true && p["inflight"] == 0 && p["tunnels"] == 0
     })
@@ -338,7 +306,7 @@ async fn websocket_tunnel_counts_in_status_and_closes_after_tunnel_idle() {
             )),
     );
     let mut s = open_tunnel(tp.http()).await;
-    let st = status(&tp).await;
+    let st = tp.status().await;
     assert_eq!(
         (&st["pools"]["blue"]["tunnels"], &st["pools"]["blue"]["inflight"]),
         (&Value::from(1), &Value::from(1)),
@@ -360,8 +328,8 @@ async fn websocket_tunnel_counts_in_status_and_closes_after_tunnel_idle() {
         p["tunnels"] == 0 && p["inflight"] == 0
     })
     .await;
-    switch(&tp, "green").await;
-    assert_eq!(status(&tp).await["pools"]["blue"]["drained"], true);
+    tp.switch("green").await;
+    assert_eq!(tp.status().await["pools"]["blue"]["drained"], true);
     served(&tp, "/", "green", "green").await;
 }
 
@@ -401,14 +369,12 @@ async fn tunnel_is_kept_through_the_shutdown_grace_then_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_marks_a_truncated_answer() {
     let up = upstream::faulty();
-    let files = ProxyConfig::new()
-        .access_log(true)
-        .upstreams(Upstreams::blue(up.addr))
-        .write();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.arg("-c").arg(&files.proxy_toml).env_remove("RUST_LOG");
-    let proc = Proc::spawn(cmd);
-    let http = proc.listening_addr("http_addr");
+    let Switchyard { proc, http, .. } = Switchyard::start(
+        env!("CARGO_BIN_EXE_switchyard"),
+        ProxyConfig::new()
+            .access_log(true)
+            .upstreams(Upstreams::blue(up.addr)),
+    );
     let mut s = TcpStream::connect(http).await.unwrap();
     s.write_all(b"GET /cut HTTP/1.1\r\nhost: x\r\n\r\n")
         .await

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,33 +14,15 @@ use hyper::Request;
 use support::*;
 use testkit::http::{admin, get, Client};
 use testkit::net::{refused, ClosedPort};
-use testkit::process::Proc;
+use testkit::process::Switchyard;
 use testkit::{upstream, wait_until_async};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// The binary running with `config`; it listens on port 0, and its
 /// listeners' addresses come from its "switchyard listening" log line.
-struct Binary {
-    proc: Proc,
-    files: ProxyFiles,
-    http: SocketAddr,
-    admin: SocketAddr,
-}
-
-fn spawn_proxy(config: ProxyConfig) -> Binary {
-    let files = config.write();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("-c").arg(&files.proxy_toml).env_remove("RUST_LOG");
-    let proc = Proc::spawn(cmd);
-    let http = proc.listening_addr("http_addr");
-    let admin = proc.listening_addr("admin_addr");
-    Binary {
-        proc,
-        files,
-        http,
-        admin,
-    }
+fn spawn_proxy(config: ProxyConfig) -> Switchyard {
+    Switchyard::start(BIN, config)
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

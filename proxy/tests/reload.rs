@@ -360,32 +360,12 @@ async fn watcher_does_not_loop_on_its_own_reads() {
     assert!(events < 50, "{events} events for one rename");
 }
 
-/// `/status` now.
-async fn status(tp: &TestProxy) -> serde_json::Value {
-    let (code, st) = admin(tp.admin(), "GET", "/status", "", None).await;
-    assert_eq!(code, 200, "{st}");
-    st
-}
-
 /// The pool that answers a request through the proxy now.
 async fn answering_pool(tp: &TestProxy) -> String {
     let mut c = testkit::http::Client::connect(tp.http()).await.unwrap();
     let (code, headers, _) = c.get("/version").await.unwrap();
     assert_eq!(code, 200);
     headers["x-switchyard-pool"].to_str().unwrap().to_string()
-}
-
-async fn switch_to(tp: &TestProxy, pool: &str) -> serde_json::Value {
-    let (code, body) = admin(
-        tp.admin(),
-        "POST",
-        "/switch",
-        &format!(r#"{{"to":"{pool}"}}"#),
-        None,
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,9 +382,9 @@ async fn persist_never_launders_a_rejected_file() {
     .await;
     // The switch applies (green of the accepted file), but is not written
     // over the rejected file: that would make it the applied one.
-    assert_eq!(switch_to(&tp, "green").await["active"], "green");
+    assert_eq!(tp.switch("green").await["active"], "green");
     assert_eq!(std::fs::read_to_string(&tp.files.upstreams_toml).unwrap(), bad);
-    let st = status(&tp).await;
+    let st = tp.status().await;
     assert_eq!(st["override"], true, "{st}");
     assert!(
         st["persist_error"]
@@ -441,8 +421,8 @@ async fn persist_never_writes_through_a_symlink_put_in_place_later() {
         tp.proxy.reloader().reload().await,
         ReloadOutcome::Unchanged
     ));
-    assert_eq!(switch_to(&tp, "green").await["active"], "green");
-    let st = status(&tp).await;
+    assert_eq!(tp.switch("green").await["active"], "green");
+    let st = tp.status().await;
     assert!(
         st["persist_error"]
             .as_str()
@@ -465,7 +445,7 @@ async fn persist_never_writes_through_a_symlink_put_in_place_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_drops_the_override_pool_is_rejected_and_the_override_stays() {
     let (blue, green, tp) = blue_green_proxy(ProxyConfig::new());
-    switch_to(&tp, "green").await;
+    tp.switch("green").await;
     let gen = tp.generation();
     // The same route (`active = "blue"`), without green.
     tp.files
@@ -474,7 +454,7 @@ async fn a_file_that_drops_the_override_pool_is_rejected_and_the_override_stays(
         tp.proxy.shared().table.load().facts.last_reload_error.is_some()
     })
     .await;
-    let st = status(&tp).await;
+    let st = tp.status().await;
     assert!(
         st["last_reload_error"]
             .as_str()
@@ -501,7 +481,7 @@ async fn a_file_that_drops_the_override_pool_is_rejected_and_the_override_stays(
 async fn a_file_rewritten_in_place_in_pieces_keeps_the_override() {
     use std::io::Write;
     let (_blue, _green, tp) = blue_green_proxy(ProxyConfig::new());
-    switch_to(&tp, "green").await;
+    tp.switch("green").await;
     let gen = tp.generation();
     let path = &tp.files.upstreams_toml;
     let text = std::fs::read_to_string(path).unwrap();
@@ -538,7 +518,7 @@ async fn a_file_rewritten_in_place_in_pieces_keeps_the_override() {
         tp.proxy.reloader().reload().await,
         ReloadOutcome::Unchanged
     ));
-    let st = status(&tp).await;
+    let st = tp.status().await;
     assert_eq!(
         (
             st["active"].as_str(),

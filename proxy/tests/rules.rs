@@ -9,7 +9,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use hyper::{Request, Response};
 use support::*;
 use testkit::http::{admin, metric, Client};
 use testkit::net::ClosedPort;
-use testkit::process::{field_value, Proc};
+use testkit::process::{field_value, Proc, Switchyard};
 use testkit::upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -324,16 +323,10 @@ async fn proxy_authenticate_is_hop_by_hop() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// The `switchyard` binary with `config`, and its two listeners; its log
-/// lines (text, on stdout) are collected.
+/// The `switchyard` binary with `config`: its process, files and listeners.
 fn spawn_proxy(config: ProxyConfig) -> (Proc, ProxyFiles, SocketAddr, SocketAddr) {
-    let files = config.write();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("-c").arg(&files.proxy_toml).env_remove("RUST_LOG");
-    let proc = Proc::spawn(cmd);
-    let http = proc.listening_addr("http_addr");
-    let admin = proc.listening_addr("admin_addr");
-    (proc, files, http, admin)
+    let p = Switchyard::start(BIN, config);
+    (p.proc, p.files, p.http, p.admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

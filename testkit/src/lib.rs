@@ -31,4 +31,4 @@ pub mod upstream;
 pub mod wait;
 
 pub use loadgen;
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{eventually, wait_until, wait_until_async};

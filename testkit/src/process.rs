@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::config::{ProxyConfig, ProxyFiles};
 use crate::wait::Poll;
 
 /// A running child process; killed (and reaped) on drop.
@@ -224,6 +225,39 @@ pub fn field_value<'a>(line: &'a str, field: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))
         .map(|v| v.trim_matches('"'))
+}
+
+/// A `switchyard` binary running from the files a [`ProxyConfig`] wrote,
+/// with the two addresses its "listening" line names.
+pub struct Switchyard {
+    /// The process; its log lines (text, on stdout) are collected.
+    pub proc: Proc,
+    /// Its configuration files (kept while it runs).
+    pub files: ProxyFiles,
+    /// The data listener.
+    pub http: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+}
+
+impl Switchyard {
+    /// Starts the binary `bin` (the proxy's tests pass
+    /// `env!("CARGO_BIN_EXE_switchyard")`) with `-c` the written `proxy.toml`
+    /// and the default log level, and waits for its "listening" line.
+    pub fn start(bin: &str, config: ProxyConfig) -> Switchyard {
+        let files = config.write();
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(&files.proxy_toml).env_remove("RUST_LOG");
+        let proc = Proc::spawn(cmd);
+        let http = proc.listening_addr("http_addr");
+        let admin = proc.listening_addr("admin_addr");
+        Switchyard {
+            proc,
+            files,
+            http,
+            admin,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -62,3 +62,16 @@ pub async fn wait_until_async(within: Duration, what: &str, mut cond: impl FnMut
         tokio::time::sleep(poll.next_pause()).await;
     }
 }
+
+/// As [`wait_until_async`], for a condition that is itself async (a scrape,
+/// an admin call).
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let poll = Poll::new(within, what);
+    while !check().await {
+        tokio::time::sleep(poll.next_pause()).await;
+    }
+}

@@ -69,6 +69,21 @@ impl TestProxy {
         assert_eq!(status, 200, "{text}");
         text
     }
+
+    /// `/status` now (which must answer 200).
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, st) = testkit::http::admin(self.admin(), "GET", "/status", "", None).await;
+        assert_eq!(code, 200, "{st}");
+        st
+    }
+
+    /// `POST /switch {"to": pool}`, which must answer 200; its answer.
+    pub async fn switch(&self, pool: &str) -> serde_json::Value {
+        let body = format!(r#"{{"to":"{pool}"}}"#);
+        let (code, answer) = testkit::http::admin(self.admin(), "POST", "/switch", &body, None).await;
+        assert_eq!(code, 200, "{answer}");
+        answer
+    }
 }
 
 /// Blue (`0.0.1`) and green (`0.0.2`) translation-apis and a switchyard
