@@ -27,9 +27,22 @@ fn started() -> ControlState {
     )
 }
 
-/// `state` after `event`, which must have been decided as `store`.
+/// The state `event` leaves `state` in.
 fn after(state: &ControlState, event: Event) -> ControlState {
     decide(state, event).next
+}
+
+/// Started with `[admin] persist = true`.
+fn with_persist() -> ControlState {
+    ControlState {
+        persist: true,
+        ..started()
+    }
+}
+
+/// With persist, `POST /switch {"to":"green"}` decided (the write not yet done).
+fn persisting_to_green() -> ControlState {
+    after(&with_persist(), switch("green", None))
 }
 
 /// Started, then `POST /switch {"to":"green"}`.
@@ -420,10 +433,7 @@ fn rows() -> Vec<Row> {
         Row {
             event: "admin switch",
             condition: "persist on",
-            given: ControlState {
-                persist: true,
-                ..started()
-            },
+            given: with_persist(),
             when: switch("green", None),
             then: |_, d| {
                 assert_eq!(d.persist, Some(route("green")), "stored first, then written");
@@ -436,13 +446,7 @@ fn rows() -> Vec<Row> {
         Row {
             event: "persisted",
             condition: "written",
-            given: after(
-                &ControlState {
-                    persist: true,
-                    ..started()
-                },
-                switch("green", None),
-            ),
+            given: persisting_to_green(),
             when: Event::Persisted {
                 route: route("green"),
                 result: written(42),
@@ -465,13 +469,7 @@ fn rows() -> Vec<Row> {
         Row {
             event: "persisted",
             condition: "nothing written (the file changed since it was accepted, a symlink, an I/O error)",
-            given: after(
-                &ControlState {
-                    persist: true,
-                    ..started()
-                },
-                switch("green", None),
-            ),
+            given: persisting_to_green(),
             when: Event::Persisted {
                 route: route("green"),
                 result: Err("upstreams.toml: the file changed since it was last accepted".into()),
@@ -498,13 +496,7 @@ fn rows() -> Vec<Row> {
             condition: "after a persist error",
             given: ControlState {
                 persist_error: Some("not written".into()),
-                ..after(
-                    &ControlState {
-                        persist: true,
-                        ..started()
-                    },
-                    switch("green", None),
-                )
+                ..persisting_to_green()
             },
             when: read(2, file("green", &["blue", "green"])),
             then: |_, d| {
