@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -29,6 +30,8 @@ pub struct Admin {
     pub writer: mpsc::Sender<Command>,
     /// The bearer token POSTs need, when `token_file` is set.
     pub token: Option<String>,
+    /// `timeouts.admin_body`: longest wait for a request body (408 after).
+    pub body_timeout: Duration,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -105,7 +108,7 @@ impl Admin {
                 }
                 let rollback = path == "/rollback";
                 let query_to = query_param(req.uri().query(), "to");
-                let body = match read_body(req).await {
+                let body = match read_body(req, self.body_timeout).await {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
@@ -216,13 +219,22 @@ fn switch_response(o: &SwitchOutcome) -> Resp {
     json_response(StatusCode::OK, &serde_json::to_value(o).unwrap_or_default())
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => Err(error(
+async fn read_body(req: Request<Incoming>, within: Duration) -> Result<Bytes, Resp> {
+    match tokio::time::timeout(within, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) => Err(error(
             StatusCode::BAD_REQUEST,
             &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
         )),
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the body did not arrive within {within:?} (timeouts.admin_body)"),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub const DEFAULT_UPSTREAM_READ: Duration = Duration::from_secs(60);
 /// Default `[timeouts] tunnel_idle`: an upgraded connection with no byte
 /// either way for this long is closed.
 pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(3600);
+/// Default `timeouts.admin_body`: an admin request body still arriving.
+pub const DEFAULT_ADMIN_BODY: Duration = Duration::from_secs(10);
 /// Default `[limits] upgrade_protocols`: the `Upgrade` tokens tunnelled.
 pub const DEFAULT_UPGRADE_PROTOCOLS: [&str; 1] = ["websocket"];
 /// Largest upstreams file we read; anything bigger is rejected unparsed.
@@ -91,6 +93,26 @@ pub struct Admin {
     /// Write admin switches back into the upstreams file.
     #[serde(default)]
     pub persist: bool,
+    /// Accept a non-loopback `listen` without `token_file` (refused at
+    /// start otherwise: anyone who reaches the port could switch traffic).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+impl Admin {
+    /// Why this admin listener is refused: bound beyond loopback with no
+    /// token, unless `allow_unauthenticated` says that is meant.
+    pub fn refusal(&self) -> Option<String> {
+        let open = !self.listen.ip().is_loopback();
+        (open && self.token_file.is_none() && !self.allow_unauthenticated).then(|| {
+            format!(
+                "[admin] listen = \"{}\" is reachable beyond this machine and no token_file is set: \
+                 anyone who reaches it could switch traffic; set [admin] token_file, listen on loopback, \
+                 or set [admin] allow_unauthenticated = true if the network itself is trusted",
+                self.listen
+            )
+        })
+    }
 }
 
 impl Default for Admin {
@@ -99,6 +121,7 @@ impl Default for Admin {
             listen: default_admin_listen(),
             token_file: None,
             persist: false,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -196,6 +219,9 @@ pub struct Timeouts {
     /// long is closed.
     #[serde(with = "humantime_serde")]
     pub tunnel_idle: Duration,
+    /// An admin request whose body is still arriving after this long gets 408.
+    #[serde(with = "humantime_serde")]
+    pub admin_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -210,6 +236,7 @@ impl Default for Timeouts {
             send: DEFAULT_SEND_TIMEOUT,
             upstream_read: DEFAULT_UPSTREAM_READ,
             tunnel_idle: DEFAULT_TUNNEL_IDLE,
+            admin_body: DEFAULT_ADMIN_BODY,
         }
     }
 }

@@ -34,6 +34,9 @@ use crate::worker::Worker;
 /// shared series (it adds them sooner under load).
 pub const METRICS_FLUSH: Duration = Duration::from_millis(100);
 
+/// Most admin connections open at once; a new one beyond is closed at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Pause after an accept error (EMFILE…) before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -402,9 +405,18 @@ async fn accept_once(listener: &TcpListener, what: &str) -> Option<(tokio::net::
 
 /// The admin accept loop, on the control runtime, until `stop`.
 pub async fn run_admin(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    // A bounded number of admin connections: probes, scrapes and operators
+    // need a few; beyond that a new one is closed at once, so a flood of
+    // them cannot take the control runtime's memory.
+    let open = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     while let Some((stream, peer)) = accept(&listener, &mut stop, "admin").await {
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            tracing::warn!(client = %peer, max = ADMIN_MAX_CONNECTIONS, "admin connection refused: too many open");
+            continue;
+        };
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let admin = Arc::clone(&admin);
                 async move { Ok::<_, std::convert::Infallible>(admin.handle(req, peer).await) }

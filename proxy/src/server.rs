@@ -77,6 +77,13 @@ impl Checked {
                 ),
             });
         }
+        if let Some(reason) = settings.file.admin.refusal() {
+            errors.push(ConfigError::Invalid {
+                file: settings.path.clone(),
+                line: None,
+                reason,
+            });
+        }
         let token = if offline {
             None
         } else {
@@ -322,6 +329,7 @@ impl Proxy {
             shared: Arc::clone(&shared),
             writer: writer_tx.clone(),
             token,
+            body_timeout: file.timeouts.admin_body,
         });
         let watcher = watch::run(
             watch,

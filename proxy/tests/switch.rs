@@ -232,3 +232,99 @@ async fn metrics_show_the_rollout_and_pass_promtool() {
     );
     drop(c);
 }
+
+#[test]
+fn an_admin_listener_beyond_loopback_needs_a_token_or_allow_unauthenticated() {
+    let everywhere: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+    let config = || {
+        ProxyConfig::new()
+            .admin_on(everywhere)
+            .upstreams(Upstreams::blue("127.0.0.1:1"))
+    };
+    let files = config().write();
+    let err = switchyard::Proxy::start(&files.proxy_toml)
+        .err()
+        .expect("refused at start");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("allow_unauthenticated") && msg.contains("token_file"),
+        "{msg}"
+    );
+    assert!(
+        matches!(err, switchyard::Error::Config(_)),
+        "exit 64, like any invalid configuration"
+    );
+    // A token, or saying the network is trusted, lets it start.
+    for files in [
+        config().token("t").write(),
+        config().allow_unauthenticated(true).write(),
+    ] {
+        let proxy = switchyard::Proxy::start(&files.proxy_toml).expect("starts");
+        assert!(proxy.admin_addr().ip().is_unspecified());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_admin_body_gets_408_after_admin_body_and_changes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_blue, _green, tp) =
+        blue_green_proxy(ProxyConfig::new().admin_body(std::time::Duration::from_millis(300)));
+    let mut s = tokio::net::TcpStream::connect(tp.admin()).await.unwrap();
+    // A body that announces 14 bytes and sends 6 of them, then nothing.
+    s.write_all(b"POST /switch HTTP/1.1\r\nhost: a\r\ncontent-length: 14\r\n\r\n{\"to\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("admin_body"), "{answer}");
+    assert_eq!(tp.active(), "blue", "nothing was switched");
+    assert_eq!(
+        tp.switch("green").await["active"],
+        "green",
+        "the next admin request is served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_beyond_the_cap_are_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_blue, _green, tp) = blue_green_proxy(ProxyConfig::new());
+    let healthz = b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n";
+    // Answered once each, then kept open (idle keep-alive).
+    let mut open = Vec::new();
+    for _ in 0..switchyard::listener::ADMIN_MAX_CONNECTIONS {
+        let mut s = tokio::net::TcpStream::connect(tp.admin()).await.unwrap();
+        s.write_all(healthz).await.unwrap();
+        testkit::http::read_until(&mut s, b"\"ok\"}").await;
+        open.push(s);
+    }
+    // One more: closed without an answer.
+    let mut extra = tokio::net::TcpStream::connect(tp.admin()).await.unwrap();
+    let _ = extra.write_all(healthz).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), extra.read_to_end(&mut got))
+        .await
+        .expect("closed at once");
+    assert!(
+        read.is_err() || got.is_empty(),
+        "answered beyond the cap: {got:?}"
+    );
+    // One closes: a new connection is served again.
+    drop(open.pop());
+    testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "a free admin connection",
+        || async {
+            let mut s = tokio::net::TcpStream::connect(tp.admin()).await.unwrap();
+            let _ = s.write_all(healthz).await;
+            let mut buf = [0u8; 256];
+            matches!(s.read(&mut buf).await, Ok(n) if n > 0)
+        },
+    )
+    .await;
+}

@@ -119,6 +119,7 @@ pub struct ProxyConfig {
     http: String,
     admin: String,
     persist: bool,
+    allow_unauthenticated: bool,
     token: Option<String>,
     reread: Option<Duration>,
     access_log: bool,
@@ -152,6 +153,7 @@ impl ProxyConfig {
             http: "127.0.0.1:0".into(),
             admin: "127.0.0.1:0".into(),
             persist: false,
+            allow_unauthenticated: false,
             token: None,
             reread: Some(Duration::from_secs(3600)),
             access_log: false,
@@ -170,6 +172,23 @@ impl ProxyConfig {
         self.http.clone_from(&addr);
         self.admin = addr;
         self
+    }
+
+    /// The admin listener on `ip` (port 0), the data listener unchanged.
+    pub fn admin_on(mut self, ip: std::net::IpAddr) -> Self {
+        self.admin = std::net::SocketAddr::new(ip, 0).to_string();
+        self
+    }
+
+    /// `[admin] allow_unauthenticated`.
+    pub fn allow_unauthenticated(mut self, on: bool) -> Self {
+        self.allow_unauthenticated = on;
+        self
+    }
+
+    /// `[timeouts] admin_body` (an admin request body still arriving).
+    pub fn admin_body(self, d: Duration) -> Self {
+        self.timeout("admin_body", d)
     }
 
     /// `[admin] persist`.
@@ -290,6 +309,9 @@ impl ProxyConfig {
         }
         if self.token.is_some() {
             admin.push(("token_file", Value::String("token".into())));
+        }
+        if self.allow_unauthenticated {
+            admin.push(("allow_unauthenticated", Value::Boolean(true)));
         }
         section("admin", admin);
         let mut ups = vec![("file", Value::String("upstreams.toml".into()))];
