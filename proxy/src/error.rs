@@ -69,6 +69,19 @@ pub enum ForwardError {
         /// Why.
         reason: String,
     },
+    /// The client's request body could not be read while it was being sent
+    /// upstream: its chunked framing is malformed (a chunk size that is no
+    /// number, or overflows), or the client closed the connection before
+    /// its end (`gone`). The client's fault, not the upstream's: 400, no
+    /// `upstream_errors_total`, never retried; the upstream's copy of the
+    /// request is cut (its connection closed), never complete.
+    #[error("the client's request body failed: {reason}")]
+    ClientBody {
+        /// Why (hyper's text).
+        reason: String,
+        /// The client closed its connection before the body's end.
+        gone: bool,
+    },
 }
 
 impl ForwardError {
@@ -78,6 +91,7 @@ impl ForwardError {
             ForwardError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ForwardError::ClientBody { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -85,7 +99,7 @@ impl ForwardError {
     pub fn kind(&self) -> Option<crate::metrics::ErrorKind> {
         use crate::metrics::ErrorKind;
         match self {
-            ForwardError::NoEndpoint { .. } => None,
+            ForwardError::NoEndpoint { .. } | ForwardError::ClientBody { .. } => None,
             ForwardError::Connect { .. } => Some(ErrorKind::Connect),
             ForwardError::Timeout { .. } => Some(ErrorKind::Timeout),
             ForwardError::Upstream { .. } => Some(ErrorKind::Reset),
@@ -101,7 +115,29 @@ impl ForwardError {
             ForwardError::Connect { .. } => "cannot connect to the upstream",
             ForwardError::Timeout { .. } => "the upstream did not answer in time",
             ForwardError::Upstream { .. } => "the upstream failed",
+            ForwardError::ClientBody { .. } => "the request body is malformed",
         }
+    }
+
+    /// A failed send whose cause is the client's request body (see
+    /// [`ForwardError::ClientBody`]), from the error hyper's upstream
+    /// connection returned; `None` when the upstream side failed. The only
+    /// body the proxy sends is the client's, so a body error that hyper
+    /// reports as the user's (`is_user`) with a cause of hyper's own (the
+    /// client connection's read) is that body's.
+    pub fn from_client_body(e: &hyper::Error) -> Option<ForwardError> {
+        use std::error::Error as _;
+        if !e.is_user() {
+            return None;
+        }
+        let read = e.source()?.downcast_ref::<hyper::Error>()?;
+        let io = read.source().and_then(|c| c.downcast_ref::<std::io::Error>());
+        let gone = read.is_incomplete_message() || io.is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+        let reason = match io {
+            Some(io) => format!("{read}: {io}"),
+            None => read.to_string(),
+        };
+        Some(ForwardError::ClientBody { reason, gone })
     }
 
     /// The answer the client gets: [`respond_to`] with this error's status,
@@ -192,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn forward_errors_map_to_502_503_504() {
+    fn forward_errors_map_to_400_502_503_504() {
         let cases = [
             (
                 ForwardError::NoEndpoint { pool: "blue".into() },
@@ -218,6 +254,13 @@ mod tests {
                     after: std::time::Duration::from_secs(30),
                 },
                 StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                ForwardError::ClientBody {
+                    reason: "invalid chunk size".into(),
+                    gone: false,
+                },
+                StatusCode::BAD_REQUEST,
             ),
         ];
         let id = HeaderValue::from_static("rid-1");

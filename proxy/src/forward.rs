@@ -139,7 +139,7 @@ fn refuse(conn: &Conn, mut req: Request<Incoming>, refusal: Refusal) -> Response
     let request_id = headers::request_id(req.headers_mut(), || worker.new_request_id());
     let reject = match refusal {
         Refusal::Connect => Reject::MethodNotAllowed,
-        Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost => Reject::BadRequest,
+        Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost | Refusal::TransferCoding => Reject::BadRequest,
     };
     worker.shared.metrics.rejected(reject);
     tracing::warn!(
@@ -338,9 +338,10 @@ fn stream(mut resp: Response<Incoming>, completion: Completion, recycle: Recycle
     )
 }
 
-/// Forwarding failed: counted, logged under the request id (with the
-/// details the answer does not carry), recorded, and answered by
-/// [`ForwardError::response`].
+/// Forwarding failed: counted (an upstream's failure in
+/// `upstream_errors_total`, a malformed request body in `rejected_total`),
+/// logged under the request id (with the details the answer does not
+/// carry), recorded, and answered by [`ForwardError::response`].
 fn failed(
     e: ForwardError,
     pool: &CorePool,
@@ -350,6 +351,10 @@ fn failed(
     // Connect failures were counted per attempt in `send`.
     if let Some(kind) = e.kind().filter(|k| *k != ErrorKind::Connect) {
         pool.pool.metrics.error(kind);
+    }
+    // A malformed request body is a refusal of the client's request.
+    if let ForwardError::ClientBody { gone: false, .. } = e {
+        completion.conn().worker.shared.metrics.rejected(Reject::BadRequest);
     }
     tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
     completion.status = e.status().as_u16();

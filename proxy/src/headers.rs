@@ -70,6 +70,12 @@ pub enum Refusal {
     /// A `Host` that is no `host[:port]`, or an absolute-form target with
     /// user information (400).
     BadHost,
+    /// A `Transfer-Encoding` that is not exactly `chunked` (400): hyper
+    /// refuses one whose last coding is not `chunked`; this refuses any
+    /// other coding before it (`gzip, chunked`, `chunked, chunked`), whose
+    /// body hyper would un-chunk once and the upstream would get, re-framed,
+    /// without its coding (`Transfer-Encoding` is hop-by-hop).
+    TransferCoding,
 }
 
 impl Refusal {
@@ -77,7 +83,9 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Refusal::Connect => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost => StatusCode::BAD_REQUEST,
+            Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost | Refusal::TransferCoding => {
+                StatusCode::BAD_REQUEST
+            }
         }
     }
 
@@ -88,6 +96,7 @@ impl Refusal {
             Refusal::NoHost => "an HTTP/1.1 request needs a Host header",
             Refusal::TwoHosts => "more than one Host header",
             Refusal::BadHost => "invalid Host",
+            Refusal::TransferCoding => "only the chunked transfer coding is supported",
         }
     }
 }
@@ -95,8 +104,9 @@ impl Refusal {
 /// Whether the proxy forwards a request at all: not `CONNECT` (405); on
 /// HTTP/1.1 exactly one `Host` (HTTP/1.0 may omit it, none may repeat it),
 /// which must be a valid `host[:port]` (or empty, as RFC 9112 allows);
-/// an absolute-form target must not carry user information. One lookup of
-/// `Host`, no allocation.
+/// an absolute-form target must not carry user information; a
+/// `Transfer-Encoding`, if any, is `chunked` alone. One lookup of `Host`
+/// and one of `Transfer-Encoding`, no allocation.
 pub fn check_request(
     method: &Method,
     version: Version,
@@ -117,7 +127,26 @@ pub fn check_request(
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(Refusal::BadHost);
     }
+    if !only_chunked(headers.get_all(header::TRANSFER_ENCODING)) {
+        return Err(Refusal::TransferCoding);
+    }
     Ok(())
+}
+
+/// Whether the `Transfer-Encoding` lines (RFC 9112 §6.1), taken together,
+/// name no coding or exactly one, `chunked` (any case; empty list elements
+/// ignored).
+fn only_chunked(lines: header::GetAll<'_, HeaderValue>) -> bool {
+    let mut codings = lines
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(c), None) => c.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
 }
 
 /// A `Host` value: a registered name, an IPv4 or a bracketed IPv6 address,

@@ -192,3 +192,90 @@ pub async fn read_until(s: &mut tokio::net::TcpStream, what: &[u8]) -> Vec<u8> {
     }
     got
 }
+
+/// One response read off a raw connection by [`read_answer`].
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The head without its status line, lower-cased.
+    pub head: String,
+    /// The body (`Content-Length` bytes; none without that header).
+    pub body: Vec<u8>,
+    /// Bytes that arrived after the end of this response (nothing, unless
+    /// the server sent more than one answer).
+    pub rest: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+}
+
+/// Reads one response (its head, then `Content-Length` bytes of body) from
+/// `s`; `None` if the connection ends (EOF or reset) before a whole one
+/// arrived. Panics if nothing more arrives within 10 s.
+pub async fn read_answer(s: &mut tokio::net::TcpStream) -> Option<RawAnswer> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let (status_line, head) = head.split_once("\r\n").unwrap_or((&head, ""));
+            let status = status_line.split(' ').nth(1)?.parse().ok()?;
+            let mut answer = RawAnswer {
+                status,
+                head: head.to_string(),
+                body: Vec::new(),
+                rest: Vec::new(),
+            };
+            let len: usize = answer
+                .header("content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                answer.body = got[end + 4..end + 4 + len].to_vec();
+                answer.rest = got[end + 4 + len..].to_vec();
+                return Some(answer);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no whole answer within 10 s: {:?}",
+                    String::from_utf8_lossy(&got)
+                )
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Everything `s` still receives until the peer closes it (EOF or reset);
+/// `None` if it is still open after `within`.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| got)
+}

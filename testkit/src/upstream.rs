@@ -336,3 +336,192 @@ pub fn faulty() -> Faulty {
     });
     Faulty { addr, ended }
 }
+
+/// One request as a [`recorder`] upstream read it off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The request line, e.g. `POST /x HTTP/1.1`.
+    pub line: String,
+    /// The header lines as sent (names lower-cased, values trimmed), in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, decoded by its framing (`Content-Length` or chunked).
+    pub body: Vec<u8>,
+    /// How it ended: the whole message arrived, or what was wrong.
+    pub end: End,
+}
+
+/// How a request a [`recorder`] read ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The whole message arrived, framed as its head says.
+    Complete,
+    /// The connection closed before the end of the message.
+    Cut,
+    /// Its framing is ambiguous or invalid (both `Content-Length` and
+    /// `Transfer-Encoding`, two `Content-Length`s, a coding other than
+    /// `chunked`, a malformed chunk): what a proxy must never send. The
+    /// recorder closes the connection.
+    Ambiguous(String),
+}
+
+impl Recorded {
+    /// The path of the request line.
+    pub fn path(&self) -> &str {
+        self.line.split(' ').nth(1).unwrap_or_default()
+    }
+
+    /// Every value of header `name` (lower case), in order.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A raw upstream that records every request exactly as it reads it off
+/// the wire (see [`Recorded`]), with a strict reading of the framing (RFC
+/// 9112 §6), and answers each complete one `200 ok` (keep-alive); see
+/// [`recorder`].
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    /// Every request read so far (a cut or ambiguous one once its
+    /// connection ended), in the order they ended.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// See [`Recorder`]. A connection that closes between two requests records
+/// nothing; one that closes inside a request records it as [`End::Cut`].
+pub fn recorder() -> Recorder {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (record, count) = (seen.clone(), connections.clone());
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(s) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s);
+                while let Some(req) = read_recorded(&mut r) {
+                    let whole = req.end == End::Complete;
+                    record.lock().unwrap().push(req);
+                    if !whole
+                        || r.get_mut()
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Recorder {
+        addr,
+        seen,
+        connections,
+    }
+}
+
+/// One line up to CRLF (without it); `None` at the end of the stream.
+fn crlf_line(r: &mut impl std::io::BufRead) -> Option<String> {
+    let mut line = Vec::new();
+    match r.read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) if !line.ends_with(b"\r\n") => None,
+        Ok(_) => {
+            line.truncate(line.len() - 2);
+            Some(String::from_utf8_lossy(&line).into_owned())
+        }
+    }
+}
+
+/// Reads one request strictly; `None` if the stream ended before one began.
+fn read_recorded(r: &mut impl std::io::BufRead) -> Option<Recorded> {
+    let line = crlf_line(r)?;
+    let mut rec = Recorded {
+        line,
+        headers: Vec::new(),
+        body: Vec::new(),
+        end: End::Cut,
+    };
+    loop {
+        let Some(h) = crlf_line(r) else { return Some(rec) };
+        if h.is_empty() {
+            break;
+        }
+        let Some((k, v)) = h.split_once(':') else {
+            rec.end = End::Ambiguous(format!("a header line without a colon: {h:?}"));
+            return Some(rec);
+        };
+        rec.headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let te = rec.header("transfer-encoding").join(", ");
+    let cl = rec.header("content-length");
+    rec.end = match (te.as_str(), cl.as_slice()) {
+        ("", []) => End::Complete,
+        ("", [len]) => match len.parse::<usize>() {
+            Ok(n) => {
+                rec.body = vec![0; n];
+                match r.read_exact(&mut rec.body) {
+                    Ok(()) => End::Complete,
+                    Err(_) => End::Cut,
+                }
+            }
+            Err(_) => End::Ambiguous(format!("Content-Length {len:?}")),
+        },
+        ("chunked", []) => read_chunked(r, &mut rec.body),
+        ("", _) => End::Ambiguous(format!("Content-Length {cl:?}")),
+        (te, []) => End::Ambiguous(format!("Transfer-Encoding {te:?}")),
+        (te, cl) => End::Ambiguous(format!("Transfer-Encoding {te:?} with Content-Length {cl:?}")),
+    };
+    Some(rec)
+}
+
+/// Reads a chunked body into `body` (RFC 9112 §7.1), trailers skipped.
+fn read_chunked(r: &mut impl std::io::BufRead, body: &mut Vec<u8>) -> End {
+    loop {
+        let Some(size_line) = crlf_line(r) else { return End::Cut };
+        let digits = size_line.split(';').next().unwrap_or_default();
+        let Ok(size) = usize::from_str_radix(digits, 16) else {
+            return End::Ambiguous(format!("chunk size {size_line:?}"));
+        };
+        if size == 0 {
+            loop {
+                match crlf_line(r) {
+                    None => return End::Cut,
+                    Some(t) if t.is_empty() => return End::Complete,
+                    Some(_) => {}
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        if r.read_exact(&mut body[start..]).is_err() {
+            return End::Cut;
+        }
+        match crlf_line(r) {
+            None => return End::Cut,
+            Some(t) if t.is_empty() => {}
+            Some(t) => return End::Ambiguous(format!("{t:?} after a chunk's data")),
+        }
+    }
+}

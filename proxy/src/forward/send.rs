@@ -29,8 +29,19 @@ pub enum Outgoing {
 impl Outgoing {
     /// The client's request, ready for its first try.
     pub fn of(req: Request<Incoming>, upgrade: bool) -> Outgoing {
-        let retryable = retry::may_repeat(req.method(), http_body::Body::is_end_stream(req.body()), upgrade);
-        let (parts, body) = req.into_parts();
+        let body_ends = http_body::Body::is_end_stream(req.body());
+        let retryable = retry::may_repeat(req.method(), body_ends, upgrade);
+        let (mut parts, body) = req.into_parts();
+        // A body of unknown length (the client sent it chunked) goes out
+        // chunked: for a `GET` or `HEAD` hyper's client would otherwise
+        // assume there is none, and send the request without what the
+        // client sent.
+        if !body_ends && http_body::Body::size_hint(&body).exact().is_none() {
+            parts.headers.insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
+        }
         let req = Request::from_parts(parts, UpstreamBody::Incoming(body));
         if retryable {
             Outgoing::Retryable(req)
@@ -153,6 +164,11 @@ pub fn send(
                 // one local less in every state of this future.
                 Ok(resp) => return Ok((resp, retry.endpoint(), sender)),
                 Err(mut e) => {
+                    // The client's body failed, not the upstream: no retry,
+                    // no upstream error (the connection is dropped: cut).
+                    if let Some(client) = ForwardError::from_client_body(e.error()) {
+                        return Err(client);
+                    }
                     let err = ForwardError::Upstream {
                         endpoint: ep.addr.clone(),
                         reason: e.error().to_string(),

@@ -118,11 +118,12 @@ fn client_sent_forwarded_and_x_real_ip_are_removed_from_requests_only() {
 }
 
 #[test]
-fn check_request_refuses_connect_and_missing_repeated_or_bad_hosts() {
+fn check_request_refuses_connect_bad_hosts_and_transfer_codings() {
     use http::{Method, Version};
     let v11 = Version::HTTP_11;
     let v10 = Version::HTTP_10;
     let get = Method::GET;
+    let post = Method::POST;
     /// (method, version, target, headers, verdict)
     type Case<'a> = (
         &'a Method,
@@ -175,6 +176,39 @@ fn check_request_refuses_connect_and_missing_repeated_or_bad_hosts() {
         ),
         (&Method::CONNECT, v10, "127.0.0.1:22", &[], Err(Refusal::Connect)),
         (&Method::OPTIONS, v11, "*", &[("host", "a.example")], Ok(())),
+        // Transfer-Encoding: `chunked` alone (hyper has already refused one
+        // that does not end in `chunked`, and any on HTTP/1.0).
+        (&post, v11, "/", &[("host", "a"), ("transfer-encoding", "chunked")], Ok(())),
+        (&post, v11, "/", &[("host", "a"), ("transfer-encoding", "Chunked")], Ok(())),
+        (&post, v11, "/", &[("host", "a"), ("transfer-encoding", " chunked , ")], Ok(())),
+        (
+            &post,
+            v11,
+            "/",
+            &[("host", "a"), ("transfer-encoding", "gzip, chunked")],
+            Err(Refusal::TransferCoding),
+        ),
+        (
+            &post,
+            v11,
+            "/",
+            &[("host", "a"), ("transfer-encoding", "chunked, chunked")],
+            Err(Refusal::TransferCoding),
+        ),
+        (
+            &post,
+            v11,
+            "/",
+            &[("host", "a"), ("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")],
+            Err(Refusal::TransferCoding),
+        ),
+        (
+            &post,
+            v11,
+            "/",
+            &[("host", "a"), ("transfer-encoding", "identity")],
+            Err(Refusal::TransferCoding),
+        ),
     ];
     for (method, version, target, headers, want) in cases {
         let uri: Uri = target.parse().expect("test target");
@@ -182,7 +216,7 @@ fn check_request_refuses_connect_and_missing_repeated_or_bad_hosts() {
         assert_eq!(got, *want, "{method} {target} {version:?} {headers:?}");
     }
     assert_eq!(Refusal::Connect.status(), StatusCode::METHOD_NOT_ALLOWED);
-    for r in [Refusal::NoHost, Refusal::TwoHosts, Refusal::BadHost] {
+    for r in [Refusal::NoHost, Refusal::TwoHosts, Refusal::BadHost, Refusal::TransferCoding] {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{r:?}");
     }
 }
