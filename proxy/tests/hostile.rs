@@ -23,7 +23,7 @@ use testkit::process::Switchyard;
 use testkit::upstream::{self, End, Recorder};
 use testkit::wait::eventually;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// Every reason of `switchyard_rejected_total` (docs/configuration.md).
 const REASONS: [&str; 6] = [
