@@ -347,8 +347,10 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file was read but is not valid.
-    #[error("{}{}: {reason}", file.display(), line.map(|l| format!(": line {l}")).unwrap_or_default())]
+    /// The file was read but is not valid. The reason is shown clipped to
+    /// [`MAX_REASON`] bytes: it may quote the file (a key, a value), and a
+    /// file of garbage must not make an error as large as itself.
+    #[error("{}{}: {}", file.display(), line.map(|l| format!(": line {l}")).unwrap_or_default(), clip(reason))]
     Invalid {
         /// The file.
         file: PathBuf,
@@ -371,6 +373,46 @@ impl ConfigError {
             reason: message,
         }
     }
+}
+
+/// Longest reason a [`ConfigError`] shows, in bytes; what is beyond is
+/// replaced by how much there was.
+pub const MAX_REASON: usize = 300;
+
+/// Most errors a reload error lists in one line ([`one_line`]: the
+/// `last_reload_error` of `/status` and its log line); `switchyard check`
+/// lists them all.
+pub const MAX_LISTED: usize = 10;
+
+/// `reason`, or its first [`MAX_REASON`] bytes (at a character boundary)
+/// and how long it was.
+fn clip(reason: &str) -> std::borrow::Cow<'_, str> {
+    if reason.len() <= MAX_REASON {
+        return reason.into();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &reason[..end], reason.len()).into()
+}
+
+/// `errors` in one line, separated by `; `: the first [`MAX_LISTED`], then
+/// how many more there are.
+pub fn one_line(errors: &[ConfigError]) -> String {
+    let mut line = errors
+        .iter()
+        .take(MAX_LISTED)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if errors.len() > MAX_LISTED {
+        line.push_str(&format!(
+            "; and {} more errors (`switchyard check` lists them all)",
+            errors.len() - MAX_LISTED
+        ));
+    }
+    line
 }
 
 /// Several configuration errors, listed one per line.
@@ -730,5 +772,33 @@ mod tests {
                 .contains("timeouts.send must be greater than 0"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn an_error_quoting_a_huge_key_is_clipped() {
+        let key = "é".repeat(400_000);
+        let text = format!("active = \"blue\"\n\"{key}\" = 1\n");
+        let errs = parse_upstreams(Path::new("u.toml"), text.as_bytes()).unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.len() < MAX_REASON + 100, "{} bytes", msg.len());
+        assert!(
+            msg.starts_with("u.toml: line 2: unknown field `éé") && msg.ends_with(" bytes in all)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn one_line_lists_the_first_errors_then_how_many_more() {
+        let err = |i: usize| ConfigError::Invalid {
+            file: "u.toml".into(),
+            line: Some(i),
+            reason: "bad".into(),
+        };
+        assert_eq!(one_line(&[err(1), err(2)]), "u.toml: line 1: bad; u.toml: line 2: bad");
+        let many: Vec<ConfigError> = (1..=25).map(err).collect();
+        let line = one_line(&many);
+        assert!(line.starts_with("u.toml: line 1: bad; "), "{line}");
+        assert!(line.contains("line 10: bad; and 15 more errors"), "{line}");
+        assert!(!line.contains("line 11:"), "{line}");
     }
 }

@@ -152,13 +152,7 @@ impl Writer {
             Ok(bytes) => FileRead::Read {
                 hash: content_hash(&bytes),
                 text: String::from_utf8_lossy(&bytes).into(),
-                parsed: Desired::parse(&self.path, &bytes).map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                }),
+                parsed: Desired::parse(&self.path, &bytes).map_err(|errors| config::one_line(&errors)),
             },
         };
         let outcome = match self.execute(Event::FileRead(read)) {
