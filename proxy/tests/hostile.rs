@@ -113,3 +113,13 @@ impl Edge {
         self.upstream.requests().split_off(from)
     }
 }
+
+/// `switchyard_upstream_errors_total` of pool blue, all kinds summed.
+pub fn upstream_errors(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_upstream_errors_total{") && l.contains("pool=\"blue\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+

@@ -14,7 +14,7 @@ use testkit::wait::eventually;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::{Edge, BIN};
+use crate::{upstream_errors, Edge, BIN};
 
 /// Writes `bytes` to `s`'s write half one at a time, one every 50 ms, in a
 /// task, until they are all sent or the proxy closed the connection.
@@ -181,4 +181,40 @@ async fn a_client_that_never_reads_1_gib_is_cut_after_send_and_the_upstream_rele
     let mut c = Client::connect(http).await.unwrap();
     let (code, _, body) = c.get("/ok").await.unwrap();
     assert_eq!((code.as_u16(), &body[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_is_no_upstream_error_and_the_upstream_copy_is_cut() {
+    let edge = Edge::start(ProxyConfig::new());
+    let before = edge.rejected().await;
+    let mut s = TcpStream::connect(edge.http()).await.unwrap();
+    s.write_all(b"POST /gone HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    // The head and the first bytes reach the upstream; then the client
+    // goes away.
+    eventually(Duration::from_secs(10), "the request under way upstream", || async {
+        edge.upstream.connections() == 1
+    })
+    .await;
+    drop(s);
+    let seen = edge.upstream_saw(0, 1, "the cut request").await;
+    assert_eq!(
+        (seen[0].line.as_str(), &seen[0].end),
+        ("POST /gone HTTP/1.1", &End::Cut),
+        "{seen:?}"
+    );
+    // The client's doing: a 4xx on the pool, no upstream error, no refusal.
+    eventually(Duration::from_secs(10), "the request counted", || async {
+        metric(&edge.metrics().await, "switchyard_requests_total{code=\"4xx\",pool=\"blue\"}") == 1.0
+    })
+    .await;
+    let m = edge.metrics().await;
+    assert_eq!(upstream_errors(&m), 0.0, "{m}");
+    assert_eq!(edge.rejected().await, before);
+    eventually(Duration::from_secs(10), "nothing in flight", || async {
+        edge.status().await["pools"]["blue"]["inflight"] == 0
+    })
+    .await;
+    edge.next_is_served("after a client gone mid-body").await;
 }

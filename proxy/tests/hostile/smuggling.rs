@@ -12,7 +12,7 @@ use testkit::upstream::{End, Recorded};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::Edge;
+use crate::{upstream_errors, Edge};
 
 /// What the client's connection does after the answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -331,13 +331,3 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-
-/// `switchyard_upstream_errors_total` of pool blue, all kinds summed.
-fn upstream_errors(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("switchyard_upstream_errors_total{") && l.contains("pool=\"blue\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
