@@ -794,7 +794,10 @@ mod tests {
             line: Some(i),
             reason: "bad".into(),
         };
-        assert_eq!(one_line(&[err(1), err(2)]), "u.toml: line 1: bad; u.toml: line 2: bad");
+        assert_eq!(
+            one_line(&[err(1), err(2)]),
+            "u.toml: line 1: bad; u.toml: line 2: bad"
+        );
         let many: Vec<ConfigError> = (1..=25).map(err).collect();
         let line = one_line(&many);
         assert!(line.starts_with("u.toml: line 1: bad; "), "{line}");

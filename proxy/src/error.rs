@@ -132,7 +132,8 @@ impl ForwardError {
         }
         let read = e.source()?.downcast_ref::<hyper::Error>()?;
         let io = read.source().and_then(|c| c.downcast_ref::<std::io::Error>());
-        let gone = read.is_incomplete_message() || io.is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+        let gone = read.is_incomplete_message()
+            || io.is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
         let reason = match io {
             Some(io) => format!("{read}: {io}"),
             None => read.to_string(),

@@ -139,7 +139,9 @@ fn refuse(conn: &Conn, mut req: Request<Incoming>, refusal: Refusal) -> Response
     let request_id = headers::request_id(req.headers_mut(), || worker.new_request_id());
     let reject = match refusal {
         Refusal::Connect => Reject::MethodNotAllowed,
-        Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost | Refusal::TransferCoding => Reject::BadRequest,
+        Refusal::NoHost | Refusal::TwoHosts | Refusal::BadHost | Refusal::TransferCoding => {
+            Reject::BadRequest
+        }
     };
     worker.shared.metrics.rejected(reject);
     tracing::warn!(
@@ -354,7 +356,12 @@ fn failed(
     }
     // A malformed request body is a refusal of the client's request.
     if let ForwardError::ClientBody { gone: false, .. } = e {
-        completion.conn().worker.shared.metrics.rejected(Reject::BadRequest);
+        completion
+            .conn()
+            .worker
+            .shared
+            .metrics
+            .rejected(Reject::BadRequest);
     }
     tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
     completion.status = e.status().as_u16();

@@ -81,9 +81,11 @@ impl Edge {
             let i = REASONS.iter().position(|x| *x == r).unwrap();
             want[i] += 1.0;
         }
-        eventually(Duration::from_secs(10), &format!("{what}: rejected_total"), || async {
-            self.rejected().await == want
-        })
+        eventually(
+            Duration::from_secs(10),
+            &format!("{what}: rejected_total"),
+            || async { self.rejected().await == want },
+        )
         .await;
     }
 
@@ -91,10 +93,17 @@ impl Edge {
     /// the upstream), and the upstream's last request is exactly that one,
     /// whole.
     pub async fn next_is_served(&self, what: &str) {
-        let path = format!("/next-{}", what.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
+        let path = format!(
+            "/next-{}",
+            what.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        );
         let mut c = Client::connect(self.http()).await.unwrap();
         let (status, _, body) = c.get(&path).await.unwrap();
-        assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]), "{what}: the next request");
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, &b"ok"[..]),
+            "{what}: the next request"
+        );
         let last = self.upstream.requests().pop().unwrap();
         assert_eq!(
             (last.line.as_str(), &last.end),
@@ -106,9 +115,11 @@ impl Edge {
     /// The upstream's requests from index `from` on, once at least `n`
     /// have ended there.
     pub async fn upstream_saw(&self, from: usize, n: usize, what: &str) -> Vec<upstream::Recorded> {
-        eventually(Duration::from_secs(10), &format!("{what}: {n} request(s) upstream"), || async {
-            self.upstream.requests().len() >= from + n
-        })
+        eventually(
+            Duration::from_secs(10),
+            &format!("{what}: {n} request(s) upstream"),
+            || async { self.upstream.requests().len() >= from + n },
+        )
         .await;
         self.upstream.requests().split_off(from)
     }
@@ -122,4 +133,3 @@ pub fn upstream_errors(metrics: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
-

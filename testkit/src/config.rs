@@ -384,8 +384,13 @@ pub struct ProxyFiles {
 
 impl ProxyFiles {
     /// Replaces `upstreams.toml` by writing a temp file and renaming it over
-    /// (as `sed -i` and most editors do); any bytes, valid UTF-8 or not.
-    pub fn rename_upstreams(&self, text: impl AsRef<[u8]>) {
+    /// (as `sed -i` and most editors do).
+    pub fn rename_upstreams(&self, text: &str) {
+        self.rename_upstreams_bytes(text.as_bytes());
+    }
+
+    /// [`ProxyFiles::rename_upstreams`] with any bytes, UTF-8 or not.
+    pub fn rename_upstreams_bytes(&self, text: &[u8]) {
         let tmp = self.upstreams_toml.with_extension("tmp~");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &self.upstreams_toml).unwrap();

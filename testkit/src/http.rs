@@ -247,12 +247,7 @@ pub async fn read_answer(s: &mut tokio::net::TcpStream) -> Option<RawAnswer> {
         }
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no whole answer within 10 s: {:?}",
-                    String::from_utf8_lossy(&got)
-                )
-            })
+            .unwrap_or_else(|_| panic!("no whole answer within 10 s: {:?}", String::from_utf8_lossy(&got)))
             .unwrap_or(0);
         if n == 0 {
             return None;

@@ -12,8 +12,10 @@
 //!   the address it listens on taken from its "listening" line, killed on drop
 //! - [`config`]   typed builders for `proxy.toml` and `upstreams.toml`, written into a temp dir
 //! - [`upstream`] small real upstreams: echo, slow, header echo, upgrade echo, ones that close
-//!   or stall or cut an answer mid-body (faulty)
-//! - [`http`]     clients: a keep-alive hyper client, the admin API, raw HTTP/1.1, metrics
+//!   or stall or cut an answer mid-body (faulty), one that records every request as read
+//!   off the wire (recorder)
+//! - [`http`]     clients: a keep-alive hyper client, the admin API, raw HTTP/1.1 (one
+//!   answer off a raw socket, the rest until it closes), metrics
 //! - [`net`]      sockets: a port nothing listens on, slow clients, what a server has read
 //! - [`load`]     keep-alive load through `loadgen` (the one load generator), with progress
 //! - [`dns`]      a real DNS server on loopback whose zone a test changes at run time

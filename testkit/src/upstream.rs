@@ -499,7 +499,9 @@ fn read_recorded(r: &mut impl std::io::BufRead) -> Option<Recorded> {
 /// Reads a chunked body into `body` (RFC 9112 §7.1), trailers skipped.
 fn read_chunked(r: &mut impl std::io::BufRead, body: &mut Vec<u8>) -> End {
     loop {
-        let Some(size_line) = crlf_line(r) else { return End::Cut };
+        let Some(size_line) = crlf_line(r) else {
+            return End::Cut;
+        };
         let digits = size_line.split(';').next().unwrap_or_default();
         let Ok(size) = usize::from_str_radix(digits, 16) else {
             return End::Ambiguous(format!("chunk size {size_line:?}"));

@@ -178,9 +178,27 @@ fn check_request_refuses_connect_bad_hosts_and_transfer_codings() {
         (&Method::OPTIONS, v11, "*", &[("host", "a.example")], Ok(())),
         // Transfer-Encoding: `chunked` alone (hyper has already refused one
         // that does not end in `chunked`, and any on HTTP/1.0).
-        (&post, v11, "/", &[("host", "a"), ("transfer-encoding", "chunked")], Ok(())),
-        (&post, v11, "/", &[("host", "a"), ("transfer-encoding", "Chunked")], Ok(())),
-        (&post, v11, "/", &[("host", "a"), ("transfer-encoding", " chunked , ")], Ok(())),
+        (
+            &post,
+            v11,
+            "/",
+            &[("host", "a"), ("transfer-encoding", "chunked")],
+            Ok(()),
+        ),
+        (
+            &post,
+            v11,
+            "/",
+            &[("host", "a"), ("transfer-encoding", "Chunked")],
+            Ok(()),
+        ),
+        (
+            &post,
+            v11,
+            "/",
+            &[("host", "a"), ("transfer-encoding", " chunked , ")],
+            Ok(()),
+        ),
         (
             &post,
             v11,
@@ -199,7 +217,11 @@ fn check_request_refuses_connect_bad_hosts_and_transfer_codings() {
             &post,
             v11,
             "/",
-            &[("host", "a"), ("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")],
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
             Err(Refusal::TransferCoding),
         ),
         (
@@ -216,7 +238,12 @@ fn check_request_refuses_connect_bad_hosts_and_transfer_codings() {
         assert_eq!(got, *want, "{method} {target} {version:?} {headers:?}");
     }
     assert_eq!(Refusal::Connect.status(), StatusCode::METHOD_NOT_ALLOWED);
-    for r in [Refusal::NoHost, Refusal::TwoHosts, Refusal::BadHost, Refusal::TransferCoding] {
+    for r in [
+        Refusal::NoHost,
+        Refusal::TwoHosts,
+        Refusal::BadHost,
+        Refusal::TransferCoding,
+    ] {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{r:?}");
     }
 }

@@ -71,7 +71,10 @@ fn check_refuses_10_mb_of_garbage_with_a_short_error_and_no_panic() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let what = format!("{file}, {what}");
         assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
-        assert!(stderr.starts_with("error: ") && stderr.contains(file), "{what}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(file),
+            "{what}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
         assert!(out.stdout.is_empty(), "{what}");
         assert!(stderr.len() < SHORT, "{what}: {} bytes of error", stderr.len());
@@ -96,7 +99,8 @@ fn check_clips_an_error_that_quotes_a_huge_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
         assert!(
-            stderr.contains(&format!("{file}: line 1: unknown field `kkk")) && stderr.contains("bytes in all)"),
+            stderr.contains(&format!("{file}: line 1: unknown field `kkk"))
+                && stderr.contains("bytes in all)"),
             "{file}: {}",
             &stderr[..stderr.len().min(SHORT)]
         );
@@ -108,7 +112,9 @@ fn check_clips_an_error_that_quotes_a_huge_key() {
 async fn garbage_upstreams_file_is_rejected_and_the_proxy_keeps_serving() {
     let mut edge = Edge::start(ProxyConfig::new());
     edge.next_is_served("before the garbage").await;
-    let many_errors: Vec<u8> = (0..70_000).flat_map(|i| format!("[pools.p{i}]\n").into_bytes()).collect();
+    let many_errors: Vec<u8> = (0..70_000)
+        .flat_map(|i| format!("[pools.p{i}]\n").into_bytes())
+        .collect();
     let cases: [(&str, Vec<u8>); 4] = [
         ("10 MB printable", printable()),
         ("10 MB random bytes", random_bytes()),
@@ -117,14 +123,16 @@ async fn garbage_upstreams_file_is_rejected_and_the_proxy_keeps_serving() {
     ];
     const ERRORS: &str = "switchyard_config_reloads_total{result=\"error\"}";
     for (n, (what, garbage)) in cases.iter().enumerate() {
-        edge.proxy.files.rename_upstreams(garbage);
+        edge.proxy.files.rename_upstreams_bytes(garbage);
         // The file events of the temp file's writing may re-read the old
         // file meanwhile; a SIGHUP after the rename reads this one.
         edge.proxy.proc.signal("HUP");
         tokio::task::block_in_place(|| {
-            edge.proxy.proc.next_line(Duration::from_secs(20), &format!("{what}: rejected"), |l| {
-                l.contains("upstreams file rejected") && l.contains("cause=Signal")
-            })
+            edge.proxy
+                .proc
+                .next_line(Duration::from_secs(20), &format!("{what}: rejected"), |l| {
+                    l.contains("upstreams file rejected") && l.contains("cause=Signal")
+                })
         });
         let m = edge.metrics().await;
         assert!(metric(&m, ERRORS) > n as f64, "{what}: {m}");
@@ -146,7 +154,10 @@ async fn garbage_upstreams_file_is_rejected_and_the_proxy_keeps_serving() {
     let longest = log.iter().map(String::len).max().unwrap_or(0);
     assert!(longest < SHORT, "a log line of {longest} bytes");
     assert!(
-        log.iter().filter(|l| l.contains("upstreams file rejected")).count() >= cases.len(),
+        log.iter()
+            .filter(|l| l.contains("upstreams file rejected"))
+            .count()
+            >= cases.len(),
         "{log:?}"
     );
 }

@@ -59,7 +59,11 @@ async fn a_trickled_head_is_closed_after_client_idle_and_never_forwarded() {
     let before = edge.rejected().await;
     // 200 bytes at a byte every 50 ms: 10 s, far past `client_idle`, and
     // never the end of the head.
-    let head: Vec<u8> = [&b"GET /slowloris HTTP/1.1\r\nHost: a\r\nX-Pad: "[..], &[b'a'; 160]].concat();
+    let head: Vec<u8> = [
+        &b"GET /slowloris HTTP/1.1\r\nHost: a\r\nX-Pad: "[..],
+        &[b'a'; 160],
+    ]
+    .concat();
 
     // On a new connection.
     let s = TcpStream::connect(edge.http()).await.unwrap();
@@ -67,11 +71,16 @@ async fn a_trickled_head_is_closed_after_client_idle_and_never_forwarded() {
     let got = closed(&mut read, "a head trickling on a new connection").await;
     assert_eq!(got, b"", "closed with no answer");
     let sent = writer.await.unwrap();
-    assert!(sent < head.len(), "closed before the head was complete ({sent} bytes)");
+    assert!(
+        sent < head.len(),
+        "closed before the head was complete ({sent} bytes)"
+    );
 
     // On a keep-alive connection, after a request it served.
     let mut s = TcpStream::connect(edge.http()).await.unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let first = read_answer(&mut s).await.unwrap();
     assert_eq!(first.status, 200);
     let (mut read, writer) = trickle(s, head.clone());
@@ -120,7 +129,10 @@ async fn a_trickled_body_gets_504_after_request_and_the_upstream_copy_is_cut() {
     // (`upstream_errors_total{kind="timeout"}`, a 5xx on the pool).
     eventually(Duration::from_secs(10), "the timeout counted", || async {
         let m = edge.metrics().await;
-        metric(&m, "switchyard_upstream_errors_total{kind=\"timeout\",pool=\"blue\"}") == 1.0
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"timeout\",pool=\"blue\"}",
+        ) == 1.0
             && metric(&m, "switchyard_requests_total{code=\"5xx\",pool=\"blue\"}") == 1.0
     })
     .await;
@@ -146,16 +158,23 @@ async fn a_client_that_never_reads_1_gib_is_cut_after_send_and_the_upstream_rele
     let metrics = || async move { testkit::http::get_text(admin, "/metrics").await.1 };
     let status = || async move { testkit::http::admin(admin, "GET", "/status", "", None).await.1 };
     let mut s = TcpStream::connect(http).await.unwrap();
-    s.write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
     // It never reads: once nothing could be written to it for `send`, the
     // proxy closes both connections and counts it.
     eventually(Duration::from_secs(20), "send_timeout counted", || async {
-        metric(&metrics().await, "switchyard_rejected_total{reason=\"send_timeout\"}") == 1.0
+        metric(
+            &metrics().await,
+            "switchyard_rejected_total{reason=\"send_timeout\"}",
+        ) == 1.0
     })
     .await;
-    eventually(Duration::from_secs(10), "the upstream connection closed", || async {
-        up.ended() == 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the upstream connection closed",
+        || async { up.ended() == 1 },
+    )
     .await;
     eventually(Duration::from_secs(10), "nothing in flight on blue", || async {
         status().await["pools"]["blue"]["inflight"] == 0
@@ -193,9 +212,11 @@ async fn a_client_gone_mid_body_is_no_upstream_error_and_the_upstream_copy_is_cu
         .unwrap();
     // The head and the first bytes reach the upstream; then the client
     // goes away.
-    eventually(Duration::from_secs(10), "the request under way upstream", || async {
-        edge.upstream.connections() == 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the request under way upstream",
+        || async { edge.upstream.connections() == 1 },
+    )
     .await;
     drop(s);
     let seen = edge.upstream_saw(0, 1, "the cut request").await;
@@ -206,7 +227,10 @@ async fn a_client_gone_mid_body_is_no_upstream_error_and_the_upstream_copy_is_cu
     );
     // The client's doing: a 4xx on the pool, no upstream error, no refusal.
     eventually(Duration::from_secs(10), "the request counted", || async {
-        metric(&edge.metrics().await, "switchyard_requests_total{code=\"4xx\",pool=\"blue\"}") == 1.0
+        metric(
+            &edge.metrics().await,
+            "switchyard_requests_total{code=\"4xx\",pool=\"blue\"}",
+        ) == 1.0
     })
     .await;
     let m = edge.metrics().await;

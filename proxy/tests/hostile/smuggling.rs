@@ -106,14 +106,20 @@ fn shapes() -> Vec<Shape> {
         // the chunked body re-framed, and nothing of the other reading.
         shape(
             "Content-Length then Transfer-Encoding",
-            post("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n", &chunked_hello),
+            post(
+                "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+                &chunked_hello,
+            ),
             (200, Close),
             None,
             Sees::One("POST /x HTTP/1.1", Chunked, b"hello"),
         ),
         shape(
             "Transfer-Encoding then Content-Length",
-            post("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", &chunked_hello),
+            post(
+                "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+                &chunked_hello,
+            ),
             (200, Close),
             None,
             Sees::One("POST /x HTTP/1.1", Chunked, b"hello"),
@@ -208,7 +214,10 @@ fn shapes() -> Vec<Shape> {
         ),
         shape(
             "a chunk size that is not hex",
-            post("Transfer-Encoding: chunked\r\n", &format!("zz\r\nhello\r\n0\r\n\r\n{SMUGGLED}")),
+            post(
+                "Transfer-Encoding: chunked\r\n",
+                &format!("zz\r\nhello\r\n0\r\n\r\n{SMUGGLED}"),
+            ),
             (400, Close),
             Some("bad_request"),
             Sees::Incomplete("POST /x HTTP/1.1", Chunked),
@@ -265,7 +274,10 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously() {
             continue;
         };
         if answer.status != s.status {
-            failures.push(format!("{what}: status {} (want {}): {answer:?}", answer.status, s.status));
+            failures.push(format!(
+                "{what}: status {} (want {}): {answer:?}",
+                answer.status, s.status
+            ));
         }
         match s.then {
             Then::Close => {
@@ -280,7 +292,9 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously() {
             }
             Then::KeepAlive => {
                 assert!(answer.rest.is_empty(), "{what}: {answer:?}");
-                c.write_all(b"GET /same HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+                c.write_all(b"GET /same HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .await
+                    .unwrap();
                 let again = read_answer(&mut c).await;
                 if again.as_ref().map(|a| a.status) != Some(200) {
                     failures.push(format!("{what}: the next request on the connection: {again:?}"));
@@ -318,7 +332,11 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously() {
                 !cut
             });
         }
-        assert_eq!(seen.len(), want + 1, "{what}: the upstream read only these: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            want + 1,
+            "{what}: the upstream read only these: {seen:?}"
+        );
         assert!(
             seen.iter().all(|r| r.path() != "/smuggled"),
             "{what}: smuggled: {seen:?}"
