@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use testkit::config::ProxyConfig;
-use testkit::http::{read_answer, read_to_close, RawAnswer};
+use testkit::http::{metric, read_answer, read_to_close, RawAnswer};
 use testkit::upstream::{End, Recorded};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -58,6 +58,8 @@ struct Shape {
     rejected: Option<&'static str>,
     sees: Sees,
 }
+
+const BLUE_4XX: &str = "switchyard_requests_total{code=\"4xx\",pool=\"blue\"}";
 
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 
@@ -264,7 +266,8 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously() {
         let what = s.name;
         let before = edge.rejected().await;
         let seen_before = edge.upstream.requests().len();
-        let errors_before = upstream_errors(&edge.metrics().await);
+        let m = edge.metrics().await;
+        let (errors_before, blue_4xx_before) = (upstream_errors(&m), metric(&m, BLUE_4XX));
 
         let mut c = TcpStream::connect(edge.http()).await.unwrap();
         c.write_all(&s.bytes).await.unwrap();
@@ -341,11 +344,16 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously() {
             seen.iter().all(|r| r.path() != "/smuggled"),
             "{what}: smuggled: {seen:?}"
         );
+        let m = edge.metrics().await;
         assert_eq!(
-            upstream_errors(&edge.metrics().await),
+            upstream_errors(&m),
             errors_before,
             "{what}: a client's bytes are no upstream error"
         );
+        // A body that failed mid-request was routed: a 4xx of the pool.
+        if let Sees::Incomplete(..) = s.sees {
+            assert_eq!(metric(&m, BLUE_4XX), blue_4xx_before + 1.0, "{what}: {m}");
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
