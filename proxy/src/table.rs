@@ -460,6 +460,49 @@ mod tests {
     }
 
     #[test]
+    fn readiness_counts_endpoints_against_min_healthy_and_publish_shows_it() {
+        let m = Metrics::new();
+        let d = parse(
+            "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [pools.green]\nendpoints = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\nmin_healthy = 3\n\
+             [pools.half]\nendpoints = [\"127.0.0.1:4\", \"127.0.0.1:5\", \"127.0.0.1:6\"]\nmin_healthy = \"50%\"\n",
+        )
+        .unwrap();
+        let t = RoutingTable::build(&spec(&d, "blue", 1), None, &m);
+        let ready = t.readiness(&d);
+        assert_eq!(ready["blue"], Readiness::of(1, 1, MinHealthy::Count(1)));
+        assert!(ready["blue"].is_ready());
+        assert_eq!(ready["green"].reason("green"), "green: 2 of 2 endpoints healthy, needs 3");
+        assert!(!ready["green"].is_ready());
+        assert_eq!((ready["half"].needs, ready["half"].is_ready()), (2, true), "50% of 3 rounds up");
+        let facts = ControlFacts {
+            readiness: ready,
+            pending: Some(PendingFact {
+                active: "green".into(),
+                reason: "green: 2 of 2 endpoints healthy, needs 3".into(),
+            }),
+            ..ControlFacts::default()
+        };
+        let t = t.with_facts(facts, Some(SystemTime::now()));
+        t.publish(None, &m);
+        let text = String::from_utf8(m.render()).unwrap();
+        for series in [
+            "switchyard_pool_ready{pool=\"blue\"} 1",
+            "switchyard_pool_ready{pool=\"green\"} 0",
+            "switchyard_switch_pending 1",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+        // Removing a pool deletes its series.
+        let d2 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n").unwrap();
+        let t2 = RoutingTable::build(&spec(&d2, "blue", 2), Some(&t), &m);
+        t2.publish(Some(&t), &m);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("switchyard_pool_ready{pool=\"green\"}"), "{text}");
+        assert!(text.contains("switchyard_switch_pending 0"), "{text}");
+    }
+
+    #[test]
     fn build_reuses_unchanged_pools_and_endpoints() {
         let m = Metrics::new();
         let d1 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n").unwrap();
