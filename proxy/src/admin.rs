@@ -133,7 +133,10 @@ impl Admin {
                 };
                 let force = match (body.force, query_force) {
                     (Some(a), Some(b)) if a != b => {
-                        return error(StatusCode::BAD_REQUEST, "`force` in the query and the body differ")
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "`force` in the query and the body differ",
+                        )
                     }
                     (Some(f), _) | (None, Some(f)) => f,
                     (None, None) => false,

@@ -704,23 +704,35 @@ mod tests {
     #[test]
     fn min_healthy_is_a_count_or_a_percentage_and_force_a_bool() {
         let parse = |extra: &str, pool: &str| {
-            let text = format!(
-                "active = \"blue\"\n{extra}\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n{pool}\n"
-            );
+            let text =
+                format!("active = \"blue\"\n{extra}\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n{pool}\n");
             parse_upstreams(Path::new("u.toml"), text.as_bytes())
                 .map(|(f, pools)| (f.force, pools[0].1.min_healthy))
                 .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         };
         assert_eq!(parse("", ""), Ok((false, MinHealthy::Count(1))), "the defaults");
-        assert_eq!(parse("force = true", "min_healthy = 0"), Ok((true, MinHealthy::Count(0))));
+        assert_eq!(
+            parse("force = true", "min_healthy = 0"),
+            Ok((true, MinHealthy::Count(0)))
+        );
         assert_eq!(parse("", "min_healthy = 3"), Ok((false, MinHealthy::Count(3))));
-        assert_eq!(parse("", "min_healthy = \"50%\""), Ok((false, MinHealthy::Percent(50))));
-        assert_eq!(parse("", "min_healthy = \"100%\""), Ok((false, MinHealthy::Percent(100))));
-        for bad in ["-1", "1.5", "\"150%\"", "\"half\"", "\"%\"", "\"-5%\"", "\"3\"", "true"] {
+        assert_eq!(
+            parse("", "min_healthy = \"50%\""),
+            Ok((false, MinHealthy::Percent(50)))
+        );
+        assert_eq!(
+            parse("", "min_healthy = \"100%\""),
+            Ok((false, MinHealthy::Percent(100)))
+        );
+        for bad in [
+            "-1", "1.5", "\"150%\"", "\"half\"", "\"%\"", "\"-5%\"", "\"3\"", "true",
+        ] {
             let err = parse("", &format!("min_healthy = {bad}")).unwrap_err();
             assert!(
-                err.contains("pools.blue") && err.contains("line 3") && err.contains("min_healthy") &&
-                err.contains("\"50%\""),
+                err.contains("pools.blue")
+                    && err.contains("line 3")
+                    && err.contains("min_healthy")
+                    && err.contains("\"50%\""),
                 "{bad}: {err}"
             );
         }

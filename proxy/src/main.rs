@@ -173,7 +173,10 @@ fn status(admin: &str) -> Result<()> {
         println!("file says   {}", s.file_active);
     }
     if let Some(p) = &s.pending {
-        println!("pending     {}  (waiting since {}: {})", p.active, p.since, p.reason);
+        println!(
+            "pending     {}  (waiting since {}: {})",
+            p.active, p.since, p.reason
+        );
     }
     for (name, p) in &s.pools {
         let state = if p.active {
@@ -184,8 +187,14 @@ fn status(admin: &str) -> Result<()> {
             "draining"
         };
         let ready = match &p.readiness {
-            Some(r) if p.ready => format!("ready ({} of {} healthy, needs {})", r.healthy, r.endpoints, r.needs),
-            Some(r) => format!("NOT READY ({} of {} healthy, needs {})", r.healthy, r.endpoints, r.needs),
+            Some(r) if p.ready => format!(
+                "ready ({} of {} healthy, needs {})",
+                r.healthy, r.endpoints, r.needs
+            ),
+            Some(r) => format!(
+                "NOT READY ({} of {} healthy, needs {})",
+                r.healthy, r.endpoints, r.needs
+            ),
             None => "readiness unknown".into(),
         };
         println!(

@@ -472,9 +472,16 @@ mod tests {
         let ready = t.readiness(&d);
         assert_eq!(ready["blue"], Readiness::of(1, 1, MinHealthy::Count(1)));
         assert!(ready["blue"].is_ready());
-        assert_eq!(ready["green"].reason("green"), "green: 2 of 2 endpoints healthy, needs 3");
+        assert_eq!(
+            ready["green"].reason("green"),
+            "green: 2 of 2 endpoints healthy, needs 3"
+        );
         assert!(!ready["green"].is_ready());
-        assert_eq!((ready["half"].needs, ready["half"].is_ready()), (2, true), "50% of 3 rounds up");
+        assert_eq!(
+            (ready["half"].needs, ready["half"].is_ready()),
+            (2, true),
+            "50% of 3 rounds up"
+        );
         let facts = ControlFacts {
             readiness: ready,
             pending: Some(PendingFact {

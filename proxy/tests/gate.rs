@@ -86,10 +86,23 @@ async fn a_file_switch_to_a_pool_not_ready_is_pending_then_applies_by_itself() {
         st["pending"]["reason"], "green: 1 of 1 endpoints healthy, needs 2",
         "{st}"
     );
-    assert!(st["pending"]["since"].as_str().is_some_and(|s| !s.is_empty()), "{st}");
+    assert!(
+        st["pending"]["since"].as_str().is_some_and(|s| !s.is_empty()),
+        "{st}"
+    );
     assert_eq!(
-        (&st["active"], &st["file_active"], &st["generation"], &st["override"]),
-        (&Value::from("blue"), &Value::from("green"), &Value::from(1), &Value::from(false)),
+        (
+            &st["active"],
+            &st["file_active"],
+            &st["generation"],
+            &st["override"]
+        ),
+        (
+            &Value::from("blue"),
+            &Value::from("green"),
+            &Value::from(1),
+            &Value::from(false)
+        ),
         "traffic stays on blue; nothing else changed"
     );
     assert_eq!(metric(&metrics(p.admin).await, "switchyard_switch_pending"), 1.0);
@@ -119,13 +132,20 @@ async fn a_file_switch_to_a_pool_not_ready_is_pending_then_applies_by_itself() {
         .rename_upstreams(&files_for("green", &[g1.addr(), g2.addr()]));
     let st = wait_status(p.admin, "green active", |st| st["active"] == "green").await;
     assert_eq!(st["pending"], Value::Null, "{st}");
-    assert_eq!((&st["source"], &st["override"]), (&Value::from("file"), &Value::from(false)));
+    assert_eq!(
+        (&st["source"], &st["override"]),
+        (&Value::from("file"), &Value::from(false))
+    );
     assert_eq!(st["previous"], "blue");
     assert_eq!(st["pools"]["green"]["ready"], true, "{st}");
     let m = metrics(p.admin).await;
     assert_eq!(metric(&m, "switchyard_switch_pending"), 0.0, "{m}");
     assert_eq!(metric(&m, "switchyard_pool_ready{pool=\"green\"}"), 1.0, "{m}");
-    assert_eq!(metric(&m, "switchyard_switches_total{source=\"file\"}"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "switchyard_switches_total{source=\"file\"}"),
+        1.0,
+        "{m}"
+    );
     assert_eq!(version(p.http).await, ("0.0.2".into(), "green".into()));
 }
 
@@ -134,9 +154,8 @@ async fn an_admin_switch_to_a_pool_not_ready_is_409_with_the_reason_unless_force
     let (blue, green) = (api("0.0.1"), api("0.0.2"));
     let p = Switchyard::start(
         BIN,
-        ProxyConfig::new().upstreams(
-            Upstreams::blue_green("blue", blue.addr(), green.addr()).min_healthy("green", 3),
-        ),
+        ProxyConfig::new()
+            .upstreams(Upstreams::blue_green("blue", blue.addr(), green.addr()).min_healthy("green", 3)),
     );
     let reason = "green: 1 of 1 endpoints healthy, needs 3";
     for (path, body) in [
@@ -162,7 +181,10 @@ async fn an_admin_switch_to_a_pool_not_ready_is_409_with_the_reason_unless_force
         assert!(why.contains("force") || why.contains("expected a boolean"), "{b}");
     }
     let st = status(p.admin).await;
-    assert_eq!((&st["active"], &st["generation"]), (&Value::from("blue"), &Value::from(1)));
+    assert_eq!(
+        (&st["active"], &st["generation"]),
+        (&Value::from("blue"), &Value::from(1))
+    );
     assert_eq!(version(p.http).await.1, "blue");
     assert!(
         p.proc
@@ -175,7 +197,11 @@ async fn an_admin_switch_to_a_pool_not_ready_is_409_with_the_reason_unless_force
 
     // Forced: it switches (body or query).
     let (code, b) = admin(p.admin, "POST", "/switch?force=true", r#"{"to":"green"}"#, None).await;
-    assert_eq!((code, &b["changed"], &b["active"]), (200, &Value::from(true), &Value::from("green")), "{b}");
+    assert_eq!(
+        (code, &b["changed"], &b["active"]),
+        (200, &Value::from(true), &Value::from("green")),
+        "{b}"
+    );
     assert_eq!(version(p.http).await, ("0.0.2".into(), "green".into()));
     assert!(
         p.proc
@@ -204,7 +230,10 @@ async fn an_admin_switch_cancels_a_pending_file_switch() {
             .min_healthy("green", 2)
             .to_string()
     };
-    let p = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&file("blue", &[g1.addr()])));
+    let p = Switchyard::start(
+        BIN,
+        ProxyConfig::new().upstreams_text(&file("blue", &[g1.addr()])),
+    );
     p.files.rename_upstreams(&file("green", &[g1.addr()]));
     wait_status(p.admin, "the switch to green pending", |st| {
         st["pending"]["active"] == "green"
@@ -224,10 +253,13 @@ async fn an_admin_switch_cancels_a_pending_file_switch() {
     assert_eq!(metric(&metrics(p.admin).await, "switchyard_switch_pending"), 0.0);
 
     // Green becomes ready later: nothing is pending, so nothing switches.
-    p.files
-        .rename_upstreams(&file("green", &[g1.addr(), g2.addr()]));
+    p.files.rename_upstreams(&file("green", &[g1.addr(), g2.addr()]));
     let st = wait_status(p.admin, "green ready", |st| st["pools"]["green"]["ready"] == true).await;
-    assert_eq!((&st["active"], &st["generation"]), (&Value::from("blue"), &Value::from(2)), "{st}");
+    assert_eq!(
+        (&st["active"], &st["generation"]),
+        (&Value::from("blue"), &Value::from(2)),
+        "{st}"
+    );
     assert_eq!(version(p.http).await.1, "blue");
 }
 
@@ -243,7 +275,11 @@ async fn force_in_the_file_skips_the_gate() {
         Upstreams::blue_green("green", blue.addr(), green.addr()).force(true),
     ));
     let st = wait_status(p.admin, "green active", |st| st["active"] == "green").await;
-    assert_eq!((&st["pending"], &st["source"]), (&Value::Null, &Value::from("file")), "{st}");
+    assert_eq!(
+        (&st["pending"], &st["source"]),
+        (&Value::Null, &Value::from("file")),
+        "{st}"
+    );
     assert_eq!(st["pools"]["green"]["ready"], false, "forced past the gate: {st}");
     assert_eq!(version(p.http).await, ("0.0.2".into(), "green".into()));
 }

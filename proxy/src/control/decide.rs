@@ -111,7 +111,9 @@ impl ControlState {
         match self.ready.get(pool) {
             Some(r) if r.is_ready() => Ok(()),
             Some(r) => Err(r.reason(pool)),
-            None => Err(format!("{pool}: not in the routing table yet (its readiness is not known)")),
+            None => Err(format!(
+                "{pool}: not in the routing table yet (its readiness is not known)"
+            )),
         }
     }
 }
@@ -442,7 +444,13 @@ fn refuse(state: &ControlState, error: SwitchError) -> Decision {
     settle(state, state.clone(), None, Reply::Switch(Err(error)))
 }
 
-fn switch(state: &ControlState, to: Route, if_generation: Option<u64>, source: Source, force: bool) -> Decision {
+fn switch(
+    state: &ControlState,
+    to: Route,
+    if_generation: Option<u64>,
+    source: Source,
+    force: bool,
+) -> Decision {
     if let Some(expected) = if_generation.filter(|g| *g != state.generation) {
         return refuse(
             state,

@@ -176,7 +176,13 @@ impl Writer {
         }
     }
 
-    fn switch(&mut self, event: Event, who: &str, asked: &str, force: bool) -> Result<SwitchOutcome, SwitchError> {
+    fn switch(
+        &mut self,
+        event: Event,
+        who: &str,
+        asked: &str,
+        force: bool,
+    ) -> Result<SwitchOutcome, SwitchError> {
         let before = self.state.route.active.clone();
         let generation = self.state.generation;
         let cancels = self.state.pending.as_ref().map(|p| p.active.clone());

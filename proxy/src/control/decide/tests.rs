@@ -15,7 +15,10 @@ fn file(active: &str, pools: &[&str]) -> Desired {
             .enumerate()
             .map(|(i, p)| (p.to_string(), vec![format!("127.0.0.1:{}", 8081 + i)]))
             .collect(),
-        min_healthy: pools.iter().map(|p| (p.to_string(), MinHealthy::DEFAULT)).collect(),
+        min_healthy: pools
+            .iter()
+            .map(|p| (p.to_string(), MinHealthy::DEFAULT))
+            .collect(),
     }
 }
 
@@ -696,10 +699,17 @@ fn rows() -> Vec<Row> {
             given: started(),
             when: read(2, file("purple", &["blue", "green", "purple"])),
             then: |_, d| {
-                let ReloadOutcome::Pending { generation: 2, reason } = reloaded(d) else {
+                let ReloadOutcome::Pending {
+                    generation: 2,
+                    reason,
+                } = reloaded(d)
+                else {
                     panic!("expected pending, got {:?}", d.reply)
                 };
-                assert!(reason.contains("purple: not in the routing table yet"), "{reason}");
+                assert!(
+                    reason.contains("purple: not in the routing table yet"),
+                    "{reason}"
+                );
                 assert_eq!(d.store, Store::Table, "the new pool is stored first");
                 // The writer then hands in the stored table's readiness: it applies.
                 let then = decide(&d.next, became(&[("blue", UP), ("green", UP), ("purple", UP)]));
@@ -758,7 +768,11 @@ fn rows() -> Vec<Row> {
             given: pending_green(),
             when: read(3, file("canary", &["blue", "green", "canary"])),
             then: |_, d| {
-                assert_eq!(d.next.pending, Some(route("canary")), "replaces the pending switch");
+                assert_eq!(
+                    d.next.pending,
+                    Some(route("canary")),
+                    "replaces the pending switch"
+                );
                 assert_eq!(d.next.route, route("blue"));
                 assert_eq!(
                     d.next.facts().pending.map(|p| p.reason),
@@ -782,16 +796,26 @@ fn rows() -> Vec<Row> {
             event: "file accepted, same route as `file`",
             condition: "a switch pending and an override in force",
             given: overridden_then_pending(),
-            when: read(3, with_min_healthy(file("green", &["blue", "green", "canary"]), "green", 2)),
+            when: read(
+                3,
+                with_min_healthy(file("green", &["blue", "green", "canary"]), "green", 2),
+            ),
             then: |given, d| {
                 assert_eq!(d.next.pending, given.pending, "kept");
                 assert_eq!(d.next.overridden, given.overridden, "kept");
                 assert_eq!(d.next.route, route("canary"));
-                assert_eq!(reloaded(d), ReloadOutcome::Pending {
-                    generation: given.generation,
-                    reason: GREEN_DOWN.into()
-                });
-                assert_eq!(d.store, Store::Nothing, "min_healthy is no part of the table: the writer recomputes readiness");
+                assert_eq!(
+                    reloaded(d),
+                    ReloadOutcome::Pending {
+                        generation: given.generation,
+                        reason: GREEN_DOWN.into()
+                    }
+                );
+                assert_eq!(
+                    d.store,
+                    Store::Nothing,
+                    "min_healthy is no part of the table: the writer recomputes readiness"
+                );
             },
         },
         Row {
@@ -967,16 +991,16 @@ fn rows() -> Vec<Row> {
             condition: "otherwise, a file switch pending",
             given: ControlState {
                 ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
-                ..after(&green_down(), read(2, file("green", &["blue", "green", "canary"])))
+                ..after(
+                    &green_down(),
+                    read(2, file("green", &["blue", "green", "canary"])),
+                )
             },
             when: switch("canary", None),
             then: |_, d| {
                 assert_eq!(switched(d).active, "canary");
                 assert_eq!(d.next.pending, None, "cancelled");
-                assert_eq!(
-                    d.next.overridden.as_ref().map(|o| o.source),
-                    Some(Source::Admin)
-                );
+                assert_eq!(d.next.overridden.as_ref().map(|o| o.source), Some(Source::Admin));
             },
         },
         Row {
