@@ -359,15 +359,6 @@ impl Default for MinHealthy {
     }
 }
 
-impl std::fmt::Display for MinHealthy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MinHealthy::Count(n) => write!(f, "{n}"),
-            MinHealthy::Percent(p) => write!(f, "\"{p}%\""),
-        }
-    }
-}
-
 impl TryFrom<toml::Value> for MinHealthy {
     type Error = String;
 

@@ -124,6 +124,7 @@ impl Writer {
                         force,
                     };
                     let r = self.switch(event, &who, &asked, force);
+                    self.recheck_readiness();
                     let _ = reply.send(r);
                 }
                 Command::Rollback {
@@ -134,25 +135,29 @@ impl Writer {
                 } => {
                     let event = Event::Rollback { if_generation, force };
                     let r = self.switch(event, &who, "rollback", force);
+                    self.recheck_readiness();
                     let _ = reply.send(r);
                 }
                 Command::Reload { cause, reply } => {
                     let r = self.reload(cause);
+                    // A file that made a pool ready has its pending switch
+                    // applied before the answer.
+                    self.recheck_readiness();
                     if let Some(reply) = reply {
                         let _ = reply.send(r);
                     }
                 }
-                Command::HealthChanged => {}
+                Command::HealthChanged => self.recheck_readiness(),
             }
-            self.recheck_readiness();
         }
     }
 
     /// Recomputes each pool's readiness from the stored table and, when it
     /// changed, decides it (which may apply a pending file switch). Runs
-    /// after every command, so a file that changes a pool's endpoints or
-    /// `min_healthy` is followed by the readiness of the table it stored.
-    pub fn recheck_readiness(&mut self) {
+    /// after every command, before its answer, so a file that changes a
+    /// pool's endpoints or `min_healthy` is followed by the readiness of the
+    /// table it stored.
+    fn recheck_readiness(&mut self) {
         // A pending switch applied stores a table with the same pools, so
         // the second round finds nothing new; the bound is a guard.
         for _ in 0..4 {
