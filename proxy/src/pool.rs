@@ -147,6 +147,14 @@ impl Pool {
         self.endpoints.iter().map(|e| e.addr.as_str())
     }
 
+    /// `(endpoints that count for the switch gate, all endpoints)`: what
+    /// the pool's readiness is computed from. Without health checks every
+    /// endpoint counts. (The seam with active health checks and passive
+    /// ejection, which decide which endpoints count.)
+    pub fn gate_count(&self) -> (usize, usize) {
+        (self.endpoints.len(), self.endpoints.len())
+    }
+
     /// Requests of this pool in flight (across every table that holds it).
     pub fn inflight(&self) -> i64 {
         self.inflight.get()

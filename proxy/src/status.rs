@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::RoutingTable;
+use crate::table::{Readiness, RoutingTable};
 
 /// `GET /status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +28,14 @@ pub struct Status {
     /// Why the override in force could not be written to the upstreams file
     /// (`[admin] persist`); the switch stays an override.
     pub persist_error: Option<String>,
+    /// What the upstreams file's `active` says (an override or a pending
+    /// switch can make it differ from `active`). Absent from the documents
+    /// of older proxies: empty.
+    #[serde(default)]
+    pub file_active: String,
+    /// The file switch waiting for its pool to be ready, or null.
+    #[serde(default)]
+    pub pending: Option<PendingStatus>,
     /// Every pool by name.
     pub pools: BTreeMap<String, PoolStatus>,
 }
@@ -47,6 +55,38 @@ pub struct PoolStatus {
     pub tunnels: i64,
     /// Inactive with nothing in flight (no tunnel either): safe to scale down.
     pub drained: bool,
+    /// Whether a switch to it passes the gate: at least `min_healthy` of its
+    /// endpoints count as healthy, and it has one. Absent from the documents
+    /// of older proxies: false.
+    #[serde(default)]
+    pub ready: bool,
+    /// The counts `ready` comes from (null in older proxies' documents).
+    #[serde(default)]
+    pub readiness: Option<ReadinessStatus>,
+}
+
+/// A pool's readiness counts in `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadinessStatus {
+    /// Endpoints that count as healthy for the gate.
+    pub healthy: usize,
+    /// All of its endpoints.
+    pub endpoints: usize,
+    /// Healthy endpoints it needs (`min_healthy`; a percentage rounded up).
+    pub needs: usize,
+    /// The sentence: `green: 0 of 3 endpoints healthy, needs 1`.
+    pub reason: String,
+}
+
+/// `pending` in `/status`: a file switch waiting for its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingStatus {
+    /// The pool the file names.
+    pub active: String,
+    /// Why it waits: the pool's readiness (`green: 0 of 3 endpoints healthy, needs 1`).
+    pub reason: String,
+    /// Since when (RFC 3339).
+    pub since: String,
 }
 
 /// One endpoint in `/status`.
@@ -75,12 +115,20 @@ impl Status {
                         healthy: e.healthy.get() == 1,
                     })
                     .collect();
+                let readiness = table.facts.readiness.get(&p.name);
                 let status = PoolStatus {
                     active: i == table.active,
                     endpoints,
                     inflight,
                     tunnels: p.tunnels().max(0),
                     drained: i != table.active && inflight == 0,
+                    ready: readiness.is_some_and(Readiness::is_ready),
+                    readiness: readiness.map(|r| ReadinessStatus {
+                        healthy: r.healthy,
+                        endpoints: r.endpoints,
+                        needs: r.needs,
+                        reason: r.reason(&p.name),
+                    }),
                 };
                 (p.name.clone(), status)
             })
@@ -94,6 +142,15 @@ impl Status {
             switched_at: humantime::format_rfc3339_millis(table.switched_at).to_string(),
             last_reload_error: table.facts.last_reload_error.clone(),
             persist_error: table.facts.persist_error.clone(),
+            file_active: table.facts.file_active.clone(),
+            pending: table.facts.pending.as_ref().map(|p| PendingStatus {
+                active: p.active.clone(),
+                reason: p.reason.clone(),
+                since: table
+                    .pending_since
+                    .map(|t| humantime::format_rfc3339_millis(t).to_string())
+                    .unwrap_or_default(),
+            }),
             pools,
         }
     }
