@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use testkit::config::ProxyConfig;
-use testkit::http::{metric, read_answer, read_to_close, RawAnswer};
+use testkit::http::{metric, read_answer, read_to_close};
 use testkit::upstream::{End, Recorded};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -271,8 +271,7 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously() {
 
         let mut c = TcpStream::connect(edge.http()).await.unwrap();
         c.write_all(&s.bytes).await.unwrap();
-        let answer: Option<RawAnswer> = read_answer(&mut c).await;
-        let Some(answer) = answer else {
+        let Some(answer) = read_answer(&mut c).await else {
             failures.push(format!("{what}: closed with no answer"));
             continue;
         };
