@@ -295,7 +295,7 @@ impl Proxy {
         );
         table.publish(None, &metrics);
         metrics.reload("ok");
-        let (balance, inboxes) = balance::Balancer::new(cores);
+        let (balance, inboxes) = balance::Balancer::new(cores, file.limits.max_connections);
         let shared = Arc::new(Shared {
             table: Arc::new(Routes::new(table)),
             metrics: Arc::new(metrics),
