@@ -69,13 +69,25 @@ pub enum ForwardError {
         /// Why.
         reason: String,
     },
+    /// The endpoint had `limits.upstream_max_connections` connections open
+    /// and none came free within `timeouts.connect`: the proxy's own limit,
+    /// not a failure of the upstream.
+    #[error("upstream {endpoint}: {max} connections open (limits.upstream_max_connections), none came free within timeouts.connect")]
+    UpstreamConnectionLimit {
+        /// The endpoint.
+        endpoint: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl ForwardError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ForwardError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::NoEndpoint { .. } | ForwardError::UpstreamConnectionLimit { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -85,7 +97,7 @@ impl ForwardError {
     pub fn kind(&self) -> Option<crate::metrics::ErrorKind> {
         use crate::metrics::ErrorKind;
         match self {
-            ForwardError::NoEndpoint { .. } => None,
+            ForwardError::NoEndpoint { .. } | ForwardError::UpstreamConnectionLimit { .. } => None,
             ForwardError::Connect { .. } => Some(ErrorKind::Connect),
             ForwardError::Timeout { .. } => Some(ErrorKind::Timeout),
             ForwardError::Upstream { .. } => Some(ErrorKind::Reset),
@@ -101,6 +113,16 @@ impl ForwardError {
             ForwardError::Connect { .. } => "cannot connect to the upstream",
             ForwardError::Timeout { .. } => "the upstream did not answer in time",
             ForwardError::Upstream { .. } => "the upstream failed",
+            ForwardError::UpstreamConnectionLimit { .. } => "no upstream connection came free in time",
+        }
+    }
+
+    /// The `switchyard_rejected_total` reason, when the proxy refused the
+    /// request itself (one of its limits) rather than the upstream failing.
+    pub fn rejected(&self) -> Option<crate::metrics::Reject> {
+        match self {
+            ForwardError::UpstreamConnectionLimit { .. } => Some(crate::metrics::Reject::UpstreamConnectionLimit),
+            _ => None,
         }
     }
 

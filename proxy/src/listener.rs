@@ -177,7 +177,12 @@ pub async fn run_core(
         }
     };
     let opts = &shared.opts;
-    let client = Rc::new(LocalClient::new(opts.upstream_idle, opts.connect_timeout));
+    let client = Rc::new(LocalClient::new(
+        opts.upstream_idle,
+        opts.connect_timeout,
+        opts.upstream_max_connections,
+        Arc::clone(&shared.upstream_shed),
+    ));
     let worker = Rc::new(Worker::new(Arc::clone(&shared), Rc::clone(&client), core));
     let tracker = Rc::new(Tracker::default());
     let gauge = shared.metrics.client_connections("http");
@@ -187,8 +192,11 @@ pub async fn run_core(
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(sweep_every);
             loop {
-                tick.tick().await;
-                client.sweep();
+                tokio::select! {
+                    _ = tick.tick() => client.sweep(),
+                    // A request (on any core) waits for room at an endpoint.
+                    () = client.shed_signal().notified() => client.shed_waited(),
+                }
             }
         })
     };

@@ -104,6 +104,10 @@ pub struct Shared {
     pub flush: local::FlushRequests,
     /// The cores' open client connections, kept even.
     pub balance: Arc<balance::Balancer>,
+    /// Notified by a request that waits for room at an endpoint at
+    /// `limits.upstream_max_connections`: every core then closes its idle
+    /// connections to that endpoint (see client.rs).
+    pub upstream_shed: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
