@@ -57,8 +57,10 @@ struct Idle {
 
 /// The idle connections of one core to one endpoint.
 struct Kept {
-    /// The endpoint (kept while it has a connection open or idle here, or
-    /// is in a table: see [`LocalClient::sweep`]).
+    /// The endpoint's id, searched per request (kept here, not behind `ep`).
+    id: u64,
+    /// The endpoint (forgotten once it is in no table and has no idle
+    /// connection here: see [`LocalClient::sweep`]).
     ep: Arc<Endpoint>,
     queue: VecDeque<Idle>,
 }
@@ -119,7 +121,7 @@ impl LocalClient {
     /// not expired. It may still turn out closed: callers check `ready()`.
     pub fn take(&self, ep: &Endpoint) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
-        let queue = &mut idle.iter_mut().find(|k| k.ep.id == ep.id)?.queue;
+        let queue = &mut idle.iter_mut().find(|k| k.id == ep.id)?.queue;
         while let Some(conn) = queue.pop_back() {
             if !conn.sender.is_closed() && conn.since.elapsed() < self.idle_timeout {
                 return Some(conn.sender);
@@ -136,8 +138,9 @@ impl LocalClient {
         }
         let mut idle = self.idle.borrow_mut();
         // The entry was made when the connection was opened, and stays
-        // while the connection's task holds the endpoint.
-        let Some(kept) = idle.iter_mut().find(|k| k.ep.id == endpoint_id) else {
+        // while the endpoint is in a table; an endpoint that left every
+        // table keeps no connection.
+        let Some(kept) = idle.iter_mut().find(|k| k.id == endpoint_id) else {
             return;
         };
         if kept.ep.conns.waiting() > 0 {
@@ -210,8 +213,9 @@ impl LocalClient {
     pub async fn connect(&self, ep: &Arc<Endpoint>, room: OpenConn) -> Result<Sender, ConnectError> {
         {
             let mut idle = self.idle.borrow_mut();
-            if !idle.iter().any(|k| k.ep.id == ep.id) {
+            if !idle.iter().any(|k| k.id == ep.id) {
                 idle.push(Kept {
+                    id: ep.id,
                     ep: Arc::clone(ep),
                     queue: VecDeque::new(),
                 });

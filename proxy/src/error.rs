@@ -137,8 +137,9 @@ impl ForwardError {
 /// `switchyard_rejected_total` reason, or `None` when something else ended
 /// it (the client went away, an I/O error). hyper has then answered by
 /// itself, without calling the proxy: 414 for a request target over its
-/// limit (64 KiB), 431 for a head over `max_buf_size` or with more than 100
-/// header lines, 400 for any other malformed head.
+/// limit (64 KiB), 431 for a head over `limits.max_header_bytes` or with
+/// more header lines than `limits.max_headers` (one error for both), 400
+/// for any other malformed head.
 ///
 /// hyper tells 414 from 431 only by the error's text (`is_parse_too_large`
 /// covers both); that text is hyper's own, of the minor version pinned in
