@@ -178,7 +178,10 @@ mod tests {
     fn no_slot_beyond_the_process_limit_until_one_closes() {
         let (b, _inboxes) = Balancer::new(2, 3);
         let open: Vec<Slot> = (0..3).map(|i| b.place(i % 2).unwrap()).collect();
-        assert!(b.place(0).is_none() && b.place(1).is_none(), "3 open: the 4th gets none");
+        assert!(
+            b.place(0).is_none() && b.place(1).is_none(),
+            "3 open: the 4th gets none"
+        );
         drop(open.into_iter().next());
         assert!(b.place(1).is_some(), "one closed: room for one more");
     }

@@ -186,7 +186,9 @@ impl LocalClient {
                 () = tokio::time::sleep_until(turn) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return self.reserve(ep).ok_or(ConnectError::AtLimit(self.max_per_endpoint));
+                return self
+                    .reserve(ep)
+                    .ok_or(ConnectError::AtLimit(self.max_per_endpoint));
             }
         }
     }

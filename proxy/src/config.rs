@@ -331,7 +331,9 @@ fn default_upstream_max_connections() -> usize {
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     if t.is_empty() || t.starts_with(['-', '+', '.']) {
-        return Err(format!("{text:?} is not a size such as \"32KiB\", \"1MiB\" or \"0\""));
+        return Err(format!(
+            "{text:?} is not a size such as \"32KiB\", \"1MiB\" or \"0\""
+        ));
     }
     t.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
@@ -567,7 +569,9 @@ impl Settings {
             )));
         }
         if l.upstream_max_connections == 0 {
-            errors.push(invalid("limits.upstream_max_connections must be greater than 0".into()));
+            errors.push(invalid(
+                "limits.upstream_max_connections must be greater than 0".into(),
+            ));
         }
         if file.runtime.cores > MAX_CORES {
             errors.push(invalid(format!(
@@ -855,7 +859,10 @@ mod tests {
             &format!("{MINIMAL}[limits]\nmax_body = 65536\nmax_header_bytes = \"2048\"\n"),
         )
         .unwrap();
-        assert_eq!((s.file.limits.max_body, s.file.limits.max_header_bytes), (65536, 2048));
+        assert_eq!(
+            (s.file.limits.max_body, s.file.limits.max_header_bytes),
+            (65536, 2048)
+        );
     }
 
     #[test]
@@ -881,10 +888,19 @@ mod tests {
         for (line, want) in [
             ("max_body = \"12XB\"", "limits.max_body: \"12XB\" is not a size"),
             ("max_body = -1", "limits.max_body: -1 is not a size"),
-            ("max_header_bytes = \"lots\"", "limits.max_header_bytes: \"lots\" is not a size"),
-            ("max_header_bytes = \"100\"", "limits.max_header_bytes must be between 1KiB and 1MiB"),
+            (
+                "max_header_bytes = \"lots\"",
+                "limits.max_header_bytes: \"lots\" is not a size",
+            ),
+            (
+                "max_header_bytes = \"100\"",
+                "limits.max_header_bytes must be between 1KiB and 1MiB",
+            ),
             ("max_headers = 0", "limits.max_headers must be between 1 and"),
-            ("max_connections = 0", "limits.max_connections must be greater than 0"),
+            (
+                "max_connections = 0",
+                "limits.max_connections must be greater than 0",
+            ),
             (
                 "upstream_max_connections = 0",
                 "limits.upstream_max_connections must be greater than 0",
@@ -908,8 +924,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(errs[0].to_string().contains("not a protocol name"), "{errs:?}");
-        let errs = Settings::parse(Path::new("p.toml"), &format!("{MINIMAL}[runtime]\ncores = 5000\n")).unwrap_err();
-        assert!(errs[0].to_string().contains("runtime.cores must be at most"), "{errs:?}");
+        let errs = Settings::parse(
+            Path::new("p.toml"),
+            &format!("{MINIMAL}[runtime]\ncores = 5000\n"),
+        )
+        .unwrap_err();
+        assert!(
+            errs[0].to_string().contains("runtime.cores must be at most"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -121,7 +121,9 @@ impl ForwardError {
     /// request itself (one of its limits) rather than the upstream failing.
     pub fn rejected(&self) -> Option<crate::metrics::Reject> {
         match self {
-            ForwardError::UpstreamConnectionLimit { .. } => Some(crate::metrics::Reject::UpstreamConnectionLimit),
+            ForwardError::UpstreamConnectionLimit { .. } => {
+                Some(crate::metrics::Reject::UpstreamConnectionLimit)
+            }
             _ => None,
         }
     }

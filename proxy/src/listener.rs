@@ -317,7 +317,10 @@ impl Refused {
     fn note(&mut self, core: usize, peer: SocketAddr, max: usize) {
         self.since += 1;
         let now = std::time::Instant::now();
-        if self.logged.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             return;
         }
         tracing::warn!(

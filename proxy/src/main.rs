@@ -70,14 +70,21 @@ fn run(config: &Path) -> ExitCode {
         .init();
     match raise_open_files_limit() {
         Ok((soft, hard, now)) => {
-            tracing::info!(soft, hard, now, "open-file limit (RLIMIT_NOFILE): soft raised to the hard limit")
+            tracing::info!(
+                soft,
+                hard,
+                now,
+                "open-file limit (RLIMIT_NOFILE): soft raised to the hard limit"
+            )
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
     }
-    let started = Checked::load(config, false).map_err(Error::from).and_then(|checked| {
-        let cores = checked.settings.file.runtime.cores();
-        Ok((Listeners::bind(&checked.settings, cores)?, checked))
-    });
+    let started = Checked::load(config, false)
+        .map_err(Error::from)
+        .and_then(|checked| {
+            let cores = checked.settings.file.runtime.cores();
+            Ok((Listeners::bind(&checked.settings, cores)?, checked))
+        });
     let (listeners, checked) = match started {
         Ok(s) => s,
         Err(e) => return fail(&e),

@@ -48,7 +48,9 @@ impl OpenConns {
     /// Counts one more open connection unless `max` are open.
     pub fn try_open(self: &Arc<Self>, max: usize) -> Option<OpenConn> {
         self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| OpenConn(Arc::clone(self)))
     }

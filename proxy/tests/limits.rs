@@ -91,7 +91,11 @@ async fn next_request_is_served(proxy: SocketAddr) {
 fn assert_json_error(answer: &(u16, String, String), status: u16) -> serde_json::Value {
     let (got, head, body) = answer;
     assert_eq!(*got, status, "{head}\n{body}");
-    assert_eq!(head_value(head, "content-type"), Some("application/json"), "{head}");
+    assert_eq!(
+        head_value(head, "content-type"),
+        Some("application/json"),
+        "{head}"
+    );
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     assert!(v["error"].is_string() && v["errors"][0].is_string(), "{v}");
     assert_eq!(
@@ -112,7 +116,10 @@ async fn request_head_over_max_header_bytes_gets_431_counted_and_the_next_is_ser
             .upstreams(Upstreams::blue(up.addr)),
     );
     // Under the limit (1.5 KiB of header): served.
-    let fits = format!("GET / HTTP/1.1\r\nHost: a\r\nx-pad: {}\r\nConnection: close\r\n\r\n", "a".repeat(1500));
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nx-pad: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(1500)
+    );
     let (status, _, body) = exchange(p.http, fits.as_bytes()).await;
     assert_eq!((status, body.as_str()), (200, "0"));
     // Over it (3 KB, far below hyper's own 400 KiB): 431, closed.
@@ -121,9 +128,11 @@ async fn request_head_over_max_header_bytes_gets_431_counted_and_the_next_is_ser
     assert_eq!(status, 431, "{head}");
     assert_eq!(head_value(&head, "connection"), Some("close"), "{head}");
     assert_eq!(rejected(&metrics(&p).await, "head_too_large"), 1.0);
-    let line = p.proc.next_line(Duration::from_secs(5), "rejecting the head", |l| {
-        field_value(l, "reason") == Some("head_too_large")
-    });
+    let line = p
+        .proc
+        .next_line(Duration::from_secs(5), "rejecting the head", |l| {
+            field_value(l, "reason") == Some("head_too_large")
+        });
     assert!(line.contains("WARN") && line.contains("127.0.0.1"), "{line}");
     assert_eq!(up.seen(), 1, "the refused head never went upstream");
     next_request_is_served(p.http).await;
@@ -134,7 +143,9 @@ async fn more_header_lines_than_max_headers_get_431_counted_and_the_next_is_serv
     let up = Reader::start().await;
     let p = Switchyard::start(
         BIN,
-        ProxyConfig::new().max_headers(10).upstreams(Upstreams::blue(up.addr)),
+        ProxyConfig::new()
+            .max_headers(10)
+            .upstreams(Upstreams::blue(up.addr)),
     );
     let request = |lines: usize| {
         let mut r = String::from("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
@@ -158,7 +169,9 @@ async fn body_announced_over_max_body_gets_413_before_anything_goes_upstream() {
     let up = Reader::start().await;
     let p = Switchyard::start(
         BIN,
-        ProxyConfig::new().max_body("1KiB").upstreams(Upstreams::blue(up.addr)),
+        ProxyConfig::new()
+            .max_body("1KiB")
+            .upstreams(Upstreams::blue(up.addr)),
     );
     // The head alone: the proxy answers without reading a byte of the body.
     let answer = exchange(
@@ -186,7 +199,9 @@ async fn chunked_body_growing_past_max_body_is_cut_upstream_and_answered_413() {
     let up = Reader::start().await;
     let p = Switchyard::start(
         BIN,
-        ProxyConfig::new().max_body("1KiB").upstreams(Upstreams::blue(up.addr)),
+        ProxyConfig::new()
+            .max_body("1KiB")
+            .upstreams(Upstreams::blue(up.addr)),
     );
     let mut s = tokio::net::TcpStream::connect(p.http).await.unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -204,7 +219,10 @@ async fn chunked_body_growing_past_max_body_is_cut_upstream_and_answered_413() {
     let got = read_to_close(&mut s).await;
     let answer = testkit::http::parse(&got);
     assert_eq!(answer.status, 413, "{answer:?}");
-    assert_eq!(answer.headers.get("connection").map(String::as_str), Some("close"));
+    assert_eq!(
+        answer.headers.get("connection").map(String::as_str),
+        Some("close")
+    );
     let v: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(v["errors"][0], "the request body is larger than the limit", "{v}");
     wait_until(Duration::from_secs(10), "the upstream saw its body cut", || {
@@ -213,7 +231,10 @@ async fn chunked_body_growing_past_max_body_is_cut_upstream_and_answered_413() {
     let m = metrics(&p).await;
     assert_eq!(rejected(&m, "body_too_large"), 1.0, "{m}");
     assert_eq!(
-        metric(&m, "switchyard_upstream_errors_total{kind=\"reset\",pool=\"blue\"}"),
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"reset\",pool=\"blue\"}"
+        ),
         0.0,
         "the proxy's own limit is not an upstream failure: {m}"
     );
@@ -225,7 +246,9 @@ async fn connection_beyond_max_connections_is_closed_at_once_counted_and_room_co
     let up = upstream::text("ok").await;
     let p = Switchyard::start(
         BIN,
-        ProxyConfig::new().max_connections(5).upstreams(Upstreams::blue(up)),
+        ProxyConfig::new()
+            .max_connections(5)
+            .upstreams(Upstreams::blue(up)),
     );
     let mut open = Vec::new();
     for _ in 0..5 {
@@ -235,20 +258,27 @@ async fn connection_beyond_max_connections_is_closed_at_once_counted_and_room_co
     }
     // The sixth: accepted by the kernel, closed by the proxy with no answer.
     let mut sixth = tokio::net::TcpStream::connect(p.http).await.unwrap();
-    sixth
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .ok();
+    sixth.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.ok();
     let got = read_to_close(&mut sixth).await;
     assert!(got.is_empty(), "no answer: {:?}", String::from_utf8_lossy(&got));
     let m = metrics(&p).await;
     assert_eq!(rejected(&m, "too_many_connections"), 1.0, "{m}");
-    assert_eq!(metric(&m, "switchyard_client_connections{listener=\"http\"}"), 5.0);
+    assert_eq!(
+        metric(&m, "switchyard_client_connections{listener=\"http\"}"),
+        5.0
+    );
     // One closes: a new connection is served again.
     drop(open.pop());
-    eventually(Duration::from_secs(10), "the closed connection uncounted", || async {
-        metric(&metrics(&p).await, "switchyard_client_connections{listener=\"http\"}") == 4.0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the closed connection uncounted",
+        || async {
+            metric(
+                &metrics(&p).await,
+                "switchyard_client_connections{listener=\"http\"}",
+            ) == 4.0
+        },
+    )
     .await;
     next_request_is_served(p.http).await;
     // And the five still open were never disturbed.
@@ -276,10 +306,18 @@ async fn request_beyond_upstream_max_connections_gets_503_after_connect_and_is_s
         slow.received() == 1
     });
     // The one connection is busy: the second request waits `connect`, then 503.
-    let answer = exchange(p.http, b"GET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let answer = exchange(
+        p.http,
+        b"GET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let v = assert_json_error(&answer, 503);
     assert_eq!(v["errors"][0], "no upstream connection came free in time", "{v}");
-    assert_eq!(slow.received(), 1, "the second request never reached the upstream");
+    assert_eq!(
+        slow.received(),
+        1,
+        "the second request never reached the upstream"
+    );
     let m = metrics(&p).await;
     assert_eq!(rejected(&m, "upstream_connection_limit"), 1.0, "{m}");
     for kind in ["connect", "timeout", "reset"] {
@@ -321,9 +359,10 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
     for _ in 0..150 {
         clients.push(tokio::net::TcpStream::connect(p.http).await.unwrap());
     }
-    p.proc.next_line(Duration::from_secs(10), "an accept failure", |l| {
-        l.contains("accept failed") && l.contains("Too many open files")
-    });
+    p.proc
+        .next_line(Duration::from_secs(10), "an accept failure", |l| {
+            l.contains("accept failed") && l.contains("Too many open files")
+        });
     let failures = |p: &Switchyard| p.proc.count_lines(|l| l.contains("accept failed"));
     // Over one second with accepts failing, the loop pauses after each
     // failure: little CPU, a bounded number of failures (a loop that spun
@@ -331,19 +370,26 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
     let (ticks, failed) = (cpu_ticks(pid), failures(&p));
     tokio::time::sleep(Duration::from_secs(1)).await; // the period observed
     let (ticks, failed) = (cpu_ticks(pid) - ticks, failures(&p) - failed);
-    assert!(ticks <= 30, "{ticks} ticks of CPU in 1 s while out of descriptors");
+    assert!(
+        ticks <= 30,
+        "{ticks} ticks of CPU in 1 s while out of descriptors"
+    );
     assert!(failed <= 100, "{failed} accept failures logged in 1 s");
     // Descriptors come back: the proxy serves again.
     drop(clients);
-    eventually(Duration::from_secs(20), "a request served after recovery", || async {
-        let Ok(mut c) = Client::connect(p.http).await else {
-            return false;
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), c.get("/")).await,
-            Ok(Ok((s, _, _))) if s == 200
-        )
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a request served after recovery",
+        || async {
+            let Ok(mut c) = Client::connect(p.http).await else {
+                return false;
+            };
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), c.get("/")).await,
+                Ok(Ok((s, _, _))) if s == 200
+            )
+        },
+    )
     .await;
     next_request_is_served(p.http).await;
 }
@@ -400,15 +446,19 @@ fn cores_are_the_cpus_the_process_may_use_unless_set_and_the_open_file_limit_is_
     let mut p = Switchyard::start_under(&["taskset", "-c", "0"], BIN, config());
     assert_eq!(cores(&p), 1);
     // Started with a low soft limit: raised to the hard one, and logged.
-    let line = p.proc.next_line(Duration::from_secs(5), "the open-file limit", |l| {
-        l.contains("RLIMIT_NOFILE")
-    });
+    let line = p
+        .proc
+        .next_line(Duration::from_secs(5), "the open-file limit", |l| {
+            l.contains("RLIMIT_NOFILE")
+        });
     drop(p);
     assert!(line.contains("INFO"), "{line}");
     let mut p = Switchyard::start_under(&["prlimit", "--nofile=256:4096"], BIN, config());
-    let line = p.proc.next_line(Duration::from_secs(5), "the open-file limit", |l| {
-        l.contains("RLIMIT_NOFILE")
-    });
+    let line = p
+        .proc
+        .next_line(Duration::from_secs(5), "the open-file limit", |l| {
+            l.contains("RLIMIT_NOFILE")
+        });
     assert_eq!(
         (
             field_value(&line, "soft"),

@@ -98,7 +98,11 @@ pub type Sent = (Response<Incoming>, usize, Sender);
 /// (after waiting for room when the endpoint is at
 /// `limits.upstream_max_connections`). The flag says whether it was reused
 /// (was idle).
-async fn acquire(client: &LocalClient, ep: &Arc<Endpoint>, fresh: bool) -> Result<(Sender, bool), ConnectError> {
+async fn acquire(
+    client: &LocalClient,
+    ep: &Arc<Endpoint>,
+    fresh: bool,
+) -> Result<(Sender, bool), ConnectError> {
     if !fresh {
         while let Some(mut s) = client.take(ep) {
             if s.ready().await.is_ok() {
