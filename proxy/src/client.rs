@@ -210,6 +210,17 @@ impl LocalClient {
         &self.shed
     }
 
+    /// Opens a new connection to `ep`: at once when the endpoint has room
+    /// under `limits.upstream_max_connections`, else once one came free
+    /// ([`LocalClient::wait_for_room`]).
+    pub async fn open(&self, ep: &Arc<Endpoint>) -> Result<Sender, ConnectError> {
+        let room = match self.reserve(ep) {
+            Some(room) => room,
+            None => self.wait_for_room(ep).await?,
+        };
+        self.connect(ep, room).await
+    }
+
     /// Opens a new connection to `ep`, counted in `room` (see
     /// [`LocalClient::reserve`]), and drives it on this core.
     pub async fn connect(&self, ep: &Arc<Endpoint>, room: OpenConn) -> Result<Sender, ConnectError> {

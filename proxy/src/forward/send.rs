@@ -110,15 +110,11 @@ async fn acquire(
             }
         }
     }
-    let room = match client.reserve(ep) {
-        Some(room) => room,
-        // Boxed, as below: the rare path.
-        None => Box::pin(client.wait_for_room(ep)).await?,
-    };
-    // Boxed: connecting (and the handshake) is the rare path; inline, its
-    // state (896 bytes) would be part of every request's `send` future,
-    // which is allocated and written for every request.
-    let mut s = Box::pin(client.connect(ep, room)).await?;
+    // Boxed: connecting (and the handshake, and a wait for room at the
+    // limit) is the rare path; inline, its state (896 bytes) would be part
+    // of every request's `send` future, which is allocated and written for
+    // every request.
+    let mut s = Box::pin(client.open(ep)).await?;
     s.ready().await.map_err(ConnectError::Handshake)?;
     Ok((s, false))
 }
