@@ -36,7 +36,12 @@ What it measures, in one run, in interleaved rounds:
     processes);
   * the time from POST /switch sent to its answer (20 switches);
   * the file-switch latency: rename of upstreams.toml -> first answer of the
-    new version, and the same for a kubelet-style `..data` swap (20 each).
+    new version, and the same for a kubelet-style `..data` swap (20 each);
+  * memory of idle connections: the RSS (VmRSS) of a fresh switchyard
+    before and after --idle-connections (5,000) keep-alive client
+    connections, each after one GET /version, and the difference per idle
+    connection (target: at most 16 KiB each). Alone, without wrk, nginx or
+    HAProxy: python3 bench/proxy_bench.py --idle-only
 The machine is shared by the load generator, the proxy and the upstream:
 compare the ratios, not the absolute figures.
 """
@@ -223,6 +228,76 @@ class Poller(threading.Thread):
         raise SystemExit(f"version {version} never answered")
 
 
+def vm_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def get_once(s):
+    """One GET /version on the keep-alive socket `s`; reads the whole answer."""
+    s.sendall(b"GET /version HTTP/1.1\r\nHost: bench\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("the proxy closed an idle-test connection")
+        got += chunk
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("the proxy closed an idle-test connection")
+        body += chunk
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"idle-test request answered {head[:40]!r}")
+
+
+def idle_memory(procs, tmp, binary, upstream_port, n):
+    """RSS of a fresh switchyard before and after `n` idle keep-alive client
+    connections, each after one request: (before KiB, after KiB, KiB each)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n + 100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < n + 100:
+        raise SystemExit(f"--idle-connections {n}: this shell allows {hard} open files")
+    d = os.path.join(tmp, "idle")
+    os.makedirs(d)
+    port, admin = free_port(), free_port()
+    write(os.path.join(d, "upstreams.toml"), upstreams("blue", upstream_port, upstream_port))
+    write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
+    p = procs.start([binary, "-c", os.path.join(d, "proxy.toml")])
+    wait_port(port)
+    # Warm: the upstream connections and the allocator's first pages.
+    for _ in range(64):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            get_once(s)
+    time.sleep(0.5)
+    before = vm_rss_kib(p.pid)
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        get_once(s)
+        conns.append(s)
+    time.sleep(1)
+    after = vm_rss_kib(p.pid)
+    for s in conns:
+        s.close()
+    p.send_signal(signal.SIGTERM)
+    p.wait(30)
+    return before, after, (after - before) / n
+
+
+def print_idle(binary, n, idle):
+    before, after, each = idle
+    print(f"idle keep-alive connections ({binary}): RSS {before / 1024:.1f} MiB with none, "
+          f"{after / 1024:.1f} MiB with {n} (each after one request): {each:.1f} KiB per idle connection "
+          f"(target <= 16 KiB)")
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -249,7 +324,13 @@ def main():
                     help="run the targets in the same order in every round (the default shuffles them)")
     ap.add_argument("--concurrency", default="64,256",
                     help="wrk connection counts, comma-separated (default 64,256)")
+    ap.add_argument("--idle-connections", type=int, default=5000,
+                    help="idle keep-alive client connections whose memory is measured (default 5000)")
+    ap.add_argument("--idle-only", action="store_true",
+                    help="measure only the memory of idle connections (no wrk, nginx or HAProxy needed)")
     args = ap.parse_args()
+    if args.idle_only:
+        return idle_only(args)
     concurrency = [int(c) for c in args.concurrency.split(",")]
     compare = []
     for spec in args.compare:
@@ -473,6 +554,8 @@ backend be{hp_backend}
         kube_update(0, upstreams("blue", blue, green))
         os.symlink("..data/upstreams.toml", os.path.join(k, "upstreams.toml"))
         swap_ms = file_switches(k, kube_update)
+
+        idle = idle_memory(procs, tmp, switchyard, base, args.idle_connections)
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -515,6 +598,28 @@ backend be{hp_backend}
           f"({args.switches} switches)")
     failed = sum(x["errors"] for rows in results.values() for x in rows)
     print(f"non-2xx answers over all runs: {failed}")
+    print_idle(switchyard, args.idle_connections, idle)
+
+
+def idle_only(args):
+    """--idle-only: the memory of idle connections, on the plain release
+    build unless --plain is left out and the profile-guided one exists."""
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "switchyard", "-p", "translation-api"],
+                       cwd=ROOT, check=True)
+    switchyard = PGO if (not args.plain and os.access(PGO, os.X_OK)) else f"{REL}/switchyard"
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
+    try:
+        up = free_port()
+        procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{up}", "--access-log=false"],
+                    env={"APP_VERSION": "0.0.1"})
+        wait_port(up)
+        idle = idle_memory(procs, tmp, switchyard, up, args.idle_connections)
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_idle(switchyard, args.idle_connections, idle)
 
 
 if __name__ == "__main__":

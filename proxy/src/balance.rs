@@ -17,6 +17,10 @@
 //! per request), so that two cores accepting at the same time cannot both
 //! act on the same counts. A connection is counted on its core from the
 //! decision until its [`Slot`] is dropped with the connection.
+//!
+//! The same counts, summed under that lock, are the process's open client
+//! connections: beyond `limits.max_connections` [`Balancer::place`] gives
+//! no slot, and the accepting core closes the connection at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +38,9 @@ pub struct Balancer {
     open: Box<[Count]>,
     inboxes: Box<[mpsc::UnboundedSender<Handoff>]>,
     place: Mutex<()>,
+    /// `limits.max_connections`: most connections counted at once, all
+    /// cores together.
+    max: usize,
 }
 
 /// A connection accepted by one core, to be served by another.
@@ -69,14 +76,16 @@ impl Drop for Slot {
 }
 
 impl Balancer {
-    /// A balancer for `cores` cores, and each core's inbox (in core order).
-    pub fn new(cores: usize) -> (Arc<Balancer>, Vec<Inbox>) {
+    /// A balancer for `cores` cores that counts at most `max` connections
+    /// at once, and each core's inbox (in core order).
+    pub fn new(cores: usize, max: usize) -> (Arc<Balancer>, Vec<Inbox>) {
         let cores = cores.max(1);
         let (senders, inboxes): (Vec<_>, Vec<_>) = (0..cores).map(|_| mpsc::unbounded_channel()).unzip();
         let balancer = Balancer {
             open: (0..cores).map(|_| Count::default()).collect(),
             inboxes: senders.into_boxed_slice(),
             place: Mutex::new(()),
+            max,
         };
         (Arc::new(balancer), inboxes)
     }
@@ -84,20 +93,24 @@ impl Balancer {
     /// Chooses the core that serves a connection just accepted by `core`:
     /// `core` itself unless another core serves fewer connections, in which
     /// case the least loaded one. The connection is counted there from now.
-    pub fn place(self: &Arc<Self>, core: usize) -> Slot {
+    /// `None` when `max` connections are open already: the caller closes it.
+    pub fn place(self: &Arc<Self>, core: usize) -> Option<Slot> {
         // The lock only orders placements (a poisoned one is still usable:
-        // it guards no data); closing connections uncount without it.
+        // it guards no data); closing connections uncount without it, so
+        // the sum can only be lower than read, never higher.
         let _order = self.place.lock().unwrap_or_else(|p| p.into_inner());
         let mut chosen = core;
         let mut least = self.open(core);
+        let mut total = 0;
         for (c, n) in self.open.iter().enumerate() {
             let n = n.0.load(Ordering::Relaxed);
+            total += n;
             if n < least {
                 chosen = c;
                 least = n;
             }
         }
-        self.here(chosen)
+        (total < self.max).then(|| self.here(chosen))
     }
 
     /// A slot on `core` itself, with no balancing (a handed-over connection
@@ -135,12 +148,12 @@ mod tests {
 
     #[test]
     fn a_core_keeps_a_connection_unless_another_serves_fewer() {
-        let (b, _inboxes) = Balancer::new(3);
-        let first = b.place(1);
+        let (b, _inboxes) = Balancer::new(3, 100);
+        let first = b.place(1).unwrap();
         assert_eq!(first.core(), 1, "all even: the accepting core keeps it");
-        let second = b.place(1);
+        let second = b.place(1).unwrap();
         assert_ne!(second.core(), 1, "core 1 now serves more than the others");
-        let third = b.place(1);
+        let third = b.place(1).unwrap();
         assert_eq!(
             [first.core(), second.core(), third.core()]
                 .iter()
@@ -150,7 +163,7 @@ mod tests {
             "each core got one"
         );
         drop(third);
-        let again = b.place(2);
+        let again = b.place(2).unwrap();
         assert_eq!(b.open(again.core()), 1);
         assert_eq!((0..3).map(|c| b.open(c)).sum::<usize>(), 3);
         drop((first, second, again));
@@ -162,14 +175,26 @@ mod tests {
     }
 
     #[test]
+    fn no_slot_beyond_the_process_limit_until_one_closes() {
+        let (b, _inboxes) = Balancer::new(2, 3);
+        let open: Vec<Slot> = (0..3).map(|i| b.place(i % 2).unwrap()).collect();
+        assert!(
+            b.place(0).is_none() && b.place(1).is_none(),
+            "3 open: the 4th gets none"
+        );
+        drop(open.into_iter().next());
+        assert!(b.place(1).is_some(), "one closed: room for one more");
+    }
+
+    #[test]
     fn a_handoff_to_a_stopped_core_comes_back() {
-        let (b, mut inboxes) = Balancer::new(2);
+        let (b, mut inboxes) = Balancer::new(2, 100);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = listener.local_addr().unwrap();
         let _client = std::net::TcpStream::connect(peer).unwrap();
         let (stream, peer) = listener.accept().unwrap();
-        let _busy = b.place(0);
-        let slot = b.place(0);
+        let _busy = b.place(0).unwrap();
+        let slot = b.place(0).unwrap();
         assert_eq!(slot.core(), 1);
         drop(inboxes.pop());
         let back = b.hand_over(Handoff { stream, peer, slot }).err().unwrap();

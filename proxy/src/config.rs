@@ -41,6 +41,30 @@ pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_ADMIN_BODY: Duration = Duration::from_secs(10);
 /// Default `[limits] upgrade_protocols`: the `Upgrade` tokens tunnelled.
 pub const DEFAULT_UPGRADE_PROTOCOLS: [&str; 1] = ["websocket"];
+/// Default `[limits] max_connections`: client connections per process (all
+/// cores together); a new one beyond is accepted and closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default `[limits] max_header_bytes`: the request head (request line and
+/// header lines), 32 KiB; beyond: 431.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
+/// Default `[limits] max_headers`: header lines of a request; beyond: 431.
+/// Also hyper's own default: up to 100 its parser keeps the header slots on
+/// the stack; more costs a heap allocation per request.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default `[limits] max_body`: 0, no limit on a request body.
+pub const DEFAULT_MAX_BODY: u64 = 0;
+/// Default `[limits] upstream_max_connections`: open upstream connections
+/// (idle and busy) per endpoint per process.
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
+/// Smallest `max_header_bytes` accepted: a request line and a `Host`.
+pub const MIN_HEADER_BYTES: u64 = 1024;
+/// Largest `max_header_bytes` accepted (nginx's largest default is 32 KiB;
+/// this leaves room without letting one head take megabytes).
+pub const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+/// Most header lines `limits.max_headers` may allow.
+pub const MAX_HEADERS_LIMIT: usize = 10_000;
+/// Most data-plane cores `runtime.cores` may ask for.
+pub const MAX_CORES: usize = 1024;
 /// Largest upstreams file we read; anything bigger is rejected unparsed.
 pub const MAX_UPSTREAMS_BYTES: u64 = 1 << 20;
 
@@ -67,6 +91,9 @@ pub struct ProxyFile {
     /// `[limits]`.
     #[serde(default)]
     pub limits: Limits,
+    /// `[runtime]`.
+    #[serde(default)]
+    pub runtime: Runtime,
     /// `[tls]` (later): rejected as not supported yet.
     pub tls: Option<Spanned<toml::Value>>,
 }
@@ -241,9 +268,8 @@ impl Default for Timeouts {
     }
 }
 
-/// `[limits]`: what an internet-facing edge ships with. Only
-/// `upgrade_protocols` is built; the other keys of the design are rejected
-/// as not supported yet.
+/// `[limits]`: what an internet-facing edge ships with (see
+/// docs/security.md for what a client sees at each).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -251,29 +277,126 @@ pub struct Limits {
     /// other `Upgrade` is stripped and the request forwarded as a plain one.
     #[serde(default = "default_upgrade_protocols")]
     pub upgrade_protocols: Vec<String>,
-    /// `max_connections` (later).
-    pub max_connections: Option<Spanned<toml::Value>>,
-    /// `max_header_bytes` (later).
-    pub max_header_bytes: Option<Spanned<toml::Value>>,
-    /// `max_headers` (later).
-    pub max_headers: Option<Spanned<toml::Value>>,
-    /// `max_body` (later).
-    pub max_body: Option<Spanned<toml::Value>>,
-    /// `upstream_max_connections` (later).
-    pub upstream_max_connections: Option<Spanned<toml::Value>>,
+    /// Client connections open at once in the process (all cores); a new
+    /// one beyond is accepted and closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and header lines), in bytes.
+    #[serde(default = "default_max_header_bytes", deserialize_with = "max_header_bytes")]
+    pub max_header_bytes: u64,
+    /// Most header lines in a request.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Largest request body, in bytes; 0: no limit.
+    #[serde(default = "default_max_body", deserialize_with = "max_body")]
+    pub max_body: u64,
+    /// Open upstream connections (idle and busy) per endpoint per process.
+    #[serde(default = "default_upstream_max_connections")]
+    pub upstream_max_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             upgrade_protocols: default_upgrade_protocols(),
-            max_connections: None,
-            max_header_bytes: None,
-            max_headers: None,
-            max_body: None,
-            upstream_max_connections: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body: DEFAULT_MAX_BODY,
+            upstream_max_connections: DEFAULT_UPSTREAM_MAX_CONNECTIONS,
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_header_bytes() -> u64 {
+    DEFAULT_MAX_HEADER_BYTES
+}
+fn default_max_headers() -> usize {
+    DEFAULT_MAX_HEADERS
+}
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY
+}
+fn default_upstream_max_connections() -> usize {
+    DEFAULT_UPSTREAM_MAX_CONNECTIONS
+}
+
+/// Parses a size as `proxy.toml` writes it: a number of bytes (`0`,
+/// `65536`, as a TOML integer or string) or a number with a unit, binary
+/// (`32KiB`, `1MiB`) or decimal (`32KB` = 32 000 bytes), by the `bytesize`
+/// crate. The error names what was wrong; the caller adds the key.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() || t.starts_with(['-', '+', '.']) {
+        return Err(format!(
+            "{text:?} is not a size such as \"32KiB\", \"1MiB\" or \"0\""
+        ));
+    }
+    t.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{text:?} is not a size such as \"32KiB\", \"1MiB\" or \"0\""))
+}
+
+/// A size key: a TOML string (`"32KiB"`) or a non-negative integer (bytes);
+/// the error names `key`.
+fn size<'de, D: serde::Deserializer<'de>>(d: D, key: &str) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+        Other(toml::Value),
+    }
+    let reason = match Raw::deserialize(d)? {
+        Raw::Bytes(n) => return Ok(n),
+        Raw::Text(t) => match parse_size(&t) {
+            Ok(n) => return Ok(n),
+            Err(e) => e,
+        },
+        Raw::Other(v) => format!("{v} is not a size such as \"32KiB\", \"1MiB\" or \"0\""),
+    };
+    Err(serde::de::Error::custom(format!("{key}: {reason}")))
+}
+
+fn max_header_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    size(d, "limits.max_header_bytes")
+}
+
+fn max_body<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    size(d, "limits.max_body")
+}
+
+/// `[runtime]`: the data plane's threads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Data-plane threads (cores); 0: the CPUs this process may use
+    /// ([`available_cores`]).
+    #[serde(default)]
+    pub cores: usize,
+}
+
+impl Runtime {
+    /// The number of data-plane cores to start: `cores`, or when it is 0
+    /// the CPUs this process may use. The one place the count is decided.
+    pub fn cores(&self) -> usize {
+        match self.cores {
+            0 => available_cores(),
+            n => n,
+        }
+    }
+}
+
+/// The CPUs this process may use: `std::thread::available_parallelism`,
+/// which on Linux honours the affinity mask (`taskset`, cpusets) and a
+/// cgroup's CPU quota (`cpu.max` in v2, `cfs_quota_us` in v1, rounded
+/// down, at least 1), so a pod limited to 2 CPUs on a 64-CPU node runs 2
+/// cores. 1 if it cannot tell.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn default_upgrade_protocols() -> Vec<String> {
@@ -528,16 +651,35 @@ impl Settings {
             });
         }
         let l = &file.limits;
-        for (key, value) in [
-            ("max_connections", &l.max_connections),
-            ("max_header_bytes", &l.max_header_bytes),
-            ("max_headers", &l.max_headers),
-            ("max_body", &l.max_body),
-            ("upstream_max_connections", &l.upstream_max_connections),
-        ] {
-            if let Some(v) = value {
-                errors.push(not_supported(path, text, &format!("limits.{key}"), v.span()));
-            }
+        let invalid = |reason: String| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            line: None,
+            reason,
+        };
+        if l.max_connections == 0 {
+            errors.push(invalid("limits.max_connections must be greater than 0".into()));
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
+            errors.push(invalid(format!(
+                "limits.max_header_bytes must be between 1KiB and 1MiB (it is {} bytes)",
+                l.max_header_bytes
+            )));
+        }
+        if !(1..=MAX_HEADERS_LIMIT).contains(&l.max_headers) {
+            errors.push(invalid(format!(
+                "limits.max_headers must be between 1 and {MAX_HEADERS_LIMIT} (it is {})",
+                l.max_headers
+            )));
+        }
+        if l.upstream_max_connections == 0 {
+            errors.push(invalid(
+                "limits.upstream_max_connections must be greater than 0".into(),
+            ));
+        }
+        if file.runtime.cores > MAX_CORES {
+            errors.push(invalid(format!(
+                "runtime.cores must be at most {MAX_CORES} (0: the CPUs this process may use)"
+            )));
         }
         for p in &l.upgrade_protocols {
             if !is_token(p) {
@@ -816,35 +958,127 @@ mod tests {
     const MINIMAL: &str = "[listen]\nhttp = \"127.0.0.1:1\"\n[upstreams]\nfile = \"u\"\n";
 
     #[test]
-    fn limits_builds_upgrade_protocols_and_refuses_the_rest_as_not_supported_yet() {
+    fn limits_and_runtime_have_the_design_defaults() {
+        let s = Settings::parse(Path::new("p.toml"), MINIMAL).unwrap();
+        let l = &s.file.limits;
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_header_bytes,
+                l.max_headers,
+                l.max_body,
+                l.upstream_max_connections
+            ),
+            (20_000, 32 * 1024, 100, 0, 1024)
+        );
+        assert_eq!(s.file.runtime.cores, 0);
+        assert_eq!(s.file.runtime.cores(), available_cores());
+    }
+
+    #[test]
+    fn limits_parse_sizes_and_counts() {
         let s = Settings::parse(
             Path::new("p.toml"),
-            &format!("{MINIMAL}[limits]\nupgrade_protocols = [\"websocket\", \"h2c\"]\n"),
+            &format!(
+                "{MINIMAL}[limits]\nupgrade_protocols = [\"websocket\", \"h2c\"]\nmax_connections = 5\n\
+                 max_header_bytes = \"16KiB\"\nmax_headers = 20\nmax_body = \"1MiB\"\n\
+                 upstream_max_connections = 1\n[runtime]\ncores = 3\n"
+            ),
         )
         .unwrap();
-        assert_eq!(s.file.limits.upgrade_protocols, ["websocket", "h2c"]);
-        for key in [
-            "max_connections = 20000",
-            "max_header_bytes = \"32KiB\"",
-            "max_headers = 100",
-            "max_body = \"0\"",
-            "upstream_max_connections = 1024",
+        let l = &s.file.limits;
+        assert_eq!(l.upgrade_protocols, ["websocket", "h2c"]);
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_header_bytes,
+                l.max_headers,
+                l.max_body,
+                l.upstream_max_connections
+            ),
+            (5, 16 * 1024, 20, 1 << 20, 1)
+        );
+        assert_eq!(s.file.runtime.cores(), 3);
+        // A plain integer is bytes, and so is a string of digits.
+        let s = Settings::parse(
+            Path::new("p.toml"),
+            &format!("{MINIMAL}[limits]\nmax_body = 65536\nmax_header_bytes = \"2048\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.file.limits.max_body, s.file.limits.max_header_bytes),
+            (65536, 2048)
+        );
+    }
+
+    #[test]
+    fn sizes_parse_binary_and_decimal_units() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("32KiB", 32 * 1024),
+            ("1MiB", 1 << 20),
+            ("1 MiB", 1 << 20),
+            ("32KB", 32_000),
+            ("512", 512),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "lots", "12XB", "-1", "KiB"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("is not a size"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_limits_are_errors_naming_the_key() {
+        for (line, want) in [
+            ("max_body = \"12XB\"", "limits.max_body: \"12XB\" is not a size"),
+            ("max_body = -1", "limits.max_body: -1 is not a size"),
+            (
+                "max_header_bytes = \"lots\"",
+                "limits.max_header_bytes: \"lots\" is not a size",
+            ),
+            (
+                "max_header_bytes = \"100\"",
+                "limits.max_header_bytes must be between 1KiB and 1MiB",
+            ),
+            ("max_headers = 0", "limits.max_headers must be between 1 and"),
+            (
+                "max_connections = 0",
+                "limits.max_connections must be greater than 0",
+            ),
+            (
+                "upstream_max_connections = 0",
+                "limits.upstream_max_connections must be greater than 0",
+            ),
+            ("max_conections = 5", "max_conections"),
         ] {
             let errs =
-                Settings::parse(Path::new("p.toml"), &format!("{MINIMAL}[limits]\n{key}\n")).unwrap_err();
-            let name = key.split(' ').next().unwrap();
+                Settings::parse(Path::new("p.toml"), &format!("{MINIMAL}[limits]\n{line}\n")).unwrap_err();
             let msg = errs[0].to_string();
-            assert!(
-                msg.contains(&format!("`limits.{name}` is not supported yet")) && msg.contains("line 6"),
-                "{msg}"
-            );
+            assert!(msg.contains(want), "{line}: {msg}");
         }
+        let errs = Settings::parse(
+            Path::new("p.toml"),
+            &format!("{MINIMAL}[limits]\nmax_body = \"12XB\"\n"),
+        )
+        .unwrap_err();
+        assert!(errs[0].to_string().contains("line 6"), "{errs:?}");
         let errs = Settings::parse(
             Path::new("p.toml"),
             &format!("{MINIMAL}[limits]\nupgrade_protocols = [\"web socket\"]\n"),
         )
         .unwrap_err();
         assert!(errs[0].to_string().contains("not a protocol name"), "{errs:?}");
+        let errs = Settings::parse(
+            Path::new("p.toml"),
+            &format!("{MINIMAL}[runtime]\ncores = 5000\n"),
+        )
+        .unwrap_err();
+        assert!(
+            errs[0].to_string().contains("runtime.cores must be at most"),
+            "{errs:?}"
+        );
     }
 
     #[test]

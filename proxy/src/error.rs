@@ -82,13 +82,25 @@ pub enum ForwardError {
         /// The client closed its connection before the body's end.
         gone: bool,
     },
+    /// The endpoint had `limits.upstream_max_connections` connections open
+    /// and none came free within `timeouts.connect`: the proxy's own limit,
+    /// not a failure of the upstream.
+    #[error("upstream {endpoint}: {max} connections open (limits.upstream_max_connections), none came free within timeouts.connect")]
+    UpstreamConnectionLimit {
+        /// The endpoint.
+        endpoint: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl ForwardError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ForwardError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::NoEndpoint { .. } | ForwardError::UpstreamConnectionLimit { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ForwardError::ClientBody { .. } => StatusCode::BAD_REQUEST,
@@ -99,7 +111,9 @@ impl ForwardError {
     pub fn kind(&self) -> Option<crate::metrics::ErrorKind> {
         use crate::metrics::ErrorKind;
         match self {
-            ForwardError::NoEndpoint { .. } | ForwardError::ClientBody { .. } => None,
+            ForwardError::NoEndpoint { .. }
+            | ForwardError::ClientBody { .. }
+            | ForwardError::UpstreamConnectionLimit { .. } => None,
             ForwardError::Connect { .. } => Some(ErrorKind::Connect),
             ForwardError::Timeout { .. } => Some(ErrorKind::Timeout),
             ForwardError::Upstream { .. } => Some(ErrorKind::Reset),
@@ -116,6 +130,19 @@ impl ForwardError {
             ForwardError::Timeout { .. } => "the upstream did not answer in time",
             ForwardError::Upstream { .. } => "the upstream failed",
             ForwardError::ClientBody { .. } => "the request body is malformed",
+            ForwardError::UpstreamConnectionLimit { .. } => "no upstream connection came free in time",
+        }
+    }
+
+    /// The `switchyard_rejected_total` reason, when the proxy refused the
+    /// request itself (one of its limits) rather than the upstream failing.
+    pub fn rejected(&self) -> Option<crate::metrics::Reject> {
+        match self {
+            ForwardError::UpstreamConnectionLimit { .. } => {
+                Some(crate::metrics::Reject::UpstreamConnectionLimit)
+            }
+            ForwardError::ClientBody { gone: false, .. } => Some(crate::metrics::Reject::BadRequest),
+            _ => None,
         }
     }
 
@@ -152,8 +179,9 @@ impl ForwardError {
 /// `switchyard_rejected_total` reason, or `None` when something else ended
 /// it (the client went away, an I/O error). hyper has then answered by
 /// itself, without calling the proxy: 414 for a request target over its
-/// limit (64 KiB), 431 for a head over `max_buf_size` or with more than 100
-/// header lines, 400 for any other malformed head.
+/// limit (64 KiB), 431 for a head over `limits.max_header_bytes` or with
+/// more header lines than `limits.max_headers` (one error for both), 400
+/// for any other malformed head.
 ///
 /// hyper tells 414 from 431 only by the error's text (`is_parse_too_large`
 /// covers both); that text is hyper's own, of the minor version pinned in

@@ -10,6 +10,7 @@
 pub mod retry;
 pub mod send;
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -23,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::{AccessInfo, Completion, ProxyBody};
+use crate::client::body::BodyLimit;
 use crate::client::{LocalClient, Recycle, Sender};
 use crate::conn::Conn;
 use crate::deadline::{self, Deadline};
@@ -51,6 +53,19 @@ pub fn handle(
     // is never routed, and counts in `rejected_total`, not in a pool.
     if let Err(refusal) = headers::check_request(req.method(), req.version(), req.uri(), req.headers()) {
         return Either::Left(std::future::ready(Ok(refuse(&conn, req, refusal))));
+    }
+    // `limits.max_body`: a body announced larger is refused before anything
+    // is sent; one of unannounced length (chunked) is counted as it streams.
+    let max_body = conn.worker.shared.opts.max_body;
+    let mut body_over = None;
+    if max_body > 0 {
+        match http_body::Body::size_hint(req.body()).exact() {
+            Some(n) if n > max_body => {
+                return Either::Left(std::future::ready(Ok(body_too_large(&conn, req, n))));
+            }
+            Some(_) => {}
+            None => body_over = Some(Rc::new(Cell::new(false))),
+        }
     }
     // An absolute-form target (`GET http://a/x`) names the host: it
     // replaces `Host`, and the upstream gets the origin form.
@@ -88,7 +103,12 @@ pub fn handle(
     // Boxed: the sending state machine is large, and moving it inside this
     // future costs more (measured with bench/instructions.sh) than one
     // allocation; it also keeps an idle connection's task small.
-    let sending = Box::pin(send(client, Rc::clone(&pool), Outgoing::of(req, upgrade)));
+    let limit = body_over.as_ref().map(|over| BodyLimit {
+        max: max_body,
+        over: Rc::clone(over),
+        counted: worker.shared.metrics.rejected_counter(Reject::BodyTooLarge),
+    });
+    let sending = Box::pin(send(client, Rc::clone(&pool), Outgoing::of(req, upgrade, limit)));
 
     Either::Right(async move {
         let outcome = deadline::timeout(&request_deadline, sending).await;
@@ -105,6 +125,11 @@ pub fn handle(
         // Answer: the upstream's response (or a tunnel), or the proxy's own
         // error; then the labels every answer carries.
         let mut response = match result {
+            // The body grew past `limits.max_body` before the upstream
+            // answered: its request was aborted, and the client is told.
+            Err(e) if body_over.as_ref().is_some_and(|o| o.get()) => {
+                cut_body_too_large(&conn, e, &pool, &request_id, completion)
+            }
             Ok(sent) => answer(
                 sent,
                 client_upgrade,
@@ -154,6 +179,63 @@ fn refuse(conn: &Conn, mut req: Request<Incoming>, refusal: Refusal) -> Response
     );
     let mut response = error::respond_to(refusal.status(), refusal.message(), &request_id);
     headers::label_refusal(response.headers_mut(), request_id);
+    response
+}
+
+/// A request whose `Content-Length` is over `limits.max_body`: refused
+/// before anything is sent upstream, like [`refuse`] (never routed, counted
+/// in `rejected_total{reason="body_too_large"}`, logged, the proxy's JSON
+/// error 413, the connection closed: its body is never read). Cold.
+#[cold]
+fn body_too_large(conn: &Conn, mut req: Request<Incoming>, announced: u64) -> Response<ProxyBody> {
+    let worker = &conn.worker;
+    let request_id = headers::request_id(req.headers_mut(), || worker.new_request_id());
+    worker.shared.metrics.rejected(Reject::BodyTooLarge);
+    tracing::warn!(
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %conn.peer,
+        method = %req.method(),
+        reason = Reject::BodyTooLarge.label(),
+        content_length = announced,
+        max_body = worker.shared.opts.max_body,
+        "request refused"
+    );
+    let mut response = error::respond_to(StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE, &request_id);
+    headers::label_refusal(response.headers_mut(), request_id);
+    response
+}
+
+/// The client's answer when its body is larger than `limits.max_body`.
+const BODY_TOO_LARGE: &str = "the request body is larger than the limit";
+
+/// A body of unannounced length grew past `limits.max_body` before the
+/// upstream answered: its request was aborted (counted by the body itself,
+/// see [`crate::client::body`]); the client gets 413 and its connection is
+/// closed (the rest of its body is never read). Recorded in the pool as a
+/// 4xx, never as an upstream error.
+#[cold]
+fn cut_body_too_large(
+    conn: &Conn,
+    e: ForwardError,
+    pool: &CorePool,
+    request_id: &HeaderValue,
+    mut completion: Completion,
+) -> Response<ProxyBody> {
+    tracing::warn!(
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %conn.peer,
+        pool = %pool.pool.name,
+        reason = Reject::BodyTooLarge.label(),
+        max_body = conn.worker.shared.opts.max_body,
+        error = %e,
+        "request cut"
+    );
+    completion.status = StatusCode::PAYLOAD_TOO_LARGE.as_u16();
+    drop(completion);
+    let mut response = error::respond_to(StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE, request_id);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
@@ -354,14 +436,8 @@ fn failed(
     if let Some(kind) = e.kind().filter(|k| *k != ErrorKind::Connect) {
         pool.pool.metrics.error(kind);
     }
-    // A malformed request body is a refusal of the client's request.
-    if let ForwardError::ClientBody { gone: false, .. } = e {
-        completion
-            .conn()
-            .worker
-            .shared
-            .metrics
-            .rejected(Reject::BadRequest);
+    if let Some(reason) = e.rejected() {
+        completion.conn().worker.shared.metrics.rejected(reason);
     }
     tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
     completion.status = e.status().as_u16();

@@ -62,5 +62,5 @@ pub mod worker;
 pub use config::{ConfigError, ConfigErrors};
 pub use control::{ReloadOutcome, SwitchError, SwitchOutcome};
 pub use error::Error;
-pub use server::{default_cores, run, Checked, Listeners, Proxy, Reloader};
+pub use server::{raise_open_files_limit, run, Checked, Listeners, Proxy, Reloader};
 pub use shared::{DataOpts, Shared};

@@ -27,7 +27,8 @@ use crate::client::LocalClient;
 use crate::conn::Conn;
 use crate::error;
 use crate::forward;
-use crate::shared::Shared;
+use crate::metrics::Reject;
+use crate::shared::{DataOpts, Shared};
 use crate::worker::Worker;
 
 /// Longest time a core keeps request metrics before adding them to the
@@ -176,7 +177,12 @@ pub async fn run_core(
         }
     };
     let opts = &shared.opts;
-    let client = Rc::new(LocalClient::new(opts.upstream_idle, opts.connect_timeout));
+    let client = Rc::new(LocalClient::new(
+        opts.upstream_idle,
+        opts.connect_timeout,
+        opts.upstream_max_connections,
+        Arc::clone(&shared.upstream_shed),
+    ));
     let worker = Rc::new(Worker::new(Arc::clone(&shared), Rc::clone(&client), core));
     let tracker = Rc::new(Tracker::default());
     let gauge = shared.metrics.client_connections("http");
@@ -186,8 +192,11 @@ pub async fn run_core(
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(sweep_every);
             loop {
-                tick.tick().await;
-                client.sweep();
+                tokio::select! {
+                    _ = tick.tick() => client.sweep(),
+                    // A request (on any core) waits for room at an endpoint.
+                    () = client.shed_signal().notified() => client.shed_waited(),
+                }
             }
         })
     };
@@ -237,17 +246,26 @@ pub async fn run_core(
         }
     };
     let what = format!("core {core}");
+    let mut refused = Refused::default();
     loop {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
             Some(handoff) = inbox.recv() => take(handoff),
             accepted = accept_once(&listener, &what) => if let Some((stream, peer)) = accepted {
-                let slot = balancer.place(core);
-                if slot.core() == core {
-                    start(stream, peer, slot);
-                } else if let Some((stream, slot)) = hand_over(balancer, core, stream, peer, slot) {
-                    start(stream, peer, slot);
+                match balancer.place(core) {
+                    Some(slot) if slot.core() == core => start(stream, peer, slot),
+                    Some(slot) => if let Some((stream, slot)) = hand_over(balancer, core, stream, peer, slot) {
+                        start(stream, peer, slot);
+                    },
+                    // `limits.max_connections` open: closed at once (never
+                    // queued, and accepting goes on so the backlog does not
+                    // fill), counted, and logged at most once a second.
+                    None => {
+                        drop(stream);
+                        shared.metrics.rejected(Reject::TooManyConnections);
+                        refused.note(core, peer, shared.opts.max_connections);
+                    }
                 }
             },
         }
@@ -284,6 +302,37 @@ pub async fn run_core(
     ticker.abort();
     worker.view.flush();
     client.clear();
+}
+
+/// The log of the connections a core closed at once for
+/// `limits.max_connections`: one `warn` line a second at most, with how
+/// many were closed since the last one (a flood must not flood the log).
+#[derive(Default)]
+struct Refused {
+    logged: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Refused {
+    fn note(&mut self, core: usize, peer: SocketAddr, max: usize) {
+        self.since += 1;
+        let now = std::time::Instant::now();
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            core,
+            client = %peer,
+            max_connections = max,
+            closed = self.since,
+            "connection closed at once: limits.max_connections client connections are open"
+        );
+        self.logged = Some(now);
+        self.since = 0;
+    }
 }
 
 /// Sends a connection this core accepted to the core `slot` is on. Gives it
@@ -328,13 +377,7 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Stopping
     // deadline.rs) bounds the wait for the next request on an idle
     // keep-alive connection, the reading of a request head (slowloris), and
     // a response body that stalls (`send`, `upstream_read`; see conn.rs).
-    let connection = http1::Builder::new()
-        .keep_alive(true)
-        // One buffer and write(2) per message instead of a vector of head
-        // and body pieces: measured 3-6 % less CPU per request for the
-        // small messages that dominate (bench/proxy_bench.py, and fewer
-        // instructions in bench/instructions.sh); large bodies pay a copy.
-        .writev(false)
+    let connection = client_http1(&conn.worker.shared.opts)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -361,6 +404,40 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Stopping
         parse_rejected(&conn, &e);
     }
 }
+
+/// hyper's HTTP/1 server settings for client connections, with the request
+/// head limits of `[limits]`: hyper's parser enforces them (a head it
+/// refuses never reaches the proxy: see [`parse_rejected`]).
+fn client_http1(opts: &DataOpts) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.keep_alive(true)
+        // One buffer and write(2) per message instead of a vector of head
+        // and body pieces: measured 3-6 % less CPU per request for the
+        // small messages that dominate (bench/proxy_bench.py, and fewer
+        // instructions in bench/instructions.sh); large bodies pay a copy.
+        .writev(false)
+        // The request line and header lines, counted as read; also the
+        // limit of a chunked body's trailers.
+        .max_header_size(opts.max_header_bytes);
+    // hyper's read buffer is capped at `max_buf_size` (about 400 KiB by
+    // default, 8 KiB at least); a larger head limit needs a larger cap.
+    if opts.max_header_bytes > HYPER_DEFAULT_MAX_BUF {
+        b.max_buf_size(opts.max_header_bytes + 1);
+    }
+    // Left unset at hyper's default (100), its parser keeps the header
+    // slots on the stack; set, it writes them first, and above 100 it
+    // allocates them on the heap for every request.
+    if opts.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.max_headers(opts.max_headers);
+    }
+    b
+}
+
+/// hyper's default `max_headers` (its `DEFAULT_MAX_HEADERS`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// hyper's default `max_buf_size` (8 KiB + 100 × 4 KiB, its `DEFAULT_MAX_BUFFER_SIZE`).
+const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
 
 /// A connection that hyper's parser ended (it answered 400, 414 or 431
 /// itself, never calling the proxy): counted in `rejected_total` and logged

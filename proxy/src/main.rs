@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use switchyard::status::Status;
-use switchyard::{default_cores, Checked, ConfigErrors, Error, Listeners};
+use switchyard::{raise_open_files_limit, Checked, ConfigErrors, Error, Listeners};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -68,9 +68,23 @@ fn run(config: &Path) -> ExitCode {
         .with_writer(writer)
         .with_ansi(false)
         .init();
+    match raise_open_files_limit() {
+        Ok((soft, hard, now)) => {
+            tracing::info!(
+                soft,
+                hard,
+                now,
+                "open-file limit (RLIMIT_NOFILE): soft raised to the hard limit"
+            )
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
+    }
     let started = Checked::load(config, false)
         .map_err(Error::from)
-        .and_then(|checked| Ok((Listeners::bind(&checked.settings, default_cores())?, checked)));
+        .and_then(|checked| {
+            let cores = checked.settings.file.runtime.cores();
+            Ok((Listeners::bind(&checked.settings, cores)?, checked))
+        });
     let (listeners, checked) = match started {
         Ok(s) => s,
         Err(e) => return fail(&e),

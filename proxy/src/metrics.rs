@@ -60,17 +60,27 @@ pub enum Reject {
     SendTimeout,
     /// A tunnel carried no byte either way for `timeouts.tunnel_idle`.
     TunnelIdle,
+    /// A client connection beyond `limits.max_connections`: closed at once.
+    TooManyConnections,
+    /// A request body over `limits.max_body` (413, or the connection closed).
+    BodyTooLarge,
+    /// No upstream connection came free within `timeouts.connect` with the
+    /// endpoint at `limits.upstream_max_connections` (503).
+    UpstreamConnectionLimit,
 }
 
 impl Reject {
     /// Every reason, in the order of [`Metrics::rejected`]'s handles.
-    pub const ALL: [Reject; 6] = [
+    pub const ALL: [Reject; 9] = [
         Reject::BadRequest,
         Reject::UriTooLong,
         Reject::HeadTooLarge,
         Reject::MethodNotAllowed,
         Reject::SendTimeout,
         Reject::TunnelIdle,
+        Reject::TooManyConnections,
+        Reject::BodyTooLarge,
+        Reject::UpstreamConnectionLimit,
     ];
     /// The `reason` label.
     pub fn label(self) -> &'static str {
@@ -81,6 +91,9 @@ impl Reject {
             Reject::MethodNotAllowed => "method_not_allowed",
             Reject::SendTimeout => "send_timeout",
             Reject::TunnelIdle => "tunnel_idle",
+            Reject::TooManyConnections => "too_many_connections",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::UpstreamConnectionLimit => "upstream_connection_limit",
         }
     }
 }
@@ -237,6 +250,12 @@ impl Metrics {
             switch_pending,
             rejected,
         }
+    }
+
+    /// The handle of one refusal reason, for code that counts it without
+    /// access to the metrics (the request body sent upstream).
+    pub fn rejected_counter(&self, reason: Reject) -> IntCounter {
+        self.rejected[reason as usize].clone()
     }
 
     /// Counts one refusal (a pre-resolved handle: fine on the hot path).

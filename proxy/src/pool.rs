@@ -2,7 +2,7 @@
 //! pool is drained.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -24,6 +24,74 @@ pub struct Endpoint {
     pub socket: Option<SocketAddr>,
     /// `upstream_healthy{pool,endpoint}`: 1 until active health checks exist.
     pub healthy: IntGauge,
+    /// Its open upstream connections, all cores together, for
+    /// `limits.upstream_max_connections`.
+    pub conns: Arc<OpenConns>,
+}
+
+/// The open upstream connections of one endpoint (idle and busy, every
+/// core): counted when one is opened and uncounted when it closes (never
+/// per request), on a cache line of their own. A request that finds the
+/// endpoint at its limit waits for one to close ([`OpenConns::freed`]);
+/// while one waits, the cores close their idle connections to it rather
+/// than keep them (see `client.rs`).
+#[repr(align(128))]
+#[derive(Default)]
+pub struct OpenConns {
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+    /// Notified when a connection closes while a request waits.
+    pub freed: tokio::sync::Notify,
+}
+
+impl OpenConns {
+    /// Counts one more open connection unless `max` are open.
+    pub fn try_open(self: &Arc<Self>, max: usize) -> Option<OpenConn> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OpenConn(Arc::clone(self)))
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Requests waiting for a connection to come free.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as waiting until the guard is dropped.
+    pub fn wait(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(Arc::clone(self))
+    }
+}
+
+/// One open upstream connection of an endpoint, uncounted when dropped
+/// (with the task that drives the connection).
+pub struct OpenConn(Arc<OpenConns>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if self.0.waiting.load(Ordering::Acquire) > 0 {
+            self.0.freed.notify_waiters();
+        }
+    }
+}
+
+/// A request waiting for an upstream connection to come free.
+pub struct Waiting(Arc<OpenConns>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Endpoint {
@@ -36,6 +104,7 @@ impl Endpoint {
             addr: addr.to_string(),
             socket: addr.parse().ok(),
             healthy,
+            conns: Arc::new(OpenConns::default()),
         }
     }
 

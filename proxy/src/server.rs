@@ -236,18 +236,28 @@ pub struct Proxy {
     watch_events: Arc<AtomicU64>,
 }
 
-/// Number of data-plane cores to run: one per CPU.
-pub fn default_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+/// The process's open-file limit (`RLIMIT_NOFILE`) raised to its hard
+/// limit: every client connection, upstream connection and listener is a
+/// file descriptor, and the soft limit is often 1024. Returns the soft and
+/// hard limits found, and the soft limit now. Called once at start (by
+/// `main`, which logs it).
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64, u64)> {
+    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+    if soft < hard {
+        rlimit::Resource::NOFILE.set(hard, hard)?;
+    }
+    let (now, _) = rlimit::Resource::NOFILE.get()?;
+    Ok((soft, hard, now))
 }
 
 impl Proxy {
     /// Loads `proxy.toml` (and its upstreams file), binds the listeners and
-    /// starts one data-plane core per CPU plus the control runtime. Returns
-    /// once every listener is up and the table is loaded.
+    /// starts `[runtime] cores` data-plane cores (by default one per CPU
+    /// this process may use) plus the control runtime. Returns once every
+    /// listener is up and the table is loaded.
     pub fn start(config_path: &Path) -> Result<Proxy, Error> {
         let checked = Checked::load(config_path, false)?;
-        let listeners = Listeners::bind(&checked.settings, default_cores())?;
+        let listeners = Listeners::bind(&checked.settings, checked.settings.file.runtime.cores())?;
         Proxy::spawn(checked, listeners)
     }
 
@@ -296,7 +306,7 @@ impl Proxy {
         );
         table.publish(None, &metrics);
         metrics.reload("ok");
-        let (balance, inboxes) = balance::Balancer::new(cores);
+        let (balance, inboxes) = balance::Balancer::new(cores, file.limits.max_connections);
         let shared = Arc::new(Shared {
             table: Arc::new(Routes::new(table)),
             metrics: Arc::new(metrics),
@@ -304,6 +314,7 @@ impl Proxy {
             ready: AtomicBool::new(false),
             flush: local::FlushRequests::new(cores),
             balance,
+            upstream_shed: Arc::new(tokio::sync::Notify::new()),
         });
 
         let (writer_tx, writer_rx) = mpsc::channel(64);

@@ -45,6 +45,18 @@ pub struct DataOpts {
     /// `limits.upgrade_protocols`, lower-cased: the `Upgrade` protocols
     /// tunnelled; any other `Upgrade` is stripped.
     pub upgrade_protocols: Vec<String>,
+    /// `limits.max_header_bytes`: the request head (hyper's parser enforces it).
+    pub max_header_bytes: usize,
+    /// `limits.max_headers`: header lines of a request (hyper's parser).
+    pub max_headers: usize,
+    /// `limits.max_body`: a request body's bytes; 0: no limit.
+    pub max_body: u64,
+    /// `limits.upstream_max_connections`: open upstream connections per
+    /// endpoint per process.
+    pub upstream_max_connections: usize,
+    /// `limits.max_connections`: client connections per process (the
+    /// balancer enforces it; kept here for the log line).
+    pub max_connections: usize,
 }
 
 impl DataOpts {
@@ -68,6 +80,11 @@ impl DataOpts {
                 .iter()
                 .map(|p| p.to_ascii_lowercase())
                 .collect(),
+            max_header_bytes: usize::try_from(file.limits.max_header_bytes).unwrap_or(usize::MAX),
+            max_headers: file.limits.max_headers,
+            max_body: file.limits.max_body,
+            upstream_max_connections: file.limits.upstream_max_connections,
+            max_connections: file.limits.max_connections,
         }
     }
 }
@@ -87,6 +104,10 @@ pub struct Shared {
     pub flush: local::FlushRequests,
     /// The cores' open client connections, kept even.
     pub balance: Arc<balance::Balancer>,
+    /// Notified by a request that waits for room at an endpoint at
+    /// `limits.upstream_max_connections`: every core then closes its idle
+    /// connections to that endpoint (see client.rs).
+    pub upstream_shed: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {

@@ -375,8 +375,13 @@ async fn dead_pool_502_has_the_logged_request_id_and_no_address_or_os_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parser_rejections_are_answered_counted_and_logged() {
     let up = Seen::start().await;
-    let (mut p, _files, http, admin_addr) =
-        spawn_proxy(ProxyConfig::new().upstreams(Upstreams::blue(up.addr)));
+    // A head limit above hyper's 64 KiB target limit, so that a long target
+    // is a 414 rather than a head over `limits.max_header_bytes` (431).
+    let (mut p, _files, http, admin_addr) = spawn_proxy(
+        ProxyConfig::new()
+            .max_header_bytes("128KiB")
+            .upstreams(Upstreams::blue(up.addr)),
+    );
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70_000));
     let mut many_headers = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
     for i in 0..120 {

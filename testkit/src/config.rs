@@ -154,6 +154,9 @@ pub struct ProxyConfig {
     expose: Option<bool>,
     trusted_proxies: Vec<String>,
     upgrade_protocols: Option<Vec<String>>,
+    /// `[limits]` keys other than `upgrade_protocols`, in the order set.
+    limits: Vec<(&'static str, Value)>,
+    cores: Option<usize>,
     upstreams: UpstreamsSource,
     dir: Option<tempfile::TempDir>,
 }
@@ -188,6 +191,8 @@ impl ProxyConfig {
             expose: None,
             trusted_proxies: Vec::new(),
             upgrade_protocols: None,
+            limits: Vec::new(),
+            cores: None,
             upstreams: UpstreamsSource::Text(String::new()),
             dir: None,
         }
@@ -283,6 +288,48 @@ impl ProxyConfig {
         self
     }
 
+    /// `[limits] max_connections` (client connections per process).
+    pub fn max_connections(self, n: usize) -> Self {
+        self.limit("max_connections", Value::Integer(n as i64))
+    }
+
+    /// `[limits] max_header_bytes`, a size as the file writes it (`"16KiB"`).
+    pub fn max_header_bytes(self, size: &str) -> Self {
+        self.limit("max_header_bytes", Value::String(size.into()))
+    }
+
+    /// `[limits] max_headers`.
+    pub fn max_headers(self, n: usize) -> Self {
+        self.limit("max_headers", Value::Integer(n as i64))
+    }
+
+    /// `[limits] max_body`, a size as the file writes it (`"1KiB"`, `"0"`).
+    pub fn max_body(self, size: &str) -> Self {
+        self.limit("max_body", Value::String(size.into()))
+    }
+
+    /// `[limits] upstream_max_connections` (per endpoint per process).
+    pub fn upstream_max_connections(self, n: usize) -> Self {
+        self.limit("upstream_max_connections", Value::Integer(n as i64))
+    }
+
+    /// `[runtime] cores` (0: the CPUs the process may use).
+    pub fn cores(mut self, n: usize) -> Self {
+        self.cores = Some(n);
+        self
+    }
+
+    /// `[timeouts] connect`.
+    pub fn connect_timeout(self, d: Duration) -> Self {
+        self.timeout("connect", d)
+    }
+
+    fn limit(mut self, key: &'static str, v: Value) -> Self {
+        self.limits.retain(|(k, _)| *k != key);
+        self.limits.push((key, v));
+        self
+    }
+
     fn timeout(mut self, key: &'static str, d: Duration) -> Self {
         self.timeouts.retain(|(k, _)| *k != key);
         self.timeouts.push((key, d));
@@ -368,7 +415,11 @@ impl ProxyConfig {
             let list = p.iter().cloned().map(Value::String).collect();
             limits.push(("upgrade_protocols", Value::Array(list)));
         }
+        limits.extend(self.limits.iter().map(|(k, v)| (*k, v.clone())));
         section("limits", limits);
+        if let Some(n) = self.cores {
+            section("runtime", vec![("cores", Value::Integer(n as i64))]);
+        }
         t.to_string()
     }
 
@@ -454,6 +505,13 @@ mod tests {
             .upstream_read(Duration::from_secs(2))
             .tunnel_idle(Duration::from_secs(3600))
             .upgrade_protocols(["websocket", "h2c"])
+            .max_connections(5)
+            .max_header_bytes("16KiB")
+            .max_headers(20)
+            .max_body("1KiB")
+            .upstream_max_connections(1)
+            .connect_timeout(Duration::from_millis(300))
+            .cores(1)
             .trusted_proxies(["127.0.0.0/8"])
             .expose_headers(false)
             .upstreams(Upstreams::blue_green("green", "127.0.0.1:1", "127.0.0.1:2").comment("test"))
@@ -475,6 +533,14 @@ mod tests {
             Value::Array(vec!["websocket".into(), "h2c".into()])
         );
         assert_eq!(proxy["headers"]["expose"].as_bool(), Some(false));
+        let limits = &proxy["limits"];
+        assert_eq!(limits["max_connections"].as_integer(), Some(5));
+        assert_eq!(limits["max_header_bytes"].as_str(), Some("16KiB"));
+        assert_eq!(limits["max_headers"].as_integer(), Some(20));
+        assert_eq!(limits["max_body"].as_str(), Some("1KiB"));
+        assert_eq!(limits["upstream_max_connections"].as_integer(), Some(1));
+        assert_eq!(proxy["timeouts"]["connect"].as_str(), Some("300ms"));
+        assert_eq!(proxy["runtime"]["cores"].as_integer(), Some(1));
         assert_eq!(
             std::fs::read_to_string(files.dir.path().join("token")).unwrap(),
             "t\n"

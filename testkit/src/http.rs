@@ -274,3 +274,32 @@ pub async fn read_to_close(s: &mut tokio::net::TcpStream, within: Duration) -> O
     .ok()
     .map(|()| got)
 }
+
+/// Writes `bytes` on a new connection and reads the answer until the server
+/// closes the connection (a reset after the answer counts as a close): its
+/// status, its head (lower-cased) and its body. Panics after 10 s.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let got = read_to_close(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the server answers and closes within 10 s");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("a complete answer head: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {head:?}"));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// The value of header `name` (lower case) in a lower-cased answer head.
+pub fn head_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}

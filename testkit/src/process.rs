@@ -245,8 +245,21 @@ impl Switchyard {
     /// `env!("CARGO_BIN_EXE_switchyard")`) with `-c` the written `proxy.toml`
     /// and the default log level, and waits for its "listening" line.
     pub fn start(bin: &str, config: ProxyConfig) -> Switchyard {
+        Self::start_under(&[], bin, config)
+    }
+
+    /// As [`Switchyard::start`], run under a wrapper command that execs it
+    /// (`["taskset", "-c", "0"]`, `["prlimit", "--nofile=64:64"]`).
+    pub fn start_under(wrapper: &[&str], bin: &str, config: ProxyConfig) -> Switchyard {
         let files = config.write();
-        let mut cmd = Command::new(bin);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
         cmd.arg("-c").arg(&files.proxy_toml).env_remove("RUST_LOG");
         let proc = Proc::spawn(cmd);
         let http = proc.listening_addr("http_addr");

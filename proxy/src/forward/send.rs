@@ -2,12 +2,14 @@
 //! [`super::retry`] says so, on this core's upstream connections.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use http::header::HeaderMap;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::retry::{self, Next, Retry};
+use crate::client::body::BodyLimit;
 use crate::client::{ConnectError, LocalClient, Sender, UpstreamBody};
 use crate::error::ForwardError;
 use crate::local::CorePool;
@@ -27,8 +29,9 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    /// The client's request, ready for its first try.
-    pub fn of(req: Request<Incoming>, upgrade: bool) -> Outgoing {
+    /// The client's request, ready for its first try; its body counted
+    /// against `limit` when there is one (see [`UpstreamBody::limited`]).
+    pub fn of(req: Request<Incoming>, upgrade: bool, limit: Option<BodyLimit>) -> Outgoing {
         let body_ends = http_body::Body::is_end_stream(req.body());
         let retryable = retry::may_repeat(req.method(), body_ends, upgrade);
         let (mut parts, body) = req.into_parts();
@@ -42,7 +45,11 @@ impl Outgoing {
                 http::HeaderValue::from_static("chunked"),
             );
         }
-        let req = Request::from_parts(parts, UpstreamBody::Incoming(body));
+        let body = match limit {
+            None => UpstreamBody::Incoming(body),
+            Some(limit) => UpstreamBody::limited(body, limit),
+        };
+        let req = Request::from_parts(parts, body);
         if retryable {
             Outgoing::Retryable(req)
         } else {
@@ -98,9 +105,15 @@ impl Template {
 /// The response, the index of the endpoint that sent it, and its connection.
 pub type Sent = (Response<Incoming>, usize, Sender);
 
-/// A ready connection to `ep`: an idle one unless `fresh`, else a new one.
-/// The flag says whether it was reused (was idle).
-async fn acquire(client: &LocalClient, ep: &Endpoint, fresh: bool) -> Result<(Sender, bool), ConnectError> {
+/// A ready connection to `ep`: an idle one unless `fresh`, else a new one
+/// (after waiting for room when the endpoint is at
+/// `limits.upstream_max_connections`). The flag says whether it was reused
+/// (was idle).
+async fn acquire(
+    client: &LocalClient,
+    ep: &Arc<Endpoint>,
+    fresh: bool,
+) -> Result<(Sender, bool), ConnectError> {
     if !fresh {
         while let Some(mut s) = client.take(ep) {
             if s.ready().await.is_ok() {
@@ -108,10 +121,11 @@ async fn acquire(client: &LocalClient, ep: &Endpoint, fresh: bool) -> Result<(Se
             }
         }
     }
-    // Boxed: connecting (and the handshake) is the rare path; inline, its
-    // state (896 bytes) would be part of every request's `send` future,
-    // which is allocated and written for every request.
-    let mut s = Box::pin(client.connect(ep)).await?;
+    // Boxed: connecting (and the handshake, and a wait for room at the
+    // limit) is the rare path; inline, its state (896 bytes) would be part
+    // of every request's `send` future, which is allocated and written for
+    // every request.
+    let mut s = Box::pin(client.open(ep)).await?;
     s.ready().await.map_err(ConnectError::Handshake)?;
     Ok((s, false))
 }
@@ -146,6 +160,15 @@ pub fn send(
             let ep = &pool.endpoints[t.endpoint];
             let (mut sender, reused) = match acquire(&client, ep, t.fresh).await {
                 Ok(s) => s,
+                // The proxy's own limit, not a failure of the endpoint:
+                // answered 503 at once, tried nowhere else, counted in
+                // `rejected_total`, never in `upstream_errors_total`.
+                Err(ConnectError::AtLimit(max)) => {
+                    return Err(ForwardError::UpstreamConnectionLimit {
+                        endpoint: ep.addr.clone(),
+                        max,
+                    })
+                }
                 Err(e) => {
                     pool.metrics.error(ErrorKind::Connect);
                     last_err = Some(ForwardError::Connect {
