@@ -229,12 +229,16 @@ def expand(word: str, where: str) -> str:
 
 
 def fenced_commands(path: Path) -> list[tuple[int, str]]:
-    """The shell commands of a Markdown file's ```sh / ```bash blocks: (line, command), continuations joined."""
+    """The shell commands of the ```sh / ```bash blocks under a Markdown
+    file's numbered steps (`## 3. ...`): (line, command), continuations joined."""
     commands = []
     lines = path.read_text().splitlines()
     i = 0
+    in_step = False
     while i < len(lines):
-        if re.fullmatch(r"```(sh|bash)", lines[i].strip()):
+        if lines[i].startswith("## "):
+            in_step = re.match(r"## [0-9]+\. ", lines[i]) is not None
+        if in_step and re.fullmatch(r"```(sh|bash)", lines[i].strip()):
             i += 1
             pending, start = "", 0
             while i < len(lines) and lines[i].strip() != "```":
@@ -254,7 +258,7 @@ def fenced_commands(path: Path) -> list[tuple[int, str]]:
 
 
 def walkthrough_cases() -> list[Case]:
-    """A case per `helm install` / `helm upgrade` of docs/kubernetes.md, with
+    """A case per `helm install` / `helm upgrade` of docs/kubernetes.md's steps, with
     the values that release has at that step, and the Secrets its earlier
     `kubectl create secret generic` commands made."""
     cases: list[Case] = []
@@ -738,12 +742,8 @@ def broken_cases() -> list[Case]:
     return cases
 
 
-# Values that render the chart as the walk-through installs it (the mutations start from them).
-WALKTHROUGH_INSTALL_VALUES = {"admin": {"existingSecret": "switchyard-admin-token"}}
-
-
-def mutated_chart_case(tmp: Path) -> Case:
-    """The switchyard chart with `replicas:` misspelt in its Deployment template."""
+def mutated_chart_case(tmp: Path, values: dict[str, Any]) -> Case:
+    """The switchyard chart with `replicas:` misspelt in its Deployment template (and `values`)."""
     chart = tmp / "switchyard"
     shutil.copytree(CHARTS / "switchyard", chart)
     deployment = chart / "templates" / "deployment.yaml"
@@ -752,8 +752,7 @@ def mutated_chart_case(tmp: Path) -> Case:
     if mutated == text:
         raise SystemExit("the mutation found no `replicas:` in the switchyard Deployment template")
     deployment.write_text(mutated)
-    return Case(chart, "templates/deployment.yaml with replicas misspelt", WALKTHROUGH_INSTALL_VALUES, "switchyard",
-                "validate", "replica")
+    return Case(chart, "templates/deployment.yaml with replicas misspelt", values, "switchyard", "validate", "replica")
 
 
 def random_token_chart_case(tmp: Path) -> Case:
@@ -846,7 +845,8 @@ def main() -> int:
 
     # The checks can fail: every broken fixture must fail where it says.
     with tempfile.TemporaryDirectory(prefix="switchyard-mutated-") as tmp:
-        for case in broken_cases() + [mutated_chart_case(Path(tmp)), random_token_chart_case(Path(tmp))]:
+        for case in broken_cases() + [mutated_chart_case(Path(tmp), install.values),
+                                     random_token_chart_case(Path(tmp))]:
             label = f"{case.chart.name} [{case.name}] must fail at {case.expect_stage}"
             try:
                 run_case(case, args.switchyard)
