@@ -44,6 +44,7 @@ usage: check_charts.py --switchyard PATH/TO/switchyard
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import json
 import os
@@ -589,8 +590,6 @@ def check_admin_token(case: Case, rendered: Rendered, values: dict[str, Any], vo
             expect("token" in case.secrets[existing], "admin token",
                    f"Secret {existing} is created without the key token")
     else:
-        import base64
-
         secret = rendered.one("Secret", f"{full}-admin-token")
         expect(mounted == secret["metadata"]["name"], "admin token", f"the pods mount Secret {mounted}")
         expect(base64.b64decode(secret["data"]["token"]).decode() == token, "admin token", "the Secret holds admin.token")
