@@ -10,7 +10,7 @@ each charts/<chart>/ci/*-values.yaml, and the values of each `helm install` /
 2. renders it the way `helm template` does (an install dry run with Helm's
    SDK: values.schema.json, kubeVersion, YAML validity, NOTES.txt);
 3. renders it a second time and requires the same manifest (no random or
-   looked-up value: `helm template`, Argo CD and Flux render on every sync),
+   looked-up value: `helm template`, as Argo CD runs it, renders on every sync),
    and finds no `lookup` or random function in any template;
 4. validates every object strictly against the Kubernetes schemas of each
    version in KUBE_VERSIONS (a misspelt field fails; custom resources that
@@ -73,7 +73,7 @@ WALKTHROUGH_VARS = {"TAG": "local-0123abcd"}
 # value): the broken fixture that proves it, instead of a "defaults" case.
 DEFAULTS_FAIL = {"switchyard": "switchyard-no-admin-token.yaml"}
 # Template functions whose result depends on the moment or on the cluster:
-# a render by `helm template` (Argo CD, Flux) would differ from the install.
+# a render by `helm template` (Argo CD) would differ from the install.
 NONDETERMINISTIC = re.compile(
     r"\b(lookup|randAlphaNum|randAlpha|randNumeric|randAscii|randBytes|randInt|uuidv4|now|unixEpoch|"
     r"genPrivateKey|genCA|genCAWithKey|genSelfSignedCert|genSelfSignedCertWithKey|genSignedCert|"
