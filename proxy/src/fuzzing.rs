@@ -507,10 +507,17 @@ pub fn decide(data: &[u8]) {
             (file, text.to_string())
         }
     };
-    let mut state = ControlState::start(file, content_hash(text.as_bytes()), text.into(), script.persist);
-    let metrics = Metrics::new();
-    let mut table = check_table(&spec(&state), None, &metrics);
-    for step in script.steps.iter().take(MAX_STEPS) {
+    let state = ControlState::start(file, content_hash(text.as_bytes()), text.into(), script.persist);
+    // One registry per thread: a new one per input would cost more than the
+    // script (the series of the valid names the fuzzer finds stay, which is fine).
+    thread_local!(static METRICS: Metrics = Metrics::new());
+    METRICS.with(|metrics| run(state, &script.steps, metrics));
+}
+
+/// Drives `steps` from `state`, checking every decision.
+fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
+    let mut table = check_table(&spec(&state), None, metrics);
+    for step in steps.iter().take(MAX_STEPS) {
         let (event, persist_fails) = match step {
             Step::Read(f) => (Event::FileRead(file_read(&f.bytes(Some(&state)))), false),
             Step::Unreadable => (
@@ -541,7 +548,7 @@ pub fn decide(data: &[u8]) {
         let d = decide_fn(&state, event.clone());
         check_decision(&state, &event, &d);
         let persist = d.persist.clone();
-        state = apply(d, &mut table, &metrics);
+        state = apply(d, &mut table, metrics);
         // As the writer does: persist, then decide on the result at once.
         if let Some(route) = persist {
             let result = if persist_fails {
@@ -565,7 +572,7 @@ pub fn decide(data: &[u8]) {
                     Err(e) => panic!("the persisted file {:?} is refused: {e:?}", w.text),
                 }
             }
-            state = apply(d, &mut table, &metrics);
+            state = apply(d, &mut table, metrics);
         }
     }
 }

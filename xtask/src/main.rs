@@ -8,7 +8,8 @@
 //!   Helm charts, workflows: see [`delivery`]). `--long` then adds the slow
 //!   suites: `cargo test --workspace --locked -- --ignored`. A slow test is
 //!   an ignored one, `#[ignore = "slow: runs under cargo xtask test --long"]`,
-//!   so that a plain `cargo test` leaves it out.
+//!   so that a plain `cargo test` leaves it out. `--long` also runs each fuzz
+//!   target of `fuzz/` for [`fuzz::SECONDS_PER_TARGET`] (see [`fuzz`]).
 //! - `cargo xtask links`: only the link check (a part of `test`).
 //! - `cargo xtask modules`: prints the proxy's module graph and checks it
 //!   has no circle and matches `docs/architecture.md` (a part of `test`; see
@@ -20,6 +21,7 @@
 //!   switchyard, `target/pgo/switchyard` (see [`pgo`]).
 
 mod delivery;
+mod fuzz;
 mod image_tag;
 mod links;
 mod modules;
@@ -51,7 +53,7 @@ struct Cli {
 enum Task {
     /// Everything CI runs: lints, links, tests, delivery checks.
     Test {
-        /// Also run the slow suites (the ignored tests).
+        /// Also run the slow suites (the ignored tests) and the fuzz targets.
         #[arg(long)]
         long: bool,
     },
@@ -185,6 +187,8 @@ fn test(long: bool) -> Result<()> {
     if long {
         // The slow suites: every test marked `#[ignore = "slow: ..."]`.
         run(cargo().args(["test", "--workspace", "--locked", "--", "--ignored"]))?;
+        // Then every fuzz target for a bounded time; a crash fails the run.
+        fuzz::run_all()?;
     }
     delivery::check()?;
     eprintln!("xtask test: all passed");
