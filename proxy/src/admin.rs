@@ -253,7 +253,11 @@ struct SwitchBody {
 /// from the request's query (`to=<pool>`, taken as it is, never decoded)
 /// and its whole body (empty or whitespace, or a JSON object with `to`,
 /// `if_generation`); pure, so it is unit-tested and fuzzed on its own.
-pub fn parse_switch(rollback: bool, query: Option<&str>, body: &[u8]) -> Result<SwitchRequest, BadSwitchRequest> {
+pub fn parse_switch(
+    rollback: bool,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<SwitchRequest, BadSwitchRequest> {
     let query_to = query_param(query, "to");
     let body: SwitchBody = if body.iter().all(u8::is_ascii_whitespace) {
         SwitchBody::default()
@@ -306,13 +310,20 @@ mod tests {
         assert_eq!(ok(false, Some("to=green"), ""), switch("green", None));
         assert_eq!(ok(false, None, " {\"to\":\"green\"}\n"), switch("green", None));
         assert_eq!(
-            ok(false, Some("a=1&to=green"), "{\"to\":\"green\",\"if_generation\":7}"),
+            ok(
+                false,
+                Some("a=1&to=green"),
+                "{\"to\":\"green\",\"if_generation\":7}"
+            ),
             switch("green", Some(7))
         );
         // The query is taken as it is: the first `to` wins, nothing is decoded.
         assert_eq!(ok(false, Some("to=a%20b&to=c"), ""), switch("a%20b", None));
         assert_eq!(ok(false, Some("to"), ""), switch("", None));
-        assert_eq!(ok(true, None, " \t\r\n"), SwitchRequest::Rollback { if_generation: None });
+        assert_eq!(
+            ok(true, None, " \t\r\n"),
+            SwitchRequest::Rollback { if_generation: None }
+        );
         assert_eq!(
             ok(true, Some("x=1"), "{\"if_generation\":3}"),
             SwitchRequest::Rollback {

@@ -46,7 +46,10 @@ fn check_errors(path: &str, text: &[u8], errors: &[ConfigError]) {
     for e in errors {
         let message = e.to_string();
         assert!(message.starts_with(path), "the error names the file: {message:?}");
-        assert!(message.len() > path.len() + 2, "the error says what is wrong: {message:?}");
+        assert!(
+            message.len() > path.len() + 2,
+            "the error says what is wrong: {message:?}"
+        );
         if let ConfigError::Invalid { line: Some(line), .. } = e {
             assert!((1..=lines).contains(line), "line {line} of {lines}: {message:?}");
         }
@@ -60,7 +63,9 @@ fn quote(s: &str) -> String {
 
 /// A TOML key for `s`: bare when it may be.
 fn key(s: &str) -> String {
-    let bare = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let bare = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if bare {
         s.to_string()
     } else {
@@ -86,9 +91,16 @@ fn render(active: &str, pools: &[(String, Vec<String>)], comment: bool) -> Strin
 /// again from itself must reuse every pool.
 fn check_table(spec: &Spec<'_>, old: Option<&RoutingTable>, metrics: &Metrics) -> RoutingTable {
     let table = RoutingTable::build(spec, old, metrics);
-    assert_eq!(table.active_pool().name, spec.active, "the active pool is the spec's");
+    assert_eq!(
+        table.active_pool().name,
+        spec.active,
+        "the active pool is the spec's"
+    );
     assert_eq!(table.generation, spec.generation);
-    assert_eq!(table.generation_header.to_str().ok(), Some(spec.generation.to_string().as_str()));
+    assert_eq!(
+        table.generation_header.to_str().ok(),
+        Some(spec.generation.to_string().as_str())
+    );
     assert_eq!(table.facts, spec.facts);
     assert_eq!(table.pools.len(), spec.file.pools.len());
     for (pool, (name, endpoints)) in table.pools.iter().zip(&spec.file.pools) {
@@ -124,7 +136,10 @@ pub fn upstreams(data: &[u8]) -> bool {
         assert!(names.insert(name.as_str()), "pool {name} is defined once");
         assert!(!endpoints.is_empty(), "pool {name} has an endpoint");
         for ep in endpoints {
-            assert!(crate::table::check_endpoint(ep).is_ok(), "endpoint {ep:?} is valid");
+            assert!(
+                crate::table::check_endpoint(ep).is_ok(),
+                "endpoint {ep:?} is valid"
+            );
         }
     }
     // What was accepted, written out again, is accepted as the same thing.
@@ -179,7 +194,10 @@ pub fn proxy_toml(data: &[u8]) -> bool {
     ] {
         assert!(!value.is_zero(), "{name} is not zero");
     }
-    assert!(f.tls.is_none() && f.listen.https.is_none(), "later keys are refused");
+    assert!(
+        f.tls.is_none() && f.listen.https.is_none(),
+        "later keys are refused"
+    );
     let l = &f.limits;
     assert!(
         l.max_connections.is_none()
@@ -320,7 +338,12 @@ impl FileSpec {
             } => {
                 let pools: Vec<(String, Vec<String>)> = pools
                     .iter()
-                    .map(|(n, eps)| (n.get().to_string(), eps.iter().map(|e| e.get().to_string()).collect()))
+                    .map(|(n, eps)| {
+                        (
+                            n.get().to_string(),
+                            eps.iter().map(|e| e.get().to_string()).collect(),
+                        )
+                    })
                     .collect();
                 render(active.get(), &pools, *comment).into_bytes()
             }
@@ -384,8 +407,13 @@ fn file_read(bytes: &[u8]) -> FileRead {
     FileRead::Read {
         hash: content_hash(bytes),
         text: String::from_utf8_lossy(bytes).into(),
-        parsed: Desired::parse(Path::new(UPSTREAMS), bytes)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+        parsed: Desired::parse(Path::new(UPSTREAMS), bytes).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        }),
     }
 }
 
@@ -398,7 +426,10 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
         next.route,
         next.file.pools
     );
-    assert!(next.file.has_pool(&next.file.active), "the file's active is one of its pools");
+    assert!(
+        next.file.has_pool(&next.file.active),
+        "the file's active is one of its pools"
+    );
     assert!(
         next.generation == state.generation || next.generation == state.generation + 1,
         "the generation moves by 0 or 1: {} → {}",
@@ -424,7 +455,10 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
                 ReloadOutcome::Rejected(error) => {
                     let mut expected = state.clone();
                     expected.last_reload_error = Some(error.clone());
-                    assert_eq!(next, &expected, "a rejected file changes nothing but the error shown");
+                    assert_eq!(
+                        next, &expected,
+                        "a rejected file changes nothing but the error shown"
+                    );
                 }
                 ReloadOutcome::Unchanged => {
                     assert_eq!((next.generation, &next.route), (state.generation, &state.route));
@@ -452,7 +486,8 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
             match result {
                 Err(e) => {
                     assert_eq!(next, state, "a refused switch changes nothing: {e}");
-                    let nothing_to_roll_back = matches!(event, Event::Rollback { .. }) && state.previous.is_none();
+                    let nothing_to_roll_back =
+                        matches!(event, Event::Rollback { .. }) && state.previous.is_none();
                     let stale = if_generation.is_some_and(|g| g != state.generation) && !nothing_to_roll_back;
                     assert_eq!(matches!(e, SwitchError::Conflict { .. }), stale, "{e}");
                     assert!(!matches!(e, SwitchError::Unavailable));
@@ -552,7 +587,9 @@ fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
         // As the writer does: persist, then decide on the result at once.
         if let Some(route) = persist {
             let result = if persist_fails {
-                Err(format!("{UPSTREAMS}: the file changed since it was last accepted"))
+                Err(format!(
+                    "{UPSTREAMS}: the file changed since it was last accepted"
+                ))
             } else {
                 match set_active(&state.file_text, &route.active) {
                     Ok(out) => Ok(Written {
@@ -585,7 +622,11 @@ fn apply(d: Decision, table: &mut RoutingTable, metrics: &Metrics) -> ControlSta
         Store::Facts => *table = table.with_facts(d.next.facts()),
         Store::Table => *table = check_table(&spec(&d.next), Some(table), metrics),
     }
-    assert_eq!(table.active_pool().name, d.next.route.active, "the table routes as the state");
+    assert_eq!(
+        table.active_pool().name,
+        d.next.route.active,
+        "the table routes as the state"
+    );
     assert_eq!(table.generation, d.next.generation);
     assert_eq!(table.facts, d.next.facts());
     d.next

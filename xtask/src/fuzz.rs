@@ -67,7 +67,11 @@ pub fn run_all() -> Result<()> {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let new: Vec<PathBuf> = files(&artifacts)?.difference(&before).cloned().collect();
         if status.success() && new.is_empty() {
-            let done = text.lines().rev().find(|l| l.starts_with("Done ")).unwrap_or("(no summary)");
+            let done = text
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("Done "))
+                .unwrap_or("(no summary)");
             eprintln!("fuzz {target}: no crash; {done}");
             continue;
         }
@@ -114,8 +118,13 @@ fn ensure_cargo_fuzz() -> Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if !there {
-        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "cargo-fuzz", "--locked"]))?;
+        run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+            ]),
+        )?;
     }
     Ok(())
 }

@@ -53,7 +53,10 @@ fn replay(target: &str, entry: fn(&[u8]) -> bool) -> (usize, usize) {
 #[test]
 fn upstreams_regressions_and_seeds() {
     let (accepted, seeds) = replay("upstreams", upstreams);
-    assert!(accepted >= 1 && accepted < seeds, "{accepted} of {seeds} seeds accepted");
+    assert!(
+        accepted >= 1 && accepted < seeds,
+        "{accepted} of {seeds} seeds accepted"
+    );
     let project = include_bytes!("../../../config/upstreams.toml");
     assert!(upstreams(project), "config/upstreams.toml is accepted");
 }
@@ -61,7 +64,10 @@ fn upstreams_regressions_and_seeds() {
 #[test]
 fn proxy_toml_regressions_and_seeds() {
     let (accepted, seeds) = replay("proxy_toml", proxy_toml);
-    assert!(accepted >= 1 && accepted < seeds, "{accepted} of {seeds} seeds accepted");
+    assert!(
+        accepted >= 1 && accepted < seeds,
+        "{accepted} of {seeds} seeds accepted"
+    );
     let project = include_bytes!("../../../config/proxy.toml");
     assert!(proxy_toml(project), "config/proxy.toml is accepted");
 }
@@ -69,7 +75,10 @@ fn proxy_toml_regressions_and_seeds() {
 #[test]
 fn admin_regressions_and_seeds() {
     let (accepted, seeds) = replay("admin", admin);
-    assert!(accepted >= 1 && accepted < seeds, "{accepted} of {seeds} seeds accepted");
+    assert!(
+        accepted >= 1 && accepted < seeds,
+        "{accepted} of {seeds} seeds accepted"
+    );
     assert!(admin(b"/switch?to=green\n"));
     assert!(admin(b"/rollback\n{\"if_generation\":2}"));
     assert!(!admin(b"/rollback?to=blue\n"));
@@ -94,7 +103,10 @@ fn decide_regressions_and_seeds() {
 fn generated_files_render_as_toml_that_reads_back() {
     let pools = vec![
         ("blue".to_string(), vec!["127.0.0.1:8081".to_string()]),
-        ("green".to_string(), vec!["[::1]:8083".to_string(), "api:80".to_string()]),
+        (
+            "green".to_string(),
+            vec!["[::1]:8083".to_string(), "api:80".to_string()],
+        ),
     ];
     let text = render("green", &pools, true);
     let d = Desired::parse(Path::new(UPSTREAMS), text.as_bytes()).expect(&text);
