@@ -29,9 +29,17 @@ pub const SECONDS_PER_TARGET: u64 = 60;
 /// Longest one input may take before libFuzzer reports it as a hang.
 const SECONDS_PER_INPUT: u64 = 10;
 
-/// Runs every target for [`SECONDS_PER_TARGET`]; fails, naming each
-/// reproducer, if any target crashed.
-pub fn run_all() -> Result<()> {
+/// Runs `targets` (every one of [`TARGETS`] when empty) for `seconds`
+/// each; fails, naming each reproducer, if any crashed.
+pub fn fuzz(targets: &[String], seconds: u64) -> Result<()> {
+    if let Some(unknown) = targets.iter().find(|t| !TARGETS.contains(&t.as_str())) {
+        bail!("no fuzz target `{unknown}` (targets: {})", TARGETS.join(", "));
+    }
+    let targets: Vec<&str> = if targets.is_empty() {
+        TARGETS.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
     ensure_cargo_fuzz()?;
     let root = root();
     let fuzz = root.join("fuzz");
@@ -44,7 +52,7 @@ pub fn run_all() -> Result<()> {
     let logs = root.join("target/fuzz-logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let mut failed = Vec::new();
-    for target in TARGETS {
+    for target in targets {
         let corpus = fuzz.join("corpus").join(target);
         let artifacts = fuzz.join("artifacts").join(target);
         for dir in [&corpus, &artifacts] {
@@ -57,7 +65,7 @@ pub fn run_all() -> Result<()> {
             .arg(&corpus)
             .arg(fuzz.join("seeds").join(target))
             .arg("--")
-            .arg(format!("-max_total_time={SECONDS_PER_TARGET}"))
+            .arg(format!("-max_total_time={seconds}"))
             .arg(format!("-timeout={SECONDS_PER_INPUT}"))
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .stdout(File::create(&log).with_context(|| format!("cannot create {}", log.display()))?)
@@ -89,7 +97,7 @@ pub fn run_all() -> Result<()> {
                 path.display()
             );
         }
-        failed.push(*target);
+        failed.push(target);
     }
     if !failed.is_empty() {
         bail!("fuzz targets crashed: {} (reproducers above)", failed.join(", "));

@@ -9,8 +9,11 @@
 //!   suites: `cargo test --workspace --locked -- --ignored`. A slow test is
 //!   an ignored one, `#[ignore = "slow: runs under cargo xtask test --long"]`,
 //!   so that a plain `cargo test` leaves it out. `--long` also runs each fuzz
-//!   target of `fuzz/` for [`fuzz::SECONDS_PER_TARGET`] (see [`fuzz`]).
+//!   target of `fuzz/` for [`fuzz::SECONDS_PER_TARGET`] (see [`mod@fuzz`]).
 //! - `cargo xtask links`: only the link check (a part of `test`).
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: only the fuzz targets
+//!   (all by default, each [`fuzz::SECONDS_PER_TARGET`] unless told; a part
+//!   of `test --long`).
 //! - `cargo xtask modules`: prints the proxy's module graph and checks it
 //!   has no circle and matches `docs/architecture.md` (a part of `test`; see
 //!   [`modules`]).
@@ -63,6 +66,14 @@ enum Task {
     Delivery,
     /// Only the link check of the tracked markdown files.
     Links,
+    /// Only the fuzz targets (a part of `test --long`).
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = fuzz::SECONDS_PER_TARGET)]
+        seconds: u64,
+        /// The targets to run (all when none is named).
+        targets: Vec<String>,
+    },
     /// Prints the proxy's module graph and checks it (no circle, documented).
     Modules,
     /// The profile-guided build of switchyard, `target/pgo/switchyard`.
@@ -82,6 +93,7 @@ fn main() -> Result<()> {
         Task::ImageTag => image_tag::main(),
         Task::Delivery => ensure_apt_packages().and_then(|()| delivery::check()),
         Task::Links => links::check(),
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(&targets, seconds),
         Task::Modules => {
             print!(
                 "{}",
@@ -188,7 +200,7 @@ fn test(long: bool) -> Result<()> {
         // The slow suites: every test marked `#[ignore = "slow: ..."]`.
         run(cargo().args(["test", "--workspace", "--locked", "--", "--ignored"]))?;
         // Then every fuzz target for a bounded time; a crash fails the run.
-        fuzz::run_all()?;
+        fuzz::fuzz(&[], fuzz::SECONDS_PER_TARGET)?;
     }
     delivery::check()?;
     eprintln!("xtask test: all passed");
