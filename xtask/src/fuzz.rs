@@ -83,9 +83,15 @@ pub fn fuzz(targets: &[String], seconds: u64) -> Result<()> {
             eprintln!("fuzz {target}: no crash; {done}");
             continue;
         }
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        eprintln!("fuzz {target}: FAILED ({status}); the end of its output:");
-        for line in tail.iter().rev() {
+        eprintln!("fuzz {target}: FAILED ({status}); from its output:");
+        // The panic (message and assertion values), then the end.
+        let lines: Vec<&str> = text.lines().collect();
+        let panic = lines.iter().position(|l| l.contains("panicked at"));
+        let end = lines.len().saturating_sub(20);
+        for line in panic.map_or(&[][..], |p| &lines[p..(p + 6).min(end.max(p))]) {
+            eprintln!("    {line}");
+        }
+        for line in &lines[end..] {
             eprintln!("    {line}");
         }
         for path in &new {
