@@ -62,14 +62,6 @@ fn method_not_allowed(allow: &'static str) -> Resp {
     r
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SwitchBody {
-    to: Option<String>,
-    if_generation: Option<u64>,
-    force: Option<bool>,
-}
-
 impl Admin {
     /// Answers one admin request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
@@ -107,75 +99,35 @@ impl Admin {
                     return r;
                 }
                 let rollback = path == "/rollback";
-                let query_to = query_param(req.uri().query(), "to");
-                let query_force = match query_param(req.uri().query(), "force").as_deref() {
-                    None => None,
-                    Some("true") => Some(true),
-                    Some("false") => Some(false),
-                    Some(other) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            &format!("`force` in the query must be true or false, not `{other}`"),
-                        )
-                    }
-                };
-                let body = match read_body(req, self.body_timeout).await {
+                let (parts, body) = req.into_parts();
+                let body = match read_body(body, self.body_timeout).await {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
-                let body: SwitchBody = if body.iter().all(u8::is_ascii_whitespace) {
-                    SwitchBody::default()
-                } else {
-                    match serde_json::from_slice(&body) {
-                        Ok(b) => b,
-                        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
-                    }
-                };
-                let force = match (body.force, query_force) {
-                    (Some(a), Some(b)) if a != b => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "`force` in the query and the body differ",
-                        )
-                    }
-                    (Some(f), _) | (None, Some(f)) => f,
-                    (None, None) => false,
+                let asked = match parse_switch(rollback, parts.uri.query(), &body) {
+                    Ok(asked) => asked,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
                 };
                 let (reply, rx) = oneshot::channel();
                 let who = peer.to_string();
-                let cmd = if rollback {
-                    if body.to.is_some() || query_to.is_some() {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "/rollback takes no `to`: it returns to the previous pool",
-                        );
-                    }
-                    Command::Rollback {
-                        if_generation: body.if_generation,
+                let cmd = match asked {
+                    SwitchRequest::Rollback { if_generation, force } => Command::Rollback {
+                        if_generation,
                         force,
                         who,
                         reply,
-                    }
-                } else {
-                    let to = match (body.to, query_to) {
-                        (Some(a), Some(b)) if a != b => {
-                            return error(StatusCode::BAD_REQUEST, "`to` in the query and the body differ")
-                        }
-                        (Some(to), _) | (None, Some(to)) => to,
-                        (None, None) => {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                "missing `to`: send {\"to\":\"<pool>\"} or ?to=<pool>",
-                            )
-                        }
-                    };
-                    Command::Switch {
+                    },
+                    SwitchRequest::Switch {
                         to,
-                        if_generation: body.if_generation,
+                        if_generation,
+                        force,
+                    } => Command::Switch {
+                        to,
+                        if_generation,
                         force,
                         who,
                         reply,
-                    }
+                    },
                 };
                 if self.writer.send(cmd).await.is_err() {
                     return error(
@@ -236,8 +188,8 @@ fn switch_response(o: &SwitchOutcome) -> Resp {
     json_response(StatusCode::OK, &serde_json::to_value(o).unwrap_or_default())
 }
 
-async fn read_body(req: Request<Incoming>, within: Duration) -> Result<Bytes, Resp> {
-    match tokio::time::timeout(within, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+async fn read_body(body: Incoming, within: Duration) -> Result<Bytes, Resp> {
+    match tokio::time::timeout(within, Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(e)) => Err(error(
             StatusCode::BAD_REQUEST,
@@ -255,9 +207,207 @@ async fn read_body(req: Request<Incoming>, within: Duration) -> Result<Bytes, Re
     }
 }
 
+/// What a `POST /switch` or `POST /rollback` asks, read from its query and
+/// body by [`parse_switch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchRequest {
+    /// `POST /switch`: to pool `to`.
+    Switch {
+        /// The target pool (not checked here: the writer knows the pools).
+        to: String,
+        /// Compare-and-swap on the generation.
+        if_generation: Option<u64>,
+        /// Switch even if the pool is not ready (the gate).
+        force: bool,
+    },
+    /// `POST /rollback`: back to the previous pool.
+    Rollback {
+        /// Compare-and-swap on the generation.
+        if_generation: Option<u64>,
+        /// Roll back even if the previous pool is not ready (the gate).
+        force: bool,
+    },
+}
+
+/// Why a `/switch` or `/rollback` request was refused before it reached the
+/// writer (each is answered 400 with this text).
+#[derive(Debug, thiserror::Error)]
+pub enum BadSwitchRequest {
+    /// The body is neither empty (whitespace only) nor the JSON object.
+    #[error("invalid JSON body: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `force` in the query is neither `true` nor `false`.
+    #[error("`force` in the query must be true or false, not `{0}`")]
+    ForceValue(String),
+    /// `force` in the query and in the body differ.
+    #[error("`force` in the query and the body differ")]
+    ForceDiffers,
+    /// `/rollback` with a `to`.
+    #[error("/rollback takes no `to`: it returns to the previous pool")]
+    RollbackTo,
+    /// `to` in the query and in the body name different pools.
+    #[error("`to` in the query and the body differ")]
+    ToDiffers,
+    /// `/switch` without a `to`.
+    #[error("missing `to`: send {{\"to\":\"<pool>\"}} or ?to=<pool>")]
+    MissingTo,
+}
+
+/// The JSON body of `/switch` and `/rollback` (every field optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    to: Option<String>,
+    if_generation: Option<u64>,
+    force: Option<bool>,
+}
+
+/// Reads what a `POST /switch` (`rollback` false) or `POST /rollback` asks
+/// from the request's query (`to=<pool>`, taken as it is, never decoded;
+/// `force=true|false`) and its whole body (empty or whitespace, or a JSON
+/// object with `to`, `if_generation`, `force`); pure, so it is unit-tested and fuzzed on its own.
+pub fn parse_switch(
+    rollback: bool,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<SwitchRequest, BadSwitchRequest> {
+    let query_to = query_param(query, "to");
+    let body: SwitchBody = if body.iter().all(u8::is_ascii_whitespace) {
+        SwitchBody::default()
+    } else {
+        serde_json::from_slice(body)?
+    };
+    let query_force = match query_param(query, "force").as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => return Err(BadSwitchRequest::ForceValue(other.to_string())),
+    };
+    let force = match (body.force, query_force) {
+        (Some(a), Some(b)) if a != b => return Err(BadSwitchRequest::ForceDiffers),
+        (Some(f), _) | (None, Some(f)) => f,
+        (None, None) => false,
+    };
+    if rollback {
+        if body.to.is_some() || query_to.is_some() {
+            return Err(BadSwitchRequest::RollbackTo);
+        }
+        return Ok(SwitchRequest::Rollback {
+            if_generation: body.if_generation,
+            force,
+        });
+    }
+    let to = match (body.to, query_to) {
+        (Some(a), Some(b)) if a != b => return Err(BadSwitchRequest::ToDiffers),
+        (Some(to), _) | (None, Some(to)) => to,
+        (None, None) => return Err(BadSwitchRequest::MissingTo),
+    };
+    Ok(SwitchRequest::Switch {
+        to,
+        if_generation: body.if_generation,
+        force,
+    })
+}
+
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| v.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn switch(to: &str, if_generation: Option<u64>) -> SwitchRequest {
+        SwitchRequest::Switch {
+            to: to.into(),
+            if_generation,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn switch_takes_to_from_the_query_or_the_body() {
+        let ok = |rollback, query, body: &str| parse_switch(rollback, query, body.as_bytes()).unwrap();
+        assert_eq!(ok(false, Some("to=green"), ""), switch("green", None));
+        assert_eq!(ok(false, None, " {\"to\":\"green\"}\n"), switch("green", None));
+        assert_eq!(
+            ok(
+                false,
+                Some("a=1&to=green"),
+                "{\"to\":\"green\",\"if_generation\":7}"
+            ),
+            switch("green", Some(7))
+        );
+        // The query is taken as it is: the first `to` wins, nothing is decoded.
+        assert_eq!(ok(false, Some("to=a%20b&to=c"), ""), switch("a%20b", None));
+        assert_eq!(ok(false, Some("to"), ""), switch("", None));
+        assert_eq!(
+            ok(true, None, " \t\r\n"),
+            SwitchRequest::Rollback {
+                if_generation: None,
+                force: false
+            }
+        );
+        assert_eq!(
+            ok(true, Some("x=1"), "{\"if_generation\":3}"),
+            SwitchRequest::Rollback {
+                if_generation: Some(3),
+                force: false
+            }
+        );
+        assert_eq!(
+            ok(false, Some("to=green&force=true"), ""),
+            SwitchRequest::Switch {
+                to: "green".into(),
+                if_generation: None,
+                force: true
+            }
+        );
+        assert_eq!(
+            ok(true, None, "{\"force\":true}"),
+            SwitchRequest::Rollback {
+                if_generation: None,
+                force: true
+            }
+        );
+    }
+
+    #[test]
+    fn each_bad_request_says_what_is_wrong() {
+        let err = |rollback, query, body: &str| {
+            parse_switch(rollback, query, body.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(false, None, "{to:1}").starts_with("invalid JSON body: "));
+        assert!(err(false, None, "{\"to\":\"a\",\"extra\":1}").contains("unknown field `extra`"));
+        assert!(err(false, None, "{\"if_generation\":-1}").starts_with("invalid JSON body: "));
+        assert_eq!(
+            err(false, Some("to=a&force=yes"), ""),
+            "`force` in the query must be true or false, not `yes`"
+        );
+        assert_eq!(
+            err(false, Some("to=a&force=false"), "{\"force\":true}"),
+            "`force` in the query and the body differ"
+        );
+        assert_eq!(
+            err(true, Some("to=a"), ""),
+            "/rollback takes no `to`: it returns to the previous pool"
+        );
+        assert_eq!(
+            err(true, None, "{\"to\":\"a\"}"),
+            "/rollback takes no `to`: it returns to the previous pool"
+        );
+        assert_eq!(
+            err(false, Some("to=a"), "{\"to\":\"b\"}"),
+            "`to` in the query and the body differ"
+        );
+        assert_eq!(
+            err(false, Some("too=a"), "{}"),
+            "missing `to`: send {\"to\":\"<pool>\"} or ?to=<pool>"
+        );
+    }
 }

@@ -24,7 +24,9 @@
 //! - [`shared`]: what the cores and the control plane share;
 //!   [`server`]: start-up and shutdown;
 //! - [`metrics`]: Prometheus; [`error`]: errors and the one error → HTTP
-//!   answer mapping.
+//!   answer mapping;
+//! - `fuzzing` (only with the `fuzzing` feature, and in unit tests): the
+//!   entry functions of the fuzz targets in `fuzz/`.
 //!
 //! Request flow: a core's listener accepts → hyper reads the request →
 //! [`forward::handle`] loads the table once and takes its active pool →
@@ -47,6 +49,8 @@ pub mod control;
 pub mod deadline;
 pub mod error;
 pub mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod headers;
 pub mod listener;
 pub mod local;

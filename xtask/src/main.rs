@@ -8,8 +8,12 @@
 //!   Helm charts, workflows: see [`delivery`]). `--long` then adds the slow
 //!   suites: `cargo test --workspace --locked -- --ignored`. A slow test is
 //!   an ignored one, `#[ignore = "slow: runs under cargo xtask test --long"]`,
-//!   so that a plain `cargo test` leaves it out.
+//!   so that a plain `cargo test` leaves it out. `--long` also runs each fuzz
+//!   target of `fuzz/` for [`fuzz::SECONDS_PER_TARGET`] (see [`mod@fuzz`]).
 //! - `cargo xtask links`: only the link check (a part of `test`).
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: only the fuzz targets
+//!   (all by default, each [`fuzz::SECONDS_PER_TARGET`] unless told; a part
+//!   of `test --long`).
 //! - `cargo xtask modules`: prints the proxy's module graph and checks it
 //!   has no circle and matches `docs/architecture.md` (a part of `test`; see
 //!   [`modules`]).
@@ -20,6 +24,7 @@
 //!   switchyard, `target/pgo/switchyard` (see [`pgo`]).
 
 mod delivery;
+mod fuzz;
 mod image_tag;
 mod links;
 mod modules;
@@ -51,7 +56,7 @@ struct Cli {
 enum Task {
     /// Everything CI runs: lints, links, tests, delivery checks.
     Test {
-        /// Also run the slow suites (the ignored tests).
+        /// Also run the slow suites (the ignored tests) and the fuzz targets.
         #[arg(long)]
         long: bool,
     },
@@ -61,6 +66,14 @@ enum Task {
     Delivery,
     /// Only the link check of the tracked markdown files.
     Links,
+    /// Only the fuzz targets (a part of `test --long`).
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = fuzz::SECONDS_PER_TARGET)]
+        seconds: u64,
+        /// The targets to run (all when none is named).
+        targets: Vec<String>,
+    },
     /// Prints the proxy's module graph and checks it (no circle, documented).
     Modules,
     /// The profile-guided build of switchyard, `target/pgo/switchyard`.
@@ -80,6 +93,7 @@ fn main() -> Result<()> {
         Task::ImageTag => image_tag::main(),
         Task::Delivery => ensure_apt_packages().and_then(|()| delivery::check()),
         Task::Links => links::check(),
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(&targets, seconds),
         Task::Modules => {
             print!(
                 "{}",
@@ -185,6 +199,8 @@ fn test(long: bool) -> Result<()> {
     if long {
         // The slow suites: every test marked `#[ignore = "slow: ..."]`.
         run(cargo().args(["test", "--workspace", "--locked", "--", "--ignored"]))?;
+        // Then every fuzz target for a bounded time; a crash fails the run.
+        fuzz::fuzz(&[], fuzz::SECONDS_PER_TARGET)?;
     }
     delivery::check()?;
     eprintln!("xtask test: all passed");

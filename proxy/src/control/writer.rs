@@ -359,6 +359,22 @@ pub enum PersistError {
     },
 }
 
+/// `text` (an accepted upstreams file) with `active = "<pool>"`, comments
+/// and layout kept (toml_edit); what [`persist_route`] writes. Pure.
+pub fn set_active(text: &str, pool: &str) -> Result<String, toml_edit::TomlError> {
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    let decor = doc
+        .get("active")
+        .and_then(|i| i.as_value())
+        .map(|v| v.decor().clone());
+    let mut value = toml_edit::Value::from(pool);
+    if let Some(d) = decor {
+        *value.decor_mut() = d;
+    }
+    doc["active"] = toml_edit::Item::Value(value);
+    Ok(doc.to_string())
+}
+
 /// Rewrites `active = "<to>"` in the accepted content `accepted` (comments
 /// and layout kept, with toml_edit) and writes it over the upstreams file —
 /// only if the file on disk still hashes to `accepted_hash`, and never
@@ -388,19 +404,7 @@ pub fn persist_route(
     if content_hash(&on_disk) != accepted_hash {
         return Err(PersistError::Changed(path.to_path_buf()));
     }
-    let mut doc: toml_edit::DocumentMut = accepted
-        .parse()
-        .map_err(|e: toml_edit::TomlError| edit(e.to_string()))?;
-    let decor = doc
-        .get("active")
-        .and_then(|i| i.as_value())
-        .map(|v| v.decor().clone());
-    let mut value = toml_edit::Value::from(to.active.as_str());
-    if let Some(d) = decor {
-        *value.decor_mut() = d;
-    }
-    doc["active"] = toml_edit::Item::Value(value);
-    let out = doc.to_string();
+    let out = set_active(accepted, &to.active).map_err(|e| edit(e.to_string()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
