@@ -25,6 +25,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::pool::Endpoint;
+use crate::table::RoutingTable;
 
 pub use body::UpstreamBody;
 
@@ -136,6 +137,17 @@ impl LocalClient {
         idle.retain_mut(|(_, queue)| {
             queue.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
             !queue.is_empty()
+        });
+    }
+
+    /// Closes the idle connections of endpoints that `table` no longer has
+    /// (a discovered address that went away): they get no new request.
+    pub fn retain_endpoints_of(&self, table: &RoutingTable) {
+        self.idle.borrow_mut().retain(|(id, _)| {
+            table
+                .pools
+                .iter()
+                .any(|p| p.endpoints.iter().any(|e| e.id == *id))
         });
     }
 

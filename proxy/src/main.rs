@@ -177,12 +177,19 @@ fn status(admin: &str) -> Result<()> {
         } else {
             "draining"
         };
+        let panic = if p.panic { "  PANIC: no usable endpoint, using all" } else { "" };
         println!(
-            "pool {name:<10} {state:<9} inflight {} tunnels {}",
+            "pool {name:<10} {state:<9} inflight {} tunnels {}{panic}",
             p.inflight, p.tunnels
         );
+        if let Some(e) = &p.discovery_error {
+            println!("  discovery error: {e}");
+        }
+        if p.endpoints.is_empty() {
+            println!("  (no endpoint)");
+        }
         for e in &p.endpoints {
-            println!("  {} healthy={}", e.address, e.healthy);
+            println!("  {} {}", e.address, e.health.label());
         }
     }
     Ok(())

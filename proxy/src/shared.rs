@@ -13,6 +13,7 @@ use crate::config;
 use crate::control::Routes;
 use crate::local;
 use crate::metrics::Metrics;
+use crate::pool::FailureTx;
 
 /// The data plane's settings, fixed at start.
 #[derive(Debug, Clone)]
@@ -87,6 +88,9 @@ pub struct Shared {
     pub flush: local::FlushRequests,
     /// The cores' open client connections, kept even.
     pub balance: Arc<balance::Balancer>,
+    /// Where the cores report runs of live-traffic failures to the health
+    /// task (passive ejection).
+    pub failures: FailureTx,
 }
 
 impl Shared {

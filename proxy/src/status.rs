@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pool::EndpointHealth;
 use crate::table::RoutingTable;
 
 /// `GET /status`.
@@ -47,15 +48,23 @@ pub struct PoolStatus {
     pub tunnels: i64,
     /// Inactive with nothing in flight (no tunnel either): safe to scale down.
     pub drained: bool,
+    /// None of its endpoints is usable, so routing uses them all anyway
+    /// (the panic rule). Absent from older proxies' documents: false.
+    #[serde(default)]
+    pub panic: bool,
+    /// The last failed resolution of its DNS names (the last good
+    /// addresses stay), until one succeeds.
+    #[serde(default)]
+    pub discovery_error: Option<String>,
 }
 
 /// One endpoint in `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointStatus {
-    /// `host:port` as configured.
+    /// `ip:port`: from the file, or what a DNS name resolved to.
     pub address: String,
-    /// The `upstream_healthy` gauge.
-    pub healthy: bool,
+    /// `unknown`, `healthy`, `unhealthy` or `ejected`.
+    pub health: EndpointHealth,
 }
 
 impl Status {
@@ -72,7 +81,7 @@ impl Status {
                     .iter()
                     .map(|e| EndpointStatus {
                         address: e.addr.clone(),
-                        healthy: e.healthy.get() == 1,
+                        health: e.health.get(),
                     })
                     .collect();
                 let status = PoolStatus {
@@ -81,6 +90,8 @@ impl Status {
                     inflight,
                     tunnels: p.tunnels().max(0),
                     drained: i != table.active && inflight == 0,
+                    panic: p.panic(),
+                    discovery_error: p.discovery_error(),
                 };
                 (p.name.clone(), status)
             })

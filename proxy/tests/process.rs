@@ -240,7 +240,7 @@ async fn status_prints_the_proxy_for_a_person() {
     assert!(text.contains("previous    blue"), "{text}");
     assert!(text.contains("pool blue       drained"), "{text}");
     assert!(
-        text.contains(&format!("  {} healthy=true", green.addr())),
+        text.contains(&format!("  {} unknown", green.addr())),
         "{text}"
     );
     // A proxy that is not there: a clear error, non-zero.

@@ -20,7 +20,7 @@ use super::decide::{
 use super::Routes;
 use crate::config;
 use crate::metrics::Metrics;
-use crate::table::{Desired, RoutingTable, Spec};
+use crate::table::{Desired, Resolved, RoutingTable, Spec};
 
 /// Why the upstreams file is being re-read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,18 @@ pub enum Command {
         /// The answer, when someone waits for it.
         reply: Option<oneshot::Sender<ReloadOutcome>>,
     },
+    /// Discovery: the DNS name `name` (`name:port`, as written) now
+    /// resolves to `addrs` (empty: no address). The pools that use it get
+    /// a new table with the same generation.
+    Resolved {
+        /// The name, as written in the file.
+        name: String,
+        /// Its addresses, sorted.
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    /// An endpoint's health changed (the health task): the health series
+    /// are published again. Not intent: nothing else changes.
+    HealthChanged,
 }
 
 /// Hash of an upstreams file's bytes, to tell an applied content from a new one.
@@ -80,6 +92,8 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     path: PathBuf,
     state: ControlState,
+    /// What the pools' DNS names last resolved to (discovery's results).
+    resolved: Resolved,
 }
 
 impl Writer {
@@ -90,7 +104,14 @@ impl Writer {
             metrics,
             path,
             state,
+            resolved: Resolved::new(),
         }
+    }
+
+    /// The same, with what the DNS names resolved to at start.
+    pub fn with_resolved(mut self, resolved: Resolved) -> Writer {
+        self.resolved = resolved;
+        self
     }
 
     /// Runs until every sender is gone.
@@ -121,8 +142,45 @@ impl Writer {
                         let _ = reply.send(r);
                     }
                 }
+                Command::Resolved { name, addrs } => self.resolved(name, addrs),
+                Command::HealthChanged => self.health_changed(),
             }
         }
+    }
+
+    /// A DNS name resolved to another address set: the same table (route,
+    /// generation, source, facts) with the pools that use it rebuilt;
+    /// endpoints that stay keep their state and connections.
+    fn resolved(&mut self, name: String, addrs: Vec<std::net::SocketAddr>) {
+        if self.resolved.get(&name) == Some(&addrs) {
+            return;
+        }
+        self.resolved.insert(name.clone(), addrs.clone());
+        let old = self.routes.load_full();
+        let table = RoutingTable::build(
+            &Spec {
+                file: &self.state.file,
+                active: &self.state.route.active,
+                generation: old.generation,
+                source: old.source,
+                switched_at: old.switched_at,
+                facts: old.facts.clone(),
+                resolved: &self.resolved,
+            },
+            Some(&old),
+            &self.metrics,
+        );
+        let table = Arc::new(table);
+        self.routes.store(Arc::clone(&table));
+        table.publish(Some(&old), &self.metrics);
+        tracing::info!(%name, ?addrs, generation = table.generation, "discovered addresses applied");
+        self.health_changed();
+    }
+
+    /// Health or an address set changed: the health series are published
+    /// from the stored table.
+    fn health_changed(&mut self) {
+        self.routes.load().publish_health();
     }
 
     fn switch(&mut self, event: Event, who: &str, asked: &str) -> Result<SwitchOutcome, SwitchError> {
@@ -221,6 +279,7 @@ impl Writer {
                         source: next.source,
                         switched_at,
                         facts: next.facts(),
+                        resolved: &self.resolved,
                     },
                     Some(&old),
                     &self.metrics,
