@@ -26,6 +26,7 @@ pub struct Upstreams {
     comment: Option<String>,
     active: String,
     pools: Vec<(String, Vec<String>)>,
+    tables: Vec<String>,
 }
 
 impl Upstreams {
@@ -35,6 +36,7 @@ impl Upstreams {
             comment: None,
             active: active.to_string(),
             pools: Vec::new(),
+            tables: Vec::new(),
         }
     }
 
@@ -61,6 +63,12 @@ impl Upstreams {
     /// A different active pool.
     pub fn active(mut self, name: &str) -> Self {
         self.active = name.to_string();
+        self
+    }
+
+    /// A table written after the pools, verbatim (`"[health]\neject_after = 0"`).
+    pub fn table(mut self, toml: &str) -> Self {
+        self.tables.push(toml.to_string());
         self
     }
 
@@ -97,6 +105,9 @@ impl Display for Upstreams {
         for (name, endpoints) in &self.pools {
             let list: Vec<String> = endpoints.iter().map(|e| quoted(e)).collect();
             writeln!(f, "\n[pools.{}]\nendpoints = [{}]", key(name), list.join(", "))?;
+        }
+        for t in &self.tables {
+            writeln!(f, "\n{t}")?;
         }
         Ok(())
     }
