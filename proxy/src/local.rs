@@ -36,6 +36,9 @@ pub struct CorePool {
     loads: Box<[Cell<u32>]>,
     /// Where a run of `eject_after` failures is reported.
     failures: FailureTx,
+    /// The endpoint the last dropped sending was trying, if any: how a
+    /// request timeout (which drops the sending) is counted against it.
+    abandoned: Cell<Option<usize>>,
 }
 
 impl CorePool {
@@ -49,6 +52,7 @@ impl CorePool {
             next: Cell::new(core),
             loads: (0..pool.endpoints.len()).map(|_| Cell::new(0)).collect(),
             failures,
+            abandoned: Cell::new(None),
         }
     }
 
@@ -106,6 +110,20 @@ impl CorePool {
                 pool: Arc::clone(&self.pool),
                 endpoint: Arc::clone(ep),
             });
+        }
+    }
+
+    /// A sending ended; `at` is the endpoint it was still trying when it
+    /// was dropped (none when it ended by itself).
+    pub fn abandon(&self, at: Option<usize>) {
+        self.abandoned.set(at);
+    }
+
+    /// The request whose sending was just dropped timed out: a failure of
+    /// the endpoint it was trying.
+    pub fn timed_out(&self) {
+        if let Some(i) = self.abandoned.take() {
+            self.failed(i);
         }
     }
 

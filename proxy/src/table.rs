@@ -508,6 +508,73 @@ mod tests {
 
     static NONE_RESOLVED: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(Resolved::new);
 
+    #[test]
+    fn a_pool_has_endpoints_or_dns_and_health_values_are_checked() {
+        let d = parse("active = \"blue\"\n[pools.blue]\ndns = \"blue.default.svc.cluster.local.:8080\"\n[discovery]\nevery = \"1s\"\nnameservers = [\"127.0.0.1:5353\"]\nfamily = \"ipv6\"\n[health]\npath = \"/readyz\"\n").unwrap();
+        assert_eq!(d.pools[0].1.sources(), ["blue.default.svc.cluster.local.:8080"]);
+        assert_eq!(d.discovery.family, config::Family::Ipv6);
+        assert!(d.health.as_ref().is_some_and(Health::active));
+        let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\ndns = \"b:1\"\n[pools.green]\ndns = \"127.0.0.1:2\"\n[pools.red]\ndns = \"red\"\n").unwrap_err();
+        assert!(errs[0].contains("exclude each other"), "{errs:?}");
+        assert!(errs[1].contains("an address, not a name"), "{errs:?}");
+        assert!(errs[2].contains("dns `red`"), "{errs:?}");
+        let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[health]\npath = \"readyz\"\ninterval = \"0s\"\nhealthy_after = 0\nmax_ejected_percent = 101\n").unwrap_err();
+        let all = errs.join("\n");
+        for want in ["health.path", "health.interval", "health.healthy_after", "max_ejected_percent"] {
+            assert!(all.contains(want), "{want}: {all}");
+        }
+        let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[health]\nintervall = \"1s\"\n").unwrap_err();
+        assert!(errs[0].contains("intervall"), "{errs:?}");
+    }
+
+    #[test]
+    fn names_resolve_into_endpoints_and_a_new_address_set_keeps_the_rest() {
+        let m = Metrics::new();
+        let d = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"api.test.:80\"]\n[pools.green]\ndns = \"green.test.:80\"\n").unwrap();
+        let none = Resolved::new();
+        let mut s = spec(&d, "blue", 1);
+        s.resolved = &none;
+        let t1 = RoutingTable::build(&s, None, &m);
+        assert_eq!(t1.pools[0].endpoint_names().collect::<Vec<_>>(), ["127.0.0.1:1"]);
+        assert!(t1.pools[1].endpoints.is_empty(), "a name not resolved yet: no endpoint");
+        assert_eq!(t1.names(), ["api.test.:80", "green.test.:80"]);
+        let resolved = Resolved::from([
+            ("api.test.:80".to_string(), vec!["10.0.0.1:80".parse().unwrap(), "127.0.0.1:1".parse().unwrap()]),
+            ("green.test.:80".to_string(), vec!["10.0.0.2:80".parse().unwrap()]),
+        ]);
+        s.resolved = &resolved;
+        let t2 = RoutingTable::build(&s, Some(&t1), &m);
+        assert_eq!(
+            t2.pools[0].endpoint_names().collect::<Vec<_>>(),
+            ["127.0.0.1:1", "10.0.0.1:80"],
+            "each address once, in order"
+        );
+        assert!(Arc::ptr_eq(&t1.pools[0].endpoints[0], &t2.pools[0].endpoints[0]), "kept");
+        assert_eq!(t2.pools[1].endpoint_names().collect::<Vec<_>>(), ["10.0.0.2:80"]);
+        assert_eq!(t2.generation, 1);
+    }
+
+    #[test]
+    fn gate_count_follows_the_design_rule() {
+        let m = Metrics::new();
+        let passive = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n").unwrap();
+        let t = RoutingTable::build(&spec(&passive, "blue", 1), None, &m);
+        let p = &t.pools[0];
+        assert_eq!(p.gate_count(), (3, 3), "without checks: every endpoint not ejected");
+        p.endpoints[0].health.set(EndpointHealth::Ejected);
+        assert_eq!(p.gate_count(), (2, 3));
+        let checked = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n[health]\npath = \"/readyz\"\n").unwrap();
+        let t = RoutingTable::build(&spec(&checked, "blue", 1), None, &m);
+        let p = &t.pools[0];
+        assert_eq!(p.gate_count(), (0, 2), "with checks: only healthy ones, unknown is not");
+        p.endpoints[1].health.record_check(true, 1, 1);
+        assert_eq!(p.gate_count(), (1, 2));
+        assert!(!p.panic());
+        p.endpoints[0].health.record_check(false, 1, 1);
+        p.endpoints[1].health.record_check(false, 1, 1);
+        assert!(p.panic(), "every endpoint unhealthy");
+    }
+
     fn spec<'a>(file: &'a Desired, active: &'a str, generation: u64) -> Spec<'a> {
         Spec {
             file,

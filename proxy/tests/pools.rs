@@ -354,3 +354,38 @@ async fn when_every_endpoint_fails_its_checks_the_pool_panics_and_still_serves()
     assert!(gets(sy.http, 10).await.iter().all(|(s, _)| *s == 200));
     assert_eq!(pods[1].served(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_endpoint_is_ejected_after_its_connects_time_out() {
+    let good = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let hole = testkit::net::Blackhole::new();
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\n",
+        hole.addr(),
+        good.addr
+    );
+    let sy = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .connect_timeout(Duration::from_millis(200))
+            .upstreams_text(&text),
+    );
+    // Requests that try the blackhole first wait out the connect timeout,
+    // then are retried on the good endpoint: none fails.
+    let answers = gets(sy.http, 6).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    wait_status(&sy, "the blackholed endpoint ejected", |st| {
+        endpoints(st, "blue")[0] == (hole.addr().to_string(), "ejected".to_string())
+    })
+    .await;
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    let connect_errors = metric(&m, "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}");
+    assert!(connect_errors >= 2.0, "{m}");
+    // From now on nothing waits on it: no new connect error.
+    assert!(gets(sy.http, 20).await.iter().all(|(s, _)| *s == 200));
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&m, "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}"),
+        connect_errors
+    );
+}

@@ -226,6 +226,11 @@ impl ProxyConfig {
         self
     }
 
+    /// `[timeouts] connect`.
+    pub fn connect_timeout(self, d: Duration) -> Self {
+        self.timeout("connect", d)
+    }
+
     /// `[timeouts] request`.
     pub fn request_timeout(self, d: Duration) -> Self {
         self.timeout("request", d)

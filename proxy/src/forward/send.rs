@@ -130,6 +130,9 @@ impl Loaded<'_> {
 
 impl Drop for Loaded<'_> {
     fn drop(&mut self) {
+        // Dropped with a try under way: the request's deadline (or its
+        // client) ended it; `forward::handle` counts a timeout from this.
+        self.pool.abandon(self.at);
         self.off();
     }
 }
@@ -138,7 +141,8 @@ impl Drop for Loaded<'_> {
 /// [`CorePool::choose`] picks — trying again as [`Retry`] says after each
 /// failed try, skipping endpoints that are not usable (unless the pool
 /// panics). Never to another pool. Connect failures and resets on a new
-/// connection count toward passive ejection; an answer ends the run.
+/// connection count toward passive ejection (and so does a request timeout,
+/// in `forward::handle`); an answer ends the run.
 ///
 /// Not an `async fn`: its arguments would be stored twice in the future
 /// (once as arguments, once as locals), and this future is allocated and
