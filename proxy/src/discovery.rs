@@ -247,7 +247,10 @@ pub async fn run(
         let Some((_, r)) = &current else { continue };
         for name in names {
             let now = Instant::now();
-            if tried.get(&name).is_some_and(|t| now.duration_since(*t) < settings.every) {
+            if tried
+                .get(&name)
+                .is_some_and(|t| now.duration_since(*t) < settings.every)
+            {
                 continue;
             }
             tried.insert(name.clone(), now);

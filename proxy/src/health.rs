@@ -105,11 +105,18 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(next) => {
                 let table = routes.load_full();
-                let changed = expire(&table, &mut ejected);
+                let mut changed = expire(&table, &mut ejected);
                 let h = &table.health;
                 match &h.path {
                     None => {
+                        // Checks turned off (or never on): no verdict of old
+                        // checks keeps an endpoint out.
                         queue.clear();
+                        for p in &table.pools {
+                            for e in &p.endpoints {
+                                changed |= e.health.forget_checks();
+                            }
+                        }
                         next = Instant::now() + IDLE_TICK;
                     }
                     Some(path) => {

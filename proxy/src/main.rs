@@ -177,7 +177,11 @@ fn status(admin: &str) -> Result<()> {
         } else {
             "draining"
         };
-        let panic = if p.panic { "  PANIC: no usable endpoint, using all" } else { "" };
+        let panic = if p.panic {
+            "  PANIC: no usable endpoint, using all"
+        } else {
+            ""
+        };
         println!(
             "pool {name:<10} {state:<9} inflight {} tunnels {}{panic}",
             p.inflight, p.tunnels

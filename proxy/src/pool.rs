@@ -126,6 +126,18 @@ impl HealthState {
         current
     }
 
+    /// Active checks were turned off: the checked verdict goes back to
+    /// unknown (an ejection stays). Returns whether the health changed.
+    pub fn forget_checks(&self) -> bool {
+        if self.checked() == EndpointHealth::Unknown {
+            return false;
+        }
+        self.checked
+            .store(EndpointHealth::Unknown as u8, Ordering::Relaxed);
+        self.streak.store(0, Ordering::Relaxed);
+        self.get() != EndpointHealth::Ejected && self.set(EndpointHealth::Unknown)
+    }
+
     /// Ends an ejection: back to the checked verdict.
     pub fn readmit(&self) {
         self.set(self.checked());
@@ -440,7 +452,11 @@ mod tests {
         let h = HealthState::default();
         assert_eq!(h.record_check(true, 1, 1), Healthy);
         h.set(Ejected);
-        assert_eq!(h.record_check(false, 1, 2), Ejected, "a failed check keeps it out");
+        assert_eq!(
+            h.record_check(false, 1, 2),
+            Ejected,
+            "a failed check keeps it out"
+        );
         assert_eq!(h.record_check(true, 1, 2), Healthy, "a passed one readmits it");
         h.set(Ejected);
         h.readmit();

@@ -123,7 +123,10 @@ impl Checked {
         for (name, why) in failed {
             for (n, pools) in &names {
                 if *n == name {
-                    errors.push(error(&pools.join(", "), format!("cannot resolve `{name}`: {why}")));
+                    errors.push(error(
+                        &pools.join(", "),
+                        format!("cannot resolve `{name}`: {why}"),
+                    ));
                 }
             }
         }

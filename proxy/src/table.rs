@@ -89,8 +89,6 @@ pub struct Desired {
     pub health: Option<Health>,
 }
 
-
-
 impl Desired {
     /// Parses and validates an upstreams file's bytes; every error is listed.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Desired, Vec<ConfigError>> {
@@ -520,10 +518,18 @@ mod tests {
         assert!(errs[2].contains("dns `red`"), "{errs:?}");
         let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[health]\npath = \"readyz\"\ninterval = \"0s\"\nhealthy_after = 0\nmax_ejected_percent = 101\n").unwrap_err();
         let all = errs.join("\n");
-        for want in ["health.path", "health.interval", "health.healthy_after", "max_ejected_percent"] {
+        for want in [
+            "health.path",
+            "health.interval",
+            "health.healthy_after",
+            "max_ejected_percent",
+        ] {
             assert!(all.contains(want), "{want}: {all}");
         }
-        let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[health]\nintervall = \"1s\"\n").unwrap_err();
+        let errs = parse(
+            "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[health]\nintervall = \"1s\"\n",
+        )
+        .unwrap_err();
         assert!(errs[0].contains("intervall"), "{errs:?}");
     }
 
@@ -536,10 +542,16 @@ mod tests {
         s.resolved = &none;
         let t1 = RoutingTable::build(&s, None, &m);
         assert_eq!(t1.pools[0].endpoint_names().collect::<Vec<_>>(), ["127.0.0.1:1"]);
-        assert!(t1.pools[1].endpoints.is_empty(), "a name not resolved yet: no endpoint");
+        assert!(
+            t1.pools[1].endpoints.is_empty(),
+            "a name not resolved yet: no endpoint"
+        );
         assert_eq!(t1.names(), ["api.test.:80", "green.test.:80"]);
         let resolved = Resolved::from([
-            ("api.test.:80".to_string(), vec!["10.0.0.1:80".parse().unwrap(), "127.0.0.1:1".parse().unwrap()]),
+            (
+                "api.test.:80".to_string(),
+                vec!["10.0.0.1:80".parse().unwrap(), "127.0.0.1:1".parse().unwrap()],
+            ),
             ("green.test.:80".to_string(), vec!["10.0.0.2:80".parse().unwrap()]),
         ]);
         s.resolved = &resolved;
@@ -549,7 +561,10 @@ mod tests {
             ["127.0.0.1:1", "10.0.0.1:80"],
             "each address once, in order"
         );
-        assert!(Arc::ptr_eq(&t1.pools[0].endpoints[0], &t2.pools[0].endpoints[0]), "kept");
+        assert!(
+            Arc::ptr_eq(&t1.pools[0].endpoints[0], &t2.pools[0].endpoints[0]),
+            "kept"
+        );
         assert_eq!(t2.pools[1].endpoint_names().collect::<Vec<_>>(), ["10.0.0.2:80"]);
         assert_eq!(t2.generation, 1);
     }
@@ -560,13 +575,21 @@ mod tests {
         let passive = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n").unwrap();
         let t = RoutingTable::build(&spec(&passive, "blue", 1), None, &m);
         let p = &t.pools[0];
-        assert_eq!(p.gate_count(), (3, 3), "without checks: every endpoint not ejected");
+        assert_eq!(
+            p.gate_count(),
+            (3, 3),
+            "without checks: every endpoint not ejected"
+        );
         p.endpoints[0].health.set(EndpointHealth::Ejected);
         assert_eq!(p.gate_count(), (2, 3));
         let checked = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n[health]\npath = \"/readyz\"\n").unwrap();
         let t = RoutingTable::build(&spec(&checked, "blue", 1), None, &m);
         let p = &t.pools[0];
-        assert_eq!(p.gate_count(), (0, 2), "with checks: only healthy ones, unknown is not");
+        assert_eq!(
+            p.gate_count(),
+            (0, 2),
+            "with checks: only healthy ones, unknown is not"
+        );
         p.endpoints[1].health.record_check(true, 1, 1);
         assert_eq!(p.gate_count(), (1, 2));
         assert!(!p.panic());

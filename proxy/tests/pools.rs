@@ -134,12 +134,19 @@ async fn discovery_adds_and_removes_endpoints_without_a_new_generation() {
     assert_eq!((code.as_u16(), &body[..]), (200, a.addr.to_string().as_bytes()));
 
     let st = status(&sy).await;
-    assert_eq!(st["generation"].as_u64(), Some(generation), "addresses are not intent");
+    assert_eq!(
+        st["generation"].as_u64(),
+        Some(generation),
+        "addresses are not intent"
+    );
     let (_, m) = get_text(sy.admin, "/metrics").await;
     assert_eq!(
         metric(
             &m,
-            &format!("switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}", a.addr)
+            &format!(
+                "switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}",
+                a.addr
+            )
         ),
         0.0,
         "the removed endpoint's series is deleted"
@@ -172,7 +179,9 @@ async fn a_failed_resolution_keeps_the_addresses_and_an_empty_answer_empties_the
     .await;
     let st = status(&sy).await;
     assert_eq!(addrs(&st, "green"), g, "{st}");
-    let error = st["pools"]["green"]["discovery_error"].as_str().unwrap_or_default();
+    let error = st["pools"]["green"]["discovery_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(error.contains(&format!("green.{ZONE}")), "{st}");
     assert!(st["pools"]["blue"]["discovery_error"].is_null(), "{st}");
 
@@ -210,7 +219,10 @@ async fn an_active_pool_without_an_address_answers_503_at_once() {
     assert_eq!(json["errors"][0], "no upstream endpoint is available", "{json}");
     let (_, m) = get_text(sy.admin, "/metrics").await;
     assert_eq!(
-        metric(&m, "switchyard_upstream_errors_total{kind=\"connect\",pool=\"green\"}"),
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"connect\",pool=\"green\"}"
+        ),
         0.0
     );
 }
@@ -223,7 +235,10 @@ async fn three_endpoints_get_an_even_share() {
         Pod::start("127.0.0.1:0".parse().unwrap()).await,
     ];
     let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
-    let text = format!("active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n", list.join(", "));
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n",
+        list.join(", ")
+    );
     let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
     // Three keep-alive clients at once, 100 requests each.
     let clients: Vec<_> = (0..3).map(|_| tokio::spawn(gets(sy.http, 100))).collect();
@@ -264,7 +279,10 @@ async fn an_endpoint_failing_its_checks_is_skipped_and_comes_back() {
     assert_eq!(
         metric(
             &m,
-            &format!("switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}", sick.addr)
+            &format!(
+                "switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}",
+                sick.addr
+            )
         ),
         0.0
     );
@@ -302,7 +320,11 @@ async fn passive_ejection_after_connect_failures_within_max_ejected_percent() {
         "connect failures are retried on another endpoint: {answers:?}"
     );
     wait_status(&sy, "one dead endpoint ejected", |st| {
-        endpoints(st, "blue").iter().filter(|(_, h)| h == "ejected").count() == 1
+        endpoints(st, "blue")
+            .iter()
+            .filter(|(_, h)| h == "ejected")
+            .count()
+            == 1
     })
     .await;
     // More failures on the other dead one never eject it: 25 % is the cap.
@@ -379,13 +401,50 @@ async fn a_blackholed_endpoint_is_ejected_after_its_connects_time_out() {
     })
     .await;
     let (_, m) = get_text(sy.admin, "/metrics").await;
-    let connect_errors = metric(&m, "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}");
+    let connect_errors = metric(
+        &m,
+        "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}",
+    );
     assert!(connect_errors >= 2.0, "{m}");
     // From now on nothing waits on it: no new connect error.
     assert!(gets(sy.http, 20).await.iter().all(|(s, _)| *s == 200));
     let (_, m) = get_text(sy.admin, "/metrics").await;
     assert_eq!(
-        metric(&m, "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}"),
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}"
+        ),
         connect_errors
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_added_and_removed_under_load_fail_nothing() {
+    let dns = DnsServer::start(ZONE).await;
+    let a = Pod::start("127.0.0.2:0".parse().unwrap()).await;
+    let port = a.addr.port();
+    let b = Pod::start(SocketAddr::new(ip("127.0.0.3"), port)).await;
+    dns.set("blue", &[a.addr.ip()], 1).await;
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\ndns = \"blue.{ZONE}:{port}\"\n{}",
+        discovery(&dns)
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    let load = testkit::load::Load::start(sy.http, 4, "/version").await;
+    load.wait_more(200).await;
+
+    // Added under load: the new pod appears and serves.
+    dns.set("blue", &[a.addr.ip(), b.addr.ip()], 1).await;
+    testkit::wait_until_async(WITHIN, "b serves", || b.served() > 0).await;
+    load.wait_more(200).await;
+
+    // Removed under load: no new request reaches it once it is gone.
+    dns.set("blue", &[b.addr.ip()], 1).await;
+    wait_status(&sy, "a removed", |st| addrs(st, "blue") == [b.addr.to_string()]).await;
+    load.wait_more(50).await;
+    let before = a.served();
+    load.wait_more(200).await;
+    let samples: Vec<_> = load.stop().concat();
+    testkit::load::assert_no_failures(&samples);
+    assert_eq!(a.served(), before, "a removed endpoint gets no new request");
 }

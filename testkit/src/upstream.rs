@@ -341,8 +341,9 @@ pub fn faulty() -> Faulty {
 /// `127.0.0.3` … are loopback addresses too, so pods can share a port as
 /// the addresses behind one DNS name do). `GET /readyz` answers 200 while
 /// it is ready, else 503 (never counted); `GET /hold` waits until
-/// [`Pod::release`]; anything else answers 200 with the pod's address as
-/// the body. Requests other than `/readyz` are counted. Dropping it (or
+/// [`Pod::release`]; `/version` answers `{"version":"<its address>"}` (what
+/// [`crate::load::Load`] reads); anything else answers 200 with the pod's
+/// address as the body. Requests other than `/readyz` are counted. Dropping it (or
 /// [`Pod::stop`]) closes its listener and every connection.
 pub struct Pod {
     /// Where it listens.
@@ -385,6 +386,10 @@ impl Pod {
                             s.fetch_add(1, Ordering::SeqCst);
                             if path == "/hold" {
                                 n.notified().await;
+                            }
+                            if path == "/version" {
+                                let json = format!("{{\"version\":\"{addr}\",\"errors\":[]}}");
+                                return Ok(Response::new(full(json)));
                             }
                             Ok(Response::new(full(addr.to_string())))
                         }
