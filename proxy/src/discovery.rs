@@ -257,14 +257,14 @@ pub async fn run(
             match resolve(r, &name).await {
                 Ok(addrs) => {
                     clear_error(&table, &name);
-                    if sent.get(&name) != Some(&addrs) {
-                        if addrs.is_empty() {
-                            tracing::warn!(%name, "discovery: the name has no address; its pools are empty");
-                        }
-                        sent.insert(name.clone(), addrs.clone());
-                        if writer.send(Command::Resolved { name, addrs }).await.is_err() {
-                            return;
-                        }
+                    if sent.get(&name) != Some(&addrs) && addrs.is_empty() {
+                        tracing::warn!(%name, "discovery: the name has no address; its pools are empty");
+                    }
+                    sent.insert(name.clone(), addrs.clone());
+                    // Sent every time: the writer ignores an unchanged set,
+                    // and always has the name after a file change re-adds it.
+                    if writer.send(Command::Resolved { name, addrs }).await.is_err() {
+                        return;
                     }
                 }
                 Err(e) => {
