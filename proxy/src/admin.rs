@@ -108,6 +108,17 @@ impl Admin {
                 }
                 let rollback = path == "/rollback";
                 let query_to = query_param(req.uri().query(), "to");
+                let query_force = match query_param(req.uri().query(), "force").as_deref() {
+                    None => None,
+                    Some("true") => Some(true),
+                    Some("false") => Some(false),
+                    Some(other) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("`force` in the query must be true or false, not `{other}`"),
+                        )
+                    }
+                };
                 let body = match read_body(req, self.body_timeout).await {
                     Ok(b) => b,
                     Err(r) => return r,
@@ -120,12 +131,16 @@ impl Admin {
                         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
                     }
                 };
-                if body.force.is_some() {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "`force` is not supported yet (it comes with health checks)",
-                    );
-                }
+                let force = match (body.force, query_force) {
+                    (Some(a), Some(b)) if a != b => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "`force` in the query and the body differ",
+                        )
+                    }
+                    (Some(f), _) | (None, Some(f)) => f,
+                    (None, None) => false,
+                };
                 let (reply, rx) = oneshot::channel();
                 let who = peer.to_string();
                 let cmd = if rollback {
@@ -137,6 +152,7 @@ impl Admin {
                     }
                     Command::Rollback {
                         if_generation: body.if_generation,
+                        force,
                         who,
                         reply,
                     }
@@ -156,6 +172,7 @@ impl Admin {
                     Command::Switch {
                         to,
                         if_generation: body.if_generation,
+                        force,
                         who,
                         reply,
                     }
@@ -171,9 +188,9 @@ impl Admin {
                     Ok(Err(e)) => {
                         let status = match e {
                             SwitchError::UnknownPool { .. } => StatusCode::BAD_REQUEST,
-                            SwitchError::Conflict { .. } | SwitchError::NothingToRollBack => {
-                                StatusCode::CONFLICT
-                            }
+                            SwitchError::Conflict { .. }
+                            | SwitchError::NothingToRollBack
+                            | SwitchError::NotReady(_) => StatusCode::CONFLICT,
                             SwitchError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                         };
                         error(status, &e.to_string())

@@ -313,6 +313,10 @@ fn is_token(s: &str) -> bool {
 pub struct UpstreamsFile {
     /// Name of the pool that gets the traffic.
     pub active: Spanned<String>,
+    /// Apply a change of `active` even when its pool is not ready (skips the
+    /// switch gate for file switches).
+    #[serde(default)]
+    pub force: bool,
     /// The pools by name, in file order.
     pub pools: Spanned<toml::map::Map<String, toml::Value>>,
     /// `[discovery]`: how DNS names are resolved.
@@ -338,8 +342,65 @@ pub struct PoolFile {
     /// `dns = "name:port"`: the pool's endpoints are the addresses the name
     /// resolves to (a headless Service); instead of `endpoints`.
     pub dns: Option<String>,
-    /// `min_healthy` (later).
-    pub min_healthy: Option<toml::Value>,
+    /// `min_healthy`: how many endpoints must count as healthy for the pool
+    /// to be ready (the switch gate); default [`MinHealthy::DEFAULT`].
+    #[serde(default)]
+    pub min_healthy: MinHealthy,
+}
+
+/// `min_healthy` of a pool: a count of endpoints, or a percentage of them
+/// (rounded up). A pool is ready when at least this many of its endpoints
+/// count as healthy, and it has at least one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub enum MinHealthy {
+    /// At least this many endpoints.
+    Count(u32),
+    /// At least this percentage (0-100) of the endpoints, rounded up.
+    Percent(u8),
+}
+
+impl MinHealthy {
+    /// The default: one endpoint.
+    pub const DEFAULT: MinHealthy = MinHealthy::Count(1);
+
+    /// How many healthy endpoints a pool of `total` endpoints needs.
+    pub fn needs(self, total: usize) -> usize {
+        match self {
+            MinHealthy::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            MinHealthy::Percent(p) => (total * usize::from(p)).div_ceil(100),
+        }
+    }
+}
+
+impl Default for MinHealthy {
+    fn default() -> Self {
+        MinHealthy::DEFAULT
+    }
+}
+
+impl TryFrom<toml::Value> for MinHealthy {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        let bad = |v: &dyn std::fmt::Display| {
+            format!(
+                "min_healthy = {v}: expected a count of endpoints (0 or more) or a percentage \
+                 from \"0%\" to \"100%\", such as 1 or \"50%\""
+            )
+        };
+        match &v {
+            toml::Value::Integer(n) => u32::try_from(*n).map(MinHealthy::Count).map_err(|_| bad(&v)),
+            toml::Value::String(s) => s
+                .strip_suffix('%')
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u8>().ok())
+                .filter(|p| *p <= 100)
+                .map(MinHealthy::Percent)
+                .ok_or_else(|| bad(&v)),
+            _ => Err(bad(&v)),
+        }
+    }
 }
 
 /// The address family of discovered endpoints.
@@ -673,16 +734,7 @@ pub fn parse_upstreams(path: &Path, bytes: &[u8]) -> Result<(UpstreamsFile, Pool
         // Spans are lost inside `toml::Value`; find the pool's header line instead.
         let line = find_line(text, &format!("[pools.{name}]")).unwrap_or(pools_line);
         match PoolFile::deserialize(value.clone()) {
-            Ok(pool) => {
-                if pool.min_healthy.is_some() {
-                    errors.push(ConfigError::Invalid {
-                        file: path.to_path_buf(),
-                        line: Some(line),
-                        reason: format!("pools.{name}: `min_healthy` is not supported yet"),
-                    });
-                }
-                pools.push((name.clone(), pool, line));
-            }
+            Ok(pool) => pools.push((name.clone(), pool, line)),
             Err(e) => errors.push(ConfigError::Invalid {
                 file: path.to_path_buf(),
                 line: Some(line),
@@ -720,19 +772,65 @@ mod tests {
 
     #[test]
     fn later_keys_are_not_supported_yet() {
-        let text = "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\nmin_healthy = 1\n[split]\nweights = {}\n";
+        let text =
+            "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\n\n[split]\nweights = {}\n";
         let errs = parse_upstreams(Path::new("u.toml"), text.as_bytes()).unwrap_err();
         let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert!(
             all.iter()
-                .any(|m| m.contains("`split` is not supported yet") && m.contains("line 5")),
+                .any(|m| m.contains("`split` is not supported yet") && m.contains("line 6")),
             "{all:?}"
         );
-        assert!(
-            all.iter()
-                .any(|m| m.contains("`min_healthy` is not supported yet") && m.contains("line 2")),
-            "{all:?}"
+    }
+
+    #[test]
+    fn min_healthy_is_a_count_or_a_percentage_and_force_a_bool() {
+        let parse = |extra: &str, pool: &str| {
+            let text =
+                format!("active = \"blue\"\n{extra}\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n{pool}\n");
+            parse_upstreams(Path::new("u.toml"), text.as_bytes())
+                .map(|(f, pools)| (f.force, pools[0].1.min_healthy))
+                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        };
+        assert_eq!(parse("", ""), Ok((false, MinHealthy::Count(1))), "the defaults");
+        assert_eq!(
+            parse("force = true", "min_healthy = 0"),
+            Ok((true, MinHealthy::Count(0)))
         );
+        assert_eq!(parse("", "min_healthy = 3"), Ok((false, MinHealthy::Count(3))));
+        assert_eq!(
+            parse("", "min_healthy = \"50%\""),
+            Ok((false, MinHealthy::Percent(50)))
+        );
+        assert_eq!(
+            parse("", "min_healthy = \"100%\""),
+            Ok((false, MinHealthy::Percent(100)))
+        );
+        for bad in [
+            "-1", "1.5", "\"150%\"", "\"half\"", "\"%\"", "\"-5%\"", "\"3\"", "true",
+        ] {
+            let err = parse("", &format!("min_healthy = {bad}")).unwrap_err();
+            assert!(
+                err.contains("pools.blue")
+                    && err.contains("line 3")
+                    && err.contains("min_healthy")
+                    && err.contains("\"50%\""),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse("force = \"yes\"", "").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn min_healthy_percentages_round_up() {
+        assert_eq!(MinHealthy::Percent(50).needs(3), 2);
+        assert_eq!(MinHealthy::Percent(50).needs(4), 2);
+        assert_eq!(MinHealthy::Percent(1).needs(3), 1);
+        assert_eq!(MinHealthy::Percent(0).needs(3), 0);
+        assert_eq!(MinHealthy::Percent(100).needs(3), 3);
+        assert_eq!(MinHealthy::Percent(50).needs(0), 0);
+        assert_eq!(MinHealthy::Count(2).needs(1), 2);
     }
 
     #[test]

@@ -2,16 +2,19 @@
 //! writer task, and every rule of *which wins* is one pure function.
 //!
 //! - [`mod@decide`]: `decide(&ControlState, Event) -> Decision`, the switching
-//!   rules (file reloads, admin switches, rollbacks, persist) with no I/O,
-//!   no clock and no metrics. Its unit tests are the design's decision
-//!   table, one row per case.
+//!   rules (file reloads, admin switches, rollbacks, persist, and the
+//!   switch gate: readiness handed in as data, pending file switches) with
+//!   no I/O, no clock and no metrics. Its unit tests are the design's
+//!   decision table, one row per case.
 //! - [`writer`]: the task that owns the [`ControlState`], turns requests
 //!   ([`Command`]) into events, and carries out each [`Decision`]: reads
 //!   the file, builds and stores the table, publishes metrics after the
-//!   store, writes the audit line, persists, answers the caller.
+//!   store, writes the audit line, persists, recomputes the pools'
+//!   readiness, answers the caller.
 //! - [`Routes`]: the one `ArcSwap` the data plane loads; only the writer can
 //!   store into it. The stored table carries the control facts `/status`
-//!   shows (previous, override, last reload error), so one load answers it.
+//!   shows (previous, override, last reload error, pending switch, readiness),
+//!   so one load answers it.
 
 pub mod decide;
 pub mod writer;

@@ -169,6 +169,15 @@ fn status(admin: &str) -> Result<()> {
     if let Some(e) = &s.persist_error {
         println!("persist error: {e}");
     }
+    if !s.file_active.is_empty() && s.file_active != s.active {
+        println!("file says   {}", s.file_active);
+    }
+    if let Some(p) = &s.pending {
+        println!(
+            "pending     {}  (waiting since {}: {})",
+            p.active, p.since, p.reason
+        );
+    }
     for (name, p) in &s.pools {
         let state = if p.active {
             "active"
@@ -182,8 +191,19 @@ fn status(admin: &str) -> Result<()> {
         } else {
             ""
         };
+        let ready = match &p.readiness {
+            Some(r) if p.ready => format!(
+                "ready ({} of {} healthy, needs {})",
+                r.healthy, r.endpoints, r.needs
+            ),
+            Some(r) => format!(
+                "NOT READY ({} of {} healthy, needs {})",
+                r.healthy, r.endpoints, r.needs
+            ),
+            None => "readiness unknown".into(),
+        };
         println!(
-            "pool {name:<10} {state:<9} inflight {} tunnels {}{panic}",
+            "pool {name:<10} {state:<9} inflight {} tunnels {}  {ready}{panic}",
             p.inflight, p.tunnels
         );
         if let Some(e) = &p.discovery_error {

@@ -107,6 +107,9 @@ pub struct Metrics {
     /// `switchyard_last_switch_timestamp_seconds`.
     pub last_switch: IntGauge,
     client_connections: IntGaugeVec,
+    pool_ready: IntGaugeVec,
+    /// `switchyard_switch_pending`: 1 while a file switch waits for its pool.
+    pub switch_pending: IntGauge,
     /// `switchyard_rejected_total{reason}`, one handle per [`Reject`].
     rejected: [IntCounter; Reject::ALL.len()],
     pool_endpoints: IntGaugeVec,
@@ -199,6 +202,16 @@ impl Metrics {
             "Open client connections, by listener.",
             &["listener"],
         );
+        let pool_ready = gauge(
+            "pool_ready",
+            "1 when the pool is ready (enough endpoints count as healthy for min_healthy).",
+            &["pool"],
+        );
+        let switch_pending = must(IntGauge::new(
+            "switch_pending",
+            "1 while a file switch waits for its pool to be ready.",
+        ));
+        must(registry.register(Box::new(switch_pending.clone())));
         let rejected_family = counter(
             "rejected_total",
             "Requests or connections refused or cut by the proxy itself, by reason.",
@@ -241,6 +254,8 @@ impl Metrics {
             healthy,
             last_switch,
             client_connections,
+            pool_ready,
+            switch_pending,
             rejected,
             pool_endpoints,
             pool_panic,
@@ -263,6 +278,7 @@ impl Metrics {
             duration: self.duration.with_label_values(&[pool]),
             inflight: self.inflight.with_label_values(&[pool]),
             active: self.active_pool.with_label_values(&[pool]),
+            ready: self.pool_ready.with_label_values(&[pool]),
             errors,
             retries: self.retries.with_label_values(&[pool]),
             endpoints: ENDPOINT_STATES.map(|s| self.pool_endpoints.with_label_values(&[pool, s])),
@@ -287,6 +303,7 @@ impl Metrics {
         let _ = self.duration.remove_label_values(&[pool]);
         let _ = self.inflight.remove_label_values(&[pool]);
         let _ = self.active_pool.remove_label_values(&[pool]);
+        let _ = self.pool_ready.remove_label_values(&[pool]);
         let _ = self.retries.remove_label_values(&[pool]);
         for s in ENDPOINT_STATES {
             let _ = self.pool_endpoints.remove_label_values(&[pool, s]);
@@ -342,6 +359,8 @@ pub struct PoolMetrics {
     pub inflight: IntGauge,
     /// `active_pool{pool}`.
     pub active: IntGauge,
+    /// `pool_ready{pool}`: set when a table is published.
+    pub ready: IntGauge,
     errors: [IntCounter; ErrorKind::ALL.len()],
     /// `upstream_retries_total{pool}`.
     pub retries: IntCounter,

@@ -367,8 +367,9 @@ impl Pool {
         }
     }
 
-    /// `(counting for the gate, total)`: with active checks the healthy
-    /// endpoints, without them every endpoint not ejected.
+    /// `(endpoints that count for the switch gate, all endpoints)`: what
+    /// the pool's readiness is computed from. With active checks the
+    /// healthy endpoints count, without them every endpoint not ejected.
     pub fn gate_count(&self) -> (usize, usize) {
         let counting = self
             .endpoints

@@ -311,6 +311,7 @@ impl Proxy {
                 generation: state.generation,
                 source: Source::File,
                 switched_at: SystemTime::now(),
+                pending_since: None,
                 facts: state.facts(),
                 resolved: &resolved,
             },

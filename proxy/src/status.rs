@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::EndpointHealth;
-use crate::table::RoutingTable;
+use crate::table::{Readiness, RoutingTable};
 
 /// `GET /status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,14 @@ pub struct Status {
     /// Why the override in force could not be written to the upstreams file
     /// (`[admin] persist`); the switch stays an override.
     pub persist_error: Option<String>,
+    /// What the upstreams file's `active` says (an override or a pending
+    /// switch can make it differ from `active`). Absent from the documents
+    /// of older proxies: empty.
+    #[serde(default)]
+    pub file_active: String,
+    /// The file switch waiting for its pool to be ready, or null.
+    #[serde(default)]
+    pub pending: Option<PendingStatus>,
     /// Every pool by name.
     pub pools: BTreeMap<String, PoolStatus>,
 }
@@ -48,6 +56,14 @@ pub struct PoolStatus {
     pub tunnels: i64,
     /// Inactive with nothing in flight (no tunnel either): safe to scale down.
     pub drained: bool,
+    /// Whether a switch to it passes the gate: at least `min_healthy` of its
+    /// endpoints count as healthy, and it has one. Absent from the documents
+    /// of older proxies: false.
+    #[serde(default)]
+    pub ready: bool,
+    /// The counts `ready` comes from (null in older proxies' documents).
+    #[serde(default)]
+    pub readiness: Option<ReadinessStatus>,
     /// None of its endpoints is usable, so routing uses them all anyway
     /// (the panic rule). Absent from older proxies' documents: false.
     #[serde(default)]
@@ -56,6 +72,30 @@ pub struct PoolStatus {
     /// addresses stay), until one succeeds.
     #[serde(default)]
     pub discovery_error: Option<String>,
+}
+
+/// A pool's readiness counts in `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadinessStatus {
+    /// Endpoints that count as healthy for the gate.
+    pub healthy: usize,
+    /// All of its endpoints.
+    pub endpoints: usize,
+    /// Healthy endpoints it needs (`min_healthy`; a percentage rounded up).
+    pub needs: usize,
+    /// The sentence: `green: 0 of 3 endpoints healthy, needs 1`.
+    pub reason: String,
+}
+
+/// `pending` in `/status`: a file switch waiting for its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingStatus {
+    /// The pool the file names.
+    pub active: String,
+    /// Why it waits: the pool's readiness (`green: 0 of 3 endpoints healthy, needs 1`).
+    pub reason: String,
+    /// Since when (RFC 3339).
+    pub since: String,
 }
 
 /// One endpoint in `/status`.
@@ -84,6 +124,7 @@ impl Status {
                         health: e.health.get(),
                     })
                     .collect();
+                let readiness = table.facts.readiness.get(&p.name);
                 let status = PoolStatus {
                     active: i == table.active,
                     endpoints,
@@ -92,6 +133,13 @@ impl Status {
                     drained: i != table.active && inflight == 0,
                     panic: p.panic(),
                     discovery_error: p.discovery_error(),
+                    ready: readiness.is_some_and(Readiness::is_ready),
+                    readiness: readiness.map(|r| ReadinessStatus {
+                        healthy: r.healthy,
+                        endpoints: r.endpoints,
+                        needs: r.needs,
+                        reason: r.reason(&p.name),
+                    }),
                 };
                 (p.name.clone(), status)
             })
@@ -105,6 +153,15 @@ impl Status {
             switched_at: humantime::format_rfc3339_millis(table.switched_at).to_string(),
             last_reload_error: table.facts.last_reload_error.clone(),
             persist_error: table.facts.persist_error.clone(),
+            file_active: table.facts.file_active.clone(),
+            pending: table.facts.pending.as_ref().map(|p| PendingStatus {
+                active: p.active.clone(),
+                reason: p.reason.clone(),
+                since: table
+                    .pending_since
+                    .map(|t| humantime::format_rfc3339_millis(t).to_string())
+                    .unwrap_or_default(),
+            }),
             pools,
         }
     }

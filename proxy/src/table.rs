@@ -2,7 +2,7 @@
 //! goes, built and validated completely before it is stored in the
 //! `ArcSwap` that the data plane loads once per request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use http::HeaderValue;
 
 use crate::config::ConfigError;
-use crate::config::{self, Discovery, Health, PoolFile};
+use crate::config::{self, Discovery, Health, MinHealthy, PoolFile};
 use crate::metrics::Metrics;
 use crate::pool::{Endpoint, EndpointHealth, Pool};
 
@@ -81,12 +81,16 @@ impl Source {
 pub struct Desired {
     /// The file's `active`.
     pub active: String,
+    /// The file's `force`: a change of `active` skips the switch gate.
+    pub force: bool,
     /// `(pool name, definition)` in file order.
     pub pools: Vec<(String, PoolDef)>,
-    /// `[discovery]`.
-    pub discovery: Discovery,
+    /// Each pool's `min_healthy` (the default filled in), by pool name.
+    pub min_healthy: BTreeMap<String, MinHealthy>,
+    /// `[discovery]` (shared: every table built from this file holds it).
+    pub discovery: Arc<Discovery>,
     /// `[health]`; `None`: passive ejection with the defaults, no active check.
-    pub health: Option<Health>,
+    pub health: Option<Arc<Health>>,
 }
 
 impl Desired {
@@ -97,7 +101,18 @@ impl Desired {
         let text = std::str::from_utf8(bytes).unwrap_or_default();
         let mut errors = Vec::new();
         let mut out = Vec::new();
-        for (name, PoolFile { endpoints, dns, .. }, line) in pools {
+        let mut min_healthy = BTreeMap::new();
+        for (
+            name,
+            PoolFile {
+                endpoints,
+                dns,
+                min_healthy: min,
+            },
+            line,
+        ) in pools
+        {
+            min_healthy.insert(name.clone(), min);
             let err = |reason: String| ConfigError::Invalid {
                 file: path.to_path_buf(),
                 line: Some(line),
@@ -196,9 +211,11 @@ impl Desired {
         if errors.is_empty() {
             Ok(Desired {
                 active,
+                force: file.force,
                 pools: out,
-                discovery: file.discovery.clone(),
-                health: file.health.clone(),
+                min_healthy,
+                discovery: Arc::new(file.discovery.clone()),
+                health: file.health.clone().map(Arc::new),
             })
         } else {
             Err(errors)
@@ -209,6 +226,63 @@ impl Desired {
     pub fn has_pool(&self, name: &str) -> bool {
         self.pools.iter().any(|(n, _)| n == name)
     }
+
+    /// The `min_healthy` of pool `name` (the default for a pool not listed).
+    pub fn min_healthy(&self, name: &str) -> MinHealthy {
+        self.min_healthy.get(name).copied().unwrap_or_default()
+    }
+}
+
+/// Whether a pool is ready (the switch gate), with the counts that say why:
+/// ready when it has at least one endpoint and at least `needs` of its
+/// `endpoints` count as healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Endpoints that count for the gate.
+    pub healthy: usize,
+    /// All of the pool's endpoints.
+    pub endpoints: usize,
+    /// Healthy endpoints the pool needs (`min_healthy`, a percentage rounded up).
+    pub needs: usize,
+}
+
+impl Readiness {
+    /// A pool of `endpoints` endpoints, `healthy` of them counting, with `min_healthy`.
+    pub fn of(healthy: usize, endpoints: usize, min_healthy: MinHealthy) -> Readiness {
+        Readiness {
+            healthy,
+            endpoints,
+            needs: min_healthy.needs(endpoints),
+        }
+    }
+
+    /// Whether traffic may be switched to the pool: a pool with no endpoint
+    /// never is.
+    pub fn is_ready(&self) -> bool {
+        self.endpoints > 0 && self.healthy >= self.needs
+    }
+
+    /// Why pool `pool` is (not) ready, as the 409 and `/status` say it:
+    /// `green: 0 of 3 endpoints healthy, needs 1`.
+    pub fn reason(&self, pool: &str) -> String {
+        if self.endpoints == 0 {
+            format!("{pool}: no endpoint (a pool with no endpoint is never ready)")
+        } else {
+            format!(
+                "{pool}: {} of {} endpoints healthy, needs {}",
+                self.healthy, self.endpoints, self.needs
+            )
+        }
+    }
+}
+
+/// A file switch waiting for its pool to be ready, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingFact {
+    /// The pool the file names.
+    pub active: String,
+    /// Why it waits (the target's readiness).
+    pub reason: String,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -264,6 +338,12 @@ pub struct ControlFacts {
     pub last_reload_error: Option<String>,
     /// Why the override in force could not be written to the file (persist).
     pub persist_error: Option<String>,
+    /// The last accepted file's `active` (override or not).
+    pub file_active: String,
+    /// A file switch waiting for its pool to be ready.
+    pub pending: Option<PendingFact>,
+    /// Each pool's readiness, as the writer last computed it (by pool name).
+    pub readiness: BTreeMap<String, Readiness>,
 }
 
 /// What a table is built from.
@@ -279,6 +359,8 @@ pub struct Spec<'a> {
     pub source: Source,
     /// When the active pool last changed.
     pub switched_at: SystemTime,
+    /// When the pending file switch (if any) began waiting.
+    pub pending_since: Option<SystemTime>,
     /// The control facts it carries.
     pub facts: ControlFacts,
     /// What the DNS names of the pools last resolved to.
@@ -300,6 +382,8 @@ pub struct RoutingTable {
     pub generation_header: HeaderValue,
     /// When the active pool last changed (or the table was first loaded).
     pub switched_at: SystemTime,
+    /// When the pending file switch in `facts` began waiting.
+    pub pending_since: Option<SystemTime>,
     /// What `/status` shows of the control plane.
     pub facts: ControlFacts,
     /// `[discovery]` of the file it was built from.
@@ -370,18 +454,36 @@ impl RoutingTable {
             active,
             generation_header: HeaderValue::from(spec.generation),
             switched_at: spec.switched_at,
+            pending_since: spec.pending_since,
             facts: spec.facts.clone(),
-            discovery: Arc::new(spec.file.discovery.clone()),
-            health: Arc::new(health),
+            discovery: Arc::clone(&spec.file.discovery),
+            health,
         }
     }
 
     /// The same table with other control facts (nothing a request sees changes).
-    pub fn with_facts(&self, facts: ControlFacts) -> RoutingTable {
+    pub fn with_facts(&self, facts: ControlFacts, pending_since: Option<SystemTime>) -> RoutingTable {
         RoutingTable {
             facts,
+            pending_since,
             ..self.clone()
         }
+    }
+
+    /// Each pool's readiness now: its endpoints that count for the gate
+    /// ([`Pool::gate_count`]) against its `min_healthy` in `file`. Computed
+    /// by the writer and handed to `decide` as data.
+    pub fn readiness(&self, file: &Desired) -> BTreeMap<String, Readiness> {
+        self.pools
+            .iter()
+            .map(|p| {
+                let (healthy, endpoints) = p.gate_count();
+                (
+                    p.name.clone(),
+                    Readiness::of(healthy, endpoints, file.min_healthy(&p.name)),
+                )
+            })
+            .collect()
     }
 
     /// Publishes this stored table in the metrics: which pool is active, the
@@ -390,7 +492,12 @@ impl RoutingTable {
     pub fn publish(&self, old: Option<&RoutingTable>, metrics: &Metrics) {
         for (i, p) in self.pools.iter().enumerate() {
             p.metrics.active.set(i64::from(i == self.active));
+            let ready = self.facts.readiness.get(&p.name).is_some_and(Readiness::is_ready);
+            p.metrics.ready.set(i64::from(ready));
         }
+        metrics
+            .switch_pending
+            .set(i64::from(self.facts.pending.is_some()));
         for p in old.map(|o| o.pools.as_slice()).unwrap_or_default() {
             match self.pool(&p.name) {
                 None => {
@@ -511,7 +618,7 @@ mod tests {
         let d = parse("active = \"blue\"\n[pools.blue]\ndns = \"blue.default.svc.cluster.local.:8080\"\n[discovery]\nevery = \"1s\"\nnameservers = [\"127.0.0.1:5353\"]\nfamily = \"ipv6\"\n[health]\npath = \"/readyz\"\n").unwrap();
         assert_eq!(d.pools[0].1.sources(), ["blue.default.svc.cluster.local.:8080"]);
         assert_eq!(d.discovery.family, config::Family::Ipv6);
-        assert!(d.health.as_ref().is_some_and(Health::active));
+        assert!(d.health.as_ref().is_some_and(|h| h.active()));
         let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\ndns = \"b:1\"\n[pools.green]\ndns = \"127.0.0.1:2\"\n[pools.red]\ndns = \"red\"\n").unwrap_err();
         assert!(errs[0].contains("exclude each other"), "{errs:?}");
         assert!(errs[1].contains("an address, not a name"), "{errs:?}");
@@ -605,9 +712,60 @@ mod tests {
             generation,
             source: Source::File,
             switched_at: SystemTime::now(),
+            pending_since: None,
             facts: ControlFacts::default(),
             resolved: &NONE_RESOLVED,
         }
+    }
+
+    #[test]
+    fn readiness_counts_endpoints_against_min_healthy_and_publish_shows_it() {
+        let m = Metrics::new();
+        let d = parse(
+            "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [pools.green]\nendpoints = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\nmin_healthy = 3\n\
+             [pools.half]\nendpoints = [\"127.0.0.1:4\", \"127.0.0.1:5\", \"127.0.0.1:6\"]\nmin_healthy = \"50%\"\n",
+        )
+        .unwrap();
+        let t = RoutingTable::build(&spec(&d, "blue", 1), None, &m);
+        let ready = t.readiness(&d);
+        assert_eq!(ready["blue"], Readiness::of(1, 1, MinHealthy::Count(1)));
+        assert!(ready["blue"].is_ready());
+        assert_eq!(
+            ready["green"].reason("green"),
+            "green: 2 of 2 endpoints healthy, needs 3"
+        );
+        assert!(!ready["green"].is_ready());
+        assert_eq!(
+            (ready["half"].needs, ready["half"].is_ready()),
+            (2, true),
+            "50% of 3 rounds up"
+        );
+        let facts = ControlFacts {
+            readiness: ready,
+            pending: Some(PendingFact {
+                active: "green".into(),
+                reason: "green: 2 of 2 endpoints healthy, needs 3".into(),
+            }),
+            ..ControlFacts::default()
+        };
+        let t = t.with_facts(facts, Some(SystemTime::now()));
+        t.publish(None, &m);
+        let text = String::from_utf8(m.render()).unwrap();
+        for series in [
+            "switchyard_pool_ready{pool=\"blue\"} 1",
+            "switchyard_pool_ready{pool=\"green\"} 0",
+            "switchyard_switch_pending 1",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+        // Removing a pool deletes its series.
+        let d2 = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n").unwrap();
+        let t2 = RoutingTable::build(&spec(&d2, "blue", 2), Some(&t), &m);
+        t2.publish(Some(&t), &m);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("switchyard_pool_ready{pool=\"green\"}"), "{text}");
+        assert!(text.contains("switchyard_switch_pending 0"), "{text}");
     }
 
     #[test]

@@ -25,8 +25,11 @@ use toml::{Table, Value};
 pub struct Upstreams {
     comment: Option<String>,
     active: String,
+    force: bool,
     pools: Vec<(String, Vec<String>)>,
     tables: Vec<String>,
+    /// `(pool, the value as TOML)`.
+    min_healthy: Vec<(String, String)>,
 }
 
 impl Upstreams {
@@ -35,8 +38,10 @@ impl Upstreams {
         Self {
             comment: None,
             active: active.to_string(),
+            force: false,
             pools: Vec::new(),
             tables: Vec::new(),
+            min_healthy: Vec::new(),
         }
     }
 
@@ -72,6 +77,22 @@ impl Upstreams {
         self
     }
 
+    /// `force = true|false` at the top (skips the switch gate for `active`).
+    pub fn force(mut self, on: bool) -> Self {
+        self.force = on;
+        self
+    }
+
+    /// `min_healthy` of pool `name`: a count (`2`) or a percentage (`"50%"`).
+    pub fn min_healthy(mut self, name: &str, value: impl Into<Value>) -> Self {
+        let value = value.into().to_string();
+        match self.min_healthy.iter_mut().find(|(n, _)| n == name) {
+            Some(p) => p.1 = value,
+            None => self.min_healthy.push((name.to_string(), value)),
+        }
+        self
+    }
+
     /// A `# comment` first line (then `active` is on line 2).
     pub fn comment(mut self, text: &str) -> Self {
         self.comment = Some(text.to_string());
@@ -102,9 +123,15 @@ impl Display for Upstreams {
             writeln!(f, "# {c}")?;
         }
         writeln!(f, "active = {}", quoted(&self.active))?;
+        if self.force {
+            writeln!(f, "force = true")?;
+        }
         for (name, endpoints) in &self.pools {
             let list: Vec<String> = endpoints.iter().map(|e| quoted(e)).collect();
             writeln!(f, "\n[pools.{}]\nendpoints = [{}]", key(name), list.join(", "))?;
+            if let Some((_, v)) = self.min_healthy.iter().find(|(n, _)| n == name) {
+                writeln!(f, "min_healthy = {v}")?;
+            }
         }
         for t in &self.tables {
             writeln!(f, "\n{t}")?;
@@ -411,6 +438,21 @@ impl ProxyFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstreams_with_force_and_min_healthy() {
+        let text = Upstreams::blue_green("green", "127.0.0.1:1", "127.0.0.1:2")
+            .force(true)
+            .min_healthy("green", 3)
+            .min_healthy("blue", "50%")
+            .to_string();
+        let t: Table = text.parse().unwrap();
+        assert_eq!(t["force"].as_bool(), Some(true), "{text}");
+        assert_eq!(t["pools"]["green"]["min_healthy"].as_integer(), Some(3), "{text}");
+        assert_eq!(t["pools"]["blue"]["min_healthy"].as_str(), Some("50%"), "{text}");
+        let plain: Table = Upstreams::blue("127.0.0.1:1").to_string().parse().unwrap();
+        assert!(!plain.contains_key("force"));
+    }
 
     #[test]
     fn writes_both_files() {

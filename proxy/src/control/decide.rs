@@ -4,11 +4,12 @@
 //! does those, exactly as the [`Decision`] says, so every rule can be
 //! tested as a row of the design's decision table (see the tests below).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::table::{ControlFacts, Desired, Source};
+use crate::table::{ControlFacts, Desired, PendingFact, Readiness, Source};
 
 /// What is routed: the active pool (weights of a split come later).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,13 @@ pub struct ControlState {
     pub overridden: Option<Override>,
     /// The route before the last forward switch; consumed by a rollback.
     pub previous: Option<Route>,
+    /// The file's route, waiting for its pool to be ready (the switch gate).
+    /// Invariant: when set, it is `file.active` and differs from `route`.
+    pub pending: Option<Route>,
+    /// Each pool's readiness, as the writer last computed it from the
+    /// stored table (data, never computed here). A pool not in it (new in
+    /// a file not yet stored) is not ready.
+    pub ready: BTreeMap<String, Readiness>,
     /// The stored table's generation.
     pub generation: u64,
     /// Who made the stored table.
@@ -71,6 +79,8 @@ impl ControlState {
             file_text,
             overridden: None,
             previous: None,
+            pending: None,
+            ready: BTreeMap::new(),
             generation: 1,
             source: Source::File,
             last_reload_error: None,
@@ -86,6 +96,24 @@ impl ControlState {
             overridden: self.overridden.is_some(),
             last_reload_error: self.last_reload_error.clone(),
             persist_error: self.persist_error.clone(),
+            file_active: self.file.active.clone(),
+            pending: self.pending.as_ref().map(|p| PendingFact {
+                active: p.active.clone(),
+                reason: self.gate(&p.active).err().unwrap_or_default(),
+            }),
+            readiness: self.ready.clone(),
+        }
+    }
+
+    /// The switch gate: `Ok` when `pool` is ready, else why not
+    /// (`green: 0 of 3 endpoints healthy, needs 1`).
+    pub fn gate(&self, pool: &str) -> Result<(), String> {
+        match self.ready.get(pool) {
+            Some(r) if r.is_ready() => Ok(()),
+            Some(r) => Err(r.reason(pool)),
+            None => Err(format!(
+                "{pool}: not in the routing table yet (its readiness is not known)"
+            )),
         }
     }
 }
@@ -118,12 +146,20 @@ pub enum Event {
         to: String,
         /// Compare-and-swap on the generation.
         if_generation: Option<u64>,
+        /// Switch even if the target pool is not ready.
+        force: bool,
     },
     /// `POST /rollback`.
     Rollback {
         /// Compare-and-swap on the generation.
         if_generation: Option<u64>,
+        /// Roll back even if the previous pool is not ready.
+        force: bool,
     },
+    /// Readiness may have changed (the stored table changed, or endpoint
+    /// health or addresses did): each pool's readiness, as the writer
+    /// computed it from the stored table.
+    Readiness(BTreeMap<String, Readiness>),
     /// The writer tried to persist `route` into the file: what it wrote,
     /// or why it could not.
     Persisted {
@@ -191,6 +227,10 @@ pub enum SwitchError {
     /// No switch since the last rollback (or since start).
     #[error("nothing to roll back to: no switch since start or since the last rollback")]
     NothingToRollBack,
+    /// The target pool is not ready and `force` was not given: the reason,
+    /// e.g. `green: 0 of 3 endpoints healthy, needs 1`.
+    #[error("{0}")]
+    NotReady(String),
     /// The writer is gone (shutting down).
     #[error("the proxy is shutting down")]
     Unavailable,
@@ -204,6 +244,14 @@ pub enum ReloadOutcome {
         /// Its generation.
         generation: u64,
     },
+    /// The file was accepted, except its change of `active`: that pool is
+    /// not ready, so the switch is pending (applied once the pool is ready).
+    Pending {
+        /// The table's generation (the file's other changes are applied).
+        generation: u64,
+        /// Why the switch waits.
+        reason: String,
+    },
     /// The file's content was already applied (or changed nothing).
     Unchanged,
     /// The file is invalid; the old table stays.
@@ -214,7 +262,7 @@ impl ReloadOutcome {
     /// The `result` label of `config_reloads_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            ReloadOutcome::Applied { .. } => "ok",
+            ReloadOutcome::Applied { .. } | ReloadOutcome::Pending { .. } => "ok",
             ReloadOutcome::Unchanged => "unchanged",
             ReloadOutcome::Rejected(_) => "error",
         }
@@ -228,7 +276,7 @@ pub enum Reply {
     Reload(ReloadOutcome),
     /// To a switch or rollback.
     Switch(Result<SwitchOutcome, SwitchError>),
-    /// Nobody waits (a persist result).
+    /// Nobody waits (a persist result, a readiness change).
     Nothing,
 }
 
@@ -249,12 +297,17 @@ pub struct Decision {
 pub fn decide(state: &ControlState, event: Event) -> Decision {
     match event {
         Event::FileRead(read) => file_read(state, read),
-        Event::Switch { to, if_generation } => switch(state, Route::to(to), if_generation, Source::Admin),
-        Event::Rollback { if_generation } => match &state.previous {
+        Event::Switch {
+            to,
+            if_generation,
+            force,
+        } => switch(state, Route::to(to), if_generation, Source::Admin, force),
+        Event::Rollback { if_generation, force } => match &state.previous {
             None => refuse(state, SwitchError::NothingToRollBack),
-            Some(previous) => switch(state, previous.clone(), if_generation, Source::Rollback),
+            Some(previous) => switch(state, previous.clone(), if_generation, Source::Rollback, force),
         },
         Event::Persisted { route, result } => persisted(state, route, result),
+        Event::Readiness(ready) => readiness(state, ready),
     }
 }
 
@@ -277,6 +330,18 @@ fn settle(state: &ControlState, next: ControlState, persist: Option<Route>, repl
 
 fn reload(state: &ControlState, next: ControlState, outcome: ReloadOutcome) -> Decision {
     settle(state, next, None, Reply::Reload(outcome))
+}
+
+/// A forward switch made by the file (a file's new route, or a pending
+/// one applied): the route changes, the file now says it (no override,
+/// nothing pending), and the old route is what a rollback returns to.
+fn file_switch(next: &mut ControlState, from: &Route, to: Route) {
+    next.previous = Some(from.clone());
+    next.route = to;
+    next.overridden = None;
+    next.persist_error = None;
+    next.pending = None;
+    // Issue 19 (automatic rollback): a forward switch opens the window here.
 }
 
 fn file_read(state: &ControlState, read: FileRead) -> Decision {
@@ -321,25 +386,52 @@ fn file_read(state: &ControlState, read: FileRead) -> Decision {
     if file == state.file {
         return reload(state, next, ReloadOutcome::Unchanged);
     }
-    // A new route in the file is a newer intent than an override: it clears
-    // the override, and with it what persist could not write.
+    let pools_changed = file.pools != state.file.pools;
+    let target = Route::to(file.active.clone());
     if file.active != state.file.active {
-        next.overridden = None;
-        next.persist_error = None;
+        // A new route in the file is a newer intent than an override or a
+        // pending switch.
+        if target == state.route {
+            // The route in force already (an override made it, or the file
+            // goes back while its switch was pending): the file now says it.
+            next.overridden = None;
+            next.persist_error = None;
+            next.pending = None;
+        } else if file.force || state.gate(&target.active).is_ok() {
+            file_switch(&mut next, &state.route, target);
+        } else if !file.has_pool(&state.route.active) {
+            // Pending would leave traffic on a pool the file removes.
+            let reason = state.gate(&target.active).err().unwrap_or_default();
+            return reject(
+                state,
+                format!(
+                    "the file no longer defines pool `{}`, which serves the traffic, and the switch to `{}` \
+                     cannot apply yet ({reason}); keep `{}` until the switch is done, or set force = true",
+                    state.route.active, target.active, state.route.active
+                ),
+            );
+        } else {
+            // Not ready: the rest of the file applies, the switch waits.
+            next.pending = Some(target);
+        }
+    } else if let Some(pending) = state.pending.clone().filter(|_| file.force) {
+        // Same route, now with `force`: the pending switch applies.
+        file_switch(&mut next, &state.route, pending);
     }
-    let route = match &next.overridden {
-        Some(o) => o.route.clone(),
-        None => Route::to(file.active.clone()),
-    };
-    if route != state.route {
-        next.previous = Some(state.route.clone());
-    }
-    next.route = route;
     next.file = file;
-    next.generation = state.generation + 1;
-    next.source = Source::File;
+    if next.route != state.route || pools_changed {
+        next.generation = state.generation + 1;
+        next.source = Source::File;
+    }
     let generation = next.generation;
-    reload(state, next, ReloadOutcome::Applied { generation })
+    let outcome = match &next.pending {
+        Some(p) => ReloadOutcome::Pending {
+            generation,
+            reason: next.gate(&p.active).err().unwrap_or_default(),
+        },
+        None => ReloadOutcome::Applied { generation },
+    };
+    reload(state, next, outcome)
 }
 
 fn reject(state: &ControlState, error: String) -> Decision {
@@ -352,7 +444,13 @@ fn refuse(state: &ControlState, error: SwitchError) -> Decision {
     settle(state, state.clone(), None, Reply::Switch(Err(error)))
 }
 
-fn switch(state: &ControlState, to: Route, if_generation: Option<u64>, source: Source) -> Decision {
+fn switch(
+    state: &ControlState,
+    to: Route,
+    if_generation: Option<u64>,
+    source: Source,
+    force: bool,
+) -> Decision {
     if let Some(expected) = if_generation.filter(|g| *g != state.generation) {
         return refuse(
             state,
@@ -372,7 +470,20 @@ fn switch(state: &ControlState, to: Route, if_generation: Option<u64>, source: S
             },
         );
     }
+    // "Already active" comes before the gate: asking for what is in force
+    // never fails because that pool is not ready.
     if to == state.route {
+        let mut next = state.clone();
+        let mut persist = None;
+        // A later intent cancels a pending file switch. The route in force
+        // then differs from the file's: it is held as an override.
+        if next.pending.take().is_some() && next.overridden.is_none() {
+            next.overridden = Some(Override {
+                route: to.clone(),
+                source,
+            });
+            persist = state.persist.then(|| to.clone());
+        }
         let outcome = SwitchOutcome {
             changed: false,
             active: to.active.clone(),
@@ -380,7 +491,12 @@ fn switch(state: &ControlState, to: Route, if_generation: Option<u64>, source: S
             generation: state.generation,
             source: state.source.as_str(),
         };
-        return settle(state, state.clone(), None, Reply::Switch(Ok(outcome)));
+        return settle(state, next, persist, Reply::Switch(Ok(outcome)));
+    }
+    if !force {
+        if let Err(reason) = state.gate(&to.active) {
+            return refuse(state, SwitchError::NotReady(reason));
+        }
     }
     let mut next = state.clone();
     next.overridden = Some(Override {
@@ -390,8 +506,11 @@ fn switch(state: &ControlState, to: Route, if_generation: Option<u64>, source: S
     // A rollback consumes `previous`: a second one has nothing to go back to.
     next.previous = (source != Source::Rollback).then(|| state.route.clone());
     next.route = to.clone();
+    next.pending = None;
     next.generation = state.generation + 1;
     next.source = source;
+    // Issue 19 (automatic rollback): an admin switch opens the window here,
+    // a rollback closes it.
     let outcome = SwitchOutcome {
         changed: true,
         active: to.active.clone(),
@@ -401,6 +520,21 @@ fn switch(state: &ControlState, to: Route, if_generation: Option<u64>, source: S
     };
     let persist = state.persist.then_some(to);
     settle(state, next, persist, Reply::Switch(Ok(outcome)))
+}
+
+/// New readiness facts: shown in `/status`, and a pending file switch
+/// whose pool is now ready applies (as the file switch it is).
+fn readiness(state: &ControlState, ready: BTreeMap<String, Readiness>) -> Decision {
+    let mut next = state.clone();
+    next.ready = ready;
+    if let Some(pending) = state.pending.clone() {
+        if next.gate(&pending.active).is_ok() {
+            file_switch(&mut next, &state.route, pending);
+            next.generation = state.generation + 1;
+            next.source = Source::File;
+        }
+    }
+    settle(state, next, None, Reply::Nothing)
 }
 
 fn persisted(state: &ControlState, route: Route, result: Result<Written, String>) -> Decision {

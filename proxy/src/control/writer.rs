@@ -42,6 +42,8 @@ pub enum Command {
         to: String,
         /// Compare-and-swap on the generation.
         if_generation: Option<u64>,
+        /// Switch even if the pool is not ready.
+        force: bool,
         /// Who asked (for the audit line).
         who: String,
         /// The answer, once the new table is live.
@@ -51,6 +53,8 @@ pub enum Command {
     Rollback {
         /// Compare-and-swap on the generation.
         if_generation: Option<u64>,
+        /// Roll back even if the previous pool is not ready.
+        force: bool,
         /// Who asked (for the audit line).
         who: String,
         /// The answer.
@@ -72,8 +76,10 @@ pub enum Command {
         /// Its addresses, sorted.
         addrs: Vec<std::net::SocketAddr>,
     },
-    /// An endpoint's health changed (the health task): the health series
-    /// are published again. Not intent: nothing else changes.
+    /// Endpoint health changed (sent by the health task; discovery's
+    /// address changes do the same inside the writer): the health series
+    /// are published again and each pool's readiness recomputed, which may
+    /// apply a pending file switch. Not intent: the generation stays.
     HealthChanged,
 }
 
@@ -97,15 +103,20 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// The writer for the table already stored in `routes` from `state`.
+    /// The writer for the table already stored in `routes` from `state`
+    /// (the start: the file's route applies without the gate). It computes
+    /// each pool's readiness from that table at once, so `/status` and
+    /// `pool_ready` show it from the first answer.
     pub fn new(routes: Arc<Routes>, metrics: Arc<Metrics>, path: PathBuf, state: ControlState) -> Writer {
-        Writer {
+        let mut writer = Writer {
             routes,
             metrics,
             path,
             state,
             resolved: Resolved::new(),
-        }
+        };
+        writer.recheck_readiness();
+        writer
     }
 
     /// The same, with what the DNS names resolved to at start.
@@ -121,29 +132,71 @@ impl Writer {
                 Command::Switch {
                     to,
                     if_generation,
+                    force,
                     who,
                     reply,
                 } => {
                     let asked = format!("switch to {to}");
-                    let r = self.switch(Event::Switch { to, if_generation }, &who, &asked);
+                    let event = Event::Switch {
+                        to,
+                        if_generation,
+                        force,
+                    };
+                    let r = self.switch(event, &who, &asked, force);
+                    self.recheck_readiness();
                     let _ = reply.send(r);
                 }
                 Command::Rollback {
                     if_generation,
+                    force,
                     who,
                     reply,
                 } => {
-                    let r = self.switch(Event::Rollback { if_generation }, &who, "rollback");
+                    let event = Event::Rollback { if_generation, force };
+                    let r = self.switch(event, &who, "rollback", force);
+                    self.recheck_readiness();
                     let _ = reply.send(r);
                 }
                 Command::Reload { cause, reply } => {
                     let r = self.reload(cause);
+                    // A file that made a pool ready has its pending switch
+                    // applied before the answer.
+                    self.recheck_readiness();
                     if let Some(reply) = reply {
                         let _ = reply.send(r);
                     }
                 }
                 Command::Resolved { name, addrs } => self.resolved(name, addrs),
                 Command::HealthChanged => self.health_changed(),
+            }
+        }
+    }
+
+    /// Recomputes each pool's readiness from the stored table and, when it
+    /// changed, decides it (which may apply a pending file switch). Runs
+    /// after every command, before its answer, so a file that changes a
+    /// pool's endpoints or `min_healthy` is followed by the readiness of the
+    /// table it stored.
+    fn recheck_readiness(&mut self) {
+        // A pending switch applied stores a table with the same pools, so
+        // the second round finds nothing new; the bound is a guard.
+        for _ in 0..4 {
+            let ready = self.routes.load().readiness(&self.state.file);
+            if ready == self.state.ready {
+                return;
+            }
+            let before = self.state.route.clone();
+            let pending = self.state.pending.clone();
+            self.execute(Event::Readiness(ready));
+            if self.state.route != before {
+                if let Some(p) = pending {
+                    tracing::info!(
+                        from = %before.active,
+                        to = %p.active,
+                        generation = self.state.generation,
+                        "pool ready: the pending file switch is applied"
+                    );
+                }
             }
         }
     }
@@ -164,6 +217,7 @@ impl Writer {
                 generation: old.generation,
                 source: old.source,
                 switched_at: old.switched_at,
+                pending_since: old.pending_since,
                 facts: old.facts.clone(),
                 resolved: &self.resolved,
             },
@@ -178,27 +232,40 @@ impl Writer {
     }
 
     /// Health or an address set changed: the health series are published
-    /// from the stored table.
+    /// from the stored table, and readiness is recomputed (a pool turning
+    /// ready applies a pending file switch).
     fn health_changed(&mut self) {
         self.routes.load().publish_health();
+        self.recheck_readiness();
     }
 
-    fn switch(&mut self, event: Event, who: &str, asked: &str) -> Result<SwitchOutcome, SwitchError> {
+    fn switch(
+        &mut self,
+        event: Event,
+        who: &str,
+        asked: &str,
+        force: bool,
+    ) -> Result<SwitchOutcome, SwitchError> {
         let before = self.state.route.active.clone();
         let generation = self.state.generation;
+        let cancels = self.state.pending.as_ref().map(|p| p.active.clone());
         let r = match self.execute(event) {
             Reply::Switch(r) => r,
             other => unreachable!("a switch is answered with a switch outcome, not {other:?}"),
         };
+        let cancelled = match (&cancels, &self.state.pending) {
+            (Some(p), None) => p.as_str(),
+            _ => "",
+        };
         match &r {
             Ok(o) if o.changed => {
-                tracing::info!(target: "switchyard::audit", client = %who, action = asked, from = %before, to = %o.active, generation = o.generation, "applied")
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, from = %before, to = %o.active, generation = o.generation, cancelled_pending = cancelled, "applied")
             }
             Ok(_) => {
-                tracing::info!(target: "switchyard::audit", client = %who, action = asked, active = %before, generation, "already active")
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, active = %before, generation, cancelled_pending = cancelled, "already active")
             }
             Err(e) => {
-                tracing::info!(target: "switchyard::audit", client = %who, action = asked, active = %before, generation, error = %e, "refused")
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, active = %before, generation, error = %e, "refused")
             }
         }
         r
@@ -227,6 +294,12 @@ impl Writer {
         match &outcome {
             ReloadOutcome::Applied { generation } => {
                 tracing::info!(file = %self.path.display(), ?cause, generation, "upstreams file applied")
+            }
+            ReloadOutcome::Pending { generation, reason } => {
+                tracing::warn!(
+                    file = %self.path.display(), ?cause, generation, active = %self.state.file.active, %reason,
+                    "upstreams file applied, but its switch is pending until the pool is ready (force = true skips the gate)"
+                )
             }
             ReloadOutcome::Rejected(error) => {
                 tracing::error!(?cause, %error, "upstreams file rejected; the current table stays")
@@ -260,11 +333,18 @@ impl Writer {
     fn carry_out(&mut self, decision: Decision) {
         let Decision { next, store, .. } = decision;
         let routes = &self.routes;
+        let pending_since = match (&self.state.pending, &next.pending) {
+            (_, None) => None,
+            (Some(a), Some(b)) if a == b => routes.load().pending_since,
+            (_, Some(_)) => Some(SystemTime::now()),
+        };
         match store {
             Store::Nothing => {}
             Store::Facts => {
                 let old = routes.load_full();
-                routes.store(Arc::new(old.with_facts(next.facts())));
+                let table = Arc::new(old.with_facts(next.facts(), pending_since));
+                routes.store(Arc::clone(&table));
+                table.publish(Some(&old), &self.metrics);
             }
             Store::Table => {
                 let began = Instant::now();
@@ -278,6 +358,7 @@ impl Writer {
                         generation: next.generation,
                         source: next.source,
                         switched_at,
+                        pending_since,
                         facts: next.facts(),
                         resolved: &self.resolved,
                     },

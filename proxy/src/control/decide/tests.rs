@@ -1,14 +1,15 @@
 //! The decision table, one row per case: `event | condition | decision`,
-//! as the design writes it. Rows the design adds for later features (the
-//! readiness gate, pending switches, splits, automatic rollback) come with
-//! those features.
+//! as the design writes it. Rows the design adds for later features
+//! (splits, automatic rollback) come with those features.
 
 use super::*;
+use crate::config::MinHealthy;
 
 /// An upstreams file: `active` and the named pools (one endpoint each).
 fn file(active: &str, pools: &[&str]) -> Desired {
     Desired {
         active: active.into(),
+        force: false,
         pools: pools
             .iter()
             .enumerate()
@@ -17,19 +18,96 @@ fn file(active: &str, pools: &[&str]) -> Desired {
                 (p.to_string(), crate::table::PoolDef::fixed(endpoints))
             })
             .collect(),
+        min_healthy: pools
+            .iter()
+            .map(|p| (p.to_string(), MinHealthy::DEFAULT))
+            .collect(),
         ..Desired::default()
     }
 }
 
-/// Blue and green, blue active, as at start from a file hashed 1.
-fn started() -> ControlState {
-    ControlState::start(
-        file("blue", &["blue", "green"]),
-        1,
-        "active = \"blue\"".into(),
-        false,
-    )
+/// The same file with `min_healthy = n` for `pool`.
+fn with_min_healthy(mut d: Desired, pool: &str, n: u32) -> Desired {
+    d.min_healthy.insert(pool.into(), MinHealthy::Count(n));
+    d
 }
+
+/// The same file with `force = true`.
+fn forced_file(active: &str, pools: &[&str]) -> Desired {
+    Desired {
+        force: true,
+        ..file(active, pools)
+    }
+}
+
+/// `healthy` of `endpoints` endpoints count, `needs` needed.
+fn r(healthy: usize, endpoints: usize, needs: usize) -> Readiness {
+    Readiness {
+        healthy,
+        endpoints,
+        needs,
+    }
+}
+
+/// Ready: one endpoint of one, needs one.
+const UP: Readiness = Readiness {
+    healthy: 1,
+    endpoints: 1,
+    needs: 1,
+};
+
+/// Not ready: none of three endpoints healthy, needs one.
+const DOWN: Readiness = Readiness {
+    healthy: 0,
+    endpoints: 3,
+    needs: 1,
+};
+
+/// The readiness facts the writer hands in.
+fn readiness(pools: &[(&str, Readiness)]) -> BTreeMap<String, Readiness> {
+    pools.iter().map(|(p, r)| (p.to_string(), *r)).collect()
+}
+
+/// Blue and green, blue active, as at start from a file hashed 1, both
+/// ready (the writer computes readiness right after the start).
+fn started() -> ControlState {
+    ControlState {
+        ready: readiness(&[("blue", UP), ("green", UP), ("canary", UP)]),
+        ..ControlState::start(
+            file("blue", &["blue", "green"]),
+            1,
+            "active = \"blue\"".into(),
+            false,
+        )
+    }
+}
+
+/// Started, but green is not ready (0 of 3 endpoints healthy, needs 1),
+/// and canary not ready either.
+fn green_down() -> ControlState {
+    ControlState {
+        ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", DOWN)]),
+        ..started()
+    }
+}
+
+/// Green down, then the file says green: that switch is pending.
+fn pending_green() -> ControlState {
+    after(&green_down(), read(2, file("green", &["blue", "green"])))
+}
+
+/// Pending green, with an admin override to canary made before the file changed.
+fn overridden_then_pending() -> ControlState {
+    let s = ControlState {
+        file: file("blue", &["blue", "green", "canary"]),
+        ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
+        ..started()
+    };
+    let s = after(&s, switch("canary", None));
+    after(&s, read(2, file("green", &["blue", "green", "canary"])))
+}
+
+const GREEN_DOWN: &str = "green: 0 of 3 endpoints healthy, needs 1";
 
 /// The state `event` leaves `state` in.
 fn after(state: &ControlState, event: Event) -> ControlState {
@@ -73,11 +151,27 @@ fn switch(to: &str, if_generation: Option<u64>) -> Event {
     Event::Switch {
         to: to.into(),
         if_generation,
+        force: false,
+    }
+}
+
+fn forced(to: &str) -> Event {
+    Event::Switch {
+        to: to.into(),
+        if_generation: None,
+        force: true,
     }
 }
 
 fn rollback(if_generation: Option<u64>) -> Event {
-    Event::Rollback { if_generation }
+    Event::Rollback {
+        if_generation,
+        force: false,
+    }
+}
+
+fn became(pools: &[(&str, Readiness)]) -> Event {
+    Event::Readiness(readiness(pools))
 }
 
 fn route(pool: &str) -> Route {
@@ -192,8 +286,6 @@ fn rows() -> Vec<Row> {
         },
         Row {
             event: "file accepted, new route",
-            // Today the table is rebuilt by the file (generation +1, source
-            // `file`); the design's row keeps it as it is.
             condition: "it equals the route in force (an override made it)",
             given: overridden_to_green(),
             when: read(2, file("green", &["blue", "green"])),
@@ -201,7 +293,13 @@ fn rows() -> Vec<Row> {
                 assert_eq!(d.next.overridden, None, "the file now says it");
                 assert_eq!(d.next.route, route("green"));
                 assert_eq!(d.next.previous, given.previous, "no switch happened");
-                assert_eq!((d.next.generation, d.next.source), (3, Source::File));
+                assert_eq!(
+                    (d.next.generation, d.next.source),
+                    (given.generation, Source::Admin),
+                    "nothing else changes: the same table"
+                );
+                assert_eq!(d.store, Store::Facts, "only `override` and `file_active` change");
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 2 });
             },
         },
         Row {
@@ -508,6 +606,478 @@ fn rows() -> Vec<Row> {
                 assert_eq!(d.next.persist_error, None, "nothing is left to persist");
             },
         },
+        // ---- the gate: start ----------------------------------------------
+        Row {
+            event: "start",
+            condition: "the file's pool is not ready",
+            // The writer hands in the readiness right after the start.
+            given: ControlState {
+                ready: BTreeMap::new(),
+                ..ControlState::start(file("green", &["blue", "green"]), 1, "".into(), false)
+            },
+            when: became(&[("blue", UP), ("green", DOWN)]),
+            then: |_, d| {
+                assert_eq!(d.next.route, route("green"), "start applies without the gate");
+                assert_eq!(d.next.pending, None);
+                assert_eq!(d.next.generation, 1);
+                assert_eq!(d.store, Store::Facts, "only the readiness is shown");
+            },
+        },
+        // ---- the gate: a file's new route ---------------------------------
+        Row {
+            event: "file accepted, new route",
+            condition: "target not ready",
+            given: green_down(),
+            when: read(2, file("green", &["blue", "green"])),
+            then: |given, d| {
+                assert_eq!(
+                    reloaded(d),
+                    ReloadOutcome::Pending {
+                        generation: 1,
+                        reason: GREEN_DOWN.into()
+                    }
+                );
+                assert_eq!(d.next.pending, Some(route("green")));
+                assert_eq!(d.next.route, route("blue"), "traffic stays");
+                assert_eq!((d.next.previous.clone(), d.next.overridden.clone()), (None, None));
+                assert_eq!(d.next.generation, given.generation, "the table does not change");
+                assert_eq!(d.store, Store::Facts, "`pending` and `file_active` are shown");
+                let facts = d.next.facts();
+                assert_eq!(
+                    facts.pending,
+                    Some(PendingFact {
+                        active: "green".into(),
+                        reason: GREEN_DOWN.into()
+                    })
+                );
+                assert_eq!(facts.file_active, "green");
+                assert_eq!(d.next.file.active, "green", "the file is accepted");
+                assert_eq!(d.next.file_hash, 2);
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "target not ready, and the file changes pools too",
+            given: green_down(),
+            when: read(2, file("green", &["blue", "green", "canary"])),
+            then: |_, d| {
+                assert_eq!(d.next.pending, Some(route("green")));
+                assert_eq!(d.next.route, route("blue"));
+                assert_eq!(d.store, Store::Table, "the pools apply");
+                assert!(matches!(
+                    reloaded(d),
+                    ReloadOutcome::Pending { generation: 2, .. }
+                ));
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "target not ready, an override in force",
+            given: ControlState {
+                ready: readiness(&[("blue", UP), ("green", UP), ("canary", DOWN)]),
+                ..overridden_to_green()
+            },
+            when: read(2, file("canary", &["blue", "green", "canary"])),
+            then: |given, d| {
+                assert_eq!(d.next.pending, Some(route("canary")));
+                assert_eq!(d.next.route, route("green"), "the route stays");
+                assert_eq!(d.next.overridden, given.overridden, "and the override too");
+                assert_eq!(d.store, Store::Table, "canary is a new pool of the table");
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "target not ready, `force = true`",
+            given: green_down(),
+            when: read(2, forced_file("green", &["blue", "green"])),
+            then: |_, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 2 });
+                assert_eq!(d.next.route, route("green"), "force skips the gate");
+                assert_eq!(d.next.previous, Some(route("blue")));
+                assert_eq!((d.next.pending.clone(), d.next.source), (None, Source::File));
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "target is a pool new in this file (its readiness not known yet)",
+            given: started(),
+            when: read(2, file("purple", &["blue", "green", "purple"])),
+            then: |_, d| {
+                let ReloadOutcome::Pending {
+                    generation: 2,
+                    reason,
+                } = reloaded(d)
+                else {
+                    panic!("expected pending, got {:?}", d.reply)
+                };
+                assert!(
+                    reason.contains("purple: not in the routing table yet"),
+                    "{reason}"
+                );
+                assert_eq!(d.store, Store::Table, "the new pool is stored first");
+                // The writer then hands in the stored table's readiness: it applies.
+                let then = decide(&d.next, became(&[("blue", UP), ("green", UP), ("purple", UP)]));
+                assert_eq!(then.next.route, route("purple"));
+                assert_eq!(then.next.generation, 3);
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "target not ready, and the file removes the pool in force",
+            given: green_down(),
+            when: read(2, file("green", &["green"])),
+            then: |given, d| {
+                let ReloadOutcome::Rejected(why) = reloaded(d) else {
+                    panic!("expected a rejection, got {:?}", d.reply)
+                };
+                assert!(
+                    why.contains("no longer defines pool `blue`") && why.contains(GREEN_DOWN),
+                    "{why}"
+                );
+                assert_eq!(d.next.route, given.route);
+                assert_eq!(d.next.file, given.file, "not accepted");
+                assert_eq!(d.next.pending, None);
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "a switch pending, the file goes back to the route in force",
+            given: pending_green(),
+            when: read(3, file("blue", &["blue", "green"])),
+            then: |given, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 1 });
+                assert_eq!(d.next.pending, None, "cancelled");
+                assert_eq!(d.next.route, route("blue"));
+                assert_eq!(d.next.generation, given.generation);
+                assert_eq!(d.store, Store::Facts);
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "a switch pending, the new target ready",
+            given: ControlState {
+                ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
+                ..pending_green()
+            },
+            when: read(3, file("canary", &["blue", "green", "canary"])),
+            then: |_, d| {
+                assert_eq!(d.next.route, route("canary"), "applies");
+                assert_eq!(d.next.pending, None, "replaces the pending switch");
+                assert_eq!(d.next.previous, Some(route("blue")));
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "a switch pending, the new target not ready either",
+            given: pending_green(),
+            when: read(3, file("canary", &["blue", "green", "canary"])),
+            then: |_, d| {
+                assert_eq!(
+                    d.next.pending,
+                    Some(route("canary")),
+                    "replaces the pending switch"
+                );
+                assert_eq!(d.next.route, route("blue"));
+                assert_eq!(
+                    d.next.facts().pending.map(|p| p.reason),
+                    Some("canary: 0 of 3 endpoints healthy, needs 1".into())
+                );
+            },
+        },
+        // ---- the gate: a file that keeps its route -----------------------
+        Row {
+            event: "file accepted, same route as `file`",
+            condition: "a switch pending",
+            given: pending_green(),
+            when: read(3, file("green", &["blue", "green", "canary"])),
+            then: |given, d| {
+                assert_eq!(d.next.pending, given.pending, "kept");
+                assert_eq!(d.next.route, route("blue"));
+                assert_eq!(d.store, Store::Table, "the pools apply");
+            },
+        },
+        Row {
+            event: "file accepted, same route as `file`",
+            condition: "a switch pending and an override in force",
+            given: overridden_then_pending(),
+            when: read(
+                3,
+                with_min_healthy(file("green", &["blue", "green", "canary"]), "green", 2),
+            ),
+            then: |given, d| {
+                assert_eq!(d.next.pending, given.pending, "kept");
+                assert_eq!(d.next.overridden, given.overridden, "kept");
+                assert_eq!(d.next.route, route("canary"));
+                assert_eq!(
+                    reloaded(d),
+                    ReloadOutcome::Pending {
+                        generation: given.generation,
+                        reason: GREEN_DOWN.into()
+                    }
+                );
+                assert_eq!(
+                    d.store,
+                    Store::Nothing,
+                    "min_healthy is no part of the table: the writer recomputes readiness"
+                );
+            },
+        },
+        Row {
+            event: "file accepted, same route as `file`",
+            condition: "a switch pending, now `force = true`",
+            given: pending_green(),
+            when: read(3, forced_file("green", &["blue", "green"])),
+            then: |_, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 2 });
+                assert_eq!(d.next.route, route("green"), "the pending switch applies");
+                assert_eq!(d.next.pending, None);
+                assert_eq!(d.next.previous, Some(route("blue")));
+            },
+        },
+        // ---- the gate: readiness ------------------------------------------
+        Row {
+            event: "a pool turns ready",
+            condition: "`pending` targets it",
+            given: pending_green(),
+            when: became(&[("blue", UP), ("green", r(1, 3, 1)), ("canary", DOWN)]),
+            then: |given, d| {
+                assert_eq!(d.reply, Reply::Nothing);
+                assert_eq!(d.next.route, route("green"), "applied as a file switch");
+                assert_eq!(d.next.pending, None);
+                assert_eq!(d.next.previous, Some(route("blue")));
+                assert_eq!(d.next.overridden, None);
+                assert_eq!(
+                    (d.next.generation, d.next.source),
+                    (given.generation + 1, Source::File)
+                );
+                assert_eq!(d.store, Store::Table);
+            },
+        },
+        Row {
+            event: "a pool turns ready",
+            condition: "`pending` targets it, an override in force",
+            given: overridden_then_pending(),
+            when: became(&[("blue", UP), ("green", UP), ("canary", UP)]),
+            then: |_, d| {
+                assert_eq!(d.next.route, route("green"));
+                assert_eq!(d.next.overridden, None, "the file's intent is newer");
+                assert_eq!(d.next.previous, Some(route("canary")));
+            },
+        },
+        Row {
+            event: "a pool turns ready",
+            condition: "`pending` targets another pool",
+            given: pending_green(),
+            when: became(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
+            then: |given, d| {
+                assert_eq!(d.next.pending, given.pending);
+                assert_eq!(d.next.route, route("blue"));
+                assert_eq!(d.store, Store::Facts, "the readiness is shown");
+            },
+        },
+        Row {
+            event: "readiness changes",
+            condition: "the pending target is still not ready",
+            given: pending_green(),
+            when: became(&[("blue", UP), ("green", r(1, 3, 2)), ("canary", DOWN)]),
+            then: |_, d| {
+                assert_eq!(d.next.pending, Some(route("green")));
+                assert_eq!(
+                    d.next.facts().pending.map(|p| p.reason),
+                    Some("green: 1 of 3 endpoints healthy, needs 2".into()),
+                    "the reason follows"
+                );
+                assert_eq!(d.store, Store::Facts);
+            },
+        },
+        Row {
+            event: "readiness changes",
+            condition: "the active pool is no longer ready",
+            given: started(),
+            when: became(&[("blue", DOWN), ("green", UP), ("canary", UP)]),
+            then: |_, d| {
+                assert_eq!(d.next.route, route("blue"), "the gate never switches by itself");
+                assert_eq!(d.store, Store::Facts);
+            },
+        },
+        Row {
+            event: "readiness changes",
+            condition: "nothing changed",
+            given: pending_green(),
+            when: became(&[("blue", UP), ("green", DOWN), ("canary", DOWN)]),
+            then: |_, d| assert_eq!(d.store, Store::Nothing),
+        },
+        Row {
+            event: "a pool with no endpoint",
+            condition: "`min_healthy = 0`",
+            given: pending_green(),
+            when: became(&[("blue", UP), ("green", r(0, 0, 0))]),
+            then: |_, d| {
+                assert_eq!(d.next.route, route("blue"), "never ready");
+                assert_eq!(
+                    d.next.facts().pending.map(|p| p.reason),
+                    Some("green: no endpoint (a pool with no endpoint is never ready)".into())
+                );
+            },
+        },
+        // ---- the gate: admin ----------------------------------------------
+        Row {
+            event: "admin switch to R",
+            condition: "R is the current route, and not ready (\"already active\" comes before the gate)",
+            given: ControlState {
+                ready: readiness(&[("blue", DOWN), ("green", UP)]),
+                ..started()
+            },
+            when: switch("blue", None),
+            then: |given, d| {
+                assert!(!switched(d).changed);
+                assert_eq!(d.next, *given);
+            },
+        },
+        Row {
+            event: "admin switch to R",
+            condition: "R is the current route, a file switch pending",
+            given: pending_green(),
+            when: switch("blue", None),
+            then: |given, d| {
+                let o = switched(d);
+                assert_eq!((o.changed, o.generation), (false, given.generation));
+                assert_eq!(d.next.pending, None, "cancelled: the later intent wins");
+                assert_eq!(
+                    d.next.overridden,
+                    Some(Override {
+                        route: route("blue"),
+                        source: Source::Admin
+                    }),
+                    "the route in force now differs from the file's: an override"
+                );
+                assert_eq!(d.store, Store::Facts);
+                assert_eq!(d.persist, None, "persist is off");
+            },
+        },
+        Row {
+            event: "admin switch to R",
+            condition: "R is the current route, a file switch pending, persist on",
+            given: ControlState {
+                persist: true,
+                ..pending_green()
+            },
+            when: switch("blue", None),
+            then: |_, d| {
+                assert_eq!(d.persist, Some(route("blue")), "the file is made to say it");
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "R not ready, no `force`",
+            given: green_down(),
+            when: switch("green", None),
+            then: |given, d| {
+                assert_eq!(refused(d), SwitchError::NotReady(GREEN_DOWN.into()));
+                assert_eq!(refused(d).to_string(), GREEN_DOWN, "the 409's reason");
+                assert_eq!(d.next, *given, "nothing changes");
+                assert_eq!(d.store, Store::Nothing);
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "R not ready, `force`",
+            given: green_down(),
+            when: forced("green"),
+            then: |_, d| {
+                assert!(switched(d).changed);
+                assert_eq!(d.next.route, route("green"));
+                assert_eq!(d.next.previous, Some(route("blue")));
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "otherwise, a file switch pending",
+            given: ControlState {
+                ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
+                ..after(
+                    &green_down(),
+                    read(2, file("green", &["blue", "green", "canary"])),
+                )
+            },
+            when: switch("canary", None),
+            then: |_, d| {
+                assert_eq!(switched(d).active, "canary");
+                assert_eq!(d.next.pending, None, "cancelled");
+                assert_eq!(d.next.overridden.as_ref().map(|o| o.source), Some(Source::Admin));
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "to the pending pool, forced",
+            given: pending_green(),
+            when: forced("green"),
+            then: |_, d| {
+                assert_eq!(d.next.route, route("green"));
+                assert_eq!(d.next.pending, None);
+                assert!(d.next.overridden.is_some(), "an admin switch is an override");
+            },
+        },
+        // ---- the gate: rollback -------------------------------------------
+        Row {
+            event: "rollback",
+            condition: "`previous` not ready, no `force`",
+            given: ControlState {
+                ready: readiness(&[("blue", DOWN), ("green", UP)]),
+                ..overridden_to_green()
+            },
+            when: rollback(None),
+            then: |given, d| {
+                assert_eq!(
+                    refused(d),
+                    SwitchError::NotReady("blue: 0 of 3 endpoints healthy, needs 1".into())
+                );
+                assert_eq!(d.next, *given, "nothing changes; `previous` is kept");
+            },
+        },
+        Row {
+            event: "rollback",
+            condition: "`previous` not ready, `force`",
+            given: ControlState {
+                ready: readiness(&[("blue", DOWN), ("green", UP)]),
+                ..overridden_to_green()
+            },
+            when: Event::Rollback {
+                if_generation: None,
+                force: true,
+            },
+            then: |_, d| {
+                assert_eq!(switched(d).active, "blue");
+                assert_eq!(d.next.previous, None);
+            },
+        },
+        Row {
+            event: "rollback",
+            condition: "otherwise, a file switch pending",
+            given: {
+                // Blue → canary by the file, then the file says green (not ready).
+                let s = ControlState {
+                    file: file("blue", &["blue", "green", "canary"]),
+                    ..green_down()
+                };
+                let s = ControlState {
+                    ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
+                    ..s
+                };
+                let s = after(&s, read(2, file("canary", &["blue", "green", "canary"])));
+                after(&s, read(3, file("green", &["blue", "green", "canary"])))
+            },
+            when: rollback(None),
+            then: |given, d| {
+                assert_eq!(given.pending, Some(route("green")), "the row's premise");
+                assert_eq!(switched(d).active, "blue");
+                assert_eq!(d.next.pending, None, "cancelled");
+                assert_eq!(
+                    d.next.overridden.as_ref().map(|o| o.source),
+                    Some(Source::Rollback)
+                );
+            },
+        },
     ]
 }
 
@@ -532,13 +1102,18 @@ fn the_decision_table() {
 
 #[test]
 fn every_store_moves_the_generation_by_one_and_only_then() {
-    let mut state = started();
+    let mut state = ControlState {
+        ready: readiness(&[("blue", UP), ("green", UP)]),
+        ..started()
+    };
     let events = [
         switch("green", None),
         read(2, file("blue", &["blue", "green", "canary"])),
         rollback(None),
         read(3, file("canary", &["blue", "green", "canary"])),
+        became(&[("blue", UP), ("green", UP), ("canary", DOWN)]),
         switch("canary", None),
+        became(&[("blue", UP), ("green", UP), ("canary", UP)]),
         read(3, file("canary", &["blue", "green", "canary"])),
     ];
     for event in events {
