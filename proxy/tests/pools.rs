@@ -448,3 +448,39 @@ async fn records_added_and_removed_under_load_fail_nothing() {
     testkit::load::assert_no_failures(&samples);
     assert_eq!(a.served(), before, "a removed endpoint gets no new request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_counts_healthy_endpoints_and_a_pending_switch_applies_when_checks_pass() {
+    let blue = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let green = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    green.set_ready(false);
+    let file = |active: &str| {
+        format!(
+            "active = \"{active}\"\n[pools.blue]\nendpoints = [\"{}\"]\n[pools.green]\nendpoints = [\"{}\"]\n[health]\npath = \"/readyz\"\ninterval = \"100ms\"\nhealthy_after = 2\nunhealthy_after = 1\n",
+            blue.addr, green.addr
+        )
+    };
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&file("blue")));
+    wait_status(&sy, "blue healthy, green unhealthy", |st| {
+        endpoints(st, "blue")[0].1 == "healthy" && endpoints(st, "green")[0].1 == "unhealthy"
+    })
+    .await;
+    // An endpoint that fails its checks does not count for the gate.
+    let (code, body) = admin(sy.admin, "POST", "/switch", r#"{"to":"green"}"#, None).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["errors"][0], "green: 0 of 1 endpoints healthy, needs 1",
+        "{body}"
+    );
+
+    // The file asks for green: pending until green passes its checks.
+    sy.files.rename_upstreams(&file("green"));
+    wait_status(&sy, "the file switch pending", |st| !st["pending"].is_null()).await;
+    assert_eq!(status(&sy).await["active"], "blue");
+    green.set_ready(true);
+    wait_status(&sy, "green active by itself", |st| st["active"] == "green").await;
+    let st = status(&sy).await;
+    assert!(st["pending"].is_null(), "{st}");
+    assert_eq!(endpoints(&st, "green")[0].1, "healthy", "{st}");
+    assert_eq!(gets(sy.http, 1).await, [(200, green.addr.to_string())]);
+}
