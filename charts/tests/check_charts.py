@@ -98,6 +98,9 @@ METRICS = {
     "switchyard_upstream_healthy",
     "switchyard_last_switch_timestamp_seconds",
     "switchyard_client_connections",
+    "switchyard_pool_endpoints",
+    "switchyard_pool_panic",
+    "switchyard_discovery_errors_total",
 }
 
 
@@ -687,12 +690,15 @@ def check_translation_api(case: Case, rendered: Rendered) -> None:
 
 
 def check_cross_chart(switchyard_default: Rendered, api_services: dict[str, str]) -> None:
-    """The switchyard chart's default pools are the translation-api chart's Services."""
+    """The switchyard chart's default pools are the translation-api chart's headless
+    Services, as fully qualified names (trailing dot) in the release namespace."""
     upstreams = tomllib.loads(switchyard_default.one("ConfigMap", "switchyard-upstreams")["data"]["upstreams.toml"])
     for pool, spec in upstreams["pools"].items():
         expect(pool in api_services, "cross-chart", f"pool {pool} has no translation-api colour checked")
-        expect(spec["endpoints"] == [api_services[pool]], "cross-chart",
-               f"pool {pool}: {spec['endpoints']} but the translation-api chart serves {api_services[pool]}")
+        name, port = api_services[pool].rsplit(":", 1)
+        want = f"{name}.{NAMESPACE}.svc.cluster.local.:{port}"
+        expect(spec.get("dns") == want, "cross-chart",
+               f"pool {pool}: {spec} but the translation-api chart serves {want}")
 
 
 # ---------------------------------------------------------------- running
@@ -833,6 +839,7 @@ def main() -> int:
             values = {"colour": colour}
             r = render(Case(CHARTS / "translation-api", f"colour {colour}", values, release_name(CHARTS / "translation-api", values)))
             svc = r.one("Service")
+            expect(svc["spec"].get("clusterIP") == "None", "cross-chart", f"Service {svc['metadata']['name']} is headless")
             services[colour] = f"{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
         default = rendered.get(("switchyard", install.name))
         expect(default is not None, "cross-chart", "the walk-through's switchyard install did not render")

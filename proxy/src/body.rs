@@ -133,6 +133,9 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let p = &self.pool;
         p.pool.inflight.add(p.core, -1);
+        if let Some(i) = self.endpoint {
+            p.unload(i);
+        }
         // Read before `request_ended` re-arms the connection's deadline.
         let cut = self.cut.or_else(|| match self.conn.cut_while() {
             Some(Waiting::Upstream) => Some(Cut::ReadTimeout),

@@ -37,6 +37,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
 use crate::pool::{Endpoint, OpenConn};
+use crate::table::RoutingTable;
 
 pub use body::UpstreamBody;
 
@@ -264,6 +265,17 @@ impl LocalClient {
             k.queue
                 .retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
             !k.queue.is_empty() || Arc::strong_count(&k.ep) > 1
+        });
+    }
+
+    /// Closes the idle connections of endpoints that `table` no longer has
+    /// (a discovered address that went away): they get no new request.
+    pub fn retain_endpoints_of(&self, table: &RoutingTable) {
+        self.idle.borrow_mut().retain(|k| {
+            table
+                .pools
+                .iter()
+                .any(|p| p.endpoints.iter().any(|e| e.id == k.id))
         });
     }
 

@@ -65,6 +65,22 @@ pub const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 pub const MAX_HEADERS_LIMIT: usize = 10_000;
 /// Most data-plane cores `runtime.cores` may ask for.
 pub const MAX_CORES: usize = 1024;
+/// Default `[discovery] every`: how often DNS names are resolved again.
+pub const DEFAULT_DISCOVERY_EVERY: Duration = Duration::from_secs(5);
+/// Default `[health] interval`: each endpoint is checked once per interval.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `[health] timeout`: a check with no 2xx answer within it fails.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default `[health] healthy_after`: passed checks in a row to turn healthy.
+pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
+/// Default `[health] unhealthy_after`: failed checks in a row to turn unhealthy.
+pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+/// Default `[health] eject_after`: live-traffic failures in a row that eject an endpoint.
+pub const DEFAULT_EJECT_AFTER: u32 = 5;
+/// Default `[health] eject_for`: how long a passive ejection lasts without active checks.
+pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
+/// Default `[health] max_ejected_percent`.
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 /// Largest upstreams file we read; anything bigger is rejected unparsed.
 pub const MAX_UPSTREAMS_BYTES: u64 = 1 << 20;
 
@@ -426,8 +442,11 @@ pub struct UpstreamsFile {
     pub force: bool,
     /// The pools by name, in file order.
     pub pools: Spanned<toml::map::Map<String, toml::Value>>,
-    /// `[health]` (later).
-    pub health: Option<Spanned<toml::Value>>,
+    /// `[discovery]`: how DNS names are resolved.
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// `[health]`: active checks (with `path`) and passive ejection.
+    pub health: Option<Health>,
     /// `[preview]` (later).
     pub preview: Option<Spanned<toml::Value>>,
     /// `[split]` (later).
@@ -443,8 +462,9 @@ pub struct PoolFile {
     /// `host:port` endpoints (IP literals or DNS names).
     #[serde(default)]
     pub endpoints: Vec<String>,
-    /// `dns` (later).
-    pub dns: Option<toml::Value>,
+    /// `dns = "name:port"`: the pool's endpoints are the addresses the name
+    /// resolves to (a headless Service); instead of `endpoints`.
+    pub dns: Option<String>,
     /// `min_healthy`: how many endpoints must count as healthy for the pool
     /// to be ready (the switch gate); default [`MinHealthy::DEFAULT`].
     #[serde(default)]
@@ -503,6 +523,91 @@ impl TryFrom<toml::Value> for MinHealthy {
                 .ok_or_else(|| bad(&v)),
             _ => Err(bad(&v)),
         }
+    }
+}
+
+/// The address family of discovered endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// A records only (the default).
+    #[default]
+    Ipv4,
+    /// AAAA records only.
+    Ipv6,
+}
+
+/// `[discovery]`: how DNS names (`dns`, and names in `endpoints`) are resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Discovery {
+    /// Resolve every name again this often.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// Ask only these servers (`ip:port`); empty: the system configuration
+    /// (`/etc/resolv.conf`: name servers, search domains, `ndots`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Which records count: `ipv4` (A) or `ipv6` (AAAA).
+    pub family: Family,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            every: DEFAULT_DISCOVERY_EVERY,
+            nameservers: Vec::new(),
+            family: Family::Ipv4,
+        }
+    }
+}
+
+/// `[health]`: active checks of every endpoint (when `path` is set) and
+/// passive ejection on live-traffic failures. Without the table, passive
+/// ejection runs with these defaults and no active check.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// `GET path` is the active check (2xx passes); none: no active check.
+    pub path: Option<String>,
+    /// Each endpoint is checked once per interval (spread over it).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check with no 2xx answer within this fails.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Passed checks in a row that make an endpoint healthy.
+    pub healthy_after: u32,
+    /// Failed checks in a row that make an endpoint unhealthy.
+    pub unhealthy_after: u32,
+    /// Consecutive connect failures, resets or timeouts on live traffic
+    /// that eject an endpoint; 0 turns passive ejection off.
+    pub eject_after: u32,
+    /// Without active checks: how long an ejection lasts.
+    #[serde(with = "humantime_serde")]
+    pub eject_for: Duration,
+    /// At most this share of a pool's endpoints is ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: None,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            healthy_after: DEFAULT_HEALTHY_AFTER,
+            unhealthy_after: DEFAULT_UNHEALTHY_AFTER,
+            eject_after: DEFAULT_EJECT_AFTER,
+            eject_for: DEFAULT_EJECT_FOR,
+            max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+        }
+    }
+}
+
+impl Health {
+    /// Whether active checks run (`path` is set).
+    pub fn active(&self) -> bool {
+        self.path.is_some()
     }
 }
 
@@ -799,7 +904,6 @@ pub fn parse_upstreams(path: &Path, bytes: &[u8]) -> Result<(UpstreamsFile, Pool
     let file: UpstreamsFile = toml::from_str(text).map_err(|e| vec![ConfigError::toml(path, text, &e)])?;
     let mut errors = Vec::new();
     for (key, value) in [
-        ("health", &file.health),
         ("preview", &file.preview),
         ("split", &file.split),
         ("rollback", &file.rollback),
@@ -814,16 +918,7 @@ pub fn parse_upstreams(path: &Path, bytes: &[u8]) -> Result<(UpstreamsFile, Pool
         // Spans are lost inside `toml::Value`; find the pool's header line instead.
         let line = find_line(text, &format!("[pools.{name}]")).unwrap_or(pools_line);
         match PoolFile::deserialize(value.clone()) {
-            Ok(pool) => {
-                if pool.dns.is_some() {
-                    errors.push(ConfigError::Invalid {
-                        file: path.to_path_buf(),
-                        line: Some(line),
-                        reason: format!("pools.{name}: `dns` is not supported yet"),
-                    });
-                }
-                pools.push((name.clone(), pool, line));
-            }
+            Ok(pool) => pools.push((name.clone(), pool, line)),
             Err(e) => errors.push(ConfigError::Invalid {
                 file: path.to_path_buf(),
                 line: Some(line),
@@ -861,17 +956,13 @@ mod tests {
 
     #[test]
     fn later_keys_are_not_supported_yet() {
-        let text = "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\ndns = \"x:1\"\n[split]\nweights = {}\n";
+        let text =
+            "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\n\n[split]\nweights = {}\n";
         let errs = parse_upstreams(Path::new("u.toml"), text.as_bytes()).unwrap_err();
         let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert!(
             all.iter()
-                .any(|m| m.contains("`split` is not supported yet") && m.contains("line 5")),
-            "{all:?}"
-        );
-        assert!(
-            all.iter()
-                .any(|m| m.contains("`dns` is not supported yet") && m.contains("line 2")),
+                .any(|m| m.contains("`split` is not supported yet") && m.contains("line 6")),
             "{all:?}"
         );
     }

@@ -117,10 +117,14 @@ pub fn handle(
         let opts = &worker.shared.opts;
         let result = match outcome {
             Ok(r) => r,
-            Err(_) => Err(ForwardError::Timeout {
-                pool: pool.pool.name.clone(),
-                after: opts.request_timeout,
-            }),
+            Err(_) => {
+                // The endpoint it was waiting on counts a failure (passive ejection).
+                pool.timed_out();
+                Err(ForwardError::Timeout {
+                    pool: pool.pool.name.clone(),
+                    after: opts.request_timeout,
+                })
+            }
         };
         // Answer: the upstream's response (or a tunnel), or the proxy's own
         // error; then the labels every answer carries.

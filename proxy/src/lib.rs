@@ -5,7 +5,11 @@
 //! docs/architecture.md):
 //! - [`config`]: serde shapes of `proxy.toml` / `upstreams.toml`, their errors;
 //! - [`table`]: the immutable [`table::RoutingTable`] and its validation;
-//! - [`pool`]: a blue/green pool: endpoints, round-robin, in-flight counts;
+//! - [`pool`]: a blue/green pool: endpoints and their health, the
+//!   spreading rule (least in flight, ties by rotation), in-flight counts;
+//! - [`discovery`]: DNS names resolved at start and every `[discovery] every`;
+//! - [`health`]: active checks, passive ejection, the one task that moves
+//!   an endpoint's health;
 //! - [`client`]: per-core upstream connections per endpoint (kept open and
 //!   idle for reuse), and the request body sent upstream;
 //! - [`headers`]: the request and response header rules (pure);
@@ -30,8 +34,8 @@
 //!
 //! Request flow: a core's listener accepts → hyper reads the request →
 //! [`forward::handle`] loads the table once and takes its active pool →
-//! picks an endpoint round-robin and an idle upstream connection of this
-//! core (or opens one) → streams the request and the answer, recording
+//! picks the usable endpoint with the fewest requests in flight on this core
+//! and an idle upstream connection of this core (or opens one) → streams the request and the answer, recording
 //! metrics when it ends.
 //!
 //! Start-up: [`Checked`] reads and validates the files (what `switchyard
@@ -47,11 +51,13 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod deadline;
+pub mod discovery;
 pub mod error;
 pub mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod headers;
+pub mod health;
 pub mod listener;
 pub mod local;
 pub mod metrics;

@@ -189,11 +189,17 @@ pub async fn run_core(
     let sweep_every = (opts.upstream_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let sweeper = {
         let client = Rc::clone(&client);
+        let shared = Arc::clone(&shared);
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(sweep_every);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => client.sweep(),
+                    _ = tick.tick() => {
+                        client.sweep();
+                        // A core that serves no request still lets go of the
+                        // idle connections of endpoints discovery removed.
+                        client.retain_endpoints_of(&shared.table.load());
+                    }
                     // A request (on any core) waits for room at an endpoint.
                     () = client.shed_signal().notified() => client.shed_waited(),
                 }

@@ -3,8 +3,9 @@
 //! writes too. Per request a core still loads the shared table once (so a
 //! switch is seen by the very next request), but when that table is the one
 //! it saw last it reuses its own copies: reference counts that are not
-//! atomic, header values that only this core touches, its own round-robin
-//! cursor and its own buffer of the per-request metrics.
+//! atomic, header values that only this core touches, its own rotation
+//! cursor, its own in-flight count per endpoint (what spreading compares)
+//! and its own buffer of the per-request metrics.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -14,8 +15,9 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::sync::watch;
 
+use crate::client::LocalClient;
 use crate::metrics::LocalPoolMetrics;
-use crate::pool::Pool;
+use crate::pool::{self, Failure, FailureTx, Pool};
 use crate::table::RoutingTable;
 
 /// One pool as one core uses it.
@@ -29,25 +31,107 @@ pub struct CorePool {
     /// This core's index (its slot in the pool's in-flight count).
     pub core: usize,
     next: Cell<usize>,
+    /// Requests in flight on this core per endpoint (index in the pool):
+    /// what spreading compares. This core's alone, so never contended.
+    loads: Box<[Cell<u32>]>,
+    /// Where a run of `eject_after` failures is reported.
+    failures: FailureTx,
+    /// The endpoint the last dropped sending was trying, if any: how a
+    /// request timeout (which drops the sending) is counted against it.
+    abandoned: Cell<Option<usize>>,
 }
 
 impl CorePool {
-    fn new(pool: &Arc<Pool>, core: usize) -> CorePool {
+    fn new(pool: &Arc<Pool>, core: usize, failures: FailureTx) -> CorePool {
         CorePool {
             pool: Arc::clone(pool),
             header: copy(&pool.header),
             metrics: pool.metrics.local(),
             core,
-            // Cores start their round-robin at different endpoints.
+            // Cores start their rotation at different endpoints.
             next: Cell::new(core),
+            loads: (0..pool.endpoints.len()).map(|_| Cell::new(0)).collect(),
+            failures,
+            abandoned: Cell::new(None),
         }
     }
 
-    /// Where round-robin starts for the next request of this core.
-    pub fn next_start(&self) -> usize {
-        let n = self.next.get();
-        self.next.set(n.wrapping_add(1));
-        n
+    /// The endpoint for a request's first try: the usable one with the
+    /// fewest requests in flight on this core, ties broken by rotation
+    /// (each call starts the scan one further). With no usable endpoint
+    /// (the panic rule) every endpoint not ejected is a candidate, and
+    /// then any. `None` only for a pool without endpoints.
+    pub fn choose(&self) -> Option<usize> {
+        let start = self.next.get();
+        self.next.set(start.wrapping_add(1));
+        let eps = &self.pool.endpoints;
+        let load = |i: usize| self.loads[i].get();
+        pool::least_loaded(eps.len(), start, |i| eps[i].health.get().usable(), load)
+            .or_else(|| {
+                pool::least_loaded(
+                    eps.len(),
+                    start,
+                    |i| eps[i].health.get() != pool::EndpointHealth::Ejected,
+                    load,
+                )
+            })
+            .or_else(|| pool::least_loaded(eps.len(), start, |_| true, load))
+    }
+
+    /// Whether a retry may go to endpoint `i`: usable, or the pool panics.
+    pub fn usable(&self, i: usize) -> bool {
+        self.pool.endpoints[i].health.get().usable() || self.pool.panic()
+    }
+
+    /// One more request in flight to endpoint `i` on this core.
+    pub fn load(&self, i: usize) {
+        if let Some(c) = self.loads.get(i) {
+            c.set(c.get().saturating_add(1));
+        }
+    }
+
+    /// One request fewer in flight to endpoint `i` on this core.
+    pub fn unload(&self, i: usize) {
+        if let Some(c) = self.loads.get(i) {
+            c.set(c.get().saturating_sub(1));
+        }
+    }
+
+    /// A live request to endpoint `i` failed to connect, or its connection
+    /// was reset before an answer: counted, and every `eject_after` in a
+    /// row reported to the health task.
+    pub fn failed(&self, i: usize) {
+        let (Some(ep), after) = (self.pool.endpoints.get(i), self.pool.eject_after) else {
+            return;
+        };
+        let n = ep.health.failed();
+        if after > 0 && n >= after && (n - after) % after == 0 {
+            let _ = self.failures.send(Failure {
+                pool: Arc::clone(&self.pool),
+                endpoint: Arc::clone(ep),
+            });
+        }
+    }
+
+    /// A sending ended; `at` is the endpoint it was still trying when it
+    /// was dropped (none when it ended by itself).
+    pub fn abandon(&self, at: Option<usize>) {
+        self.abandoned.set(at);
+    }
+
+    /// The request whose sending was just dropped timed out: a failure of
+    /// the endpoint it was trying.
+    pub fn timed_out(&self) {
+        if let Some(i) = self.abandoned.take() {
+            self.failed(i);
+        }
+    }
+
+    /// A live request to endpoint `i` got an answer.
+    pub fn succeeded(&self, i: usize) {
+        if let Some(ep) = self.pool.endpoints.get(i) {
+            ep.health.succeeded();
+        }
     }
 }
 
@@ -66,6 +150,10 @@ struct Seen {
 /// One core's view; see the module doc.
 pub struct View {
     core: usize,
+    /// This core's upstream connections: a new table closes the idle ones
+    /// of endpoints it no longer has.
+    client: Rc<LocalClient>,
+    failures: FailureTx,
     seen: RefCell<Option<Seen>>,
     /// Every pool this core has used and that is still in the table, for
     /// the periodic flush of their metrics.
@@ -73,10 +161,13 @@ pub struct View {
 }
 
 impl View {
-    /// An empty view for core `core`.
-    pub fn new(core: usize) -> View {
+    /// An empty view for core `core`, whose upstream connections are
+    /// `client` and which reports failures to `failures`.
+    pub fn new(core: usize, client: Rc<LocalClient>, failures: FailureTx) -> View {
         View {
             core,
+            client,
+            failures,
             seen: RefCell::new(None),
             pools: RefCell::new(Vec::new()),
         }
@@ -103,11 +194,12 @@ impl View {
         // Pools the table no longer holds are flushed (on drop) once their
         // last request ends.
         pools.retain(|c| table.pools.iter().any(|p| Arc::ptr_eq(p, &c.pool)));
+        self.client.retain_endpoints_of(table);
         let active = table.active_pool();
         let core_pool = match pools.iter().find(|c| Arc::ptr_eq(&c.pool, active)) {
             Some(c) => Rc::clone(c),
             None => {
-                let c = Rc::new(CorePool::new(active, self.core));
+                let c = Rc::new(CorePool::new(active, self.core, self.failures.clone()));
                 pools.push(Rc::clone(&c));
                 c
             }

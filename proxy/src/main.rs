@@ -200,6 +200,11 @@ fn status(admin: &str) -> Result<()> {
         } else {
             "draining"
         };
+        let panic = if p.panic {
+            "  PANIC: no usable endpoint, using all"
+        } else {
+            ""
+        };
         let ready = match &p.readiness {
             Some(r) if p.ready => format!(
                 "ready ({} of {} healthy, needs {})",
@@ -212,11 +217,17 @@ fn status(admin: &str) -> Result<()> {
             None => "readiness unknown".into(),
         };
         println!(
-            "pool {name:<10} {state:<9} inflight {} tunnels {}  {ready}",
+            "pool {name:<10} {state:<9} inflight {} tunnels {}  {ready}{panic}",
             p.inflight, p.tunnels
         );
+        if let Some(e) = &p.discovery_error {
+            println!("  discovery error: {e}");
+        }
+        if p.endpoints.is_empty() {
+            println!("  (no endpoint)");
+        }
         for e in &p.endpoints {
-            println!("  {} healthy={}", e.address, e.healthy);
+            println!("  {} {}", e.address, e.health.label());
         }
     }
     Ok(())

@@ -125,7 +125,13 @@ pub struct Metrics {
     pub switch_pending: IntGauge,
     /// `switchyard_rejected_total{reason}`, one handle per [`Reject`].
     rejected: [IntCounter; Reject::ALL.len()],
+    pool_endpoints: IntGaugeVec,
+    pool_panic: IntGaugeVec,
+    discovery_errors: IntCounterVec,
 }
+
+/// The `state` labels of `pool_endpoints`, in the order of `pool::EndpointHealth`.
+pub const ENDPOINT_STATES: [&str; 4] = ["unknown", "healthy", "unhealthy", "ejected"];
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Only fails on an invalid metric definition or a duplicate registration,
@@ -196,7 +202,7 @@ impl Metrics {
         );
         let healthy = gauge(
             "upstream_healthy",
-            "1 when the endpoint counts as healthy.",
+            "1 while routing uses the endpoint (unknown or healthy, or any in a panicking pool).",
             &["pool", "endpoint"],
         );
         let last_switch = must(IntGauge::new(
@@ -225,6 +231,21 @@ impl Metrics {
             &["reason"],
         );
         let rejected = Reject::ALL.map(|r| rejected_family.with_label_values(&[r.label()]));
+        let pool_endpoints = gauge(
+            "pool_endpoints",
+            "Endpoints of a pool, by health state.",
+            &["pool", "state"],
+        );
+        let pool_panic = gauge(
+            "pool_panic",
+            "1 while none of the pool's endpoints is usable and routing uses them all anyway.",
+            &["pool"],
+        );
+        let discovery_errors = counter(
+            "discovery_errors_total",
+            "Failed DNS resolutions of a pool's names (the last good addresses stay).",
+            &["pool"],
+        );
         // Families without labels from the config are initialised so they show at 0.
         for s in SOURCES {
             switches.with_label_values(&[s]);
@@ -249,6 +270,9 @@ impl Metrics {
             pool_ready,
             switch_pending,
             rejected,
+            pool_endpoints,
+            pool_panic,
+            discovery_errors,
         }
     }
 
@@ -276,6 +300,9 @@ impl Metrics {
             ready: self.pool_ready.with_label_values(&[pool]),
             errors,
             retries: self.retries.with_label_values(&[pool]),
+            endpoints: ENDPOINT_STATES.map(|s| self.pool_endpoints.with_label_values(&[pool, s])),
+            panic: self.pool_panic.with_label_values(&[pool]),
+            discovery_errors: self.discovery_errors.with_label_values(&[pool]),
         }
     }
 
@@ -297,6 +324,11 @@ impl Metrics {
         let _ = self.active_pool.remove_label_values(&[pool]);
         let _ = self.pool_ready.remove_label_values(&[pool]);
         let _ = self.retries.remove_label_values(&[pool]);
+        for s in ENDPOINT_STATES {
+            let _ = self.pool_endpoints.remove_label_values(&[pool, s]);
+        }
+        let _ = self.pool_panic.remove_label_values(&[pool]);
+        let _ = self.discovery_errors.remove_label_values(&[pool]);
     }
 
     /// Deletes the `upstream_healthy` series of a removed endpoint.
@@ -351,6 +383,12 @@ pub struct PoolMetrics {
     errors: [IntCounter; ErrorKind::ALL.len()],
     /// `upstream_retries_total{pool}`.
     pub retries: IntCounter,
+    /// `pool_endpoints{pool,state}`, in [`ENDPOINT_STATES`] order.
+    pub endpoints: [IntGauge; 4],
+    /// `pool_panic{pool}`.
+    pub panic: IntGauge,
+    /// `discovery_errors_total{pool}`.
+    pub discovery_errors: IntCounter,
 }
 
 impl PoolMetrics {

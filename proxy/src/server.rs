@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shared::{DataOpts, Shared};
 use crate::table::{Desired, RoutingTable, Source, Spec};
-use crate::{admin, balance, listener, local, watch};
+use crate::{admin, balance, discovery, health, listener, local, watch};
 
 /// The configuration a proxy starts from, read and validated completely:
 /// what `switchyard check` checks and what [`Proxy::spawn`] runs.
@@ -104,22 +104,36 @@ impl Checked {
         }
     }
 
-    /// Endpoints given as DNS names that do not resolve on this machine now
-    /// (`switchyard check` without `--offline`; the proxy itself resolves
-    /// them at each new upstream connection).
+    /// The pools' DNS names (`dns`, and names in `endpoints`) that do not
+    /// resolve on this machine now, resolved as the proxy resolves them
+    /// (`switchyard check` without `--offline`). A `dns` name with no
+    /// address is valid (a pool not deployed yet); a name in `endpoints`
+    /// with none, or any name without an answer, is not.
     pub fn unresolvable_endpoints(&self) -> Vec<ConfigError> {
+        let names = discovery::names_of(&self.upstreams);
+        let list: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+        let (resolved, failed) =
+            discovery::resolve_now(&list, &self.upstreams.discovery, discovery::START_TIMEOUT);
+        let error = |pool: &str, reason: String| ConfigError::Invalid {
+            file: self.settings.upstreams_path.clone(),
+            line: None,
+            reason: format!("pools.{pool}: {reason}"),
+        };
         let mut errors = Vec::new();
-        for (pool, endpoints) in &self.upstreams.pools {
-            for ep in endpoints {
-                if ep.parse::<SocketAddr>().is_ok() {
-                    continue;
+        for (name, why) in failed {
+            for (n, pools) in &names {
+                if *n == name {
+                    errors.push(error(
+                        &pools.join(", "),
+                        format!("cannot resolve `{name}`: {why}"),
+                    ));
                 }
-                if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(ep.as_str()) {
-                    errors.push(ConfigError::Invalid {
-                        file: self.settings.upstreams_path.clone(),
-                        line: None,
-                        reason: format!("pools.{pool}: cannot resolve `{ep}`: {e}"),
-                    });
+            }
+        }
+        for (pool, def) in &self.upstreams.pools {
+            for ep in &def.endpoints {
+                if resolved.get(ep).is_some_and(Vec::is_empty) {
+                    errors.push(error(pool, format!("`{ep}` has no address")));
                 }
             }
         }
@@ -289,6 +303,15 @@ impl Proxy {
         let file = &settings.file;
         let path = settings.upstreams_path.clone();
         let watch = watch::Watch::arm(&path);
+        // DNS names are resolved before serving, bounded by
+        // `discovery::START_TIMEOUT`: a name that fails starts with no
+        // address (logged, counted), and discovery keeps trying.
+        let names: Vec<String> = discovery::names_of(&upstreams)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let (resolved, unresolved) =
+            discovery::resolve_now(&names, &upstreams.discovery, discovery::START_TIMEOUT);
         let state = ControlState::start(upstreams, upstreams_hash, upstreams_text, file.admin.persist);
         let metrics = Metrics::new();
         let table = RoutingTable::build(
@@ -300,13 +323,19 @@ impl Proxy {
                 switched_at: SystemTime::now(),
                 pending_since: None,
                 facts: state.facts(),
+                resolved: &resolved,
             },
             None,
             &metrics,
         );
+        for (name, why) in &unresolved {
+            tracing::error!(%name, error = %why, "discovery: cannot resolve at start; its pools start without its addresses");
+            discovery::record_error(&table, name, why);
+        }
         table.publish(None, &metrics);
         metrics.reload("ok");
         let (balance, inboxes) = balance::Balancer::new(cores, file.limits.max_connections);
+        let (failures_tx, failures_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             table: Arc::new(Routes::new(table)),
             metrics: Arc::new(metrics),
@@ -315,6 +344,7 @@ impl Proxy {
             flush: local::FlushRequests::new(cores),
             balance,
             upstream_shed: Arc::new(tokio::sync::Notify::new()),
+            failures: failures_tx,
         });
 
         let (writer_tx, writer_rx) = mpsc::channel(64);
@@ -336,7 +366,8 @@ impl Proxy {
             Arc::clone(&shared.metrics),
             path.clone(),
             state,
-        );
+        )
+        .with_resolved(resolved.clone());
         let admin = Arc::new(admin::Admin {
             shared: Arc::clone(&shared),
             writer: writer_tx.clone(),
@@ -348,6 +379,18 @@ impl Proxy {
             file.upstreams.reread,
             writer_tx.clone(),
             Arc::clone(&watch_events),
+            stop_control_rx.clone(),
+        );
+        let discoverer = discovery::run(
+            Arc::clone(&shared.table),
+            writer_tx.clone(),
+            resolved,
+            stop_control_rx.clone(),
+        );
+        let health = health::run(
+            Arc::clone(&shared.table),
+            writer_tx.clone(),
+            failures_rx,
             stop_control_rx.clone(),
         );
         let control = start_thread(
@@ -367,8 +410,12 @@ impl Proxy {
                 rt.block_on(async move {
                     let writer_task = tokio::spawn(writer.run(writer_rx));
                     let watcher_task = tokio::spawn(watcher);
+                    let discovery_task = tokio::spawn(discoverer);
+                    let health_task = tokio::spawn(health);
                     listener::run_admin(admin_listener, admin, stop_control_rx).await;
                     let _ = watcher_task.await;
+                    let _ = discovery_task.await;
+                    let _ = health_task.await;
                     // The writer ends once every sender (the Proxy's too) is gone.
                     writer_task.abort();
                 });

@@ -13,6 +13,7 @@ use crate::config;
 use crate::control::Routes;
 use crate::local;
 use crate::metrics::Metrics;
+use crate::pool::FailureTx;
 
 /// The data plane's settings, fixed at start.
 #[derive(Debug, Clone)]
@@ -108,6 +109,9 @@ pub struct Shared {
     /// `limits.upstream_max_connections`: every core then closes its idle
     /// connections to that endpoint (see client.rs).
     pub upstream_shed: Arc<tokio::sync::Notify>,
+    /// Where the cores report runs of live-traffic failures to the health
+    /// task (passive ejection).
+    pub failures: FailureTx,
 }
 
 impl Shared {

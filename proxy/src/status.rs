@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pool::EndpointHealth;
 use crate::table::{Readiness, RoutingTable};
 
 /// `GET /status`.
@@ -63,6 +64,14 @@ pub struct PoolStatus {
     /// The counts `ready` comes from (null in older proxies' documents).
     #[serde(default)]
     pub readiness: Option<ReadinessStatus>,
+    /// None of its endpoints is usable, so routing uses them all anyway
+    /// (the panic rule). Absent from older proxies' documents: false.
+    #[serde(default)]
+    pub panic: bool,
+    /// The last failed resolution of its DNS names (the last good
+    /// addresses stay), until one succeeds.
+    #[serde(default)]
+    pub discovery_error: Option<String>,
 }
 
 /// A pool's readiness counts in `/status`.
@@ -92,10 +101,10 @@ pub struct PendingStatus {
 /// One endpoint in `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointStatus {
-    /// `host:port` as configured.
+    /// `ip:port`: from the file, or what a DNS name resolved to.
     pub address: String,
-    /// The `upstream_healthy` gauge.
-    pub healthy: bool,
+    /// `unknown`, `healthy`, `unhealthy` or `ejected`.
+    pub health: EndpointHealth,
 }
 
 impl Status {
@@ -112,7 +121,7 @@ impl Status {
                     .iter()
                     .map(|e| EndpointStatus {
                         address: e.addr.clone(),
-                        healthy: e.healthy.get() == 1,
+                        health: e.health.get(),
                     })
                     .collect();
                 let readiness = table.facts.readiness.get(&p.name);
@@ -122,6 +131,8 @@ impl Status {
                     inflight,
                     tunnels: p.tunnels().max(0),
                     drained: i != table.active && inflight == 0,
+                    panic: p.panic(),
+                    discovery_error: p.discovery_error(),
                     ready: readiness.is_some_and(Readiness::is_ready),
                     readiness: readiness.map(|r| ReadinessStatus {
                         healthy: r.healthy,

@@ -2,7 +2,8 @@
 //! goes, built and validated completely before it is stored in the
 //! `ArcSwap` that the data plane loads once per request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,9 +11,44 @@ use std::time::SystemTime;
 use http::HeaderValue;
 
 use crate::config::ConfigError;
-use crate::config::{self, MinHealthy, PoolFile};
+use crate::config::{self, Discovery, Health, MinHealthy, PoolFile};
 use crate::metrics::Metrics;
-use crate::pool::{Endpoint, Pool};
+use crate::pool::{Endpoint, EndpointHealth, Pool};
+
+/// One pool of an upstreams file: fixed `endpoints` (IP literals or DNS
+/// names) or one `dns` name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolDef {
+    /// `endpoints`, as written.
+    pub endpoints: Vec<String>,
+    /// `dns = "name:port"`.
+    pub dns: Option<String>,
+}
+
+impl PoolDef {
+    /// A pool of fixed endpoints.
+    pub fn fixed(endpoints: Vec<String>) -> PoolDef {
+        PoolDef { endpoints, dns: None }
+    }
+
+    /// Where its endpoints come from: each `host:port` of `endpoints`, or
+    /// its `dns` name.
+    pub fn sources(&self) -> Vec<String> {
+        match &self.dns {
+            Some(d) => vec![d.clone()],
+            None => self.endpoints.clone(),
+        }
+    }
+}
+
+/// What each DNS name (`name:port`, as written) last resolved to: kept by
+/// the writer, filled by discovery.
+pub type Resolved = HashMap<String, Vec<SocketAddr>>;
+
+/// Whether a source needs DNS (it is not an `ip:port` literal).
+pub fn is_name(source: &str) -> bool {
+    source.parse::<SocketAddr>().is_err()
+}
 
 /// Who made a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,16 +77,20 @@ impl Source {
 
 /// The pools of an upstreams file, validated: names and endpoint strings in
 /// file order, and the file's `active`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
     /// The file's `active`.
     pub active: String,
     /// The file's `force`: a change of `active` skips the switch gate.
     pub force: bool,
-    /// `(pool name, endpoints)` in file order.
-    pub pools: Vec<(String, Vec<String>)>,
+    /// `(pool name, definition)` in file order.
+    pub pools: Vec<(String, PoolDef)>,
     /// Each pool's `min_healthy` (the default filled in), by pool name.
     pub min_healthy: BTreeMap<String, MinHealthy>,
+    /// `[discovery]` (shared: every table built from this file holds it).
+    pub discovery: Arc<Discovery>,
+    /// `[health]`; `None`: passive ejection with the defaults, no active check.
+    pub health: Option<Arc<Health>>,
 }
 
 impl Desired {
@@ -66,8 +106,8 @@ impl Desired {
             name,
             PoolFile {
                 endpoints,
+                dns,
                 min_healthy: min,
-                ..
             },
             line,
         ) in pools
@@ -83,8 +123,21 @@ impl Desired {
                     "pool name `{name}` must be 1-64 characters of a-z, 0-9, `-` or `_`"
                 )));
             }
-            if endpoints.is_empty() {
-                errors.push(err(format!("pools.{name}: a pool needs at least one endpoint")));
+            match (&dns, endpoints.is_empty()) {
+                (Some(_), false) => errors.push(err(format!(
+                    "pools.{name}: `endpoints` and `dns` exclude each other; give one of them"
+                ))),
+                (None, true) => errors.push(err(format!(
+                    "pools.{name}: a pool needs at least one endpoint (or a `dns` name)"
+                ))),
+                (Some(d), true) => match check_endpoint(d) {
+                    Err(reason) => errors.push(err(format!("pools.{name}: dns `{d}`: {reason}"))),
+                    Ok(()) if !is_name(d) => errors.push(err(format!(
+                        "pools.{name}: dns `{d}` is an address, not a name; use `endpoints`"
+                    ))),
+                    Ok(()) => {}
+                },
+                (None, false) => {}
             }
             let mut seen = std::collections::HashSet::new();
             for ep in &endpoints {
@@ -94,7 +147,7 @@ impl Desired {
                     errors.push(err(format!("pools.{name}: endpoint `{ep}` is listed twice")));
                 }
             }
-            out.push((name, endpoints));
+            out.push((name, PoolDef { endpoints, dns }));
         }
         if out.is_empty() {
             errors.push(ConfigError::Invalid {
@@ -115,12 +168,54 @@ impl Desired {
                 ),
             });
         }
+        let d = &file.discovery;
+        let mut invalid = |reason: String| {
+            errors.push(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: None,
+                reason,
+            })
+        };
+        if d.every.is_zero() {
+            invalid("discovery.every must be greater than 0".into());
+        }
+        if let Some(h) = &file.health {
+            if let Some(p) = &h.path {
+                if !p.starts_with('/') || p.parse::<http::uri::PathAndQuery>().is_err() {
+                    invalid(format!("health.path `{p}` must be a path starting with `/`"));
+                }
+            }
+            for (key, value) in [("interval", h.interval), ("timeout", h.timeout)] {
+                if value.is_zero() {
+                    invalid(format!("health.{key} must be greater than 0"));
+                }
+            }
+            for (key, value) in [
+                ("healthy_after", h.healthy_after),
+                ("unhealthy_after", h.unhealthy_after),
+            ] {
+                if value == 0 {
+                    invalid(format!("health.{key} must be at least 1"));
+                }
+            }
+            if h.max_ejected_percent > 100 {
+                invalid(format!(
+                    "health.max_ejected_percent = {} is not a percentage (0-100)",
+                    h.max_ejected_percent
+                ));
+            }
+            if h.eject_for.is_zero() {
+                invalid("health.eject_for must be greater than 0".into());
+            }
+        }
         if errors.is_empty() {
             Ok(Desired {
                 active,
                 force: file.force,
                 pools: out,
                 min_healthy,
+                discovery: Arc::new(file.discovery.clone()),
+                health: file.health.clone().map(Arc::new),
             })
         } else {
             Err(errors)
@@ -213,6 +308,8 @@ pub fn check_endpoint(ep: &str) -> Result<(), String> {
     if port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(format!("`{port}` is not a port (1-65535)"));
     }
+    // A fully qualified name may end with its root dot.
+    let host = host.strip_suffix('.').unwrap_or(host);
     let host_ok = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
@@ -266,6 +363,8 @@ pub struct Spec<'a> {
     pub pending_since: Option<SystemTime>,
     /// The control facts it carries.
     pub facts: ControlFacts,
+    /// What the DNS names of the pools last resolved to.
+    pub resolved: &'a Resolved,
 }
 
 /// The immutable routing table the data plane reads.
@@ -287,6 +386,10 @@ pub struct RoutingTable {
     pub pending_since: Option<SystemTime>,
     /// What `/status` shows of the control plane.
     pub facts: ControlFacts,
+    /// `[discovery]` of the file it was built from.
+    pub discovery: Arc<Discovery>,
+    /// `[health]` of the file it was built from (the defaults without one).
+    pub health: Arc<Health>,
 }
 
 impl RoutingTable {
@@ -305,30 +408,40 @@ impl RoutingTable {
     /// It sets no metric: new pools and endpoints only resolve their metric
     /// handles; [`RoutingTable::publish`] sets the gauges once it is stored.
     pub fn build(spec: &Spec<'_>, old: Option<&RoutingTable>, metrics: &Metrics) -> RoutingTable {
+        let health = spec.file.health.clone().unwrap_or_default();
+        let checked = health.active();
         let pools: Vec<Arc<Pool>> = spec
             .file
             .pools
             .iter()
-            .map(|(name, endpoints)| {
+            .map(|(name, def)| {
+                let sources = def.sources();
+                let addrs = addresses(&sources, spec.resolved);
                 let old_pool = old.and_then(|t| t.pool(name));
                 match old_pool {
-                    Some(p) if p.endpoint_names().eq(endpoints.iter().map(String::as_str)) => Arc::clone(p),
+                    Some(p)
+                        if p.endpoints.iter().map(|e| e.socket).eq(addrs.iter().copied())
+                            && p.sources == sources
+                            && p.checked == checked
+                            && p.eject_after == health.eject_after =>
+                    {
+                        Arc::clone(p)
+                    }
                     _ => {
-                        let eps = endpoints
+                        let eps = addrs
                             .iter()
                             .map(|addr| {
                                 old_pool
-                                    .and_then(|p| p.endpoints.iter().find(|e| e.addr == *addr))
+                                    .and_then(|p| p.endpoints.iter().find(|e| e.socket == *addr))
                                     .cloned()
-                                    .unwrap_or_else(|| Arc::new(Endpoint::new(name, addr, metrics)))
+                                    .unwrap_or_else(|| Arc::new(Endpoint::new(name, *addr, metrics)))
                             })
                             .collect();
-                        Arc::new(Pool::new(
-                            name,
-                            eps,
-                            metrics,
-                            old_pool.map(|p| Arc::clone(&p.inflight)),
-                        ))
+                        let mut pool = Pool::new(name, eps, metrics, old_pool.map(|p| &**p));
+                        pool.sources = sources;
+                        pool.checked = checked;
+                        pool.eject_after = health.eject_after;
+                        Arc::new(pool)
                     }
                 }
             })
@@ -343,6 +456,8 @@ impl RoutingTable {
             switched_at: spec.switched_at,
             pending_since: spec.pending_since,
             facts: spec.facts.clone(),
+            discovery: Arc::clone(&spec.file.discovery),
+            health,
         }
     }
 
@@ -403,7 +518,56 @@ impl RoutingTable {
         metrics
             .generation
             .set(i64::try_from(self.generation).unwrap_or(i64::MAX));
+        self.publish_health();
     }
+
+    /// Sets the health series from the endpoints' states as they stand:
+    /// `upstream_healthy` (1 while routing uses the endpoint),
+    /// `pool_endpoints{state}` and `pool_panic`.
+    pub fn publish_health(&self) {
+        for p in &self.pools {
+            let panic = p.panic();
+            for e in &p.endpoints {
+                e.healthy.set(i64::from(panic || e.health.get().usable()));
+            }
+            for (state, n) in EndpointHealth::ALL.iter().zip(p.census()) {
+                p.metrics.endpoints[*state as usize].set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            p.metrics.panic.set(i64::from(panic));
+        }
+    }
+
+    /// Every DNS name of every pool (`name:port`), each once.
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.pools {
+            for s in p.sources.iter().filter(|s| is_name(s)) {
+                if !out.contains(s) {
+                    out.push(s.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A pool's addresses: its `ip:port` sources and what its names resolved
+/// to, in order, each once.
+fn addresses(sources: &[String], resolved: &Resolved) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for s in sources {
+        let literal = s.parse::<SocketAddr>().ok();
+        let found = match &literal {
+            Some(a) => std::slice::from_ref(a),
+            None => resolved.get(s).map_or(&[][..], Vec::as_slice),
+        };
+        for a in found {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -447,6 +611,100 @@ mod tests {
         assert!(Desired::parse(Path::new("u"), &[0xff, 0xfe, 0x00]).is_err());
     }
 
+    static NONE_RESOLVED: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(Resolved::new);
+
+    #[test]
+    fn a_pool_has_endpoints_or_dns_and_health_values_are_checked() {
+        let d = parse("active = \"blue\"\n[pools.blue]\ndns = \"blue.default.svc.cluster.local.:8080\"\n[discovery]\nevery = \"1s\"\nnameservers = [\"127.0.0.1:5353\"]\nfamily = \"ipv6\"\n[health]\npath = \"/readyz\"\n").unwrap();
+        assert_eq!(d.pools[0].1.sources(), ["blue.default.svc.cluster.local.:8080"]);
+        assert_eq!(d.discovery.family, config::Family::Ipv6);
+        assert!(d.health.as_ref().is_some_and(|h| h.active()));
+        let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\ndns = \"b:1\"\n[pools.green]\ndns = \"127.0.0.1:2\"\n[pools.red]\ndns = \"red\"\n").unwrap_err();
+        assert!(errs[0].contains("exclude each other"), "{errs:?}");
+        assert!(errs[1].contains("an address, not a name"), "{errs:?}");
+        assert!(errs[2].contains("dns `red`"), "{errs:?}");
+        let errs = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[health]\npath = \"readyz\"\ninterval = \"0s\"\nhealthy_after = 0\nmax_ejected_percent = 101\n").unwrap_err();
+        let all = errs.join("\n");
+        for want in [
+            "health.path",
+            "health.interval",
+            "health.healthy_after",
+            "max_ejected_percent",
+        ] {
+            assert!(all.contains(want), "{want}: {all}");
+        }
+        let errs = parse(
+            "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[health]\nintervall = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert!(errs[0].contains("intervall"), "{errs:?}");
+    }
+
+    #[test]
+    fn names_resolve_into_endpoints_and_a_new_address_set_keeps_the_rest() {
+        let m = Metrics::new();
+        let d = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"api.test.:80\"]\n[pools.green]\ndns = \"green.test.:80\"\n").unwrap();
+        let none = Resolved::new();
+        let mut s = spec(&d, "blue", 1);
+        s.resolved = &none;
+        let t1 = RoutingTable::build(&s, None, &m);
+        assert_eq!(t1.pools[0].endpoint_names().collect::<Vec<_>>(), ["127.0.0.1:1"]);
+        assert!(
+            t1.pools[1].endpoints.is_empty(),
+            "a name not resolved yet: no endpoint"
+        );
+        assert_eq!(t1.names(), ["api.test.:80", "green.test.:80"]);
+        let resolved = Resolved::from([
+            (
+                "api.test.:80".to_string(),
+                vec!["10.0.0.1:80".parse().unwrap(), "127.0.0.1:1".parse().unwrap()],
+            ),
+            ("green.test.:80".to_string(), vec!["10.0.0.2:80".parse().unwrap()]),
+        ]);
+        s.resolved = &resolved;
+        let t2 = RoutingTable::build(&s, Some(&t1), &m);
+        assert_eq!(
+            t2.pools[0].endpoint_names().collect::<Vec<_>>(),
+            ["127.0.0.1:1", "10.0.0.1:80"],
+            "each address once, in order"
+        );
+        assert!(
+            Arc::ptr_eq(&t1.pools[0].endpoints[0], &t2.pools[0].endpoints[0]),
+            "kept"
+        );
+        assert_eq!(t2.pools[1].endpoint_names().collect::<Vec<_>>(), ["10.0.0.2:80"]);
+        assert_eq!(t2.generation, 1);
+    }
+
+    #[test]
+    fn gate_count_follows_the_design_rule() {
+        let m = Metrics::new();
+        let passive = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n").unwrap();
+        let t = RoutingTable::build(&spec(&passive, "blue", 1), None, &m);
+        let p = &t.pools[0];
+        assert_eq!(
+            p.gate_count(),
+            (3, 3),
+            "without checks: every endpoint not ejected"
+        );
+        p.endpoints[0].health.set(EndpointHealth::Ejected);
+        assert_eq!(p.gate_count(), (2, 3));
+        let checked = parse("active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n[health]\npath = \"/readyz\"\n").unwrap();
+        let t = RoutingTable::build(&spec(&checked, "blue", 1), None, &m);
+        let p = &t.pools[0];
+        assert_eq!(
+            p.gate_count(),
+            (0, 2),
+            "with checks: only healthy ones, unknown is not"
+        );
+        p.endpoints[1].health.record_check(true, 1, 1);
+        assert_eq!(p.gate_count(), (1, 2));
+        assert!(!p.panic());
+        p.endpoints[0].health.record_check(false, 1, 1);
+        p.endpoints[1].health.record_check(false, 1, 1);
+        assert!(p.panic(), "every endpoint unhealthy");
+    }
+
     fn spec<'a>(file: &'a Desired, active: &'a str, generation: u64) -> Spec<'a> {
         Spec {
             file,
@@ -456,6 +714,7 @@ mod tests {
             switched_at: SystemTime::now(),
             pending_since: None,
             facts: ControlFacts::default(),
+            resolved: &NONE_RESOLVED,
         }
     }
 

@@ -39,10 +39,11 @@ impl Worker {
                 .unwrap_or_default()
                 .as_nanos(),
         );
+        let view = View::new(core, Rc::clone(&client), shared.failures.clone());
         Worker {
             shared,
             client,
-            view: View::new(core),
+            view,
             deadlines: Rc::new(Deadlines::default()),
             ids: RequestIds::new(h.finish()),
         }

@@ -219,8 +219,12 @@ async fn reused_connection_closed_before_an_answer_is_retried_on_a_new_one() {
 async fn new_connection_closed_before_an_answer_retries_a_get_on_the_next_endpoint_only() {
     let good = upstream::text("ok").await;
     let bad = upstream::vanishing();
-    let tp = TestProxy::start(ProxyConfig::new().upstreams(Upstreams::new("blue").pool("blue", [bad, good])));
-    // Round-robin sends every other request to the vanishing endpoint first.
+    // Passive ejection off: the vanishing endpoint must keep getting requests.
+    let upstreams = Upstreams::new("blue")
+        .pool("blue", [bad, good])
+        .table("[health]\neject_after = 0");
+    let tp = TestProxy::start(ProxyConfig::new().upstreams(upstreams));
+    // The rotation sends every other request to the vanishing endpoint first.
     let mut c = Client::connect(tp.http()).await.unwrap();
     for _ in 0..10 {
         let (status, _, body) = c.get("/").await.unwrap();

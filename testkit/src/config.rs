@@ -27,6 +27,7 @@ pub struct Upstreams {
     active: String,
     force: bool,
     pools: Vec<(String, Vec<String>)>,
+    tables: Vec<String>,
     /// `(pool, the value as TOML)`.
     min_healthy: Vec<(String, String)>,
 }
@@ -39,6 +40,7 @@ impl Upstreams {
             active: active.to_string(),
             force: false,
             pools: Vec::new(),
+            tables: Vec::new(),
             min_healthy: Vec::new(),
         }
     }
@@ -66,6 +68,12 @@ impl Upstreams {
     /// A different active pool.
     pub fn active(mut self, name: &str) -> Self {
         self.active = name.to_string();
+        self
+    }
+
+    /// A table written after the pools, verbatim (`"[health]\neject_after = 0"`).
+    pub fn table(mut self, toml: &str) -> Self {
+        self.tables.push(toml.to_string());
         self
     }
 
@@ -124,6 +132,9 @@ impl Display for Upstreams {
             if let Some((_, v)) = self.min_healthy.iter().find(|(n, _)| n == name) {
                 writeln!(f, "min_healthy = {v}")?;
             }
+        }
+        for t in &self.tables {
+            writeln!(f, "\n{t}")?;
         }
         Ok(())
     }
@@ -247,6 +258,11 @@ impl ProxyConfig {
         self
     }
 
+    /// `[timeouts] connect`.
+    pub fn connect_timeout(self, d: Duration) -> Self {
+        self.timeout("connect", d)
+    }
+
     /// `[timeouts] request`.
     pub fn request_timeout(self, d: Duration) -> Self {
         self.timeout("request", d)
@@ -317,11 +333,6 @@ impl ProxyConfig {
     pub fn cores(mut self, n: usize) -> Self {
         self.cores = Some(n);
         self
-    }
-
-    /// `[timeouts] connect`.
-    pub fn connect_timeout(self, d: Duration) -> Self {
-        self.timeout("connect", d)
     }
 
     fn limit(mut self, key: &'static str, v: Value) -> Self {

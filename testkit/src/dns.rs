@@ -41,6 +41,12 @@ impl DnsServer {
     /// an SOA and no other record) on 127.0.0.1, UDP and TCP on one port.
     /// Must run inside a tokio runtime, which then runs the server.
     pub async fn start(origin: &str) -> DnsServer {
+        DnsServer::start_at(origin, None).await
+    }
+
+    /// As [`DnsServer::start`], on `addr` when given (to come back on the
+    /// address a stopped server had: a name server that was away).
+    pub async fn start_at(origin: &str, addr: Option<SocketAddr>) -> DnsServer {
         let origin = Name::from_ascii(origin).unwrap();
         let mut soa_set = RecordSet::new(origin.clone(), RecordType::SOA, SERIAL);
         soa_set.insert(
@@ -71,6 +77,11 @@ impl DnsServer {
         // UDP on a free port, then TCP on the same one (taken by someone
         // else in between: try another).
         let (udp, tcp) = loop {
+            if let Some(addr) = addr {
+                let udp = tokio::net::UdpSocket::bind(addr).await.unwrap();
+                let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+                break (udp, tcp);
+            }
             let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = udp.local_addr().unwrap();
             if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {

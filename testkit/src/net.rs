@@ -121,3 +121,49 @@ mod tests {
         assert!(std::net::TcpListener::bind(p.addr()).is_err());
     }
 }
+
+/// A loopback listener that never accepts and whose accept queue is full,
+/// so a new connection to it hangs (its SYN is dropped) instead of being
+/// refused: a blackholed pod, without an address outside loopback.
+#[derive(Debug)]
+pub struct Blackhole {
+    _listener: Socket,
+    _queued: Vec<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl Blackhole {
+    /// Listens on 127.0.0.1:0 with the smallest backlog and fills it.
+    pub fn new() -> Blackhole {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        listener
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        // Connect until one no longer completes: the queue is then full.
+        let mut queued = Vec::new();
+        for _ in 0..16 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        Blackhole {
+            _listener: listener,
+            _queued: queued,
+            addr,
+        }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Default for Blackhole {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -527,3 +527,103 @@ fn read_chunked(r: &mut impl std::io::BufRead, body: &mut Vec<u8>) -> End {
         }
     }
 }
+
+/// A pod of a pool: a real HTTP/1.1 server on a given address (`127.0.0.2`,
+/// `127.0.0.3` … are loopback addresses too, so pods can share a port as
+/// the addresses behind one DNS name do). `GET /readyz` answers 200 while
+/// it is ready, else 503 (never counted); `GET /hold` waits until
+/// [`Pod::release`]; `/version` answers `{"version":"<its address>"}` (what
+/// [`crate::load::Load`] reads); anything else answers 200 with the pod's
+/// address as the body. Requests other than `/readyz` are counted. Dropping it (or
+/// [`Pod::stop`]) closes its listener and every connection.
+pub struct Pod {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Pod {
+    /// Starts a pod on `addr` (port 0: a free one).
+    pub async fn start(addr: SocketAddr) -> Pod {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (s, r, n) = (served.clone(), ready.clone(), release.clone());
+        tokio::spawn(async move {
+            let mut stop_accepting = stopped.clone();
+            loop {
+                let stream = tokio::select! {
+                    _ = stop_accepting.changed() => return,
+                    a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (s, r, n, mut stopped) = (s.clone(), r.clone(), n.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (s, r, n) = (s.clone(), r.clone(), n.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            if path == "/readyz" {
+                                let code = if r.load(Ordering::SeqCst) { 200 } else { 503 };
+                                let mut resp = Response::new(full("ready"));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                                return Ok::<_, Infallible>(resp);
+                            }
+                            s.fetch_add(1, Ordering::SeqCst);
+                            if path == "/hold" {
+                                n.notified().await;
+                            }
+                            if path == "/version" {
+                                let json = format!("{{\"version\":\"{addr}\",\"errors\":[]}}");
+                                return Ok(Response::new(full(json)));
+                            }
+                            Ok(Response::new(full(addr.to_string())))
+                        }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.changed() => {}
+                    }
+                });
+            }
+        });
+        Pod {
+            addr,
+            served,
+            ready,
+            release,
+            stop,
+        }
+    }
+
+    /// Requests it answered (or holds), `/readyz` not counted.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// Makes `/readyz` answer 200 (`true`) or 503.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Lets every held `/hold` request answer.
+    pub fn release(&self) {
+        self.release.notify_waiters();
+    }
+
+    /// Closes the listener and every connection.
+    pub fn stop(self) {}
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

@@ -93,6 +93,33 @@ active = {{ .Values.active | quote }}
 {{- range $name, $pool := .Values.pools }}
 
 [pools.{{ $name }}]
+{{- if $pool.endpoints }}
 endpoints = [{{ range $i, $ep := $pool.endpoints }}{{ if $i }}, {{ end }}{{ $ep | quote }}{{ end }}]
+{{- else }}
+# The headless Service: every address is one pod.
+dns = {{ include "switchyard.poolDns" (dict "pool" $pool "root" $) | quote }}
 {{- end }}
+{{- end }}
+
+[discovery]
+every = {{ .Values.discovery.every | quote }}
+
+[health]
+{{- with .Values.health }}
+{{- if .path }}
+path = {{ .path | quote }}
+{{- end }}
+interval = {{ .interval | quote }}
+timeout = {{ .timeout | quote }}
+healthy_after = {{ .healthyAfter }}
+unhealthy_after = {{ .unhealthyAfter }}
+eject_after = {{ .ejectAfter }}
+max_ejected_percent = {{ .maxEjectedPercent }}
+{{- end }}
+{{- end }}
+
+{{/* A pool's headless Service as a fully qualified name with its root dot and the port: name.namespace.svc.domain.:port */}}
+{{- define "switchyard.poolDns" -}}
+{{- $ns := .pool.namespace | default .root.Release.Namespace -}}
+{{- printf "%s.%s.svc.%s.:%v" .pool.service $ns (.root.Values.clusterDomain | trimSuffix ".") (int .pool.port) -}}
 {{- end }}

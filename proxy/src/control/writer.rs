@@ -20,7 +20,7 @@ use super::decide::{
 use super::Routes;
 use crate::config;
 use crate::metrics::Metrics;
-use crate::table::{Desired, RoutingTable, Spec};
+use crate::table::{Desired, Resolved, RoutingTable, Spec};
 
 /// Why the upstreams file is being re-read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +67,19 @@ pub enum Command {
         /// The answer, when someone waits for it.
         reply: Option<oneshot::Sender<ReloadOutcome>>,
     },
-    /// Endpoint health or addresses changed (sent by health checks and
-    /// discovery): the writer recomputes each pool's readiness, which may
-    /// apply a pending file switch.
+    /// Discovery: the DNS name `name` (`name:port`, as written) now
+    /// resolves to `addrs` (empty: no address). The pools that use it get
+    /// a new table with the same generation.
+    Resolved {
+        /// The name, as written in the file.
+        name: String,
+        /// Its addresses, sorted.
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    /// Endpoint health changed (sent by the health task; discovery's
+    /// address changes do the same inside the writer): the health series
+    /// are published again and each pool's readiness recomputed, which may
+    /// apply a pending file switch. Not intent: the generation stays.
     HealthChanged,
 }
 
@@ -88,6 +98,8 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     path: PathBuf,
     state: ControlState,
+    /// What the pools' DNS names last resolved to (discovery's results).
+    resolved: Resolved,
 }
 
 impl Writer {
@@ -101,9 +113,16 @@ impl Writer {
             metrics,
             path,
             state,
+            resolved: Resolved::new(),
         };
         writer.recheck_readiness();
         writer
+    }
+
+    /// The same, with what the DNS names resolved to at start.
+    pub fn with_resolved(mut self, resolved: Resolved) -> Writer {
+        self.resolved = resolved;
+        self
     }
 
     /// Runs until every sender is gone.
@@ -147,7 +166,8 @@ impl Writer {
                         let _ = reply.send(r);
                     }
                 }
-                Command::HealthChanged => self.recheck_readiness(),
+                Command::Resolved { name, addrs } => self.resolved(name, addrs),
+                Command::HealthChanged => self.health_changed(),
             }
         }
     }
@@ -179,6 +199,44 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// A DNS name resolved to another address set: the same table (route,
+    /// generation, source, facts) with the pools that use it rebuilt;
+    /// endpoints that stay keep their state and connections.
+    fn resolved(&mut self, name: String, addrs: Vec<std::net::SocketAddr>) {
+        if self.resolved.get(&name) == Some(&addrs) {
+            return;
+        }
+        self.resolved.insert(name.clone(), addrs.clone());
+        let old = self.routes.load_full();
+        let table = RoutingTable::build(
+            &Spec {
+                file: &self.state.file,
+                active: &self.state.route.active,
+                generation: old.generation,
+                source: old.source,
+                switched_at: old.switched_at,
+                pending_since: old.pending_since,
+                facts: old.facts.clone(),
+                resolved: &self.resolved,
+            },
+            Some(&old),
+            &self.metrics,
+        );
+        let table = Arc::new(table);
+        self.routes.store(Arc::clone(&table));
+        table.publish(Some(&old), &self.metrics);
+        tracing::info!(%name, ?addrs, generation = table.generation, "discovered addresses applied");
+        self.health_changed();
+    }
+
+    /// Health or an address set changed: the health series are published
+    /// from the stored table, and readiness is recomputed (a pool turning
+    /// ready applies a pending file switch).
+    fn health_changed(&mut self) {
+        self.routes.load().publish_health();
+        self.recheck_readiness();
     }
 
     fn switch(
@@ -296,6 +354,7 @@ impl Writer {
                         switched_at,
                         pending_since,
                         facts: next.facts(),
+                        resolved: &self.resolved,
                     },
                     Some(&old),
                     &self.metrics,

@@ -41,7 +41,7 @@ pub enum Next {
 /// Where the tries of one request stand.
 #[derive(Debug)]
 pub struct Retry {
-    /// The request's round-robin start: the index of its first endpoint.
+    /// The request's first endpoint (the one spreading chose): its index.
     start: usize,
     /// The endpoint of the current try, counted from `start`.
     endpoint: usize,

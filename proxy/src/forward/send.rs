@@ -130,8 +130,44 @@ async fn acquire(
     Ok((s, false))
 }
 
-/// Sends the request to an endpoint of `pool`, trying again as [`Retry`]
-/// says after each failed try. Never to another pool.
+/// The endpoint a try is counted on in this core's per-endpoint in-flight
+/// counts (what spreading compares): uncounted when the try fails or the
+/// request is dropped (timeout, client gone); an answered request's count
+/// is handed to its record (`Completion`), which ends it with the answer.
+struct Loaded<'a> {
+    pool: &'a CorePool,
+    at: Option<usize>,
+}
+
+impl Loaded<'_> {
+    fn on(&mut self, i: usize) {
+        self.off();
+        self.pool.load(i);
+        self.at = Some(i);
+    }
+
+    fn off(&mut self) {
+        if let Some(i) = self.at.take() {
+            self.pool.unload(i);
+        }
+    }
+}
+
+impl Drop for Loaded<'_> {
+    fn drop(&mut self) {
+        // Dropped with a try under way: the request's deadline (or its
+        // client) ended it; `forward::handle` counts a timeout from this.
+        self.pool.abandon(self.at);
+        self.off();
+    }
+}
+
+/// Sends the request to an endpoint of `pool` — the first try to the one
+/// [`CorePool::choose`] picks — trying again as [`Retry`] says after each
+/// failed try, skipping endpoints that are not usable (unless the pool
+/// panics). Never to another pool. Connect failures and resets on a new
+/// connection count toward passive ejection (and so does a request timeout,
+/// in `forward::handle`); an answer ends the run.
 ///
 /// Not an `async fn`: its arguments would be stored twice in the future
 /// (once as arguments, once as locals), and this future is allocated and
@@ -145,32 +181,47 @@ pub fn send(
     async move {
         let pool = &*core_pool.pool;
         let n = pool.endpoints.len();
-        if n == 0 {
+        // No endpoint at all (a `dns` pool whose name has no address):
+        // answered at once, and never counted toward an ejection.
+        let Some(first) = core_pool.choose() else {
             return Err(ForwardError::NoEndpoint {
                 pool: pool.name.clone(),
             });
-        }
-        let mut retry = Retry::new(core_pool.next_start(), n);
+        };
+        let mut loaded = Loaded {
+            pool: &core_pool,
+            at: None,
+        };
+        let mut retry = Retry::new(first, n);
         let mut next = retry.first();
         let mut last_err = None;
         while let Next::Try(t) = next {
             if t.retry {
+                if !core_pool.usable(t.endpoint) {
+                    // Unhealthy or ejected: not tried, the walk goes on.
+                    next = retry.after_connect_failure();
+                    continue;
+                }
                 pool.metrics.retries.inc();
             }
             let ep = &pool.endpoints[t.endpoint];
+            loaded.on(t.endpoint);
             let (mut sender, reused) = match acquire(&client, ep, t.fresh).await {
                 Ok(s) => s,
                 // The proxy's own limit, not a failure of the endpoint:
                 // answered 503 at once, tried nowhere else, counted in
                 // `rejected_total`, never in `upstream_errors_total`.
                 Err(ConnectError::AtLimit(max)) => {
+                    loaded.off();
                     return Err(ForwardError::UpstreamConnectionLimit {
                         endpoint: ep.addr.clone(),
                         max,
-                    })
+                    });
                 }
                 Err(e) => {
+                    loaded.off();
                     pool.metrics.error(ErrorKind::Connect);
+                    core_pool.failed(t.endpoint);
                     last_err = Some(ForwardError::Connect {
                         endpoint: ep.addr.clone(),
                         reason: e.to_string(),
@@ -185,10 +236,18 @@ pub fn send(
             match sender.try_send_request(req).await {
                 // The endpoint's index from `retry`, not kept from `t`:
                 // one local less in every state of this future.
-                Ok(resp) => return Ok((resp, retry.endpoint(), sender)),
+                Ok(resp) => {
+                    let i = retry.endpoint();
+                    core_pool.succeeded(i);
+                    // The answer's record uncounts it when the answer ends.
+                    loaded.at = None;
+                    return Ok((resp, i, sender));
+                }
                 Err(mut e) => {
+                    loaded.off();
                     // The client's body failed, not the upstream: no retry,
-                    // no upstream error (the connection is dropped: cut).
+                    // no upstream error, no ejection (the connection is
+                    // dropped: cut).
                     if let Some(client) = ForwardError::from_client_body(e.error()) {
                         return Err(client);
                     }
@@ -202,12 +261,18 @@ pub fn send(
                             if let Outgoing::Once(r) = &mut out {
                                 *r = Some(back);
                             }
+                            if !reused {
+                                core_pool.failed(retry.endpoint());
+                            }
                             next = retry.after_not_sent(reused);
                             last_err = Some(err);
                         }
                         // Sent, and the connection closed before any
                         // response byte: repeated once if it may be.
                         None => {
+                            if !reused {
+                                core_pool.failed(retry.endpoint());
+                            }
                             let repeatable = matches!(out, Outgoing::Sent(_));
                             // Matched, not compared: a comparison borrows
                             // `next`, and a borrowed local is kept in every

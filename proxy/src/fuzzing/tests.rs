@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::table::PoolDef;
 
 /// The `fuzz/` directory of the project.
 fn fuzz_dir() -> PathBuf {
@@ -111,6 +112,7 @@ fn generated_files_render_as_toml_that_reads_back() {
     ];
     let text = render("green", &pools, true);
     let d = Desired::parse(Path::new(UPSTREAMS), text.as_bytes()).expect(&text);
+    let pools: Vec<(String, PoolDef)> = pools.into_iter().map(|(n, e)| (n, PoolDef::fixed(e))).collect();
     assert_eq!((d.active.as_str(), d.pools), ("green", pools));
     assert_eq!(key("a b"), "\"a b\"");
     assert_eq!(key("blue-2"), "blue-2");

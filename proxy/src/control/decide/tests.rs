@@ -13,12 +13,16 @@ fn file(active: &str, pools: &[&str]) -> Desired {
         pools: pools
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.to_string(), vec![format!("127.0.0.1:{}", 8081 + i)]))
+            .map(|(i, p)| {
+                let endpoints = vec![format!("127.0.0.1:{}", 8081 + i)];
+                (p.to_string(), crate::table::PoolDef::fixed(endpoints))
+            })
             .collect(),
         min_healthy: pools
             .iter()
             .map(|p| (p.to_string(), MinHealthy::DEFAULT))
             .collect(),
+        ..Desired::default()
     }
 }
 

@@ -1,0 +1,486 @@
+//! Pools of pods, with the real binary: DNS discovery from the test kit's
+//! DNS server on loopback (records added, removed, a name server away, a
+//! name gone), even spreading, active health checks, passive ejection
+//! within `max_ejected_percent`, and the panic rule. Each waits on
+//! `/status` or a metric, never on a fixed sleep.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::config::ProxyConfig;
+use testkit::dns::DnsServer;
+use testkit::http::{admin, get_text, metric, Client};
+use testkit::net::ClosedPort;
+use testkit::process::Switchyard;
+use testkit::upstream::Pod;
+use testkit::wait::eventually;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const ZONE: &str = "pods.test.";
+const WITHIN: Duration = Duration::from_secs(15);
+
+async fn status(sy: &Switchyard) -> Value {
+    let (code, st) = admin(sy.admin, "GET", "/status", "", None).await;
+    assert_eq!(code, 200, "{st}");
+    st
+}
+
+/// `(address, health)` of each endpoint of `pool` in a `/status` document.
+fn endpoints(st: &Value, pool: &str) -> Vec<(String, String)> {
+    st["pools"][pool]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_string(),
+                e["health"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn addrs(st: &Value, pool: &str) -> Vec<String> {
+    endpoints(st, pool).into_iter().map(|(a, _)| a).collect()
+}
+
+/// Waits until `/status` satisfies `cond`.
+async fn wait_status(sy: &Switchyard, what: &str, cond: impl Fn(&Value) -> bool) {
+    eventually(WITHIN, what, || async { cond(&status(sy).await) }).await;
+}
+
+/// Waits until a scrape satisfies `cond`.
+async fn wait_metrics(sy: &Switchyard, what: &str, cond: impl Fn(&str) -> bool) {
+    eventually(WITHIN, what, || async {
+        let (code, text) = get_text(sy.admin, "/metrics").await;
+        code == 200 && cond(&text)
+    })
+    .await;
+}
+
+/// `n` GETs of `/` over one keep-alive connection: each status and body.
+async fn gets(proxy: SocketAddr, n: usize) -> Vec<(u16, String)> {
+    let mut c = Client::connect(proxy).await.unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (status, _, body) = c.get("/").await.unwrap();
+        out.push((status.as_u16(), String::from_utf8_lossy(&body).into_owned()));
+    }
+    out
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn discovery(dns: &DnsServer) -> String {
+    format!(
+        "[discovery]\nevery = \"100ms\"\nnameservers = [\"{}\"]\n",
+        dns.addr()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_adds_and_removes_endpoints_without_a_new_generation() {
+    let dns = DnsServer::start(ZONE).await;
+    let a = Pod::start("127.0.0.2:0".parse().unwrap()).await;
+    let port = a.addr.port();
+    let b = Pod::start(SocketAddr::new(ip("127.0.0.3"), port)).await;
+    dns.set("blue", &[a.addr.ip()], 1).await;
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\ndns = \"blue.{ZONE}:{port}\"\n{}",
+        discovery(&dns)
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+
+    // Resolved before serving: the first status and request already have it.
+    let st = status(&sy).await;
+    let generation = st["generation"].as_u64().unwrap();
+    assert_eq!(endpoints(&st, "blue"), [(a.addr.to_string(), "unknown".into())]);
+    assert_eq!(gets(sy.http, 1).await, [(200, a.addr.to_string())]);
+
+    // A request held on `a` while the records change under it.
+    let held = tokio::spawn({
+        let http = sy.http;
+        async move { Client::connect(http).await.unwrap().get("/hold").await.unwrap() }
+    });
+    testkit::wait_until_async(WITHIN, "the held request reaches a", || a.served() == 2).await;
+
+    // Scaled up: b appears, and gets traffic; the generation stays.
+    dns.set("blue", &[a.addr.ip(), b.addr.ip()], 1).await;
+    let both = vec![a.addr.to_string(), b.addr.to_string()];
+    wait_status(&sy, "b discovered", |st| addrs(st, "blue") == both).await;
+    let answers = gets(sy.http, 20).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert!(
+        answers.iter().any(|(_, body)| *body == b.addr.to_string()),
+        "the new endpoint serves: {answers:?}"
+    );
+
+    // a goes away: no new request reaches it, its held request completes.
+    dns.set("blue", &[b.addr.ip()], 1).await;
+    wait_status(&sy, "a removed", |st| addrs(st, "blue") == [b.addr.to_string()]).await;
+    let before = a.served();
+    let answers = gets(sy.http, 20).await;
+    assert!(
+        answers.iter().all(|a| *a == (200, b.addr.to_string())),
+        "{answers:?}"
+    );
+    assert_eq!(a.served(), before, "a removed endpoint gets no new request");
+    a.release();
+    let (code, _, body) = held.await.unwrap();
+    assert_eq!((code.as_u16(), &body[..]), (200, a.addr.to_string().as_bytes()));
+
+    let st = status(&sy).await;
+    assert_eq!(
+        st["generation"].as_u64(),
+        Some(generation),
+        "addresses are not intent"
+    );
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}",
+                a.addr
+            )
+        ),
+        0.0,
+        "the removed endpoint's series is deleted"
+    );
+    assert!(!m.contains(&format!("endpoint=\"{}\"", a.addr)), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resolution_keeps_the_addresses_and_an_empty_answer_empties_the_pool() {
+    let dns = DnsServer::start(ZONE).await;
+    let blue = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let green = Pod::start("127.0.0.2:0".parse().unwrap()).await;
+    dns.set("green", &[green.addr.ip()], 1).await;
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\"]\n[pools.green]\ndns = \"green.{ZONE}:{}\"\n{}",
+        blue.addr,
+        green.addr.port(),
+        discovery(&dns)
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    let g = vec![green.addr.to_string()];
+    assert_eq!(addrs(&status(&sy).await, "green"), g);
+
+    // The name server goes away: the last good set stays, counted and shown.
+    let dns_addr = dns.addr();
+    drop(dns);
+    wait_metrics(&sy, "discovery errors counted", |m| {
+        metric(m, "switchyard_discovery_errors_total{pool=\"green\"}") >= 1.0
+    })
+    .await;
+    let st = status(&sy).await;
+    assert_eq!(addrs(&st, "green"), g, "{st}");
+    let error = st["pools"]["green"]["discovery_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains(&format!("green.{ZONE}")), "{st}");
+    assert!(st["pools"]["blue"]["discovery_error"].is_null(), "{st}");
+
+    // It comes back: the error clears.
+    let dns = DnsServer::start_at(ZONE, Some(dns_addr)).await;
+    dns.set("green", &[green.addr.ip()], 1).await;
+    wait_status(&sy, "the error clears", |st| {
+        st["pools"]["green"]["discovery_error"].is_null()
+    })
+    .await;
+
+    // The Deployment scaled to zero (NXDOMAIN): the inactive pool empties,
+    // which is valid; blue serves on.
+    dns.set("green", &[], 1).await;
+    wait_status(&sy, "green emptied", |st| addrs(st, "green").is_empty()).await;
+    assert!(gets(sy.http, 5).await.iter().all(|(s, _)| *s == 200));
+    let st = status(&sy).await;
+    assert!(st["pools"]["green"]["discovery_error"].is_null(), "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_pool_without_an_address_answers_503_at_once() {
+    let dns = DnsServer::start(ZONE).await;
+    let text = format!(
+        "active = \"green\"\n[pools.green]\ndns = \"green.{ZONE}:8080\"\n{}",
+        discovery(&dns)
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    let st = status(&sy).await;
+    assert!(addrs(&st, "green").is_empty(), "{st}");
+    let mut c = Client::connect(sy.http).await.unwrap();
+    let (code, _, body) = c.get("/").await.unwrap();
+    assert_eq!(code.as_u16(), 503);
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["errors"][0], "no upstream endpoint is available", "{json}");
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"connect\",pool=\"green\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_endpoints_get_an_even_share() {
+    let pods = [
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+    ];
+    let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n",
+        list.join(", ")
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    // Three keep-alive clients at once, 100 requests each.
+    let clients: Vec<_> = (0..3).map(|_| tokio::spawn(gets(sy.http, 100))).collect();
+    for c in clients {
+        assert!(c.await.unwrap().iter().all(|(s, _)| *s == 200));
+    }
+    let served: Vec<usize> = pods.iter().map(Pod::served).collect();
+    assert_eq!(served.iter().sum::<usize>(), 300, "{served:?}");
+    // Least in flight with rotation gives each about 100; the tolerance
+    // (at least 20 % of 300) cannot flake, and "first that accepts" (300,
+    // 0, 0) or a skew to one endpoint fails it.
+    assert!(served.iter().all(|n| *n >= 60), "{served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_its_checks_is_skipped_and_comes_back() {
+    let pods = [
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+    ];
+    let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n[health]\npath = \"/readyz\"\ninterval = \"100ms\"\nhealthy_after = 2\nunhealthy_after = 2\n",
+        list.join(", ")
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    let all_healthy = |st: &Value| endpoints(st, "blue").iter().all(|(_, h)| h == "healthy");
+    wait_status(&sy, "every endpoint healthy", all_healthy).await;
+
+    let sick = &pods[1];
+    sick.set_ready(false);
+    wait_status(&sy, "the failing endpoint unhealthy", |st| {
+        endpoints(st, "blue")[1].1 == "unhealthy"
+    })
+    .await;
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}",
+                sick.addr
+            )
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, "switchyard_pool_endpoints{pool=\"blue\",state=\"unhealthy\"}"),
+        1.0
+    );
+    let before = sick.served();
+    assert!(gets(sy.http, 30).await.iter().all(|(s, _)| *s == 200));
+    assert_eq!(sick.served(), before, "an unhealthy endpoint gets no request");
+
+    sick.set_ready(true);
+    wait_status(&sy, "healthy again after healthy_after passes", all_healthy).await;
+    assert!(gets(sy.http, 30).await.iter().all(|(s, _)| *s == 200));
+    assert!(sick.served() > before, "it serves again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_after_connect_failures_within_max_ejected_percent() {
+    let a = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let b = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let (c, d) = (ClosedPort::new(), ClosedPort::new());
+    // Four endpoints, at most 25 % ejected: one of the two dead ones.
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\", \"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\nmax_ejected_percent = 25\n",
+        a.addr,
+        c.addr(),
+        b.addr,
+        d.addr()
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    let answers = gets(sy.http, 40).await;
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200),
+        "connect failures are retried on another endpoint: {answers:?}"
+    );
+    wait_status(&sy, "one dead endpoint ejected", |st| {
+        endpoints(st, "blue")
+            .iter()
+            .filter(|(_, h)| h == "ejected")
+            .count()
+            == 1
+    })
+    .await;
+    // More failures on the other dead one never eject it: 25 % is the cap.
+    assert!(gets(sy.http, 40).await.iter().all(|(s, _)| *s == 200));
+    let st = status(&sy).await;
+    let eps = endpoints(&st, "blue");
+    let health: Vec<&str> = eps.iter().map(|(_, h)| h.as_str()).collect();
+    assert_eq!(health.iter().filter(|h| **h == "ejected").count(), 1, "{st}");
+    assert_eq!(health[0], "unknown", "{st}");
+    assert_eq!(health[2], "unknown", "{st}");
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&m, "switchyard_pool_endpoints{pool=\"blue\",state=\"ejected\"}"),
+        1.0
+    );
+    assert!(a.served() + b.served() >= 80);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_endpoint_fails_its_checks_the_pool_panics_and_still_serves() {
+    let pods = [
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+        Pod::start("127.0.0.1:0".parse().unwrap()).await,
+    ];
+    for p in &pods {
+        p.set_ready(false);
+    }
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\npath = \"/readyz\"\ninterval = \"100ms\"\nunhealthy_after = 1\n",
+        pods[0].addr, pods[1].addr
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    wait_status(&sy, "every endpoint unhealthy, panic", |st| {
+        endpoints(st, "blue").iter().all(|(_, h)| h == "unhealthy") && st["pools"]["blue"]["panic"] == true
+    })
+    .await;
+    let answers = gets(sy.http, 20).await;
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200),
+        "a wrong check is not an outage: {answers:?}"
+    );
+    assert!(pods.iter().all(|p| p.served() > 0), "both are used");
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(metric(&m, "switchyard_pool_panic{pool=\"blue\"}"), 1.0);
+    // One recovers: the panic ends, and only it is used.
+    pods[0].set_ready(true);
+    wait_status(&sy, "panic over", |st| st["pools"]["blue"]["panic"] == false).await;
+    let before = pods[1].served();
+    assert!(gets(sy.http, 10).await.iter().all(|(s, _)| *s == 200));
+    assert_eq!(pods[1].served(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_endpoint_is_ejected_after_its_connects_time_out() {
+    let good = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let hole = testkit::net::Blackhole::new();
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\n",
+        hole.addr(),
+        good.addr
+    );
+    let sy = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .connect_timeout(Duration::from_millis(200))
+            .upstreams_text(&text),
+    );
+    // Requests that try the blackhole first wait out the connect timeout,
+    // then are retried on the good endpoint: none fails.
+    let answers = gets(sy.http, 6).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    wait_status(&sy, "the blackholed endpoint ejected", |st| {
+        endpoints(st, "blue")[0] == (hole.addr().to_string(), "ejected".to_string())
+    })
+    .await;
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    let connect_errors = metric(
+        &m,
+        "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}",
+    );
+    assert!(connect_errors >= 2.0, "{m}");
+    // From now on nothing waits on it: no new connect error.
+    assert!(gets(sy.http, 20).await.iter().all(|(s, _)| *s == 200));
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"connect\",pool=\"blue\"}"
+        ),
+        connect_errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_added_and_removed_under_load_fail_nothing() {
+    let dns = DnsServer::start(ZONE).await;
+    let a = Pod::start("127.0.0.2:0".parse().unwrap()).await;
+    let port = a.addr.port();
+    let b = Pod::start(SocketAddr::new(ip("127.0.0.3"), port)).await;
+    dns.set("blue", &[a.addr.ip()], 1).await;
+    let text = format!(
+        "active = \"blue\"\n[pools.blue]\ndns = \"blue.{ZONE}:{port}\"\n{}",
+        discovery(&dns)
+    );
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    let load = testkit::load::Load::start(sy.http, 4, "/version").await;
+    load.wait_more(200).await;
+
+    // Added under load: the new pod appears and serves.
+    dns.set("blue", &[a.addr.ip(), b.addr.ip()], 1).await;
+    testkit::wait_until_async(WITHIN, "b serves", || b.served() > 0).await;
+    load.wait_more(200).await;
+
+    // Removed under load: no new request reaches it once it is gone.
+    dns.set("blue", &[b.addr.ip()], 1).await;
+    wait_status(&sy, "a removed", |st| addrs(st, "blue") == [b.addr.to_string()]).await;
+    load.wait_more(50).await;
+    let before = a.served();
+    load.wait_more(200).await;
+    let samples: Vec<_> = load.stop().concat();
+    testkit::load::assert_no_failures(&samples);
+    assert_eq!(a.served(), before, "a removed endpoint gets no new request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_counts_healthy_endpoints_and_a_pending_switch_applies_when_checks_pass() {
+    let blue = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let green = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    green.set_ready(false);
+    let file = |active: &str| {
+        format!(
+            "active = \"{active}\"\n[pools.blue]\nendpoints = [\"{}\"]\n[pools.green]\nendpoints = [\"{}\"]\n[health]\npath = \"/readyz\"\ninterval = \"100ms\"\nhealthy_after = 2\nunhealthy_after = 1\n",
+            blue.addr, green.addr
+        )
+    };
+    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&file("blue")));
+    wait_status(&sy, "blue healthy, green unhealthy", |st| {
+        endpoints(st, "blue")[0].1 == "healthy" && endpoints(st, "green")[0].1 == "unhealthy"
+    })
+    .await;
+    // An endpoint that fails its checks does not count for the gate.
+    let (code, body) = admin(sy.admin, "POST", "/switch", r#"{"to":"green"}"#, None).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["errors"][0], "green: 0 of 1 endpoints healthy, needs 1",
+        "{body}"
+    );
+
+    // The file asks for green: pending until green passes its checks.
+    sy.files.rename_upstreams(&file("green"));
+    wait_status(&sy, "the file switch pending", |st| !st["pending"].is_null()).await;
+    assert_eq!(status(&sy).await["active"], "blue");
+    green.set_ready(true);
+    wait_status(&sy, "green active by itself", |st| st["active"] == "green").await;
+    let st = status(&sy).await;
+    assert!(st["pending"].is_null(), "{st}");
+    assert_eq!(endpoints(&st, "green")[0].1, "healthy", "{st}");
+    assert_eq!(gets(sy.http, 1).await, [(200, green.addr.to_string())]);
+}
