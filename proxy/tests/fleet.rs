@@ -1,0 +1,216 @@
+//! Many replicas, one decision, with the real binary: the metrics an alert
+//! compares replicas by (`admin_override`, `file_active`), the drain you can
+//! wait for (`POST /switch` with `"wait":"drained"`, `drain_seconds`,
+//! `drained_at`), and the `switchyard switch` / `switchyard status`
+//! command lines over several processes.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use testkit::http::{admin, get_text, metric, Client};
+use testkit::process::Switchyard;
+use testkit::upstream;
+use testkit::wait::eventually;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const WITHIN: Duration = Duration::from_secs(10);
+
+async fn status(admin_addr: SocketAddr) -> Value {
+    let (code, st) = admin(admin_addr, "GET", "/status", "", None).await;
+    assert_eq!(code, 200, "{st}");
+    st
+}
+
+/// Waits until `/status` satisfies `cond`; returns that document.
+async fn wait_status(admin_addr: SocketAddr, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    eventually(WITHIN, what, || async { cond(&status(admin_addr).await) }).await;
+    status(admin_addr).await
+}
+
+async fn metrics(admin_addr: SocketAddr) -> String {
+    let (code, text) = get_text(admin_addr, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    text
+}
+
+/// A proxy whose blue pool answers `/slow` after `delay` (green at once).
+async fn slow_blue(delay: Duration) -> (Switchyard, upstream::Slow) {
+    let blue = upstream::slow("/slow", delay, "blue").await;
+    let green = upstream::text("green").await;
+    let sy = Switchyard::start(
+        BIN,
+        ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue.addr, green)),
+    );
+    (sy, blue)
+}
+
+/// Sends `GET /slow` through the proxy in a task that records, when its
+/// answer is complete, the next number of `order`.
+fn slow_request(http: SocketAddr, order: Arc<AtomicUsize>) -> tokio::task::JoinHandle<(u16, usize)> {
+    tokio::spawn(async move {
+        let mut c = Client::connect(http).await.unwrap();
+        let (code, _, body) = c.get("/slow").await.unwrap();
+        assert_eq!(&body[..], b"blue");
+        (code.as_u16(), order.fetch_add(1, Ordering::SeqCst))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_and_file_active_metrics_follow_the_switches() {
+    let (sy, blue) = slow_blue(Duration::from_secs(1)).await;
+    let m = metrics(sy.admin).await;
+    assert_eq!(metric(&m, "switchyard_admin_override"), 0.0, "{m}");
+    assert_eq!(metric(&m, "switchyard_file_active{pool=\"blue\"}"), 1.0, "{m}");
+    assert!(m.contains("switchyard_file_active{pool=\"green\"} 0"), "{m}");
+    // At start, the inactive pool is drained since then.
+    let st = status(sy.admin).await;
+    assert!(st["pools"]["green"]["drained_at"].is_string(), "{st}");
+    assert!(st["pools"]["blue"]["drained_at"].is_null(), "{st}");
+
+    let (code, out) = admin(sy.admin, "POST", "/switch", r#"{"to":"green"}"#, None).await;
+    assert_eq!(code, 200, "{out}");
+    let m = metrics(sy.admin).await;
+    assert_eq!(metric(&m, "switchyard_admin_override"), 1.0, "{m}");
+    // The file still says blue: the override is not durable.
+    assert_eq!(metric(&m, "switchyard_file_active{pool=\"blue\"}"), 1.0, "{m}");
+    assert!(m.contains("switchyard_file_active{pool=\"green\"} 0"), "{m}");
+    // Blue had nothing in flight: drained at once, and the drain observed.
+    let st = wait_status(sy.admin, "blue drained_at", |s| {
+        s["pools"]["blue"]["drained_at"].is_string()
+    })
+    .await;
+    assert!(st["pools"]["green"]["drained_at"].is_null(), "{st}");
+    let m = metrics(sy.admin).await;
+    assert_eq!(metric(&m, "switchyard_drain_seconds_count"), 1.0, "{m}");
+
+    // The file names green too: the override is cleared, both agree.
+    sy.files
+        .rename_upstreams(&Upstreams::blue_green("green", blue.addr, "127.0.0.1:1").to_string());
+    eventually(WITHIN, "the override cleared by the file", || async {
+        let m = metrics(sy.admin).await;
+        metric(&m, "switchyard_admin_override") == 0.0
+            && metric(&m, "switchyard_file_active{pool=\"green\"}") == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_waits_for_the_drain_answers_after_the_slow_request() {
+    let (sy, blue) = slow_blue(Duration::from_millis(1500)).await;
+    let order = Arc::new(AtomicUsize::new(0));
+    let slow = slow_request(sy.http, order.clone());
+    wait_status(sy.admin, "the slow request in flight on blue", |s| {
+        s["pools"]["blue"]["inflight"] == 1
+    })
+    .await;
+    assert_eq!(blue.received(), 1);
+
+    let (code, out) = admin(
+        sy.admin,
+        "POST",
+        "/switch",
+        r#"{"to":"green","wait":"drained","timeout":"30s"}"#,
+        None,
+    )
+    .await;
+    let answered = order.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        (out["changed"].as_bool(), out["active"].as_str()),
+        (Some(true), Some("green")),
+        "{out}"
+    );
+    assert!(out["drain_ms"].is_u64(), "{out}");
+    let (slow_code, slow_done) = slow.await.unwrap();
+    assert_eq!(slow_code, 200);
+    assert!(
+        slow_done < answered,
+        "the slow request completed (#{slow_done}) before the switch answered (#{answered})"
+    );
+    let st = status(sy.admin).await;
+    assert_eq!(st["pools"]["blue"]["drained"], true, "{st}");
+    // drained_at and drain_seconds are recorded by the writer's next look
+    // (within a few ms).
+    wait_status(sy.admin, "blue drained_at", |s| {
+        s["pools"]["blue"]["drained_at"].is_string()
+    })
+    .await;
+    let m = metrics(sy.admin).await;
+    assert_eq!(metric(&m, "switchyard_drain_seconds_count"), 1.0, "{m}");
+
+    // Asked again: nothing left to drain, the answer comes at once.
+    let (code, out) = admin(
+        sy.admin,
+        "POST",
+        "/switch",
+        r#"{"to":"green","wait":"drained"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        (out["changed"].as_bool(), out["drain_ms"].is_u64()),
+        (Some(false), true),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_past_its_timeout_is_504_and_the_switch_stays() {
+    let (sy, _blue) = slow_blue(Duration::from_secs(20)).await;
+    let _slow = slow_request(sy.http, Arc::new(AtomicUsize::new(0)));
+    wait_status(sy.admin, "the slow request in flight on blue", |s| {
+        s["pools"]["blue"]["inflight"] == 1
+    })
+    .await;
+    let (code, out) = admin(
+        sy.admin,
+        "POST",
+        "/switch",
+        r#"{"to":"green","wait":"drained","timeout":"200ms"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(code, 504, "{out}");
+    assert_eq!(
+        (out["changed"].as_bool(), out["active"].as_str()),
+        (Some(true), Some("green")),
+        "{out}"
+    );
+    assert_eq!(out["inflight"]["blue"], 1, "{out}");
+    assert!(
+        out["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("the switch to green stays"),
+        "{out}"
+    );
+    let st = status(sy.admin).await;
+    assert_eq!(
+        (st["active"].as_str(), &st["pools"]["blue"]["drained"]),
+        (Some("green"), &Value::Bool(false)),
+        "{st}"
+    );
+    assert!(st["pools"]["blue"]["drained_at"].is_null(), "{st}");
+
+    // Bad waits are refused and change nothing.
+    for (body, says) in [
+        (r#"{"to":"blue","wait":"soon"}"#, "`wait` must be \"drained\""),
+        (
+            r#"{"to":"blue","wait":"drained","timeout":"1h"}"#,
+            "from 1ms to 5m",
+        ),
+    ] {
+        let (code, out) = admin(sy.admin, "POST", "/switch", body, None).await;
+        assert_eq!(code, 400, "{out}");
+        assert!(out["errors"][0].as_str().unwrap().contains(says), "{out}");
+    }
+    assert_eq!(status(sy.admin).await["active"], "green");
+}
