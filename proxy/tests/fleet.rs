@@ -214,3 +214,210 @@ async fn a_drain_past_its_timeout_is_504_and_the_switch_stays() {
     }
     assert_eq!(status(sy.admin).await["active"], "green");
 }
+
+/// `switchyard ARGS...`: exit code and stdout (stderr appended on failure).
+async fn cli(args: &[String]) -> (i32, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// A replica on blue of `blue` and `green`, its admin listener on `admin` (or port 0).
+async fn replica(blue: SocketAddr, green: SocketAddr, admin_at: Option<SocketAddr>) -> Switchyard {
+    let mut c = ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue, green));
+    if let Some(a) = admin_at {
+        c = c.admin_addr(a);
+    }
+    Switchyard::start(BIN, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_switches_three_replicas_through_admin_urls_and_rolls_back_a_partial_switch() {
+    let (blue, green) = (upstream::text("blue").await, upstream::text("green").await);
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(replica(blue, green, None).await);
+    }
+    let urls: Vec<String> = fleet.iter().map(|s| url(s.admin)).collect();
+    let mut a = args(&["switch", "green", "--json", "--admin"]);
+    a.extend(urls.iter().cloned());
+    let (code, out) = cli(&a).await;
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["agree"], true, "{out}");
+    for row in report["replicas"].as_array().unwrap() {
+        assert_eq!(
+            (
+                row["before"].as_str(),
+                row["after"].as_str(),
+                row["state"].as_str()
+            ),
+            (Some("blue"), Some("green"), Some("switched")),
+            "{out}"
+        );
+    }
+    for s in &fleet {
+        assert_eq!(status(s.admin).await["active"], "green");
+    }
+    let mut st = args(&["status", "--admin"]);
+    st.extend(urls.iter().cloned());
+    let (code, out) = cli(&st).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("agree: every replica serves green"), "{out}");
+
+    // One replica stopped: the switch back names it and exits non-zero;
+    // --rollback-on-partial puts the two that switched back on green.
+    let mut gone = fleet.pop().unwrap();
+    gone.proc.signal("KILL");
+    gone.proc.wait_exit(WITHIN);
+    let mut a = args(&[
+        "switch",
+        "blue",
+        "--timeout",
+        "1s",
+        "--rollback-on-partial",
+        "--admin",
+    ]);
+    a.extend(urls.iter().cloned());
+    let (code, out) = cli(&a).await;
+    assert_ne!(code, 0, "{out}");
+    let dead_line = out.lines().find(|l| l.starts_with(&urls[2])).unwrap_or_default();
+    assert!(dead_line.contains("unreachable"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("rolled back")).count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("DISAGREE"), "{out}");
+    for s in &fleet {
+        assert_eq!(status(s.admin).await["active"], "green", "rolled back");
+    }
+    let (code, out) = cli(&st).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("UNREACHABLE") && out.contains("DISAGREE"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_pool() {
+    const NAME: &str = "switchyard-admin.default.svc.cluster.local.";
+    let (blue, green) = (upstream::text("blue").await, upstream::text("green").await);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ips: Vec<std::net::IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|i| i.parse().unwrap())
+        .collect();
+    let mut fleet = Vec::new();
+    for ip in &ips {
+        fleet.push(replica(blue, green, Some(SocketAddr::new(*ip, port))).await);
+    }
+    let dns = testkit::dns::DnsServer::start("default.svc.cluster.local.").await;
+    dns.set(NAME, &ips, 1).await;
+    let target = format!("{NAME}:{port}");
+    let server = dns.addr().to_string();
+
+    // Replica 1: its file names green, but an emergency switch holds blue.
+    fleet[0]
+        .files
+        .rename_upstreams(&Upstreams::blue_green("green", blue, green).to_string());
+    wait_status(fleet[0].admin, "replica 1 on green by its file", |s| {
+        s["active"] == "green"
+    })
+    .await;
+    let (code, out) = admin(fleet[0].admin, "POST", "/switch", r#"{"to":"blue"}"#, None).await;
+    assert_eq!(code, 200, "{out}");
+
+    let (code, out) = cli(&args(&[
+        "switch",
+        "green",
+        "--if-file-differs",
+        "--wait",
+        "drained",
+        "--admin-dns",
+        &target,
+        "--dns-server",
+        &server,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let line = |ip: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("http://{ip}:{port}")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("127.0.0.1").contains("skipped") && line("127.0.0.1").contains("it serves blue"),
+        "{out}"
+    );
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        assert!(
+            line(ip).contains("switched") && line(ip).contains("drained in"),
+            "{out}"
+        );
+    }
+    assert_eq!(
+        status(fleet[0].admin).await["active"],
+        "blue",
+        "the override stays"
+    );
+
+    // status over the name: replica 1 disagrees.
+    let (code, out) = cli(&args(&[
+        "status",
+        "--admin-dns",
+        &target,
+        "--dns-server",
+        &server,
+        "--json",
+    ]))
+    .await;
+    assert_ne!(code, 0, "{out}");
+    let f: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (f["agree"].as_bool(), f["replicas"].as_array().unwrap().len()),
+        (Some(false), 3),
+        "{out}"
+    );
+
+    // Without --if-file-differs all three switch and agree.
+    let (code, out) = cli(&args(&[
+        "switch",
+        "green",
+        "--admin-dns",
+        &target,
+        "--dns-server",
+        &server,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("agree: every replica serves green"), "{out}");
+    let (code, out) = cli(&args(&[
+        "status",
+        "--admin-dns",
+        &target,
+        "--dns-server",
+        &server,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("agree: every replica serves green"), "{out}");
+}
