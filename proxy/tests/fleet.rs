@@ -421,3 +421,110 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("agree: every replica serves green"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_switched_by_someone_else_between_status_and_post_is_reread() {
+    use http_body_util::BodyExt;
+    let (blue, green) = (upstream::text("blue").await, upstream::text("green").await);
+    let (a, b) = (replica(blue, green, None).await, replica(blue, green, None).await);
+    // In front of replica b's admin API: before the first POST reaches it,
+    // someone else switches b to green (so the CLI's if_generation is stale).
+    let posts = Arc::new(AtomicUsize::new(0));
+    let real = b.admin;
+    let seen = posts.clone();
+    let front = upstream::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let (method, path) = (req.method().to_string(), req.uri().to_string());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            if method == "POST" && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                let (code, _) = admin(real, "POST", "/switch", r#"{"to":"green"}"#, None).await;
+                assert_eq!(code, 200);
+            }
+            let (code, json) = admin(real, &method, &path, std::str::from_utf8(&body).unwrap(), None).await;
+            let mut r = http::Response::new(upstream::full(json.to_string()));
+            *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+            r
+        }
+    })
+    .await;
+    let (code, out) = cli(&args(&[
+        "switch",
+        "green",
+        "--json",
+        "--admin",
+        &url(a.admin),
+        &url(front),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        2,
+        "the stale post, then one with the new generation"
+    );
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let rows = report["replicas"].as_array().unwrap();
+    assert_eq!(rows[0]["state"], "switched", "{out}");
+    assert_eq!(
+        (
+            rows[1]["before"].as_str(),
+            rows[1]["after"].as_str(),
+            rows[1]["state"].as_str()
+        ),
+        (Some("blue"), Some("green"), Some("already")),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_pool_is_not_ready_or_which_wants_a_token_is_named_with_its_reason() {
+    let (blue, green) = (upstream::text("blue").await, upstream::text("green").await);
+    // green needs 2 healthy endpoints of 1: never ready.
+    let not_ready = Switchyard::start(
+        BIN,
+        ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue, green).min_healthy("green", 2)),
+    );
+    let tokened = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .token("s3cret")
+            .upstreams(Upstreams::blue_green("blue", blue, green)),
+    );
+    let (code, out) = cli(&args(&[
+        "switch",
+        "green",
+        "--timeout",
+        "500ms",
+        "--admin",
+        &url(not_ready.admin),
+        &url(tokened.admin),
+    ]))
+    .await;
+    assert_ne!(code, 0, "{out}");
+    let line = |a: SocketAddr| {
+        out.lines()
+            .find(|l| l.starts_with(&url(a)))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line(not_ready.admin).contains("refused: 409 green: 1 of 1 endpoints healthy, needs 2"),
+        "{out}"
+    );
+    assert!(line(tokened.admin).contains("refused: 401"), "{out}");
+    // With the token and --force, both switch.
+    let token = tokened.files.dir.path().join("token");
+    let (code, out) = cli(&args(&[
+        "switch",
+        "green",
+        "--force",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--admin",
+        &url(not_ready.admin),
+        &url(tokened.admin),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+}
