@@ -563,7 +563,7 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
     if !all && a.rollback_on_partial {
         let token = token.as_deref();
         let backs = rows.iter().map(|r| async move {
-            if r.state != State::Switched {
+            if !matches!(r.state, State::Switched | State::NotDrained) {
                 return None;
             }
             let body = match r.generation {
@@ -606,14 +606,12 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
     })
 }
 
-/// Whether every replica that counts (not skipped, not gone) reports `pool`.
+/// Whether every replica that counts (not skipped, not gone) reports `pool`
+/// (one whose old pool did not drain within `--wait drained`'s time does not).
 fn agree(rows: &[Row], pool: &str) -> bool {
     rows.iter()
         .filter(|r| !matches!(r.state, State::Skipped | State::Gone))
-        .all(|r| {
-            matches!(r.state, State::Switched | State::Already | State::NotDrained)
-                && r.after.as_deref() == Some(pool)
-        })
+        .all(|r| matches!(r.state, State::Switched | State::Already) && r.after.as_deref() == Some(pool))
 }
 
 /// The switch report as a table.

@@ -263,6 +263,9 @@ fn detail(s: &Status) {
             "pool {name:<10} {state:<9} inflight {} tunnels {}  {ready}",
             p.inflight, p.tunnels
         );
+        if let Some(t) = &p.drained_at {
+            println!("  drained since {t}");
+        }
         for e in &p.endpoints {
             println!("  {} healthy={}", e.address, e.healthy);
         }
