@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{Command, SwitchError, SwitchOutcome};
 use crate::shared::Shared;
 use crate::status::Status;
+
+/// How often a `"wait":"drained"` switch looks at the pools' in-flight counts.
+pub const DRAIN_POLL: Duration = Duration::from_millis(2);
 
 /// Largest admin request body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -110,8 +113,14 @@ impl Admin {
                 };
                 let (reply, rx) = oneshot::channel();
                 let who = peer.to_string();
+                let wait = match &asked {
+                    SwitchRequest::Rollback { wait_drained, .. }
+                    | SwitchRequest::Switch { wait_drained, .. } => *wait_drained,
+                };
                 let cmd = match asked {
-                    SwitchRequest::Rollback { if_generation, force } => Command::Rollback {
+                    SwitchRequest::Rollback {
+                        if_generation, force, ..
+                    } => Command::Rollback {
                         if_generation,
                         force,
                         who,
@@ -121,6 +130,7 @@ impl Admin {
                         to,
                         if_generation,
                         force,
+                        ..
                     } => Command::Switch {
                         to,
                         if_generation,
@@ -136,7 +146,10 @@ impl Admin {
                     );
                 }
                 match rx.await {
-                    Ok(Ok(outcome)) => switch_response(&outcome),
+                    Ok(Ok(outcome)) => match wait {
+                        None => switch_response(&outcome),
+                        Some(within) => self.wait_drained(&outcome, within).await,
+                    },
                     Ok(Err(e)) => {
                         let status = match e {
                             SwitchError::UnknownPool { .. } => StatusCode::BAD_REQUEST,
@@ -176,6 +189,53 @@ impl Admin {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         Some(r)
+    }
+
+    /// Answers a switch that asked `"wait":"drained"`: once every pool other
+    /// than the one now active has nothing in flight (tunnels included),
+    /// 200 with the outcome and `drain_ms` (from the switch's answer to the
+    /// drain); past `within`, 504 with the outcome, the pools still in
+    /// flight, and the error (the switch itself stays). Runs on the admin
+    /// connection's task: it polls the pools' counts every
+    /// [`DRAIN_POLL`] from the table, never asking the writer.
+    async fn wait_drained(&self, outcome: &SwitchOutcome, within: Duration) -> Resp {
+        let started = Instant::now();
+        loop {
+            let busy: Vec<(String, i64)> = {
+                let table = self.shared.table.load();
+                table
+                    .pools
+                    .iter()
+                    .filter(|p| p.name != outcome.active)
+                    .map(|p| (p.name.clone(), p.inflight()))
+                    .filter(|(_, n)| *n > 0)
+                    .collect()
+            };
+            let elapsed = started.elapsed();
+            let mut body = serde_json::to_value(outcome).unwrap_or_default();
+            if busy.is_empty() {
+                body["drain_ms"] = json!(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+                return json_response(StatusCode::OK, &body);
+            }
+            if elapsed >= within {
+                let list: Vec<String> = busy.iter().map(|(p, n)| format!("{p}: {n}")).collect();
+                let detail = format!(
+                    "not drained within {}: still in flight {}; the switch to {} stays",
+                    humantime::format_duration(within),
+                    list.join(", "),
+                    outcome.active
+                );
+                body["error"] = json!(StatusCode::GATEWAY_TIMEOUT.canonical_reason());
+                body["errors"] = json!([detail]);
+                body["inflight"] = busy
+                    .into_iter()
+                    .map(|(p, n)| (p, json!(n)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                return json_response(StatusCode::GATEWAY_TIMEOUT, &body);
+            }
+            tokio::time::sleep(DRAIN_POLL.min(within - elapsed)).await;
+        }
     }
 
     /// The `/status` document, from one load of the table.
@@ -219,6 +279,10 @@ pub enum SwitchRequest {
         if_generation: Option<u64>,
         /// Switch even if the pool is not ready (the gate).
         force: bool,
+        /// `"wait":"drained"`: answer once every other pool has nothing in
+        /// flight, waiting at most this long (`timeout`, default
+        /// [`DEFAULT_DRAIN_WAIT`]).
+        wait_drained: Option<Duration>,
     },
     /// `POST /rollback`: back to the previous pool.
     Rollback {
@@ -226,8 +290,15 @@ pub enum SwitchRequest {
         if_generation: Option<u64>,
         /// Roll back even if the previous pool is not ready (the gate).
         force: bool,
+        /// As for a switch.
+        wait_drained: Option<Duration>,
     },
 }
+
+/// `timeout` of a `"wait":"drained"` switch when none is given.
+pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// The longest `timeout` a `"wait":"drained"` switch may ask for.
+pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(300);
 
 /// Why a `/switch` or `/rollback` request was refused before it reached the
 /// writer (each is answered 400 with this text).
@@ -251,6 +322,15 @@ pub enum BadSwitchRequest {
     /// `/switch` without a `to`.
     #[error("missing `to`: send {{\"to\":\"<pool>\"}} or ?to=<pool>")]
     MissingTo,
+    /// `wait` is not `"drained"`.
+    #[error("`wait` must be \"drained\", not `{0}`")]
+    WaitValue(String),
+    /// `timeout` without `"wait":"drained"`.
+    #[error("`timeout` is the longest wait of `\"wait\":\"drained\"`; it needs `wait`")]
+    TimeoutWithoutWait,
+    /// `timeout` is not a duration, is 0, or is beyond [`MAX_DRAIN_WAIT`].
+    #[error("`timeout` must be a duration from 1ms to 5m such as \"30s\", not `{0}`")]
+    TimeoutValue(String),
 }
 
 /// The JSON body of `/switch` and `/rollback` (every field optional).
@@ -260,12 +340,16 @@ struct SwitchBody {
     to: Option<String>,
     if_generation: Option<u64>,
     force: Option<bool>,
+    wait: Option<String>,
+    timeout: Option<String>,
 }
 
 /// Reads what a `POST /switch` (`rollback` false) or `POST /rollback` asks
 /// from the request's query (`to=<pool>`, taken as it is, never decoded;
 /// `force=true|false`) and its whole body (empty or whitespace, or a JSON
-/// object with `to`, `if_generation`, `force`); pure, so it is unit-tested and fuzzed on its own.
+/// object with `to`, `if_generation`, `force`, `wait` (`"drained"`) and
+/// `timeout` (humantime, 1ms to 5m, default 30s, only with `wait`)); pure,
+/// so it is unit-tested and fuzzed on its own.
 pub fn parse_switch(
     rollback: bool,
     query: Option<&str>,
@@ -288,6 +372,16 @@ pub fn parse_switch(
         (Some(f), _) | (None, Some(f)) => f,
         (None, None) => false,
     };
+    let wait_drained = match (body.wait.as_deref(), body.timeout.as_deref()) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(BadSwitchRequest::TimeoutWithoutWait),
+        (Some("drained"), None) => Some(DEFAULT_DRAIN_WAIT),
+        (Some("drained"), Some(t)) => match humantime::parse_duration(t) {
+            Ok(d) if !d.is_zero() && d <= MAX_DRAIN_WAIT => Some(d),
+            _ => return Err(BadSwitchRequest::TimeoutValue(t.to_string())),
+        },
+        (Some(other), _) => return Err(BadSwitchRequest::WaitValue(other.to_string())),
+    };
     if rollback {
         if body.to.is_some() || query_to.is_some() {
             return Err(BadSwitchRequest::RollbackTo);
@@ -295,6 +389,7 @@ pub fn parse_switch(
         return Ok(SwitchRequest::Rollback {
             if_generation: body.if_generation,
             force,
+            wait_drained,
         });
     }
     let to = match (body.to, query_to) {
@@ -306,6 +401,7 @@ pub fn parse_switch(
         to,
         if_generation: body.if_generation,
         force,
+        wait_drained,
     })
 }
 
@@ -325,6 +421,7 @@ mod tests {
             to: to.into(),
             if_generation,
             force: false,
+            wait_drained: None,
         }
     }
 
@@ -348,14 +445,16 @@ mod tests {
             ok(true, None, " \t\r\n"),
             SwitchRequest::Rollback {
                 if_generation: None,
-                force: false
+                force: false,
+                wait_drained: None
             }
         );
         assert_eq!(
             ok(true, Some("x=1"), "{\"if_generation\":3}"),
             SwitchRequest::Rollback {
                 if_generation: Some(3),
-                force: false
+                force: false,
+                wait_drained: None
             }
         );
         assert_eq!(
@@ -363,14 +462,37 @@ mod tests {
             SwitchRequest::Switch {
                 to: "green".into(),
                 if_generation: None,
-                force: true
+                force: true,
+                wait_drained: None
             }
         );
         assert_eq!(
             ok(true, None, "{\"force\":true}"),
             SwitchRequest::Rollback {
                 if_generation: None,
-                force: true
+                force: true,
+                wait_drained: None
+            }
+        );
+        let waits = |body: &str| match parse_switch(false, Some("to=green"), body.as_bytes()).unwrap() {
+            SwitchRequest::Switch { wait_drained, .. } => wait_drained,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(waits("{\"wait\":\"drained\"}"), Some(DEFAULT_DRAIN_WAIT));
+        assert_eq!(
+            waits("{\"wait\":\"drained\",\"timeout\":\"1m 30s\"}"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            waits("{\"wait\":\"drained\",\"timeout\":\"5m\"}"),
+            Some(MAX_DRAIN_WAIT)
+        );
+        assert_eq!(
+            ok(true, None, "{\"wait\":\"drained\",\"timeout\":\"250ms\"}"),
+            SwitchRequest::Rollback {
+                if_generation: None,
+                force: false,
+                wait_drained: Some(Duration::from_millis(250))
             }
         );
     }
@@ -409,5 +531,23 @@ mod tests {
             err(false, Some("too=a"), "{}"),
             "missing `to`: send {\"to\":\"<pool>\"} or ?to=<pool>"
         );
+        assert_eq!(
+            err(false, Some("to=a"), "{\"wait\":\"done\"}"),
+            "`wait` must be \"drained\", not `done`"
+        );
+        assert_eq!(
+            err(false, Some("to=a"), "{\"timeout\":\"3s\"}"),
+            "`timeout` is the longest wait of `\"wait\":\"drained\"`; it needs `wait`"
+        );
+        for bad in ["soon", "0s", "5m 1s", "1h"] {
+            assert_eq!(
+                err(
+                    false,
+                    Some("to=a"),
+                    &format!("{{\"wait\":\"drained\",\"timeout\":\"{bad}\"}}")
+                ),
+                format!("`timeout` must be a duration from 1ms to 5m such as \"30s\", not `{bad}`")
+            );
+        }
     }
 }

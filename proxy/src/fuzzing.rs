@@ -273,13 +273,22 @@ pub fn admin(data: &[u8]) -> bool {
                     to,
                     if_generation,
                     force,
+                    wait_drained,
                 } => {
                     assert!(!rollback, "/rollback never reads as a switch");
-                    serde_json::json!({"to": to, "if_generation": if_generation, "force": force})
+                    let mut j = serde_json::json!({"to": to, "if_generation": if_generation, "force": force});
+                    wait_json(&mut j, *wait_drained);
+                    j
                 }
-                SwitchRequest::Rollback { if_generation, force } => {
+                SwitchRequest::Rollback {
+                    if_generation,
+                    force,
+                    wait_drained,
+                } => {
                     assert!(rollback, "/switch never reads as a rollback");
-                    serde_json::json!({"if_generation": if_generation, "force": force})
+                    let mut j = serde_json::json!({"if_generation": if_generation, "force": force});
+                    wait_json(&mut j, *wait_drained);
+                    j
                 }
             };
             let again = parse_switch(rollback, None, json.to_string().as_bytes());
@@ -298,9 +307,24 @@ pub fn admin(data: &[u8]) -> bool {
                 BadSwitchRequest::ForceValue(_) => assert!(query.is_some()),
                 BadSwitchRequest::RollbackTo => assert!(rollback),
                 BadSwitchRequest::ToDiffers | BadSwitchRequest::MissingTo => assert!(!rollback),
+                BadSwitchRequest::WaitValue(_)
+                | BadSwitchRequest::TimeoutWithoutWait
+                | BadSwitchRequest::TimeoutValue(_) => assert!(!blank, "only a body asks to wait"),
             }
             false
         }
+    }
+}
+
+/// Adds `wait` and `timeout` (as humantime writes it) to a request's JSON.
+fn wait_json(j: &mut serde_json::Value, wait_drained: Option<std::time::Duration>) {
+    if let Some(d) = wait_drained {
+        j["wait"] = "drained".into();
+        j["timeout"] = humantime::format_duration(d).to_string().into();
+        assert!(
+            d > std::time::Duration::ZERO && d <= crate::admin::MAX_DRAIN_WAIT,
+            "{d:?} is out of range"
+        );
     }
 }
 

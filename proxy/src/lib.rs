@@ -25,6 +25,8 @@
 //!   rules, pure) and its single writer of the table;
 //! - [`watch`]: the upstreams file watcher (and SIGHUP);
 //! - [`status`]: the typed `/status` document; [`admin`]: the admin API;
+//! - [`fleet`]: `switchyard switch` / `status` over many replicas (the
+//!   admin API's client side);
 //! - [`shared`]: what the cores and the control plane share;
 //!   [`server`]: start-up and shutdown;
 //! - [`metrics`]: Prometheus; [`error`]: errors and the one error → HTTP
@@ -53,6 +55,7 @@ pub mod control;
 pub mod deadline;
 pub mod discovery;
 pub mod error;
+pub mod fleet;
 pub mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

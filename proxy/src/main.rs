@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use switchyard::fleet;
 use switchyard::status::Status;
 use switchyard::{raise_open_files_limit, Checked, ConfigErrors, Error, Listeners};
 
@@ -38,12 +39,12 @@ enum Cmd {
         #[arg(long)]
         offline: bool,
     },
-    /// Print a proxy's /status for a person.
-    Status {
-        /// Admin URL, e.g. http://127.0.0.1:9901
-        #[arg(long)]
-        admin: String,
-    },
+    /// Print /status for a person: one replica in detail, several as a
+    /// table with an `agree` verdict (exit 1 when they disagree).
+    Status(fleet::StatusArgs),
+    /// Switch every replica to a pool at once and wait until all report it
+    /// (exit 0 only when they all agree).
+    Switch(fleet::SwitchArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,10 +52,17 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Cmd::Run) {
         Cmd::Run => run(&cli.config),
         Cmd::Check { offline } => check(&cli.config, offline),
-        Cmd::Status { admin } => match status(&admin) {
-            Ok(()) => ExitCode::SUCCESS,
+        Cmd::Status(a) => match status(&a) {
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("switchyard status: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Switch(a) => match switch(&a) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("switchyard switch: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -165,11 +173,51 @@ fn check(config: &Path, offline: bool) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn status(admin: &str) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn cli_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    let s: Status = rt.block_on(get_json(admin, "/status"))?;
+        .build()?)
+}
+
+fn switch(a: &fleet::SwitchArgs) -> Result<ExitCode> {
+    let report = cli_runtime()?.block_on(fleet::switch(a))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", fleet::render_switch(&report));
+    }
+    Ok(if report.agree {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn status(a: &fleet::StatusArgs) -> Result<ExitCode> {
+    let rt = cli_runtime()?;
+    if let ([admin], None) = (a.replicas.admin.as_slice(), &a.replicas.admin_dns) {
+        let s: Status = rt.block_on(get_json(admin, "/status"))?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            detail(&s);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = rt.block_on(fleet::fleet_status(&a.replicas))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+    } else {
+        print!("{}", fleet::render_fleet(&f));
+    }
+    Ok(if f.agree {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn detail(s: &Status) {
     let overridden = if s.overridden { "  (admin override)" } else { "" };
     println!("active      {}{overridden}", s.active);
     println!("previous    {}", s.previous.as_deref().unwrap_or("null"));
@@ -220,6 +268,9 @@ fn status(admin: &str) -> Result<()> {
             "pool {name:<10} {state:<9} inflight {} tunnels {}  {ready}{panic}",
             p.inflight, p.tunnels
         );
+        if let Some(t) = &p.drained_at {
+            println!("  drained since {t}");
+        }
         if let Some(e) = &p.discovery_error {
             println!("  discovery error: {e}");
         }
@@ -230,7 +281,6 @@ fn status(admin: &str) -> Result<()> {
             println!("  {} {}", e.address, e.health.label());
         }
     }
-    Ok(())
 }
 
 /// `GET admin + path` over HTTP/1.1 (hyper's client), decoded as JSON.

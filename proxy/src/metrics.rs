@@ -123,6 +123,12 @@ pub struct Metrics {
     pool_ready: IntGaugeVec,
     /// `switchyard_switch_pending`: 1 while a file switch waits for its pool.
     pub switch_pending: IntGauge,
+    /// `switchyard_admin_override`: 1 while an admin switch or rollback
+    /// overrides the file's `active`.
+    pub admin_override: IntGauge,
+    file_active: IntGaugeVec,
+    /// `switchyard_drain_seconds`: from a switch to the old pool's drained.
+    pub drain_seconds: Histogram,
     /// `switchyard_rejected_total{reason}`, one handle per [`Reject`].
     rejected: [IntCounter; Reject::ALL.len()],
     pool_endpoints: IntGaugeVec,
@@ -225,6 +231,26 @@ impl Metrics {
             "1 while a file switch waits for its pool to be ready.",
         ));
         must(registry.register(Box::new(switch_pending.clone())));
+        let admin_override = must(IntGauge::new(
+            "admin_override",
+            "1 while an admin switch or rollback overrides the upstreams file's active pool.",
+        ));
+        must(registry.register(Box::new(admin_override.clone())));
+        let file_active = gauge(
+            "file_active",
+            "1 for the pool the upstreams file names as active (override or not), else 0.",
+            &["pool"],
+        );
+        let drain_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "drain_seconds",
+                "Time from a switch to the old pool having nothing in flight (tunnels included).",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+            ]),
+        ));
+        must(registry.register(Box::new(drain_seconds.clone())));
         let rejected_family = counter(
             "rejected_total",
             "Requests or connections refused or cut by the proxy itself, by reason.",
@@ -269,6 +295,9 @@ impl Metrics {
             client_connections,
             pool_ready,
             switch_pending,
+            admin_override,
+            file_active,
+            drain_seconds,
             rejected,
             pool_endpoints,
             pool_panic,
@@ -298,6 +327,7 @@ impl Metrics {
             inflight: self.inflight.with_label_values(&[pool]),
             active: self.active_pool.with_label_values(&[pool]),
             ready: self.pool_ready.with_label_values(&[pool]),
+            file_active: self.file_active.with_label_values(&[pool]),
             errors,
             retries: self.retries.with_label_values(&[pool]),
             endpoints: ENDPOINT_STATES.map(|s| self.pool_endpoints.with_label_values(&[pool, s])),
@@ -323,6 +353,7 @@ impl Metrics {
         let _ = self.inflight.remove_label_values(&[pool]);
         let _ = self.active_pool.remove_label_values(&[pool]);
         let _ = self.pool_ready.remove_label_values(&[pool]);
+        let _ = self.file_active.remove_label_values(&[pool]);
         let _ = self.retries.remove_label_values(&[pool]);
         for s in ENDPOINT_STATES {
             let _ = self.pool_endpoints.remove_label_values(&[pool, s]);
@@ -380,6 +411,8 @@ pub struct PoolMetrics {
     pub active: IntGauge,
     /// `pool_ready{pool}`: set when a table is published.
     pub ready: IntGauge,
+    /// `file_active{pool}`: set when a table is published.
+    pub file_active: IntGauge,
     errors: [IntCounter; ErrorKind::ALL.len()],
     /// `upstream_retries_total{pool}`.
     pub retries: IntCounter,

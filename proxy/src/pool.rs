@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use prometheus::IntGauge;
@@ -346,6 +347,11 @@ struct Slot {
 /// when the sum is 0.
 pub struct Inflight {
     slots: Box<[Slot]>,
+    /// When the pool last became drained (inactive with nothing in flight),
+    /// in Unix milliseconds; 0 while active or not drained yet. Written only
+    /// by the control plane's writer, read by `/status`; never on the
+    /// request path.
+    drained_at_ms: AtomicU64,
 }
 
 impl Inflight {
@@ -354,7 +360,30 @@ impl Inflight {
         let n = std::thread::available_parallelism().map_or(1, usize::from);
         Inflight {
             slots: (0..n).map(|_| Slot::default()).collect(),
+            drained_at_ms: AtomicU64::new(0),
         }
+    }
+
+    /// When the pool last became drained, as the writer recorded it (None
+    /// while it is active or still has requests in flight since a switch).
+    pub fn drained_at(&self) -> Option<SystemTime> {
+        match self.drained_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Records when the pool became drained (None: it is active, or a switch
+    /// away from it has just begun its drain). Called by the writer only.
+    pub fn set_drained_at(&self, at: Option<SystemTime>) {
+        let ms = at.map_or(0, |t| {
+            let ms = t
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+        });
+        self.drained_at_ms.store(ms, Ordering::Release);
     }
 
     /// Adds `delta` on core `core`.

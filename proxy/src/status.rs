@@ -56,6 +56,12 @@ pub struct PoolStatus {
     pub tunnels: i64,
     /// Inactive with nothing in flight (no tunnel either): safe to scale down.
     pub drained: bool,
+    /// When it last became drained (RFC 3339); null while active or with
+    /// requests in flight. Recorded by the writer, which checks a draining
+    /// pool every few milliseconds, so it can be null for that long after
+    /// `drained` turned true. Absent from the documents of older proxies: null.
+    #[serde(default)]
+    pub drained_at: Option<String>,
     /// Whether a switch to it passes the gate: at least `min_healthy` of its
     /// endpoints count as healthy, and it has one. Absent from the documents
     /// of older proxies: false.
@@ -133,6 +139,10 @@ impl Status {
                     drained: i != table.active && inflight == 0,
                     panic: p.panic(),
                     discovery_error: p.discovery_error(),
+                    drained_at: (i != table.active && inflight == 0)
+                        .then(|| p.inflight.drained_at())
+                        .flatten()
+                        .map(|t| humantime::format_rfc3339_millis(t).to_string()),
                     ready: readiness.is_some_and(Readiness::is_ready),
                     readiness: readiness.map(|r| ReadinessStatus {
                         healthy: r.healthy,

@@ -494,10 +494,14 @@ impl RoutingTable {
             p.metrics.active.set(i64::from(i == self.active));
             let ready = self.facts.readiness.get(&p.name).is_some_and(Readiness::is_ready);
             p.metrics.ready.set(i64::from(ready));
+            p.metrics
+                .file_active
+                .set(i64::from(p.name == self.facts.file_active));
         }
         metrics
             .switch_pending
             .set(i64::from(self.facts.pending.is_some()));
+        metrics.admin_override.set(i64::from(self.facts.overridden));
         for p in old.map(|o| o.pools.as_slice()).unwrap_or_default() {
             match self.pool(&p.name) {
                 None => {

@@ -223,6 +223,13 @@ impl ProxyConfig {
         self
     }
 
+    /// The admin listener on exactly `addr` (replicas behind one name share
+    /// a port on 127.0.0.1, 127.0.0.2, …).
+    pub fn admin_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.admin = addr.to_string();
+        self
+    }
+
     /// `[admin] allow_unauthenticated`.
     pub fn allow_unauthenticated(mut self, on: bool) -> Self {
         self.allow_unauthenticated = on;

@@ -84,6 +84,11 @@ fn admin_regressions_and_seeds() {
     assert!(admin(b"/rollback\n{\"if_generation\":2}"));
     assert!(!admin(b"/rollback?to=blue\n"));
     assert!(admin(b"/switch\n{\"to\":\"green\",\"force\":true}"));
+    assert!(admin(
+        b"/switch\n{\"to\":\"green\",\"wait\":\"drained\",\"timeout\":\"90s\"}"
+    ));
+    assert!(admin(b"/rollback\n{\"wait\":\"drained\"}"));
+    assert!(!admin(b"/switch?to=green\n{\"timeout\":\"1s\"}"));
     assert!(!admin(b"/switch?to=green&force=false\n{\"force\":true}"));
 }
 
