@@ -109,6 +109,10 @@ pub struct Metrics {
     client_connections: IntGaugeVec,
     /// `switchyard_rejected_total{reason}`, one handle per [`Reject`].
     rejected: [IntCounter; Reject::ALL.len()],
+    /// `switchyard_tls_handshakes_total{result}`: `ok`, then `error`.
+    tls_handshakes: [IntCounter; 2],
+    tls_reloads: IntCounterVec,
+    tls_expiry: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -199,6 +203,22 @@ impl Metrics {
             &["reason"],
         );
         let rejected = Reject::ALL.map(|r| rejected_family.with_label_values(&[r.label()]));
+        let handshakes = counter(
+            "tls_handshakes_total",
+            "TLS handshakes on the HTTPS listener, by result.",
+            &["result"],
+        );
+        let tls_handshakes = ["ok", "error"].map(|r| handshakes.with_label_values(&[r]));
+        let tls_reloads = counter(
+            "tls_reloads_total",
+            "Certificate pairs read after a change of their files, by result (error: rejected, the old pair serves).",
+            &["result"],
+        );
+        let tls_expiry = gauge(
+            "tls_cert_expiry_timestamp_seconds",
+            "Unix time at which the certificate being served expires (not_after), by certificate.",
+            &["name"],
+        );
         // Families without labels from the config are initialised so they show at 0.
         for s in SOURCES {
             switches.with_label_values(&[s]);
@@ -221,7 +241,32 @@ impl Metrics {
             last_switch,
             client_connections,
             rejected,
+            tls_handshakes,
+            tls_reloads,
+            tls_expiry,
         }
+    }
+
+    /// Counts one TLS handshake (pre-resolved handles).
+    pub fn tls_handshake(&self, ok: bool) {
+        self.tls_handshakes[usize::from(!ok)].inc();
+    }
+
+    /// Counts one read of a changed certificate pair (`ok` or `error`).
+    pub fn tls_reload(&self, result: &str) {
+        self.tls_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Shows the series of `tls_reloads_total` at 0 (when TLS is configured).
+    pub fn tls_init(&self) {
+        for r in ["ok", "error"] {
+            self.tls_reloads.with_label_values(&[r]);
+        }
+    }
+
+    /// Sets `tls_cert_expiry_timestamp_seconds{name}`.
+    pub fn tls_expiry(&self, name: &str, not_after: i64) {
+        self.tls_expiry.with_label_values(&[name]).set(not_after);
     }
 
     /// Counts one refusal (a pre-resolved handle: fine on the hot path).

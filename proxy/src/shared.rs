@@ -13,6 +13,7 @@ use crate::config;
 use crate::control::Routes;
 use crate::local;
 use crate::metrics::Metrics;
+use crate::tls::Tls;
 
 /// The data plane's settings, fixed at start.
 #[derive(Debug, Clone)]
@@ -45,6 +46,13 @@ pub struct DataOpts {
     /// `limits.upgrade_protocols`, lower-cased: the `Upgrade` protocols
     /// tunnelled; any other `Upgrade` is stripped.
     pub upgrade_protocols: Vec<String>,
+    /// `timeouts.tls_handshake`: a TLS handshake not done by then is closed.
+    pub tls_handshake: Duration,
+    /// `listen.h2c`: the plain listener also speaks HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// With `listen.redirect_https`: the port that the plain listener's 308
+    /// answers send clients to (the HTTPS listener's, once bound).
+    pub redirect_https: Option<u16>,
 }
 
 impl DataOpts {
@@ -68,6 +76,11 @@ impl DataOpts {
                 .iter()
                 .map(|p| p.to_ascii_lowercase())
                 .collect(),
+            tls_handshake: t.tls_handshake,
+            h2c: file.listen.h2c,
+            redirect_https: (file.listen.redirect_https)
+                .then(|| file.listen.https.map(|a| a.port()))
+                .flatten(),
         }
     }
 }
@@ -87,6 +100,9 @@ pub struct Shared {
     pub flush: local::FlushRequests,
     /// The cores' open client connections, kept even.
     pub balance: Arc<balance::Balancer>,
+    /// The HTTPS listener's TLS (its certificates, reloaded by the control
+    /// runtime); `None` without `[tls]`.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Shared {
