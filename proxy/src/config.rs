@@ -838,6 +838,72 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_parse_resolve_and_are_checked_together() {
+        let s = Settings::parse(
+            Path::new("/etc/sy/proxy.toml"),
+            "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\nh2c = true\nredirect_https = true\n\
+             [upstreams]\nfile = \"u\"\n[tls]\ncert = \"tls/tls.crt\"\nkey = \"tls/tls.key\"\n\
+             [[tls.sni]]\nnames = [\"API.example.com\", \"*.apps.example.com\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n\
+             [timeouts]\ntls_handshake = \"3s\"\n",
+        )
+        .unwrap();
+        assert!(s.file.listen.h2c && s.file.listen.redirect_https);
+        assert_eq!(s.file.timeouts.tls_handshake, Duration::from_secs(3));
+        assert_eq!(s.certs.len(), 2);
+        assert_eq!(s.certs[0].name, "default");
+        assert_eq!(s.certs[0].cert, Path::new("/etc/sy/tls/tls.crt"));
+        assert_eq!(s.certs[1].name, "api.example.com");
+        assert_eq!(s.certs[1].names, ["api.example.com", "*.apps.example.com"]);
+        assert_eq!(s.certs[1].key, Path::new("/etc/sy/a.key"));
+        let defaults = Settings::parse(Path::new("p.toml"), MINIMAL).unwrap();
+        assert_eq!(defaults.file.timeouts.tls_handshake, DEFAULT_TLS_HANDSHAKE);
+        assert!(
+            defaults.certs.is_empty() && !defaults.file.listen.h2c && !defaults.file.listen.redirect_https
+        );
+
+        let tls = "[tls]\ncert = \"c\"\nkey = \"k\"\n";
+        for (text, reason) in [
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n[upstreams]\nfile = \"u\"\n".to_string(),
+                "listen.https needs a [tls] section",
+            ),
+            (format!("{MINIMAL}{tls}"), "[tls] is set but listen.https is not"),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\nredirect_https = true\n[upstreams]\nfile = \"u\"\n".to_string(),
+                "listen.redirect_https needs listen.https",
+            ),
+            (
+                format!("[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:1\"\n[upstreams]\nfile = \"u\"\n{tls}"),
+                "must not be the plain listener's address",
+            ),
+            (
+                format!(
+                    "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n[upstreams]\nfile = \"u\"\n{tls}\
+                     [[tls.sni]]\nnames = [\"bad name\"]\ncert = \"c\"\nkey = \"k\"\n"
+                ),
+                "\"bad name\" is not a server name",
+            ),
+            (
+                format!(
+                    "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n[upstreams]\nfile = \"u\"\n{tls}\
+                     [[tls.sni]]\nnames = []\ncert = \"c\"\nkey = \"k\"\n"
+                ),
+                "`names` is empty",
+            ),
+            (
+                format!("{MINIMAL}[timeouts]\ntls_handshake = \"0s\"\n"),
+                "timeouts.tls_handshake must be greater than 0",
+            ),
+        ] {
+            let errs = Settings::parse(Path::new("p.toml"), &text).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.to_string().contains(reason)),
+                "{reason}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_response_timeouts_parse_and_must_not_be_zero() {
         let s = Settings::parse(
             Path::new("p.toml"),

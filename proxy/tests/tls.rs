@@ -593,3 +593,94 @@ async fn h2_streams_beyond_the_limit_are_refused() {
     );
     assert_eq!(answered, limit as usize, "the others were answered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_works_over_tls_with_http1() {
+    let ca = Ca::new();
+    let leaf = ca.leaf("leaf", &["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = SecretMount::new(dir.path(), &leaf);
+    let up = upstream::upgrade_echo();
+    std::fs::write(dir.path().join("upstreams.toml"), Upstreams::blue(up).to_string()).unwrap();
+    let p = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .tls("tls/tls.crt", "tls/tls.key")
+            .in_dir_with_upstreams(dir),
+    );
+    let tcp = tokio::net::TcpStream::connect(https(&p)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(ca.client(H1, None))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "the answer head: {head:?}");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping over tls").await.unwrap();
+    let mut echoed = [0u8; 13];
+    s.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping over tls");
+}
+
+#[test]
+fn check_loads_the_certificates_and_offline_skips_them() {
+    let ca = Ca::new();
+    let good = ca.leaf("good", &["localhost"]);
+    let other = ca.leaf("other", &["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    good.write_to(&dir.path().join("tls"));
+    std::fs::write(
+        dir.path().join("upstreams.toml"),
+        Upstreams::blue("127.0.0.1:1").to_string(),
+    )
+    .unwrap();
+    let files = ProxyConfig::new()
+        .tls("tls/tls.crt", "tls/tls.key")
+        .in_dir_with_upstreams(dir)
+        .write();
+    let check = |offline: bool| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("check").arg("-c").arg(&files.proxy_toml);
+        if offline {
+            cmd.arg("--offline");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(check(false).0, Some(0), "{:?}", check(false));
+    // A key that is not the certificate's: `check` says so, `--offline`
+    // (a rendered chart, no Secret at hand) does not read the files.
+    std::fs::write(files.dir.path().join("tls/tls.key"), &other.key_pem).unwrap();
+    let (code, err) = check(false);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("tls.key") && err.contains("does not match"), "{err}");
+    assert_eq!(check(true).0, Some(0));
+    std::fs::remove_file(files.dir.path().join("tls/tls.crt")).unwrap();
+    assert_eq!(check(true).0, Some(0), "offline skips missing certificate files");
+    let (code, err) = check(false);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("tls.crt") && err.contains("cannot read"), "{err}");
+    // And the proxy refuses to start with it: exit 64, the reason on stderr.
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&files.proxy_toml)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls.crt"));
+}
