@@ -684,3 +684,85 @@ fn check_loads_the_certificates_and_offline_skips_them() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tls.crt"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_under_load_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let ca = Ca::new();
+    let first = ca.leaf("first", &["localhost"]);
+    let (p, mut mount) = https_proxy(&first, |c| c).await;
+    let addr = https(&p);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // Four clients, two over HTTP/2 and two over HTTP/1.1, each making a new
+    // connection (a new handshake) every 20 requests; bounded in count.
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let config = ca.client(if i % 2 == 0 { H2 } else { H1 }, None);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..1000 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let mut c = match TlsClient::connect(addr, "localhost", config.clone()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed.lock().unwrap().push(format!("handshake: {e}"));
+                        continue;
+                    }
+                };
+                for _ in 0..20 {
+                    match c.get("/").await {
+                        Ok((s, _, _)) if s == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            }
+        }));
+    }
+    let load_moves = |at_least: u64| {
+        let ok = ok.clone();
+        async move {
+            let from = ok.load(Ordering::Relaxed);
+            eventually(WITHIN, "requests keep being answered", || {
+                let ok = ok.clone();
+                async move { ok.load(Ordering::Relaxed) >= from + at_least }
+            })
+            .await;
+        }
+    };
+    load_moves(100).await;
+    let mut last = first.der.clone();
+    for n in 0..3 {
+        let leaf = ca.leaf(&format!("rotation {n}"), &["localhost"]);
+        mount.swap(&leaf);
+        eventually(WITHIN, "new handshakes get the new certificate", || async {
+            served_cert(&p, &ca).await == leaf.der
+        })
+        .await;
+        load_moves(100).await;
+        // A broken pair in between changes nothing for the clients.
+        mount.swap_raw("garbage", &leaf.key_pem);
+        load_moves(100).await;
+        mount.swap(&leaf);
+        last = leaf.der.clone();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(served_cert(&p, &ca).await, last);
+    let failed = failed.lock().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // Seven waits of at least 100 answers each.
+    assert!(ok.load(Ordering::Relaxed) >= 700);
+}
