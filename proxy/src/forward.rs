@@ -157,6 +157,11 @@ fn refuse(conn: &Conn, mut req: Request<Incoming>, refusal: Refusal) -> Response
     );
     let mut response = error::respond_to(refusal.status(), refusal.message(), &request_id);
     headers::label_refusal(response.headers_mut(), request_id);
+    if req.version() == http::Version::HTTP_2 {
+        // HTTP/2 has no `Connection` header (hyper would drop it with a
+        // warning); the stream ends with the answer, the connection stays.
+        response.headers_mut().remove(http::header::CONNECTION);
+    }
     response
 }
 

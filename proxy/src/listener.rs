@@ -237,7 +237,8 @@ pub async fn run_core(
     let worker = Rc::new(Worker::new(Arc::clone(&shared), Rc::clone(&client), core));
     let tracker = Rc::new(Tracker::default());
     let gauge = shared.metrics.client_connections("http");
-    let tls_gauge = shared.metrics.client_connections("https");
+    // The `https` series exists only with an HTTPS listener.
+    let tls_gauge = https.as_ref().map(|_| shared.metrics.client_connections("https"));
     let sweep_every = (opts.upstream_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let sweeper = {
         let client = Rc::clone(&client);
@@ -289,7 +290,7 @@ pub async fn run_core(
         let _ = stream.set_nodelay(true);
         let counted = Box::new(Tracked::new(
             &tracker,
-            if tls { &tls_gauge } else { &gauge },
+            tls_gauge.as_ref().filter(|_| tls).unwrap_or(&gauge),
             slot,
         ));
         let conn = Rc::new(Conn::new(Rc::clone(&worker), peer, counted, tls));
