@@ -766,3 +766,42 @@ async fn rotations_under_load_fail_no_request() {
     // Seven waits of at least 100 answers each.
     assert!(ok.load(Ordering::Relaxed) >= 700);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_under_the_load_generator_over_tls_fail_no_request() {
+    use testkit::load::{assert_no_failures, Load};
+    let ca = Ca::new();
+    let first = ca.leaf("first", &["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = SecretMount::new(dir.path(), &first);
+    // The translation API's answer: the load generator records its version.
+    let up = upstream::text(r#"{"version":"0.0.1","errors":[]}"#).await;
+    std::fs::write(dir.path().join("upstreams.toml"), Upstreams::blue(up).to_string()).unwrap();
+    let p = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .tls("tls/tls.crt", "tls/tls.key")
+            .in_dir_with_upstreams(dir),
+    );
+    let load = Load::start_tls(https(&p), "localhost", 8, "/", ca.client(H1, None)).await;
+    load.wait_more(200).await;
+    for n in 0..2 {
+        let leaf = ca.leaf(&format!("rotation {n}"), &["localhost"]);
+        mount.swap(&leaf);
+        eventually(WITHIN, "new handshakes get the new certificate", || async {
+            served_cert(&p, &ca).await == leaf.der
+        })
+        .await;
+        load.wait_more(200).await;
+        mount.swap_raw(&leaf.cert_pem, &first.key_pem);
+        eventually(WITHIN, "the mismatched pair is rejected", || async {
+            !tls_status(&p).await[0]["last_error"].is_null()
+        })
+        .await;
+        load.wait_more(200).await;
+        assert_eq!(served_cert(&p, &ca).await, leaf.der);
+    }
+    let samples: Vec<_> = load.stop().into_iter().flatten().collect();
+    assert!(samples.len() >= 1000, "{}", samples.len());
+    assert_no_failures(&samples);
+}
