@@ -323,19 +323,18 @@ pub async fn run_core(
         }
     };
     let what = format!("core {core}");
-    let what_tls = format!("core {core} https");
+    // With two listeners, the one polled first alternates, so a flood on
+    // one cannot starve the accepts of the other.
+    let mut tls_first = false;
     loop {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
             Some(handoff) = inbox.recv() => take(handoff),
-            accepted = accept_once(&listener, &what) => place(accepted, false),
-            accepted = async {
-                match &https {
-                    Some(l) => accept_once(l, &what_tls).await,
-                    None => std::future::pending().await,
-                }
-            }, if https.is_some() => place(accepted, true),
+            (accepted, tls) = accept_either(&listener, https.as_ref(), tls_first, &what) => {
+                tls_first = https.is_some() && !tls;
+                place(accepted, tls);
+            }
         }
     }
     drop(listener);
@@ -612,6 +611,44 @@ async fn accept_once(listener: &TcpListener, what: &str) -> Option<(tokio::net::
             tracing::warn!(listener = what, error = %e, "accept failed; pausing");
             tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             None
+        }
+    }
+}
+
+/// One connection from the plain listener or the HTTPS one (`true` with
+/// it), polling the HTTPS one first when `tls_first`; an accept error is
+/// handled as [`accept_once`] does (logged, a pause, then `None`).
+async fn accept_either(
+    plain: &TcpListener,
+    tls: Option<&TcpListener>,
+    tls_first: bool,
+    what: &str,
+) -> (Option<(tokio::net::TcpStream, SocketAddr)>, bool) {
+    let (result, is_tls) = std::future::poll_fn(|cx| {
+        let order = if tls_first { [true, false] } else { [false, true] };
+        for is_tls in order {
+            let listener = if is_tls {
+                match tls {
+                    Some(l) => l,
+                    None => continue,
+                }
+            } else {
+                plain
+            };
+            if let Poll::Ready(r) = listener.poll_accept(cx) {
+                return Poll::Ready((r, is_tls));
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    match result {
+        Ok(conn) => (Some(conn), is_tls),
+        Err(e) => {
+            let which = if is_tls { "https" } else { "http" };
+            tracing::warn!(listener = what, which, error = %e, "accept failed; pausing");
+            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            (None, is_tls)
         }
     }
 }
