@@ -86,6 +86,8 @@ pub struct Run {
     /// A name for people, e.g. "proxy A".
     pub label: String,
     pub target: Target,
+    /// HTTPS: the load's TLS client configuration (`None`: plain HTTP).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub admin: Option<AdminClient>,
     pub steps: Vec<Step>,
 }
@@ -169,6 +171,7 @@ pub async fn execute(
         let mut cfg = LoadConfig::new(run.target.clone(), opts.concurrency);
         cfg.rate = opts.rate;
         cfg.threads = opts.threads;
+        cfg.tls = run.tls.clone();
         out.run_starts.push((clock.now_ns(), run.label.clone()));
         // The workers' sink: every sample, and a live count for the progress bar.
         let load = LoadGen::start(cfg, clock, |_| Recorder::new(count.clone()))?;

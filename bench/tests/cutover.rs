@@ -106,6 +106,28 @@ fn embedded_cutover_passes_all_four_switches() {
 }
 
 #[test]
+fn embedded_cutover_over_tls_passes_all_four_switches() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cutover.json");
+    let (v, out) = run(
+        &[
+            "--tls",
+            "--duration",
+            "600ms",
+            "--warmup",
+            "200ms",
+            "--concurrency",
+            "8",
+        ],
+        &json,
+    );
+    let text = out.join("\n");
+    assert_clean(&v, &text);
+    assert_eq!(v["cutovers"].as_array().unwrap().len(), 4, "{text}");
+    assert!(text.contains("HTTPS (--tls)"), "the load went over TLS: {text}");
+}
+
+#[test]
 fn external_mode_measures_a_running_deployment() {
     let (_blue, _green, proxy) = blue_green_proxy(ProxyConfig::new().persist(true));
     let dir = tempfile::tempdir().unwrap();

@@ -493,7 +493,17 @@ def check_switchyard(case: Case, rendered: Rendered, switchyard: Path) -> None:
     expect(container_port(c, "http") == 8080 and container_port(c, "admin") == 9901, "wiring", "ports 8080 and 9901")
     public = rendered.one("Service", full)
     admin = rendered.one("Service", f"{full}-admin")
-    expect([p["targetPort"] for p in public["spec"]["ports"]] == ["http"], "wiring", "the public Service exposes only http")
+    tls = case.values.get("tls", {}).get("secretName")
+    want_ports = ["http", "https"] if tls else ["http"]
+    expect([p["targetPort"] for p in public["spec"]["ports"]] == want_ports, "wiring",
+           f"the public Service exposes {want_ports}")
+    if tls:
+        expect(proxy["listen"].get("https") == f"0.0.0.0:{container_port(c, 'https')}", "wiring",
+               "[listen] https is the https port")
+        expect(all("subPath" not in m for m in c["volumeMounts"]), "mounts",
+               "no subPath mount: a renewed certificate would never reach the pod")
+    else:
+        expect("tls" not in proxy and "https" not in proxy["listen"], "config", "no [tls] without tls.secretName")
     expect(admin["spec"].get("clusterIP") == "None", "wiring", "the -admin Service is headless")
     expect([p["targetPort"] for p in admin["spec"]["ports"]] == ["admin"], "wiring", "the -admin Service is the admin port")
     if public["spec"]["type"] in ("LoadBalancer", "NodePort"):
@@ -543,6 +553,12 @@ def check_switchyard(case: Case, rendered: Rendered, switchyard: Path) -> None:
         token = os.path.normpath(base / proxy["admin"]["token_file"])
         expect(mounted.get("secret:token") == Path(token), "mounts",
                f"[admin] token_file resolves to {token}, not to the mounted {mounted.get('secret:token')}")
+        if tls:
+            for what in ("cert", "key"):
+                path = os.path.normpath(base / proxy["tls"][what])
+                name = {"cert": "tls.crt", "key": "tls.key"}[what]
+                expect(mounted.get("secret:" + name) == Path(path), "mounts",
+                       f"[tls] {what} resolves to {path}, not to the mounted {mounted.get('secret:' + name)}")
         cfg_file = fake_root / str(config_path).lstrip("/")
         run = subprocess.run([str(switchyard), "check", "--offline", "-c", str(cfg_file)],
                              capture_output=True, text=True, timeout=60)

@@ -92,6 +92,10 @@ pub struct LoadConfig {
     /// Pause after a failed connect before the worker tries again (closed loop),
     /// so a server that is down is not hammered by a busy loop.
     pub reconnect_backoff: Duration,
+    /// HTTPS: each connection makes a TLS handshake with this configuration
+    /// (server name: the target's host; HTTP/1.1 over it) before its
+    /// requests. `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl LoadConfig {
@@ -104,6 +108,7 @@ impl LoadConfig {
             threads: 1,
             request_timeout: Duration::from_secs(10),
             reconnect_backoff: Duration::from_millis(10),
+            tls: None,
         }
     }
 }
@@ -218,7 +223,11 @@ impl<S> Drop for LoadGen<S> {
     }
 }
 
-type Conn = Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+type Conn = Connection<TokioIo<Box<dyn Io>>, Empty<Bytes>>;
 
 /// One keep-alive connection: the request handle and the connection state
 /// machine, polled by the worker itself.
@@ -228,10 +237,20 @@ struct Client {
     conn: Option<Pin<Box<Conn>>>,
 }
 
-async fn connect(target: &Target) -> anyhow::Result<Client> {
+async fn connect(target: &Target, tls: Option<&Arc<rustls::ClientConfig>>) -> anyhow::Result<Client> {
     let stream = TcpStream::connect(target.connect.as_str()).await?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(config) => {
+            let host = target.authority.parse::<http::uri::Authority>()?;
+            let host = host.host().trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+            Box::new(connector.connect(name, stream).await?)
+        }
+    };
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
     Ok(Client {
         sender,
         conn: Some(Box::pin(conn)),
@@ -292,7 +311,8 @@ async fn worker(shared: &Shared, mut stop: watch::Receiver<bool>, sink: &mut imp
         }
         if client.is_none() {
             let sent = clock.now_ns();
-            let attempt = tokio::time::timeout(cfg.request_timeout, connect(&cfg.target)).await;
+            let attempt =
+                tokio::time::timeout(cfg.request_timeout, connect(&cfg.target, cfg.tls.as_ref())).await;
             match attempt.map_err(anyhow::Error::from).and_then(|r| r) {
                 Ok(mut c) => match drive(&mut c.conn, c.sender.ready()).await {
                     Ok(()) => client = Some(c),

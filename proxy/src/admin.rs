@@ -240,7 +240,11 @@ impl Admin {
 
     /// The `/status` document, from one load of the table.
     pub fn status(&self) -> Status {
-        Status::of(&self.shared.table.load())
+        let mut status = Status::of(&self.shared.table.load());
+        if let Some(tls) = &self.shared.tls {
+            status.tls = tls.status();
+        }
+        status
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Handoff {
     pub peer: SocketAddr,
     /// The connection, already counted on the receiving core.
     pub slot: Slot,
+    /// Accepted on the HTTPS listener: the receiving core makes the TLS
+    /// handshake (none has started yet).
+    pub tls: bool,
 }
 
 /// Where a core receives the connections handed to it.
@@ -197,7 +200,15 @@ mod tests {
         let slot = b.place(0).unwrap();
         assert_eq!(slot.core(), 1);
         drop(inboxes.pop());
-        let back = b.hand_over(Handoff { stream, peer, slot }).err().unwrap();
+        let back = b
+            .hand_over(Handoff {
+                stream,
+                peer,
+                slot,
+                tls: false,
+            })
+            .err()
+            .unwrap();
         assert_eq!(back.slot.core(), 1);
         drop(back);
         assert_eq!(b.open(1), 0);

@@ -39,6 +39,9 @@ pub const DEFAULT_UPSTREAM_READ: Duration = Duration::from_secs(60);
 pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(3600);
 /// Default `timeouts.admin_body`: an admin request body still arriving.
 pub const DEFAULT_ADMIN_BODY: Duration = Duration::from_secs(10);
+/// Default `[timeouts] tls_handshake`: a TLS handshake not done by then is
+/// closed.
+pub const DEFAULT_TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Default `[limits] upgrade_protocols`: the `Upgrade` tokens tunnelled.
 pub const DEFAULT_UPGRADE_PROTOCOLS: [&str; 1] = ["websocket"];
 /// Default `[limits] max_connections`: client connections per process (all
@@ -110,8 +113,9 @@ pub struct ProxyFile {
     /// `[runtime]`.
     #[serde(default)]
     pub runtime: Runtime,
-    /// `[tls]` (later): rejected as not supported yet.
-    pub tls: Option<Spanned<toml::Value>>,
+    /// `[tls]`: the certificate and key of the HTTPS listener (a
+    /// `kubernetes.io/tls` Secret mount), watched.
+    pub tls: Option<Tls>,
 }
 
 /// `[listen]`: the data-plane listeners.
@@ -120,8 +124,55 @@ pub struct ProxyFile {
 pub struct Listen {
     /// Plain HTTP listener address (IPv4 or IPv6; port 0 picks a free port).
     pub http: SocketAddr,
-    /// HTTPS listener (later): rejected as not supported yet.
-    pub https: Option<Spanned<toml::Value>>,
+    /// HTTPS listener address (with `[tls]`); none by default.
+    pub https: Option<SocketAddr>,
+    /// HTTP/2 with prior knowledge (h2c) on the plain listener; off by default.
+    #[serde(default)]
+    pub h2c: bool,
+    /// The plain listener answers every request with 308 to the same URL
+    /// on https (needs `https`); off by default.
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+/// `[tls]`: the default certificate and optional extra ones by server name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain (leaf first), relative to `proxy.toml`'s directory.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), likewise.
+    pub key: PathBuf,
+    /// `[[tls.sni]]`: a certificate for these server names.
+    #[serde(default)]
+    pub sni: Vec<TlsSni>,
+}
+
+/// `[[tls.sni]]`: a certificate served to clients asking for one of `names`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSni {
+    /// Server names (`api.example.com`, or `*.example.com` for one label).
+    pub names: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// One certificate of `[tls]` with its paths resolved: what is loaded,
+/// checked and watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// `default` for `[tls]` itself, else the first name of its SNI entry
+    /// (the `name` label of `tls_cert_expiry_timestamp_seconds`).
+    pub name: String,
+    /// The server names it is chosen for (lower case); empty for the default.
+    pub names: Vec<String>,
+    /// The certificate chain file.
+    pub cert: PathBuf,
+    /// The key file.
+    pub key: PathBuf,
 }
 
 /// `[admin]`: the admin listener.
@@ -265,6 +316,9 @@ pub struct Timeouts {
     /// An admin request whose body is still arriving after this long gets 408.
     #[serde(with = "humantime_serde")]
     pub admin_body: Duration,
+    /// A TLS handshake not complete after this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -280,6 +334,7 @@ impl Default for Timeouts {
             upstream_read: DEFAULT_UPSTREAM_READ,
             tunnel_idle: DEFAULT_TUNNEL_IDLE,
             admin_body: DEFAULT_ADMIN_BODY,
+            tls_handshake: DEFAULT_TLS_HANDSHAKE,
         }
     }
 }
@@ -622,6 +677,9 @@ pub struct Settings {
     pub upstreams_path: PathBuf,
     /// The admin token file's path, resolved likewise.
     pub token_path: Option<PathBuf>,
+    /// `[tls]`'s certificates, paths resolved likewise: the default first,
+    /// then each `[[tls.sni]]` entry; empty without `[tls]`.
+    pub certs: Vec<CertFiles>,
 }
 
 /// Something wrong with a configuration file. Its `Display` names the file,
@@ -742,12 +800,12 @@ impl Settings {
     pub fn parse(path: &Path, text: &str) -> Result<Settings, Vec<ConfigError>> {
         let file: ProxyFile = toml::from_str(text).map_err(|e| vec![ConfigError::toml(path, text, &e)])?;
         let mut errors = Vec::new();
-        if let Some(tls) = &file.tls {
-            errors.push(not_supported(path, text, "tls", tls.span()));
-        }
-        if let Some(https) = &file.listen.https {
-            errors.push(not_supported(path, text, "listen.https", https.span()));
-        }
+        let invalid = |reason: String| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            line: None,
+            reason,
+        };
+        errors.extend(check_tls(&file).into_iter().map(invalid));
         if file.admin.listen == file.listen.http && file.listen.http.port() != 0 {
             errors.push(ConfigError::Invalid {
                 file: path.to_path_buf(),
@@ -803,6 +861,7 @@ impl Settings {
             ("send", t.send),
             ("upstream_read", t.upstream_read),
             ("tunnel_idle", t.tunnel_idle),
+            ("tls_handshake", t.tls_handshake),
         ] {
             if value.is_zero() {
                 errors.push(ConfigError::Invalid {
@@ -825,11 +884,30 @@ impl Settings {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let upstreams_path = dir.join(&file.upstreams.file);
         let token_path = file.admin.token_file.as_ref().map(|t| dir.join(t));
+        let certs = file.tls.as_ref().map_or_else(Vec::new, |tls| {
+            let default = CertFiles {
+                name: "default".into(),
+                names: Vec::new(),
+                cert: dir.join(&tls.cert),
+                key: dir.join(&tls.key),
+            };
+            let sni = tls.sni.iter().map(|e| {
+                let names: Vec<String> = e.names.iter().map(|n| n.to_ascii_lowercase()).collect();
+                CertFiles {
+                    name: names.first().cloned().unwrap_or_default(),
+                    names,
+                    cert: dir.join(&e.cert),
+                    key: dir.join(&e.key),
+                }
+            });
+            std::iter::once(default).chain(sni).collect()
+        });
         Ok(Settings {
             file,
             path: path.to_path_buf(),
             upstreams_path,
             token_path,
+            certs,
         })
     }
 
@@ -852,6 +930,64 @@ impl Settings {
         }
         Ok(Some(token))
     }
+}
+
+/// The rules of `[listen] https`, `h2c`, `redirect_https` and `[tls]`:
+/// each broken one's reason.
+fn check_tls(file: &ProxyFile) -> Vec<String> {
+    let mut errors = Vec::new();
+    let listen = &file.listen;
+    match (listen.https, &file.tls) {
+        (Some(_), None) => errors.push("listen.https needs a [tls] section (cert and key)".to_string()),
+        (None, Some(_)) => {
+            errors.push("[tls] is set but listen.https is not: set the HTTPS listener's address".into())
+        }
+        _ => {}
+    }
+    if listen.redirect_https && listen.https.is_none() {
+        errors.push("listen.redirect_https needs listen.https (the address clients are sent to)".into());
+    }
+    if let Some(https) = listen.https {
+        if https == listen.http && https.port() != 0 {
+            errors.push("listen.https must not be the plain listener's address".into());
+        }
+        if https == file.admin.listen && https.port() != 0 {
+            errors.push("listen.https must not be the admin listener's address".into());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, entry) in file.tls.iter().flat_map(|t| t.sni.iter()).enumerate() {
+        if entry.names.is_empty() {
+            errors.push(format!(
+                "tls.sni[{i}]: `names` is empty: list the server names this certificate is for"
+            ));
+        }
+        for name in &entry.names {
+            if !is_server_name(name) {
+                errors.push(format!(
+                    "tls.sni[{i}]: {name:?} is not a server name (a DNS name, or `*.` and a DNS name)"
+                ));
+            } else if !seen.insert(name.to_ascii_lowercase()) {
+                errors.push(format!("tls.sni[{i}]: {name:?} is named by two entries"));
+            }
+        }
+    }
+    errors
+}
+
+/// A DNS name (labels of letters, digits and `-`), or `*.` and one: what
+/// an SNI entry may name.
+fn is_server_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Reads an upstreams file by path, refusing files over [`MAX_UPSTREAMS_BYTES`].
@@ -1170,6 +1306,72 @@ mod tests {
             errs[0].to_string().contains("runtime.cores must be at most"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn tls_keys_parse_resolve_and_are_checked_together() {
+        let s = Settings::parse(
+            Path::new("/etc/sy/proxy.toml"),
+            "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\nh2c = true\nredirect_https = true\n\
+             [upstreams]\nfile = \"u\"\n[tls]\ncert = \"tls/tls.crt\"\nkey = \"tls/tls.key\"\n\
+             [[tls.sni]]\nnames = [\"API.example.com\", \"*.apps.example.com\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n\
+             [timeouts]\ntls_handshake = \"3s\"\n",
+        )
+        .unwrap();
+        assert!(s.file.listen.h2c && s.file.listen.redirect_https);
+        assert_eq!(s.file.timeouts.tls_handshake, Duration::from_secs(3));
+        assert_eq!(s.certs.len(), 2);
+        assert_eq!(s.certs[0].name, "default");
+        assert_eq!(s.certs[0].cert, Path::new("/etc/sy/tls/tls.crt"));
+        assert_eq!(s.certs[1].name, "api.example.com");
+        assert_eq!(s.certs[1].names, ["api.example.com", "*.apps.example.com"]);
+        assert_eq!(s.certs[1].key, Path::new("/etc/sy/a.key"));
+        let defaults = Settings::parse(Path::new("p.toml"), MINIMAL).unwrap();
+        assert_eq!(defaults.file.timeouts.tls_handshake, DEFAULT_TLS_HANDSHAKE);
+        assert!(
+            defaults.certs.is_empty() && !defaults.file.listen.h2c && !defaults.file.listen.redirect_https
+        );
+
+        let tls = "[tls]\ncert = \"c\"\nkey = \"k\"\n";
+        for (text, reason) in [
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n[upstreams]\nfile = \"u\"\n".to_string(),
+                "listen.https needs a [tls] section",
+            ),
+            (format!("{MINIMAL}{tls}"), "[tls] is set but listen.https is not"),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\nredirect_https = true\n[upstreams]\nfile = \"u\"\n".to_string(),
+                "listen.redirect_https needs listen.https",
+            ),
+            (
+                format!("[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:1\"\n[upstreams]\nfile = \"u\"\n{tls}"),
+                "must not be the plain listener's address",
+            ),
+            (
+                format!(
+                    "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n[upstreams]\nfile = \"u\"\n{tls}\
+                     [[tls.sni]]\nnames = [\"bad name\"]\ncert = \"c\"\nkey = \"k\"\n"
+                ),
+                "\"bad name\" is not a server name",
+            ),
+            (
+                format!(
+                    "[listen]\nhttp = \"127.0.0.1:1\"\nhttps = \"127.0.0.1:2\"\n[upstreams]\nfile = \"u\"\n{tls}\
+                     [[tls.sni]]\nnames = []\ncert = \"c\"\nkey = \"k\"\n"
+                ),
+                "`names` is empty",
+            ),
+            (
+                format!("{MINIMAL}[timeouts]\ntls_handshake = \"0s\"\n"),
+                "timeouts.tls_handshake must be greater than 0",
+            ),
+        ] {
+            let errs = Settings::parse(Path::new("p.toml"), &text).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.to_string().contains(reason)),
+                "{reason}: {errs:?}"
+            );
+        }
     }
 
     #[test]

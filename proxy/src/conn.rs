@@ -43,6 +43,8 @@ pub struct Conn {
     pub trusted: bool,
     /// The peer's address as a header value, made once per connection.
     pub peer_header: HeaderValue,
+    /// Arrived over TLS (the HTTPS listener): `X-Forwarded-Proto: https`.
+    pub https: bool,
     /// The connection's inactivity deadline; when it fires the connection
     /// is closed (with the response in progress, if any, and its upstream
     /// connection). What it times is [`Conn::waiting`]: from its accept or
@@ -63,8 +65,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A new client connection from `peer`; `counted` is dropped with it.
-    pub fn new(worker: Rc<Worker>, peer: SocketAddr, counted: Box<dyn std::any::Any>) -> Conn {
+    /// A new client connection from `peer` (over TLS when `https`);
+    /// `counted` is dropped with it.
+    pub fn new(worker: Rc<Worker>, peer: SocketAddr, counted: Box<dyn std::any::Any>, https: bool) -> Conn {
         let ip = headers::canonical_ip(peer.ip());
         let trusted = headers::is_trusted(&worker.shared.opts.trusted_proxies, ip);
         let peer_header = headers::peer_value(ip);
@@ -76,11 +79,27 @@ impl Conn {
             peer: SocketAddr::new(ip, peer.port()),
             trusted,
             peer_header,
+            https,
             idle,
             waiting: Cell::new(Waiting::NextRequest),
             open: Cell::new(0),
             _counted: counted,
         }
+    }
+
+    /// Its TLS handshake starts: the deadline times it
+    /// (`timeouts.tls_handshake`).
+    pub fn handshake_started(&self) {
+        self.idle.arm_in(self.worker.shared.opts.tls_handshake);
+    }
+
+    /// Its TLS handshake is done: from now on `timeouts.client_idle`, as
+    /// for a new plain connection.
+    pub fn handshake_done(&self) {
+        self.idle.arm(deadline::after(
+            Instant::now(),
+            self.worker.shared.opts.client_idle,
+        ));
     }
 
     /// A request of this connection starts: the connection is not idle.

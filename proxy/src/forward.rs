@@ -54,6 +54,10 @@ pub fn handle(
     if let Err(refusal) = headers::check_request(req.method(), req.version(), req.uri(), req.headers()) {
         return Either::Left(std::future::ready(Ok(refuse(&conn, req, refusal))));
     }
+    // `listen.redirect_https`: the plain listener routes nothing.
+    if let Some(port) = conn.worker.shared.opts.redirect_https.filter(|_| !conn.https) {
+        return Either::Left(std::future::ready(Ok(redirect(&conn, req, port))));
+    }
     // `limits.max_body`: a body announced larger is refused before anything
     // is sent; one of unannounced length (chunked) is counted as it streams.
     let max_body = conn.worker.shared.opts.max_body;
@@ -88,6 +92,7 @@ pub fn handle(
         req.headers_mut(),
         &conn.peer_header,
         conn.trusted,
+        conn.https,
         &opts.upgrade_protocols,
         || worker.new_request_id(),
     );
@@ -183,6 +188,30 @@ fn refuse(conn: &Conn, mut req: Request<Incoming>, refusal: Refusal) -> Response
     );
     let mut response = error::respond_to(refusal.status(), refusal.message(), &request_id);
     headers::label_refusal(response.headers_mut(), request_id);
+    if req.version() == http::Version::HTTP_2 {
+        // HTTP/2 has no `Connection` header (hyper would drop it with a
+        // warning); the stream ends with the answer, the connection stays.
+        response.headers_mut().remove(http::header::CONNECTION);
+    }
+    response
+}
+
+/// `listen.redirect_https`: a request of the plain listener is answered
+/// `308 Permanent Redirect` to the same URL on https (the method and body
+/// are kept by the client), with no body; one without a host gets 400.
+/// Never routed, counted in no pool. Cold: kept out of [`handle`]'s code.
+#[cold]
+fn redirect(conn: &Conn, mut req: Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
+    let request_id = headers::request_id(req.headers_mut(), || conn.worker.new_request_id());
+    let Some(location) = headers::https_location(req.uri(), req.headers(), https_port) else {
+        return refuse(conn, req, Refusal::NoHost);
+    };
+    let mut response = Response::new(ProxyBody::Full(None));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    let h = response.headers_mut();
+    h.insert(http::header::LOCATION, location);
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    h.insert(http::HeaderName::from_static("x-request-id"), request_id);
     response
 }
 

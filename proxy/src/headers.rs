@@ -102,7 +102,8 @@ impl Refusal {
 }
 
 /// Whether the proxy forwards a request at all: not `CONNECT` (405); on
-/// HTTP/1.1 exactly one `Host` (HTTP/1.0 may omit it, none may repeat it),
+/// HTTP/1.1 exactly one `Host` (HTTP/1.0 may omit it, HTTP/2 may carry
+/// `:authority` instead, none may repeat it),
 /// which must be a valid `host[:port]` (or empty, as RFC 9112 allows);
 /// an absolute-form target must not carry user information; a
 /// `Transfer-Encoding`, if any, is `chunked` alone. One lookup of `Host`
@@ -118,6 +119,8 @@ pub fn check_request(
     }
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
+        // HTTP/2's `:authority` (in the target) stands for `Host`.
+        (None, _) if version == Version::HTTP_2 && uri.authority().is_some() => {}
         (None, _) if version >= Version::HTTP_11 => return Err(Refusal::NoHost),
         (None, _) => {}
         (Some(_), Some(_)) => return Err(Refusal::TwoHosts),
@@ -188,6 +191,34 @@ pub fn origin_form(uri: &mut Uri, headers: &mut HeaderMap) {
     *uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
 }
 
+/// `listen.redirect_https`: where a request of the plain listener is sent,
+/// `https://` + its host (from `Host`, or an absolute-form target; the
+/// port dropped) + `:https_port` unless 443 + its path and query. `None`
+/// without a host (an HTTP/1.0 request may have none).
+pub fn https_location(uri: &Uri, headers: &HeaderMap, https_port: u16) -> Option<HeaderValue> {
+    let host = match uri.authority() {
+        Some(a) => a.host(),
+        None => {
+            let h = headers.get(header::HOST)?.to_str().ok()?;
+            // `[v6]:port`, `name:port`, or either without the port.
+            match h.rfind(':') {
+                Some(i) if !h[i..].contains(']') => &h[..i],
+                _ => h,
+            }
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    HeaderValue::from_str(&location).ok()
+}
+
 /// What [`rewrite_request`] found out about a request.
 pub struct Rewritten {
     /// The request asks for a protocol upgrade that is tunnelled (one of
@@ -210,6 +241,7 @@ pub fn rewrite_request(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
     trusted: bool,
+    https: bool,
     upgrade_protocols: &[String],
     new_id: impl FnOnce() -> HeaderValue,
 ) -> Rewritten {
@@ -217,7 +249,7 @@ pub fn rewrite_request(
     strip(headers, upgrade, &REMOVED);
     // Room for the X-Forwarded-* headers and the request id in one step.
     headers.reserve(4);
-    forwarded(headers, peer, trusted);
+    forwarded(headers, peer, trusted, https);
     let request_id = request_id(headers, new_id);
     Rewritten { upgrade, request_id }
 }
@@ -319,9 +351,10 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool, list: &[&HeaderName]) {
 /// `X-Forwarded-*`: for a `trusted` proxy `X-Forwarded-For` becomes one
 /// line, every line it sent (joined with `, `) then `peer`, and `-Proto` /
 /// `-Host` are kept when present, else set; for anyone else all three are
-/// replaced (`-Host` by `Host`, or removed without one). `-Proto` is always
-/// `http`.
-pub fn forwarded(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
+/// replaced (`-Host` by `Host`, or removed without one). `-Proto` is
+/// `https` for a request that arrived over TLS (`https`), else `http`.
+pub fn forwarded(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool, https: bool) {
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     if trusted {
         let lines = headers.get_all(&X_FORWARDED_FOR);
         let xff = if lines.iter().next().is_none() {
@@ -338,7 +371,7 @@ pub fn forwarded(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
         };
         headers.insert(&X_FORWARDED_FOR, xff);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(&X_FORWARDED_PROTO, proto);
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Some(host) = headers.get(header::HOST).cloned() {
@@ -347,7 +380,7 @@ pub fn forwarded(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
         }
     } else {
         headers.insert(&X_FORWARDED_FOR, peer.clone());
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(&X_FORWARDED_PROTO, proto);
         match headers.get(header::HOST).cloned() {
             Some(host) => headers.insert(&X_FORWARDED_HOST, host),
             None => headers.remove(&X_FORWARDED_HOST),

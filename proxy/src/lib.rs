@@ -17,7 +17,10 @@
 //! - [`body`]: the response body and the per-request record;
 //! - [`forward`]: one request, end to end (its sending and retry policy
 //!   in `forward::send` and `forward::retry`);
-//! - [`listener`]: per-core runtimes, accept loops, graceful drain;
+//! - [`listener`]: per-core runtimes, accept loops (plain and HTTPS, with
+//!   the TLS handshake and HTTP/1.1 or HTTP/2), graceful drain;
+//! - [`tls`]: the rustls server configuration and its certificates,
+//!   checked and swapped when their files change;
 //! - [`balance`]: the cores' open connections, kept even by handing a
 //!   newly accepted one to the least loaded core;
 //! - [`local`], [`deadline`]: per-core metric buffers and coarse timers;
@@ -69,6 +72,7 @@ pub mod server;
 pub mod shared;
 pub mod status;
 pub mod table;
+pub mod tls;
 pub mod watch;
 pub mod worker;
 

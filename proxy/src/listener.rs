@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -40,6 +42,53 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Pause after an accept error (EMFILE…) before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// HTTP/2: most streams a client may have open at once on one connection
+/// (advertised in SETTINGS; a stream beyond is refused with
+/// `REFUSED_STREAM`). nginx's default is 128.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2: largest header list (decoded, as RFC 9113 counts it) accepted in
+/// one request; beyond, hyper answers 431.
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 32 * 1024;
+/// HTTP/2 rapid-reset defence (CVE-2023-44487): streams a client opened and
+/// reset before the proxy could take them, at once; beyond, the connection
+/// is closed with `GOAWAY` (`ENHANCE_YOUR_CALM`).
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// HTTP/2: streams the proxy itself had to reset for a client's protocol
+/// errors, per connection; beyond, `GOAWAY` (the 2025 "MadeYouReset" flood).
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// The executor hyper's HTTP/2 server spawns its stream tasks on: the
+/// core's own `LocalRuntime` (`spawn_local`), so a stream's task stays on
+/// the core that accepted its connection and may hold the core's `!Send`
+/// state (its `Rc<Conn>`, its upstream connections), as HTTP/1 requests do.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// HTTP/2 settings of every client connection (see the `H2_*` limits).
+fn h2_settings(b: &mut http2::Builder<LocalExec>) {
+    b.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+}
+
+/// A core's listening sockets: the plain one, and the HTTPS one with `[tls]`.
+pub struct CoreListeners {
+    /// `[listen] http`.
+    pub http: std::net::TcpListener,
+    /// `[listen] https`.
+    pub https: Option<std::net::TcpListener>,
+}
 
 /// Binds a listening socket with `SO_REUSEPORT` (so each core can have one).
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -164,18 +213,26 @@ impl Drop for Tracked {
 /// core's runtime. Runs on the core's own `LocalRuntime`.
 pub async fn run_core(
     core: usize,
-    listener: std::net::TcpListener,
+    listeners: CoreListeners,
     mut inbox: Inbox,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
+    let listener = match TcpListener::from_std(listeners.http) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(core, error = %e, "cannot register the listener");
             return;
         }
     };
+    let https = match listeners.https.map(TcpListener::from_std).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(core, error = %e, "cannot register the HTTPS listener");
+            return;
+        }
+    };
+    let acceptor = shared.tls.as_ref().map(|t| t.acceptor.clone());
     let opts = &shared.opts;
     let client = Rc::new(LocalClient::new(
         opts.upstream_idle,
@@ -186,6 +243,8 @@ pub async fn run_core(
     let worker = Rc::new(Worker::new(Arc::clone(&shared), Rc::clone(&client), core));
     let tracker = Rc::new(Tracker::default());
     let gauge = shared.metrics.client_connections("http");
+    // The `https` series exists only with an HTTPS listener.
+    let tls_gauge = https.as_ref().map(|_| shared.metrics.client_connections("https"));
     let sweep_every = (opts.upstream_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let sweeper = {
         let client = Rc::clone(&client);
@@ -238,45 +297,74 @@ pub async fn run_core(
         opts.send_timeout,
         opts.upstream_read,
         opts.tunnel_idle,
+        opts.tls_handshake,
     ])));
     let balancer = &shared.balance;
-    let start = |stream: tokio::net::TcpStream, peer, slot| {
+    let h2c = opts.h2c;
+    let start = |stream: tokio::net::TcpStream, peer, slot, tls: bool| {
         let _ = stream.set_nodelay(true);
-        let counted = Box::new(Tracked::new(&tracker, &gauge, slot));
-        let conn = Rc::new(Conn::new(Rc::clone(&worker), peer, counted));
-        tokio::task::spawn_local(serve(stream, conn, tracker.stopping()));
+        let counted = Box::new(Tracked::new(
+            &tracker,
+            tls_gauge.as_ref().filter(|_| tls).unwrap_or(&gauge),
+            slot,
+        ));
+        let conn = Rc::new(Conn::new(Rc::clone(&worker), peer, counted, tls));
+        match (tls, &acceptor) {
+            (true, Some(acceptor)) => {
+                tokio::task::spawn_local(serve_tls(stream, conn, tracker.stopping(), acceptor.clone()));
+            }
+            (true, None) => {}
+            (false, _) if h2c => {
+                tokio::task::spawn_local(serve_auto(stream, conn, tracker.stopping()));
+            }
+            (false, _) => {
+                tokio::task::spawn_local(serve(stream, conn, tracker.stopping()));
+            }
+        }
     };
     let take = |handoff: Handoff| {
         if let Some(stream) = receive(core, handoff.stream) {
-            start(stream, handoff.peer, handoff.slot);
+            start(stream, handoff.peer, handoff.slot, handoff.tls);
+        }
+    };
+    let place = |accepted: Option<(tokio::net::TcpStream, SocketAddr)>, tls: bool, refused: &mut Refused| {
+        if let Some((stream, peer)) = accepted {
+            match balancer.place(core) {
+                Some(slot) if slot.core() == core => start(stream, peer, slot, tls),
+                Some(slot) => {
+                    if let Some((stream, slot)) = hand_over(balancer, core, stream, peer, slot, tls) {
+                        start(stream, peer, slot, tls);
+                    }
+                }
+                // `limits.max_connections` open: closed at once (never
+                // queued, and accepting goes on so the backlog does not
+                // fill), counted, and logged at most once a second.
+                None => {
+                    drop(stream);
+                    shared.metrics.rejected(Reject::TooManyConnections);
+                    refused.note(core, peer, shared.opts.max_connections);
+                }
+            }
         }
     };
     let what = format!("core {core}");
     let mut refused = Refused::default();
+    // With two listeners, the one polled first alternates, so a flood on
+    // one cannot starve the accepts of the other.
+    let mut tls_first = false;
     loop {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
             Some(handoff) = inbox.recv() => take(handoff),
-            accepted = accept_once(&listener, &what) => if let Some((stream, peer)) = accepted {
-                match balancer.place(core) {
-                    Some(slot) if slot.core() == core => start(stream, peer, slot),
-                    Some(slot) => if let Some((stream, slot)) = hand_over(balancer, core, stream, peer, slot) {
-                        start(stream, peer, slot);
-                    },
-                    // `limits.max_connections` open: closed at once (never
-                    // queued, and accepting goes on so the backlog does not
-                    // fill), counted, and logged at most once a second.
-                    None => {
-                        drop(stream);
-                        shared.metrics.rejected(Reject::TooManyConnections);
-                        refused.note(core, peer, shared.opts.max_connections);
-                    }
-                }
-            },
+            (accepted, tls) = accept_either(&listener, https.as_ref(), tls_first, &what) => {
+                tls_first = https.is_some() && !tls;
+                place(accepted, tls, &mut refused);
+            }
         }
     }
     drop(listener);
+    drop(https);
     // Connections handed over before the stop are served like the ones this
     // core accepted itself: they finish under the graceful shutdown below.
     inbox.close();
@@ -349,6 +437,7 @@ fn hand_over(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     slot: Slot,
+    tls: bool,
 ) -> Option<(tokio::net::TcpStream, Slot)> {
     let stream = match stream.into_std() {
         Ok(s) => s,
@@ -357,7 +446,14 @@ fn hand_over(
             return None;
         }
     };
-    let back = balancer.hand_over(Handoff { stream, peer, slot }).err()?;
+    let back = balancer
+        .hand_over(Handoff {
+            stream,
+            peer,
+            slot,
+            tls,
+        })
+        .err()?;
     let slot = balancer.here(core);
     drop(back.slot);
     receive(core, back.stream).map(|s| (s, slot))
@@ -374,7 +470,12 @@ fn receive(core: usize, stream: std::net::TcpStream) -> Option<tokio::net::TcpSt
     }
 }
 
-async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Stopping) {
+/// A plain HTTP/1.1 client connection (HTTP/1.1 over TLS too: `io` is then
+/// the TLS stream).
+async fn serve<I>(io: I, conn: Rc<Conn>, stopping: Stopping)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
         let conn = Rc::clone(&conn);
         service_fn(move |req| forward::handle(Rc::clone(&conn), req))
@@ -384,7 +485,7 @@ async fn serve(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Stopping
     // keep-alive connection, the reading of a request head (slowloris), and
     // a response body that stalls (`send`, `upstream_read`; see conn.rs).
     let connection = client_http1(&conn.worker.shared.opts)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
     let ended = tokio::select! {
@@ -445,6 +546,128 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// hyper's default `max_buf_size` (8 KiB + 100 × 4 KiB, its `DEFAULT_MAX_BUFFER_SIZE`).
 const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
 
+/// An HTTP/2 client connection (ALPN `h2` over TLS): its streams are
+/// requests served like HTTP/1.1 ones, each a task of this core, within the
+/// `H2_*` limits. The connection's deadline works as for HTTP/1.1: idle
+/// (no stream open) for `client_idle`, or a response body stalled, closes
+/// it; a graceful shutdown sends `GOAWAY` and lets open streams finish.
+async fn serve_h2<I>(io: I, conn: Rc<Conn>, stopping: Stopping)
+where
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let service = {
+        let conn = Rc::clone(&conn);
+        service_fn(move |req| forward::handle(Rc::clone(&conn), req))
+    };
+    let mut builder = http2::Builder::new(LocalExec);
+    h2_settings(&mut builder);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        biased;
+        ended = connection.as_mut() => ended,
+        () = conn.idle.fired() => Ok(()),
+        _ = stopping => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                ended = connection.as_mut() => ended,
+                () = conn.idle.fired() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(client = %conn.peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// A plain connection with `listen.h2c`: HTTP/2 when it opens with the
+/// HTTP/2 preface (prior knowledge), else HTTP/1.1 as [`serve`] does.
+async fn serve_auto(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Stopping) {
+    let service = {
+        let conn = Rc::clone(&conn);
+        service_fn(move |req| forward::handle(Rc::clone(&conn), req))
+    };
+    let mut builder = auto::Builder::new(LocalExec);
+    let opts = &conn.worker.shared.opts;
+    let mut h1 = builder.http1();
+    // The auto builder has no `max_header_size`: its read-buffer cap (8 KiB
+    // at least) bounds the request head instead (see docs/security.md).
+    h1.keep_alive(true)
+        .writev(false)
+        .max_buf_size(opts.max_header_bytes.max(8192));
+    if opts.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        h1.max_headers(opts.max_headers);
+    }
+    builder
+        .http2()
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        biased;
+        ended = connection.as_mut() => ended,
+        () = conn.idle.fired() => Ok(()),
+        _ = stopping => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                ended = connection.as_mut() => ended,
+                () = conn.idle.fired() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = ended {
+        match e.downcast_ref::<hyper::Error>() {
+            Some(e) => parse_rejected(&conn, e),
+            None => tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error"),
+        }
+    }
+}
+
+/// A connection of the HTTPS listener: the TLS handshake (within
+/// `timeouts.tls_handshake`, counted in `tls_handshakes_total`), then
+/// HTTP/2 if the client chose `h2` by ALPN, else HTTP/1.1 (WebSocket
+/// upgrades included).
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    conn: Rc<Conn>,
+    mut stopping: Stopping,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let metrics = &conn.worker.shared.metrics;
+    conn.handshake_started();
+    let handshake = acceptor.accept(stream);
+    let tls = tokio::select! {
+        biased;
+        done = handshake => done,
+        () = conn.idle.fired() => {
+            metrics.tls_handshake(false);
+            tracing::debug!(client = %conn.peer, "TLS handshake not done within timeouts.tls_handshake; closed");
+            return;
+        }
+        () = &mut stopping => return,
+    };
+    let tls = match tls {
+        Ok(tls) => tls,
+        Err(e) => {
+            metrics.tls_handshake(false);
+            tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    metrics.tls_handshake(true);
+    conn.handshake_done();
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_h2(tls, conn, stopping).await;
+    } else {
+        serve(tls, conn, stopping).await;
+    }
+}
+
 /// A connection that hyper's parser ended (it answered 400, 414 or 431
 /// itself, never calling the proxy): counted in `rejected_total` and logged
 /// with the client's address. Other ends (the client went away) are not.
@@ -482,6 +705,44 @@ async fn accept_once(listener: &TcpListener, what: &str) -> Option<(tokio::net::
             tracing::warn!(listener = what, error = %e, "accept failed; pausing");
             tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             None
+        }
+    }
+}
+
+/// One connection from the plain listener or the HTTPS one (`true` with
+/// it), polling the HTTPS one first when `tls_first`; an accept error is
+/// handled as [`accept_once`] does (logged, a pause, then `None`).
+async fn accept_either(
+    plain: &TcpListener,
+    tls: Option<&TcpListener>,
+    tls_first: bool,
+    what: &str,
+) -> (Option<(tokio::net::TcpStream, SocketAddr)>, bool) {
+    let (result, is_tls) = std::future::poll_fn(|cx| {
+        let order = if tls_first { [true, false] } else { [false, true] };
+        for is_tls in order {
+            let listener = if is_tls {
+                match tls {
+                    Some(l) => l,
+                    None => continue,
+                }
+            } else {
+                plain
+            };
+            if let Poll::Ready(r) = listener.poll_accept(cx) {
+                return Poll::Ready((r, is_tls));
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    match result {
+        Ok(conn) => (Some(conn), is_tls),
+        Err(e) => {
+            let which = if is_tls { "https" } else { "http" };
+            tracing::warn!(listener = what, which, error = %e, "accept failed; pausing");
+            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            (None, is_tls)
         }
     }
 }

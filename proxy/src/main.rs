@@ -240,6 +240,18 @@ fn detail(s: &Status) {
             p.active, p.since, p.reason
         );
     }
+    for t in &s.tls {
+        println!(
+            "tls {:<12} {}  not after {}{}",
+            t.name,
+            t.names.join(","),
+            t.not_after,
+            t.last_error
+                .as_deref()
+                .map(|e| format!("  (a new pair was rejected: {e})"))
+                .unwrap_or_default()
+        );
+    }
     for (name, p) in &s.pools {
         let state = if p.active {
             "active"

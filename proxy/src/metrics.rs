@@ -134,6 +134,10 @@ pub struct Metrics {
     pool_endpoints: IntGaugeVec,
     pool_panic: IntGaugeVec,
     discovery_errors: IntCounterVec,
+    /// `switchyard_tls_handshakes_total{result}`: `ok`, then `error`.
+    tls_handshakes: [IntCounter; 2],
+    tls_reloads: IntCounterVec,
+    tls_expiry: IntGaugeVec,
 }
 
 /// The `state` labels of `pool_endpoints`, in the order of `pool::EndpointHealth`.
@@ -272,6 +276,22 @@ impl Metrics {
             "Failed DNS resolutions of a pool's names (the last good addresses stay).",
             &["pool"],
         );
+        let handshakes = counter(
+            "tls_handshakes_total",
+            "TLS handshakes on the HTTPS listener, by result.",
+            &["result"],
+        );
+        let tls_handshakes = ["ok", "error"].map(|r| handshakes.with_label_values(&[r]));
+        let tls_reloads = counter(
+            "tls_reloads_total",
+            "Certificate pairs read after a change of their files, by result (error: rejected, the old pair serves).",
+            &["result"],
+        );
+        let tls_expiry = gauge(
+            "tls_cert_expiry_timestamp_seconds",
+            "Unix time at which the certificate being served expires (not_after), by certificate.",
+            &["name"],
+        );
         // Families without labels from the config are initialised so they show at 0.
         for s in SOURCES {
             switches.with_label_values(&[s]);
@@ -302,6 +322,9 @@ impl Metrics {
             pool_endpoints,
             pool_panic,
             discovery_errors,
+            tls_handshakes,
+            tls_reloads,
+            tls_expiry,
         }
     }
 
@@ -309,6 +332,28 @@ impl Metrics {
     /// access to the metrics (the request body sent upstream).
     pub fn rejected_counter(&self, reason: Reject) -> IntCounter {
         self.rejected[reason as usize].clone()
+    }
+
+    /// Counts one TLS handshake (pre-resolved handles).
+    pub fn tls_handshake(&self, ok: bool) {
+        self.tls_handshakes[usize::from(!ok)].inc();
+    }
+
+    /// Counts one read of a changed certificate pair (`ok` or `error`).
+    pub fn tls_reload(&self, result: &str) {
+        self.tls_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Shows the series of `tls_reloads_total` at 0 (when TLS is configured).
+    pub fn tls_init(&self) {
+        for r in ["ok", "error"] {
+            self.tls_reloads.with_label_values(&[r]);
+        }
+    }
+
+    /// Sets `tls_cert_expiry_timestamp_seconds{name}`.
+    pub fn tls_expiry(&self, name: &str, not_after: i64) {
+        self.tls_expiry.with_label_values(&[name]).set(not_after);
     }
 
     /// Counts one refusal (a pre-resolved handle: fine on the hot path).

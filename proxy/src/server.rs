@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shared::{DataOpts, Shared};
 use crate::table::{Desired, RoutingTable, Source, Spec};
+use crate::tls::Tls;
 use crate::{admin, balance, discovery, health, listener, local, watch};
 
 /// The configuration a proxy starts from, read and validated completely:
@@ -34,11 +35,15 @@ pub struct Checked {
     pub upstreams_text: Arc<str>,
     /// The admin token (none when `token_file` is unset or `offline`).
     pub token: Option<String>,
+    /// `[tls]`'s certificates, loaded and checked (none without `[tls]`, or
+    /// `offline`).
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Checked {
     /// Reads and validates `proxy.toml` and its upstreams file. `offline`
-    /// skips what needs the machine it will run on (the token file).
+    /// skips what needs the machine it will run on (the token file, the
+    /// certificate and key files).
     pub fn load(config: &Path, offline: bool) -> Result<Checked, ConfigErrors> {
         Checked::from_settings(Settings::load(config).map_err(ConfigErrors)?, offline)
     }
@@ -92,6 +97,14 @@ impl Checked {
                 None
             })
         };
+        let tls = if offline || settings.certs.is_empty() {
+            None
+        } else {
+            Tls::load(&settings.certs)
+                .map(Arc::new)
+                .map_err(|es| errors.extend(es))
+                .ok()
+        };
         match upstreams {
             Some((upstreams, upstreams_hash, upstreams_text)) if errors.is_empty() => Ok(Checked {
                 settings,
@@ -99,6 +112,7 @@ impl Checked {
                 upstreams_hash,
                 upstreams_text,
                 token,
+                tls,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -142,35 +156,57 @@ impl Checked {
 }
 
 /// The bound sockets of a proxy: one `SO_REUSEPORT` data listener per core
-/// and the admin listener. Binding comes first so that every error is
-/// returned before anything starts.
+/// (and one HTTPS listener per core with `[tls]`) and the admin listener.
+/// Binding comes first so that every error is returned before anything
+/// starts.
 pub struct Listeners {
     http: Vec<std::net::TcpListener>,
+    https: Vec<std::net::TcpListener>,
     admin: std::net::TcpListener,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
 }
 
+/// Binds `wanted` once per core (`cores` at least 1): with port 0 the other
+/// cores bind the port the first one got.
+fn bind_per_core(
+    wanted: SocketAddr,
+    cores: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), Error> {
+    let bind_error = |addr| move |source| Error::Bind { addr, source };
+    let first = listener::bind_reuseport(wanted).map_err(bind_error(wanted))?;
+    let addr = first.local_addr().map_err(bind_error(wanted))?;
+    let mut all = vec![first];
+    for _ in 1..cores.max(1) {
+        all.push(listener::bind_reuseport(addr).map_err(bind_error(addr))?);
+    }
+    Ok((all, addr))
+}
+
 impl Listeners {
-    /// Binds `[listen] http` once per core (`cores` at least 1) and `[admin] listen`.
+    /// Binds `[listen] http` (and `https`) once per core (`cores` at least
+    /// 1) and `[admin] listen`.
     pub fn bind(settings: &Settings, cores: usize) -> Result<Listeners, Error> {
         let bind_error = |addr| move |source| Error::Bind { addr, source };
-        let wanted = settings.file.listen.http;
-        let first = listener::bind_reuseport(wanted).map_err(bind_error(wanted))?;
-        // With port 0 the other cores bind the port the first one got.
-        let http_addr = first.local_addr().map_err(bind_error(wanted))?;
-        let mut http = vec![first];
-        for _ in 1..cores.max(1) {
-            http.push(listener::bind_reuseport(http_addr).map_err(bind_error(http_addr))?);
-        }
+        let (http, http_addr) = bind_per_core(settings.file.listen.http, cores)?;
+        let (https, https_addr) = match settings.file.listen.https {
+            Some(wanted) => {
+                let (https, addr) = bind_per_core(wanted, cores)?;
+                (https, Some(addr))
+            }
+            None => (Vec::new(), None),
+        };
         let wanted = settings.file.admin.listen;
         let admin = std::net::TcpListener::bind(wanted).map_err(bind_error(wanted))?;
         let admin_addr = admin.local_addr().map_err(bind_error(wanted))?;
         admin.set_nonblocking(true).map_err(bind_error(admin_addr))?;
         Ok(Listeners {
             http,
+            https,
             admin,
             http_addr,
+            https_addr,
             admin_addr,
         })
     }
@@ -178,6 +214,11 @@ impl Listeners {
     /// The data listener's address (the real port when configured with 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The HTTPS listener's address, with `[tls]`.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// The admin listener's address.
@@ -240,6 +281,7 @@ fn start_thread<R: 'static>(
 pub struct Proxy {
     shared: Arc<Shared>,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     writer: mpsc::Sender<Command>,
     stop_cores: tokio_watch::Sender<bool>,
@@ -292,13 +334,22 @@ impl Proxy {
             upstreams_hash,
             upstreams_text,
             token,
+            tls,
         } = checked;
         let Listeners {
             http,
+            https,
             admin: admin_listener,
             http_addr,
+            https_addr,
             admin_addr,
         } = listeners;
+        if https_addr.is_some() != tls.is_some() {
+            return Err(Error::Refused(
+                "the HTTPS listener needs [tls]'s certificates loaded (a check with --offline does not load them)"
+                    .into(),
+            ));
+        }
         let cores = http.len();
         let file = &settings.file;
         let path = settings.upstreams_path.clone();
@@ -312,6 +363,9 @@ impl Proxy {
             .collect();
         let (resolved, unresolved) =
             discovery::resolve_now(&names, &upstreams.discovery, discovery::START_TIMEOUT);
+        let (stop_cores, stop_cores_rx) = tokio_watch::channel(false);
+        let (stop_control, stop_control_rx) = tokio_watch::channel(false);
+        let stop_control_rx_for_tls = stop_control_rx.clone();
         let state = ControlState::start(upstreams, upstreams_hash, upstreams_text, file.admin.persist);
         let metrics = Metrics::new();
         let table = RoutingTable::build(
@@ -334,17 +388,43 @@ impl Proxy {
         }
         table.publish(None, &metrics);
         metrics.reload("ok");
-        let (balance, inboxes) = balance::Balancer::new(cores, file.limits.max_connections);
         let (failures_tx, failures_rx) = mpsc::unbounded_channel();
+        if let Some(tls) = &tls {
+            tls.publish(&metrics);
+        }
+        let (balance, inboxes) = balance::Balancer::new(cores, file.limits.max_connections);
+        let mut opts = DataOpts::of(file);
+        // The 308 answers name the port the HTTPS listener really got.
+        if let (Some(port), Some(addr)) = (&mut opts.redirect_https, https_addr) {
+            *port = addr.port();
+        }
         let shared = Arc::new(Shared {
             table: Arc::new(Routes::new(table)),
             metrics: Arc::new(metrics),
-            opts: DataOpts::of(file),
+            opts,
             ready: AtomicBool::new(false),
             flush: local::FlushRequests::new(cores),
             balance,
             upstream_shed: Arc::new(tokio::sync::Notify::new()),
             failures: failures_tx,
+            tls: tls.clone(),
+        });
+        // The certificates are watched like the upstreams file (armed before
+        // anything is served; a pair changed since the check is read at once).
+        let tls_watcher = tls.map(|tls| {
+            let watch = watch::Watch::arm_all(&tls.files());
+            tls.reload(&shared.metrics);
+            let metrics = Arc::clone(&shared.metrics);
+            watch::run_with(
+                watch,
+                file.upstreams.reread,
+                Arc::new(AtomicU64::new(0)),
+                stop_control_rx_for_tls.clone(),
+                move |_| {
+                    tls.reload(&metrics);
+                    std::future::ready(true)
+                },
+            )
         });
 
         let (writer_tx, writer_rx) = mpsc::channel(64);
@@ -356,8 +436,6 @@ impl Proxy {
                 reply: None,
             });
         }
-        let (stop_cores, stop_cores_rx) = tokio_watch::channel(false);
-        let (stop_control, stop_control_rx) = tokio_watch::channel(false);
         let watch_events = Arc::new(AtomicU64::new(0));
 
         // The control runtime: writer, admin API, watcher.
@@ -412,8 +490,12 @@ impl Proxy {
                     let watcher_task = tokio::spawn(watcher);
                     let discovery_task = tokio::spawn(discoverer);
                     let health_task = tokio::spawn(health);
+                    let tls_task = tls_watcher.map(tokio::spawn);
                     listener::run_admin(admin_listener, admin, stop_control_rx).await;
                     let _ = watcher_task.await;
+                    if let Some(t) = tls_task {
+                        let _ = t.await;
+                    }
                     let _ = discovery_task.await;
                     let _ = health_task.await;
                     // The writer ends once every sender (the Proxy's too) is gone.
@@ -423,7 +505,12 @@ impl Proxy {
         )?;
 
         let mut core_threads = Vec::with_capacity(cores);
+        let mut https = https.into_iter();
         for (core, (l, inbox)) in http.into_iter().zip(inboxes).enumerate() {
+            let l = listener::CoreListeners {
+                http: l,
+                https: https.next(),
+            };
             let shared = Arc::clone(&shared);
             let stop = stop_cores_rx.clone();
             // A local runtime (built on its thread, which it never leaves)
@@ -450,10 +537,12 @@ impl Proxy {
             core_threads.push(handle);
         }
         shared.ready.store(true, Ordering::Release);
-        tracing::info!(%http_addr, %admin_addr, cores, upstreams = %path.display(), "switchyard listening");
+        let https = https_addr.map_or_else(|| "none".to_string(), |a| a.to_string());
+        tracing::info!(%http_addr, https_addr = %https, %admin_addr, cores, upstreams = %path.display(), "switchyard listening");
         Ok(Proxy {
             shared,
             http_addr,
+            https_addr,
             admin_addr,
             writer: writer_tx,
             stop_cores,
@@ -473,6 +562,11 @@ impl Proxy {
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The HTTPS listener's address, with `[tls]`.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// State shared with the cores (table, metrics), for embedding and tests.

@@ -14,6 +14,7 @@ use crate::control::Routes;
 use crate::local;
 use crate::metrics::Metrics;
 use crate::pool::FailureTx;
+use crate::tls::Tls;
 
 /// The data plane's settings, fixed at start.
 #[derive(Debug, Clone)]
@@ -58,6 +59,13 @@ pub struct DataOpts {
     /// `limits.max_connections`: client connections per process (the
     /// balancer enforces it; kept here for the log line).
     pub max_connections: usize,
+    /// `timeouts.tls_handshake`: a TLS handshake not done by then is closed.
+    pub tls_handshake: Duration,
+    /// `listen.h2c`: the plain listener also speaks HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// With `listen.redirect_https`: the port that the plain listener's 308
+    /// answers send clients to (the HTTPS listener's, once bound).
+    pub redirect_https: Option<u16>,
 }
 
 impl DataOpts {
@@ -86,6 +94,11 @@ impl DataOpts {
             max_body: file.limits.max_body,
             upstream_max_connections: file.limits.upstream_max_connections,
             max_connections: file.limits.max_connections,
+            tls_handshake: t.tls_handshake,
+            h2c: file.listen.h2c,
+            redirect_https: (file.listen.redirect_https)
+                .then(|| file.listen.https.map(|a| a.port()))
+                .flatten(),
         }
     }
 }
@@ -112,6 +125,9 @@ pub struct Shared {
     /// Where the cores report runs of live-traffic failures to the health
     /// task (passive ejection).
     pub failures: FailureTx,
+    /// The HTTPS listener's TLS (its certificates, reloaded by the control
+    /// runtime); `None` without `[tls]`.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Shared {

@@ -39,6 +39,26 @@ pub struct Status {
     pub pending: Option<PendingStatus>,
     /// Every pool by name.
     pub pools: BTreeMap<String, PoolStatus>,
+    /// Each certificate of `[tls]` (the default first, then the SNI
+    /// entries); empty without TLS. Absent from older proxies' documents.
+    #[serde(default)]
+    pub tls: Vec<TlsStatus>,
+}
+
+/// One certificate of `[tls]` in `/status`: the one being served, and why
+/// the last new pair read from its files was rejected, if it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// `default`, or the first name of its `[[tls.sni]]` entry.
+    pub name: String,
+    /// The DNS names the served certificate is for (its subject
+    /// alternative names, else its common name).
+    pub names: Vec<String>,
+    /// When the served certificate expires (RFC 3339).
+    pub not_after: String,
+    /// Why the newest pair in its files was rejected (the old one still
+    /// serves); `null` once the files hold the pair being served.
+    pub last_error: Option<String>,
 }
 
 /// One pool in `/status`.
@@ -173,6 +193,7 @@ impl Status {
                     .unwrap_or_default(),
             }),
             pools,
+            tls: Vec::new(),
         }
     }
 }

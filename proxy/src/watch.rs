@@ -1,4 +1,6 @@
 //! The watcher only signals: it watches the upstreams file's *directory*
+//! (and, with the same loop, [`run_with`], the directories of `[tls]`'s
+//! certificate and key files)
 //! with `notify` (so editor renames and the kubelet's `..data` swap are seen,
 //! where a watch on the file itself dies silently), debounces, and asks the
 //! writer to re-read. It ignores `Access` events other than `Close(Write)`:
@@ -64,9 +66,11 @@ enum Change {
     Other,
 }
 
-/// How `kind`, on `paths`, bears on the file named `name`.
-fn change_of(kind: &EventKind, paths: &[PathBuf], name: Option<&std::ffi::OsStr>) -> Change {
-    let on_file = paths.iter().any(|p| p.file_name() == name);
+/// How `kind`, on `paths`, bears on the files named `names`.
+fn change_of(kind: &EventKind, paths: &[PathBuf], names: &[std::ffi::OsString]) -> Change {
+    let on_file = paths
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)));
     match kind {
         EventKind::Modify(notify::event::ModifyKind::Data(_)) if on_file => Change::Writing,
         EventKind::Access(AccessKind::Close(AccessMode::Write)) if on_file => Change::Closed,
@@ -82,45 +86,65 @@ fn dir_of(file: &Path) -> PathBuf {
     }
 }
 
-fn start_watch(file: &Path, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<RecommendedWatcher> {
-    let dir = dir_of(file);
-    let name = file.file_name().map(ToOwned::to_owned);
+/// The distinct directories of `files`, in order.
+fn dirs_of(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for d in files.iter().map(|f| dir_of(f)) {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+fn start_watch(files: &[PathBuf], tx: mpsc::UnboundedSender<Signal>) -> notify::Result<RecommendedWatcher> {
+    let names: Vec<std::ffi::OsString> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+        .collect();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
         let signal = match res {
-            Ok(ev) if is_relevant(&ev.kind) => Signal::Event(change_of(&ev.kind, &ev.paths, name.as_deref())),
+            Ok(ev) if is_relevant(&ev.kind) => Signal::Event(change_of(&ev.kind, &ev.paths, &names)),
             Ok(_) => return,
             Err(e) => Signal::Failed(e.to_string()),
         };
         let _ = tx.send(signal);
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    for dir in dirs_of(files) {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    }
     Ok(watcher)
 }
 
-/// A watch on the upstreams file's directory, armed before the file is
-/// first read (so no change between that read and the watch is missed).
+/// A watch on the directories of some files (the upstreams file; the
+/// certificate and key files of `[tls]`), armed before the files are first
+/// read (so no change between that read and the watch is missed).
 pub struct Watch {
-    file: PathBuf,
+    files: Vec<PathBuf>,
     watcher: Option<RecommendedWatcher>,
     tx: mpsc::UnboundedSender<Signal>,
     rx: mpsc::UnboundedReceiver<Signal>,
 }
 
 impl Watch {
-    /// Arms the watch now. A failure is logged and retried by [`run`]; the
-    /// periodic re-read covers the gap.
+    /// Arms the watch of `file` now. A failure is logged and retried by
+    /// [`run`]; the periodic re-read covers the gap.
     pub fn arm(file: &Path) -> Watch {
+        Watch::arm_all(&[file.to_path_buf()])
+    }
+
+    /// Arms one watch of the directories of every file of `files`.
+    pub fn arm_all(files: &[PathBuf]) -> Watch {
         let (tx, rx) = mpsc::unbounded_channel();
-        let dir = dir_of(file);
-        let watcher = match start_watch(file, tx.clone()) {
+        let watcher = match start_watch(files, tx.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot watch; will retry (the periodic re-read still runs)");
+                tracing::error!(dirs = ?dirs_of(files), error = %e, "cannot watch; will retry (the periodic re-read still runs)");
                 None
             }
         };
         Watch {
-            file: file.to_path_buf(),
+            files: files.to_vec(),
             watcher,
             tx,
             rx,
@@ -135,15 +159,55 @@ pub async fn run(
     reread: Duration,
     writer: mpsc::Sender<Command>,
     events: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    run_with(watch, reread, events, stop, move |cause| {
+        let writer = writer.clone();
+        async move {
+            if cause != Cause::Signal {
+                return writer.send(Command::Reload { cause, reply: None }).await.is_ok();
+            }
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            if writer
+                .send(Command::Reload {
+                    cause,
+                    reply: Some(reply),
+                })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            if let Ok(outcome) = outcome.await {
+                tracing::info!(?outcome, "SIGHUP: upstreams file re-read");
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// The watch loop: watches the directories of `watch`'s files, and calls
+/// `reread` (with why) after a debounced burst of events, at every
+/// `period`, and at SIGHUP, until `stop` or until `reread` answers false.
+/// `events` counts the relevant events seen (for tests).
+pub async fn run_with<F, Fut>(
+    watch: Watch,
+    period: Duration,
+    events: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+    mut reread: F,
+) where
+    F: FnMut(Cause) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let Watch {
-        file,
+        files,
         mut watcher,
         tx,
         mut rx,
     } = watch;
-    let dir = dir_of(&file);
+    let dirs = dirs_of(&files);
     let mut rewatch_at = if watcher.is_none() {
         Some(Instant::now() + REWATCH_PAUSE)
     } else {
@@ -151,27 +215,27 @@ pub async fn run(
     };
     // (first, last) event of a burst, read after DEBOUNCE_QUIET.
     let mut burst: Option<(Instant, Instant)> = None;
-    // The last in-place modification of the file not yet followed by its close.
+    // The last in-place modification of a file not yet followed by its close.
     let mut writing: Option<Instant> = None;
     // SIGHUP asks for a re-read as well (`kill -HUP`, the operator's nudge).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGHUP; file events and the periodic re-read still work"))
         .ok();
-    let mut periodic = tokio::time::interval_at(Instant::now() + reread, reread);
+    let mut periodic = tokio::time::interval_at(Instant::now() + period, period);
     periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if let Some(at) = rewatch_at {
             if at <= Instant::now() {
-                match start_watch(&file, tx.clone()) {
+                match start_watch(&files, tx.clone()) {
                     Ok(w) => {
-                        tracing::info!(dir = %dir.display(), "watch re-established");
+                        tracing::info!(dirs = ?dirs, "watch re-established");
                         // Anything may have changed while the watch was down.
                         burst.get_or_insert((Instant::now(), Instant::now()));
                         watcher = Some(w);
                         rewatch_at = None;
                     }
                     Err(e) => {
-                        tracing::error!(dir = %dir.display(), error = %e, "cannot watch; retrying (the periodic re-read still runs)");
+                        tracing::error!(dirs = ?dirs, error = %e, "cannot watch; retrying (the periodic re-read still runs)");
                         rewatch_at = Some(Instant::now() + REWATCH_PAUSE);
                     }
                 }
@@ -197,7 +261,7 @@ pub async fn run(
                     }
                 }
                 Some(Signal::Failed(e)) => {
-                    tracing::error!(dir = %dir.display(), error = %e, "watch error; re-establishing");
+                    tracing::error!(dirs = ?dirs, error = %e, "watch error; re-establishing");
                     watcher = None;
                     rewatch_at = Some(Instant::now() + REWATCH_PAUSE);
                 }
@@ -206,20 +270,16 @@ pub async fn run(
             _ = tokio::time::sleep_until(fire_at.unwrap_or(far)), if fire_at.is_some() => {
                 burst = None;
                 if writing.take().is_some() {
-                    tracing::warn!(file = %file.display(), bound = ?IN_PLACE_SETTLE, "an in-place write was not closed in time; reading the file as it is");
+                    tracing::warn!(files = ?files, bound = ?IN_PLACE_SETTLE, "an in-place write was not closed in time; reading the file as it is");
                 }
-                if writer.send(Command::Reload { cause: Cause::Event, reply: None }).await.is_err() {
+                if !reread(Cause::Event).await {
                     break;
                 }
             }
             _ = tokio::time::sleep_until(rewatch_at.unwrap_or(far)), if rewatch_at.is_some() => {}
             Some(()) = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => {
-                let (reply, outcome) = tokio::sync::oneshot::channel();
-                if writer.send(Command::Reload { cause: Cause::Signal, reply: Some(reply) }).await.is_err() {
+                if !reread(Cause::Signal).await {
                     break;
-                }
-                if let Ok(outcome) = outcome.await {
-                    tracing::info!(?outcome, "SIGHUP: upstreams file re-read");
                 }
             }
             _ = periodic.tick() => {
@@ -227,7 +287,7 @@ pub async fn run(
                 if settled.is_some_and(|s| Instant::now() < s) {
                     continue;
                 }
-                if writer.send(Command::Reload { cause: Cause::Periodic, reply: None }).await.is_err() {
+                if !reread(Cause::Periodic).await {
                     break;
                 }
             }

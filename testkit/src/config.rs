@@ -168,6 +168,11 @@ pub struct ProxyConfig {
     /// `[limits]` keys other than `upgrade_protocols`, in the order set.
     limits: Vec<(&'static str, Value)>,
     cores: Option<usize>,
+    https: bool,
+    h2c: bool,
+    redirect_https: bool,
+    tls: Option<(String, String)>,
+    sni: Vec<(Vec<String>, String, String)>,
     upstreams: UpstreamsSource,
     dir: Option<tempfile::TempDir>,
 }
@@ -204,6 +209,11 @@ impl ProxyConfig {
             upgrade_protocols: None,
             limits: Vec::new(),
             cores: None,
+            https: false,
+            h2c: false,
+            redirect_https: false,
+            tls: None,
+            sni: Vec::new(),
             upstreams: UpstreamsSource::Text(String::new()),
             dir: None,
         }
@@ -348,6 +358,39 @@ impl ProxyConfig {
         self
     }
 
+    /// `[listen] https` on port 0 of the data listener's address, with
+    /// `[tls]` `cert` and `key` (paths relative to the config directory,
+    /// e.g. `tls/tls.crt` for a Secret-style mount written there).
+    pub fn tls(mut self, cert: &str, key: &str) -> Self {
+        self.https = true;
+        self.tls = Some((cert.to_string(), key.to_string()));
+        self
+    }
+
+    /// A `[[tls.sni]]` entry: `names` get the certificate `cert` / `key`.
+    pub fn tls_sni(mut self, names: &[&str], cert: &str, key: &str) -> Self {
+        let names = names.iter().map(ToString::to_string).collect();
+        self.sni.push((names, cert.to_string(), key.to_string()));
+        self
+    }
+
+    /// `[listen] h2c` (HTTP/2 with prior knowledge on the plain listener).
+    pub fn h2c(mut self, on: bool) -> Self {
+        self.h2c = on;
+        self
+    }
+
+    /// `[listen] redirect_https` (needs [`ProxyConfig::tls`]).
+    pub fn redirect_https(mut self, on: bool) -> Self {
+        self.redirect_https = on;
+        self
+    }
+
+    /// `[timeouts] tls_handshake`.
+    pub fn tls_handshake(self, d: Duration) -> Self {
+        self.timeout("tls_handshake", d)
+    }
+
     fn timeout(mut self, key: &'static str, d: Duration) -> Self {
         self.timeouts.retain(|(k, _)| *k != key);
         self.timeouts.push((key, d));
@@ -394,7 +437,41 @@ impl ProxyConfig {
                 t.insert(name.to_string(), Value::Table(table));
             }
         };
-        section("listen", vec![("http", Value::String(self.http.clone()))]);
+        let mut listen = vec![("http", Value::String(self.http.clone()))];
+        if self.https {
+            listen.push(("https", Value::String(self.http.clone())));
+        }
+        if self.h2c {
+            listen.push(("h2c", Value::Boolean(true)));
+        }
+        if self.redirect_https {
+            listen.push(("redirect_https", Value::Boolean(true)));
+        }
+        section("listen", listen);
+        if let Some((cert, key)) = &self.tls {
+            let mut tls = vec![
+                ("cert", Value::String(cert.clone())),
+                ("key", Value::String(key.clone())),
+            ];
+            if !self.sni.is_empty() {
+                let entries = self
+                    .sni
+                    .iter()
+                    .map(|(names, cert, key)| {
+                        let mut e = Table::new();
+                        e.insert(
+                            "names".into(),
+                            Value::Array(names.iter().cloned().map(Value::String).collect()),
+                        );
+                        e.insert("cert".into(), Value::String(cert.clone()));
+                        e.insert("key".into(), Value::String(key.clone()));
+                        Value::Table(e)
+                    })
+                    .collect();
+                tls.push(("sni", Value::Array(entries)));
+            }
+            section("tls", tls);
+        }
         let mut admin = vec![("listen", Value::String(self.admin.clone()))];
         if self.persist {
             admin.push(("persist", Value::Boolean(true)));

@@ -20,6 +20,8 @@
 //! - [`load`]     keep-alive load through `loadgen` (the one load generator), with progress
 //! - [`dns`]      a real DNS server on loopback whose zone a test changes at run time
 //! - [`redis`]    a real `redis-server` on loopback
+//! - [`tls`]      a test CA (`rcgen`), its certificates as PEM files, and an HTTPS client
+//!   (HTTP/1.1 or HTTP/2 by ALPN) that tells which certificate it was shown
 #![allow(clippy::unwrap_used)] // a test helper that cannot do its job fails the test
 
 pub mod config;
@@ -29,6 +31,7 @@ pub mod load;
 pub mod net;
 pub mod process;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 pub mod wait;
 

@@ -28,12 +28,31 @@ impl Load {
     /// at least once (so each is open, and stays open unless a request fails).
     pub async fn start(addr: SocketAddr, conns: usize, path: &str) -> Load {
         let target = Target::parse(&format!("http://{addr}{path}")).unwrap();
+        Self::start_with(LoadConfig::new(target, conns)).await
+    }
+
+    /// As [`Load::start`], over HTTPS: each connection makes a TLS handshake
+    /// with `tls`, asking for `server_name`, then speaks HTTP/1.1.
+    pub async fn start_tls(
+        addr: SocketAddr,
+        server_name: &str,
+        conns: usize,
+        path: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Load {
+        let mut target = Target::parse(&format!("http://{addr}{path}")).unwrap();
+        target.authority = format!("{server_name}:{}", addr.port());
+        let mut config = LoadConfig::new(target, conns);
+        config.tls = Some(tls);
+        Self::start_with(config).await
+    }
+
+    /// Starts the load `config` describes (see [`Load::start`]).
+    pub async fn start_with(config: LoadConfig) -> Load {
+        let conns = config.concurrency;
         let clock = Clock::start();
         let counts: Vec<Arc<AtomicU64>> = (0..conns).map(|_| Arc::new(AtomicU64::new(0))).collect();
-        let gen = LoadGen::start(LoadConfig::new(target, conns), clock, |i| {
-            Recorder::new(counts[i].clone())
-        })
-        .unwrap();
+        let gen = LoadGen::start(config, clock, |i| Recorder::new(counts[i].clone())).unwrap();
         let load = Load { gen, counts, clock };
         wait_until_async(Duration::from_secs(20), "every load connection answered", || {
             load.counts.iter().all(|c| c.load(Ordering::Relaxed) > 0)

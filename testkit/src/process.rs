@@ -238,6 +238,8 @@ pub struct Switchyard {
     pub http: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The HTTPS listener, when configured.
+    pub https: Option<SocketAddr>,
 }
 
 impl Switchyard {
@@ -264,11 +266,17 @@ impl Switchyard {
         let proc = Proc::spawn(cmd);
         let http = proc.listening_addr("http_addr");
         let admin = proc.listening_addr("admin_addr");
+        let https = proc
+            .stdout_lines()
+            .iter()
+            .filter(|l| l.contains("listening"))
+            .find_map(|l| field_value(l, "https_addr")?.parse().ok());
         Switchyard {
             proc,
             files,
             http,
             admin,
+            https,
         }
     }
 }

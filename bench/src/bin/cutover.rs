@@ -20,6 +20,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -83,6 +84,11 @@ struct Args {
     /// Embedded mode: worker threads of each translation-api.
     #[arg(long, default_value_t = 1)]
     api_workers: usize,
+    /// Embedded mode: the proxies serve HTTPS with a certificate made for
+    /// this run (by a CA made for it too), and the load goes over TLS
+    /// (HTTP/1.1, one handshake per connection).
+    #[arg(long, conflicts_with = "target")]
+    tls: bool,
 }
 
 /// The `--json` document.
@@ -313,6 +319,7 @@ fn external_runs(args: &Args, url: &str, clock: Clock) -> anyhow::Result<Vec<Run
     Ok(vec![Run {
         label: target.authority.clone(),
         target,
+        tls: None,
         admin,
         steps,
     }])
@@ -357,13 +364,50 @@ struct Embedded {
     blue: translation_api::Running,
     green: translation_api::Running,
     dir: tempfile::TempDir,
+    /// With `--tls`: the load's client configuration, trusting the run's CA.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-fn proxy_toml(persist: bool, upstreams: &str) -> String {
+/// `proxy.toml`; with `tls` (the directory of `tls.crt` and `tls.key`,
+/// relative to it) an HTTPS listener too.
+fn proxy_toml(persist: bool, upstreams: &str, tls: Option<&str>) -> String {
+    let (https, section) = match tls {
+        Some(dir) => (
+            "https = \"127.0.0.1:0\"\n".to_string(),
+            format!("\n[tls]\ncert = \"{dir}/tls.crt\"\nkey = \"{dir}/tls.key\"\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
-        "# written by cutover\n[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = {persist}\n\n\
-         [upstreams]\nfile = \"{upstreams}\"\n\n[log]\naccess = false\n"
+        "# written by cutover\n[listen]\nhttp = \"127.0.0.1:0\"\n{https}\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = {persist}\n\n\
+         [upstreams]\nfile = \"{upstreams}\"\n\n[log]\naccess = false\n{section}"
     )
+}
+
+/// `--tls`: a CA and a certificate for `localhost` signed by it (ECDSA
+/// P-256), written as `tls.crt` / `tls.key` into each of `dirs`; returns a
+/// client configuration that trusts the CA.
+fn make_certificate(dirs: &[PathBuf]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &ca)?;
+    for dir in dirs {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("tls.crt"), leaf.pem())?;
+        std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone())?;
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn upstreams_toml(active: &str, blue: std::net::SocketAddr, green: std::net::SocketAddr) -> String {
@@ -385,19 +429,32 @@ impl Embedded {
         let green = api(GREEN)?;
         let dir = tempfile::Builder::new().prefix("switchyard-cutover-").tempdir()?;
         let upstreams = upstreams_toml("blue", blue.addr(), green.addr());
+        let tls = if args.tls {
+            let dirs = [dir.path().join("a").join("tls"), dir.path().join("b").join("tls")];
+            Some(make_certificate(&dirs)?)
+        } else {
+            None
+        };
+        let tls_dir = |d: &'static str| args.tls.then_some(d);
 
         // A: plain files.
         let a_dir = dir.path().join("a");
-        std::fs::create_dir(&a_dir)?;
+        std::fs::create_dir_all(&a_dir)?;
         std::fs::write(a_dir.join("upstreams.toml"), &upstreams)?;
-        std::fs::write(a_dir.join("proxy.toml"), proxy_toml(true, "upstreams.toml"))?;
+        std::fs::write(
+            a_dir.join("proxy.toml"),
+            proxy_toml(true, "upstreams.toml", tls_dir("tls")),
+        )?;
         let a = start_proxy(&a_dir.join("proxy.toml"), args.proxy_cores)?;
 
         // B: as the chart mounts them, two ConfigMaps: config/proxy.toml and upstreams/upstreams.toml.
         let b_dir = dir.path().join("b");
         ConfigMapDir::create(
             &b_dir.join("config"),
-            &[("proxy.toml", &proxy_toml(false, "../upstreams/upstreams.toml"))],
+            &[(
+                "proxy.toml",
+                &proxy_toml(false, "../upstreams/upstreams.toml", tls_dir("../tls")),
+            )],
         )?;
         ConfigMapDir::create(&b_dir.join("upstreams"), &[("upstreams.toml", &upstreams)])?;
         let b = start_proxy(&b_dir.join("config").join("proxy.toml"), args.proxy_cores)?;
@@ -407,11 +464,18 @@ impl Embedded {
             blue,
             green,
             dir,
+            tls,
         })
     }
 
     fn describe(&self) -> String {
-        format!(
+        let tls = match (&self.tls, self.a.https_addr(), self.b.https_addr()) {
+            (Some(_), Some(a), Some(b)) => format!(
+                "\nHTTPS (--tls): the load goes to proxy A on {a} and proxy B on {b}, TLS with a certificate made for this run"
+            ),
+            _ => String::new(),
+        };
+        let text = format!(
             "cutover (embedded): translation-api blue {BLUE} on {}, green {GREEN} on {}\n\
              proxy A on {} (admin {}), persist = true, config {}\n\
              proxy B on {} (admin {}), ConfigMap layout, config {}",
@@ -423,7 +487,21 @@ impl Embedded {
             self.b.http_addr(),
             self.b.admin_addr(),
             self.dir.path().join("b").display(),
-        )
+        );
+        text + &tls
+    }
+
+    /// The URL the load asks for: the HTTPS listener (as `localhost`) with
+    /// `--tls`, else the plain one.
+    fn load_target(&self, p: &switchyard::Proxy) -> anyhow::Result<Target> {
+        match (&self.tls, p.https_addr()) {
+            (Some(_), Some(https)) => {
+                let mut t = Target::parse(&format!("http://{https}/version"))?;
+                t.authority = format!("localhost:{}", https.port());
+                Ok(t)
+            }
+            _ => Target::parse(&format!("http://{}/version", p.http_addr())),
+        }
     }
 
     fn runs(&self, clock: Clock) -> anyhow::Result<Vec<Run>> {
@@ -432,7 +510,8 @@ impl Embedded {
         let named = |p: &str| PoolChoice::Named(p.to_string());
         let a = Run {
             label: "proxy A".into(),
-            target: Target::parse(&url(self.a.http_addr(), "/version"))?,
+            target: self.load_target(&self.a)?,
+            tls: self.tls.clone(),
             admin: Some(admin(&self.a)?),
             steps: vec![
                 Step {
@@ -459,7 +538,8 @@ impl Embedded {
             .context("proxy B's upstreams directory lost its ConfigMap layout")?;
         let b = Run {
             label: "proxy B (ConfigMap)".into(),
-            target: Target::parse(&url(self.b.http_addr(), "/version"))?,
+            target: self.load_target(&self.b)?,
+            tls: self.tls.clone(),
             admin: Some(admin(&self.b)?),
             steps: vec![Step {
                 name: "ConfigMap swap".into(),

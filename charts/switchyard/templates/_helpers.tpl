@@ -42,6 +42,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "switchyard.configDir" -}}/etc/switchyard/config{{- end }}
 {{- define "switchyard.upstreamsDir" -}}/etc/switchyard/upstreams{{- end }}
 {{- define "switchyard.adminDir" -}}/etc/switchyard/admin{{- end }}
+{{- define "switchyard.tlsDir" -}}/etc/switchyard/tls{{- end }}
 
 {{/* proxy.toml: static settings; its checksum rolls the pods when it changes. */}}
 {{- define "switchyard.proxyToml" -}}
@@ -50,6 +51,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 # this file's directory, {{ include "switchyard.configDir" . }}.
 [listen]
 http = "0.0.0.0:8080"
+{{- if .Values.tls.secretName }}
+https = "0.0.0.0:8443"
+redirect_https = {{ .Values.tls.redirectHttps }}
+
+[tls]
+# The Secret {{ .Values.tls.secretName }}, mounted as a directory (never subPath): the
+# proxy watches it and serves a renewed pair to new handshakes.
+cert = "../tls/tls.crt"
+key = "../tls/tls.key"
+{{- end }}
 
 [admin]
 # All addresses: the kubelet's probes and Prometheus reach it through the

@@ -86,9 +86,14 @@ fn connection_never_strips_host_content_length_or_transfer_encoding() {
             ("content-length", "5"),
             ("x-named", "1"),
         ]);
-        rewrite_request(&mut h, &HeaderValue::from_static("192.0.2.7"), false, &[], || {
-            HeaderValue::from_static("id")
-        });
+        rewrite_request(
+            &mut h,
+            &HeaderValue::from_static("192.0.2.7"),
+            false,
+            false,
+            &[],
+            || HeaderValue::from_static("id"),
+        );
         for name in *kept {
             assert!(h.contains_key(*name), "request, Connection: {connection}: {name}");
         }
@@ -105,7 +110,9 @@ fn client_sent_forwarded_and_x_real_ip_are_removed_from_requests_only() {
             ("Forwarded", "host=evil.example"),
             ("x-real-ip", "6.6.6.6"),
         ]);
-        rewrite_request(&mut h, &peer, trusted, &[], || HeaderValue::from_static("id"));
+        rewrite_request(&mut h, &peer, trusted, false, &[], || {
+            HeaderValue::from_static("id")
+        });
         assert!(
             !h.contains_key("forwarded") && !h.contains_key("x-real-ip"),
             "trusted={trusted}: {h:?}"
@@ -424,7 +431,7 @@ fn x_forwarded_headers_are_replaced_unless_trusted() {
     ];
     for row in table {
         let mut h = map(row.sent);
-        forwarded(&mut h, &peer, row.trusted);
+        forwarded(&mut h, &peer, row.trusted, false);
         let what = format!("trusted={} sent={:?}", row.trusted, row.sent);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1, "{what}");
         assert_eq!(get(&h, "x-forwarded-for"), row.xff, "{what}");
@@ -503,7 +510,9 @@ fn rewrite_request_applies_every_rule() {
     ]);
     let peer = HeaderValue::from_static("192.0.2.7");
     let ws = ["websocket".to_string()];
-    let r = rewrite_request(&mut h, &peer, false, &ws, || HeaderValue::from_static("id-1"));
+    let r = rewrite_request(&mut h, &peer, false, false, &ws, || {
+        HeaderValue::from_static("id-1")
+    });
     assert!(!r.upgrade);
     assert_eq!(r.request_id, "id-1");
     assert_eq!(
@@ -519,7 +528,9 @@ fn rewrite_request_applies_every_rule() {
     assert_eq!(h["x-forwarded-for"], "192.0.2.7");
 
     let mut h = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
-    let r = rewrite_request(&mut h, &peer, false, &ws, || HeaderValue::from_static("id-2"));
+    let r = rewrite_request(&mut h, &peer, false, false, &ws, || {
+        HeaderValue::from_static("id-2")
+    });
     assert!(r.upgrade);
     assert_eq!(h["upgrade"], "websocket");
     assert_eq!(h["connection"], "upgrade");
@@ -543,7 +554,9 @@ fn only_the_listed_upgrade_protocols_are_kept_others_are_stripped() {
             ("x-hop", "1"),
             ("upgrade", upgrade),
         ]);
-        let r = rewrite_request(&mut h, &peer, false, &ws, || HeaderValue::from_static("id"));
+        let r = rewrite_request(&mut h, &peer, false, false, &ws, || {
+            HeaderValue::from_static("id")
+        });
         assert_eq!(r.upgrade, tunnelled, "{upgrade:?}");
         if tunnelled {
             assert_eq!(

@@ -149,6 +149,7 @@ async fn a_client_that_never_reads_1_gib_is_cut_after_send_and_the_upstream_rele
         files: _files,
         http,
         admin,
+        ..
     } = Switchyard::start(
         BIN,
         ProxyConfig::new()
