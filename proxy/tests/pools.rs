@@ -22,9 +22,7 @@ const ZONE: &str = "pods.test.";
 const WITHIN: Duration = Duration::from_secs(15);
 
 async fn status(sy: &Switchyard) -> Value {
-    let (code, st) = admin(sy.admin, "GET", "/status", "", None).await;
-    assert_eq!(code, 200, "{st}");
-    st
+    testkit::http::status(sy.admin).await
 }
 
 /// `(address, health)` of each endpoint of `pool` in a `/status` document.
@@ -48,7 +46,7 @@ fn addrs(st: &Value, pool: &str) -> Vec<String> {
 
 /// Waits until `/status` satisfies `cond`.
 async fn wait_status(sy: &Switchyard, what: &str, cond: impl Fn(&Value) -> bool) {
-    eventually(WITHIN, what, || async { cond(&status(sy).await) }).await;
+    testkit::http::wait_status(sy.admin, WITHIN, what, cond).await;
 }
 
 /// Waits until a scrape satisfies `cond`.
@@ -69,6 +67,20 @@ async fn gets(proxy: SocketAddr, n: usize) -> Vec<(u16, String)> {
         out.push((status.as_u16(), String::from_utf8_lossy(&body).into_owned()));
     }
     out
+}
+
+/// A pod on 127.0.0.1, on a free port.
+async fn pod() -> Pod {
+    Pod::start("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// An upstreams file: pool blue, active, of `pods`, then `rest`.
+fn blue_of(pods: &[Pod], rest: &str) -> String {
+    let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    format!(
+        "active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n{rest}",
+        list.join(", ")
+    )
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -229,16 +241,8 @@ async fn an_active_pool_without_an_address_answers_503_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_equal_endpoints_each_get_a_third_of_10000_requests() {
-    let pods = [
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-    ];
-    let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n",
-        list.join(", ")
-    );
+    let pods = [pod().await, pod().await, pod().await];
+    let text = blue_of(&pods, "");
     let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
     // Four keep-alive clients at once (over the proxy's two cores), 2,500
     // requests each.
@@ -263,15 +267,10 @@ async fn three_equal_endpoints_each_get_a_third_of_10000_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_failing_its_checks_is_skipped_and_comes_back() {
-    let pods = [
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-    ];
-    let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n[health]\npath = \"/readyz\"\ninterval = \"100ms\"\nhealthy_after = 2\nunhealthy_after = 2\n",
-        list.join(", ")
+    let pods = [pod().await, pod().await, pod().await];
+    let text = blue_of(
+        &pods,
+        "[health]\npath = \"/readyz\"\ninterval = \"100ms\"\nhealthy_after = 2\nunhealthy_after = 2\n",
     );
     let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
     let all_healthy = |st: &Value| endpoints(st, "blue").iter().all(|(_, h)| h == "healthy");
