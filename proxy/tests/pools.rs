@@ -253,6 +253,7 @@ async fn three_equal_endpoints_each_get_a_third_of_10000_requests() {
         assert!(failed.is_empty(), "{failed:?}");
     }
     let served: Vec<usize> = pods.iter().map(Pod::served).collect();
+    eprintln!("requests served per endpoint: {served:?}");
     assert_eq!(served.iter().sum::<usize>(), 10_000, "{served:?}");
     // Each 33 ± 5 %: "first address that accepts" (10,000, 0, 0) or a skew
     // to one endpoint fails it.
