@@ -96,16 +96,7 @@ fn discovery(dns: &DnsServer) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_adds_and_removes_endpoints_without_a_new_generation() {
-    let dns = DnsServer::start(ZONE).await;
-    let a = Pod::start("127.0.0.2:0".parse().unwrap()).await;
-    let port = a.addr.port();
-    let b = Pod::start(SocketAddr::new(ip("127.0.0.3"), port)).await;
-    dns.set("blue", &[a.addr.ip()], 1).await;
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\ndns = \"blue.{ZONE}:{port}\"\n{}",
-        discovery(&dns)
-    );
-    let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+    let (dns, a, b, sy) = a_dns_pool().await;
 
     // Resolved before serving: the first status and request already have it.
     let st = status(&sy).await;
@@ -169,7 +160,7 @@ async fn discovery_adds_and_removes_endpoints_without_a_new_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_resolution_keeps_the_addresses_and_an_empty_answer_empties_the_pool() {
     let dns = DnsServer::start(ZONE).await;
-    let blue = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let blue = pod().await;
     let green = Pod::start("127.0.0.2:0".parse().unwrap()).await;
     dns.set("green", &[green.addr.ip()], 1).await;
     let text = format!(
@@ -310,8 +301,8 @@ async fn an_endpoint_failing_its_checks_is_skipped_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_ejection_after_connect_failures_within_max_ejected_percent() {
-    let a = Pod::start("127.0.0.1:0".parse().unwrap()).await;
-    let b = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let a = pod().await;
+    let b = pod().await;
     let (c, d) = (ClosedPort::new(), ClosedPort::new());
     // Four endpoints, at most 25 % ejected: one of the two dead ones.
     let text = format!(
@@ -353,10 +344,7 @@ async fn passive_ejection_after_connect_failures_within_max_ejected_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_endpoint_fails_its_checks_the_pool_panics_and_still_serves() {
-    let pods = [
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-        Pod::start("127.0.0.1:0".parse().unwrap()).await,
-    ];
+    let pods = [pod().await, pod().await];
     for p in &pods {
         p.set_ready(false);
     }
@@ -387,7 +375,7 @@ async fn when_every_endpoint_fails_its_checks_the_pool_panics_and_still_serves()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_endpoint_is_ejected_after_its_connects_time_out() {
-    let good = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let good = pod().await;
     let hole = testkit::net::Blackhole::new();
     let text = format!(
         "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\n",
@@ -514,12 +502,27 @@ async fn records_removed_under_load_let_in_flight_requests_finish_and_fail_nothi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_stalls_mid_body_is_ejected_after_eject_after() {
-    // `/stall` on `stalls`: the head and 5 bytes of 100, then nothing.
-    let stalls = testkit::upstream::faulty();
-    let good = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    // The head and 5 bytes of 100, then nothing: cut after `upstream_read`.
+    ejected_after_two_bodies_it_breaks("/stall", "read_timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_cuts_its_bodies_is_ejected_after_eject_after() {
+    // The head and 5 bytes of 100, then the connection closed.
+    ejected_after_two_bodies_it_breaks("/cut", "truncated").await;
+}
+
+/// Pool blue of a `faulty` upstream, whose answers to `path` break after
+/// the head, and a good pod, with `eject_after = 2`: GETs of `path` until
+/// two went to the faulty one (each counted as `upstream_errors_total
+/// {kind}`; after the first it is still routed to), which is then ejected
+/// and gets no more requests.
+async fn ejected_after_two_bodies_it_breaks(path: &str, kind: &str) {
+    let faulty = testkit::upstream::faulty();
+    let good = pod().await;
     let text = format!(
         "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\nmax_ejected_percent = 50\n",
-        stalls.addr, good.addr
+        faulty.addr, good.addr
     );
     let sy = Switchyard::start(
         BIN,
@@ -527,50 +530,46 @@ async fn an_endpoint_that_stalls_mid_body_is_ejected_after_eject_after() {
             .upstream_read(Duration::from_millis(300))
             .upstreams_text(&text),
     );
-    const STALL: &[u8] = b"GET /stall HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
-    let read_timeouts = |m: &str| {
-        metric(
-            m,
-            "switchyard_upstream_errors_total{kind=\"read_timeout\",pool=\"blue\"}",
-        )
-    };
-    let stalling = stalls.addr.to_string();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let series = format!("switchyard_upstream_errors_total{{kind=\"{kind}\",pool=\"blue\"}}");
+    let errors = |m: &str| metric(m, &series);
+    let breaking = faulty.addr.to_string();
     let health = |st: &Value| {
         endpoints(st, "blue")
             .into_iter()
-            .find(|(a, _)| *a == stalling)
+            .find(|(a, _)| *a == breaking)
             .unwrap()
             .1
     };
 
-    // Requests until two stalled on it (each head was answered: only the
-    // body stalls, cut after `upstream_read`).
-    let mut cut = 0;
+    // Requests until two broke on it (each head was passed on: only the
+    // body breaks).
+    let mut broken = 0;
     for _ in 0..40 {
-        let (code, _, body) = exchange(sy.http, STALL).await;
+        let (code, _, body) = exchange(sy.http, request.as_bytes()).await;
         assert_eq!(code, 200, "{body}");
         if body == good.addr.to_string() {
             continue;
         }
         assert_eq!(body, "hello", "cut after 5 bytes of 100");
-        cut += 1;
-        wait_metrics(&sy, "the stall counted", |m| read_timeouts(m) == f64::from(cut)).await;
-        if cut == 2 {
+        broken += 1;
+        wait_metrics(&sy, "the broken body counted", |m| errors(m) == f64::from(broken)).await;
+        if broken == 2 {
             break;
         }
-        // One stall is not `eject_after` in a row: still routed to.
+        // One is not `eject_after` in a row: still routed to.
         assert_eq!(health(&status(&sy).await), "unknown");
     }
-    assert_eq!(cut, 2, "two requests stalled on it");
-    wait_status(&sy, "the stalling endpoint ejected", |st| health(st) == "ejected").await;
+    assert_eq!(broken, 2, "two requests broke on it");
+    wait_status(&sy, "the faulty endpoint ejected", |st| health(st) == "ejected").await;
 
     // From now on every request goes to the good endpoint, whole.
     for _ in 0..10 {
-        let (code, _, body) = exchange(sy.http, STALL).await;
+        let (code, _, body) = exchange(sy.http, request.as_bytes()).await;
         assert_eq!((code, body), (200, good.addr.to_string()));
     }
     let (_, m) = get_text(sy.admin, "/metrics").await;
-    assert_eq!(read_timeouts(&m), 2.0, "{m}");
+    assert_eq!(errors(&m), 2.0, "{m}");
     assert_eq!(
         metric(&m, "switchyard_pool_endpoints{pool=\"blue\",state=\"ejected\"}"),
         1.0
@@ -629,8 +628,8 @@ async fn a_client_body_that_stops_arriving_is_the_clients_408_and_no_ejection_in
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_counts_healthy_endpoints_and_a_pending_switch_applies_when_checks_pass() {
-    let blue = Pod::start("127.0.0.1:0".parse().unwrap()).await;
-    let green = Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let blue = pod().await;
+    let green = pod().await;
     green.set_ready(false);
     let file = |active: &str| {
         format!(
