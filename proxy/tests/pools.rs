@@ -577,6 +577,68 @@ async fn ejected_after_two_bodies_it_breaks(path: &str, kind: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_503_at_upstream_max_connections_is_no_ejection_input() {
+    let pods = [pod().await, pod().await];
+    // `eject_after = 1`: one failure counted against either would eject it.
+    let text = blue_of(
+        &pods,
+        "[health]\neject_after = 1\neject_for = \"1h\"\nmax_ejected_percent = 50\n",
+    );
+    // One core: its least-in-flight choice puts the two held requests on
+    // the two endpoints.
+    let sy = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .cores(1)
+            .upstream_max_connections(1)
+            .connect_timeout(Duration::from_millis(300))
+            .upstreams_text(&text),
+    );
+    let hold = || {
+        let http = sy.http;
+        tokio::spawn(async move { Client::connect(http).await.unwrap().get("/hold").await.unwrap() })
+    };
+    let held = [hold(), hold()];
+    testkit::wait_until_async(WITHIN, "a request held on each endpoint", || {
+        pods.iter().all(|p| p.holding() == 1)
+    })
+    .await;
+
+    // Each endpoint at its one connection: the proxy's own 503, twice.
+    for _ in 0..2 {
+        let (code, _, body) = Client::connect(sy.http).await.unwrap().get("/x").await.unwrap();
+        assert_eq!(code.as_u16(), 503, "{body:?}");
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json["errors"][0], "no upstream connection came free in time",
+            "{json}"
+        );
+    }
+    let (_, m) = get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_rejected_total{reason=\"upstream_connection_limit\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    let st = status(&sy).await;
+    assert!(endpoints(&st, "blue").iter().all(|(_, h)| h == "unknown"), "{st}");
+
+    // The held requests complete; the pool serves on, nothing ejected.
+    for p in &pods {
+        p.release();
+    }
+    for h in held {
+        assert_eq!(h.await.unwrap().0.as_u16(), 200);
+    }
+    assert!(gets(sy.http, 4).await.iter().all(|(s, _)| *s == 200));
+    let st = status(&sy).await;
+    assert!(endpoints(&st, "blue").iter().all(|(_, h)| h == "unknown"), "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_body_that_stops_arriving_is_the_clients_408_and_no_ejection_input() {
     // Upstreams that answer once a request's body is whole.
     let (r1, r2) = (testkit::upstream::recorder(), testkit::upstream::recorder());
