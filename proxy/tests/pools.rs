@@ -83,6 +83,12 @@ fn blue_of(pods: &[Pod], rest: &str) -> String {
     )
 }
 
+/// `GET /hold` through the proxy in a task: a `Pod` holds its answer
+/// until released.
+fn hold(proxy: SocketAddr) -> tokio::task::JoinHandle<testkit::http::Answer> {
+    tokio::spawn(async move { Client::connect(proxy).await.unwrap().get("/hold").await.unwrap() })
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -105,10 +111,7 @@ async fn discovery_adds_and_removes_endpoints_without_a_new_generation() {
     assert_eq!(gets(sy.http, 1).await, [(200, a.addr.to_string())]);
 
     // A request held on `a` while the records change under it.
-    let held = tokio::spawn({
-        let http = sy.http;
-        async move { Client::connect(http).await.unwrap().get("/hold").await.unwrap() }
-    });
+    let held = hold(sy.http);
     testkit::wait_until_async(WITHIN, "the held request reaches a", || a.served() == 2).await;
 
     // Scaled up: b appears, and gets traffic; the generation stays.
@@ -464,10 +467,7 @@ async fn records_removed_under_load_let_in_flight_requests_finish_and_fail_nothi
 
     // A slow request in flight on a (the pool's only endpoint yet): the
     // pod holds its answer until released.
-    let held = tokio::spawn({
-        let http = sy.http;
-        async move { Client::connect(http).await.unwrap().get("/hold").await.unwrap() }
-    });
+    let held = hold(sy.http);
     testkit::wait_until_async(WITHIN, "the slow request in flight on a", || a.holding() == 1).await;
     dns.set("blue", &[a.addr.ip(), b.addr.ip()], 1).await;
     let both = vec![a.addr.to_string(), b.addr.to_string()];
@@ -594,11 +594,7 @@ async fn the_proxys_own_503_at_upstream_max_connections_is_no_ejection_input() {
             .connect_timeout(Duration::from_millis(300))
             .upstreams_text(&text),
     );
-    let hold = || {
-        let http = sy.http;
-        tokio::spawn(async move { Client::connect(http).await.unwrap().get("/hold").await.unwrap() })
-    };
-    let held = [hold(), hold()];
+    let held = [hold(sy.http), hold(sy.http)];
     testkit::wait_until_async(WITHIN, "a request held on each endpoint", || {
         pods.iter().all(|p| p.holding() == 1)
     })
