@@ -133,15 +133,23 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let p = &self.pool;
         p.pool.inflight.add(p.core, -1);
-        if let Some(i) = self.endpoint {
-            p.unload(i);
-        }
         // Read before `request_ended` re-arms the connection's deadline.
         let cut = self.cut.or_else(|| match self.conn.cut_while() {
             Some(Waiting::Upstream) => Some(Cut::ReadTimeout),
             Some(Waiting::Client) => Some(Cut::SendTimeout),
             _ => None,
         });
+        if let Some(i) = self.endpoint {
+            p.unload(i);
+            // Passive ejection: a body the upstream cut or stalled counts
+            // like a reset or a timeout before the head; one that ended
+            // whole (or that the client went away from, or did not take)
+            // ends the endpoint's run of failures.
+            match cut {
+                Some(Cut::Truncated | Cut::ReadTimeout) => p.failed(i),
+                Some(Cut::SendTimeout) | None => p.succeeded(i),
+            }
+        }
         let counted_status = match cut {
             None => self.status,
             Some(c) => {

@@ -34,7 +34,7 @@ pub enum Error {
     Refused(String),
 }
 
-/// What went wrong forwarding one request; mapped to 502/503/504. Its
+/// What went wrong forwarding one request; mapped to 400/408/502/503/504. Its
 /// `Display` has the details (endpoint addresses, OS errors) and goes to the
 /// log only; the client gets [`ForwardError::public_message`].
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,17 @@ pub enum ForwardError {
         /// The client closed its connection before the body's end.
         gone: bool,
     },
+    /// `timeouts.request` passed while the upstream connection waited for
+    /// the client's next request body bytes: the client's fault, not the
+    /// upstream's. 408 with `Connection: close` (the rest of the body is
+    /// never read), `rejected_total{reason="body_timeout"}`, no
+    /// `upstream_errors_total`, never an ejection input; the upstream's
+    /// copy of the request is cut.
+    #[error("the client's request body did not arrive within {}", humantime::format_duration(*after))]
+    ClientBodyTimeout {
+        /// The request timeout.
+        after: std::time::Duration,
+    },
     /// The endpoint had `limits.upstream_max_connections` connections open
     /// and none came free within `timeouts.connect`: the proxy's own limit,
     /// not a failure of the upstream.
@@ -104,6 +115,7 @@ impl ForwardError {
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ForwardError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ForwardError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -113,6 +125,7 @@ impl ForwardError {
         match self {
             ForwardError::NoEndpoint { .. }
             | ForwardError::ClientBody { .. }
+            | ForwardError::ClientBodyTimeout { .. }
             | ForwardError::UpstreamConnectionLimit { .. } => None,
             ForwardError::Connect { .. } => Some(ErrorKind::Connect),
             ForwardError::Timeout { .. } => Some(ErrorKind::Timeout),
@@ -130,6 +143,7 @@ impl ForwardError {
             ForwardError::Timeout { .. } => "the upstream did not answer in time",
             ForwardError::Upstream { .. } => "the upstream failed",
             ForwardError::ClientBody { .. } => "the request body is malformed",
+            ForwardError::ClientBodyTimeout { .. } => "the request body did not arrive in time",
             ForwardError::UpstreamConnectionLimit { .. } => "no upstream connection came free in time",
         }
     }
@@ -142,8 +156,15 @@ impl ForwardError {
                 Some(crate::metrics::Reject::UpstreamConnectionLimit)
             }
             ForwardError::ClientBody { gone: false, .. } => Some(crate::metrics::Reject::BadRequest),
+            ForwardError::ClientBodyTimeout { .. } => Some(crate::metrics::Reject::BodyTimeout),
             _ => None,
         }
+    }
+
+    /// Whether the client's connection is closed after the answer: the
+    /// rest of the request's body is never read.
+    pub fn closes(&self) -> bool {
+        matches!(self, ForwardError::ClientBodyTimeout { .. })
     }
 
     /// A failed send whose cause is the client's request body (see
@@ -257,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn forward_errors_map_to_400_502_503_504() {
+    fn forward_errors_map_to_400_408_502_503_504() {
         let cases = [
             (
                 ForwardError::NoEndpoint { pool: "blue".into() },
@@ -290,6 +311,12 @@ mod tests {
                     gone: false,
                 },
                 StatusCode::BAD_REQUEST,
+            ),
+            (
+                ForwardError::ClientBodyTimeout {
+                    after: std::time::Duration::from_secs(30),
+                },
+                StatusCode::REQUEST_TIMEOUT,
             ),
         ];
         let id = HeaderValue::from_static("rid-1");

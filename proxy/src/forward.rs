@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::{AccessInfo, Completion, ProxyBody};
-use crate::client::body::BodyLimit;
+use crate::client::body::{BodyLimit, ClientWait};
 use crate::client::{LocalClient, Recycle, Sender};
 use crate::conn::Conn;
 use crate::deadline::{self, Deadline};
@@ -78,6 +78,9 @@ pub fn handle(
         headers::origin_form(&mut uri, req.headers_mut());
         *req.uri_mut() = uri;
     }
+    // The client's HTTP version (the upstream's copy is HTTP/1.1): an
+    // answer that closes the connection says so on HTTP/1 only.
+    let h2 = req.version() == http::Version::HTTP_2;
     conn.request_started();
     let worker = &conn.worker;
     let opts = &worker.shared.opts;
@@ -113,7 +116,15 @@ pub fn handle(
         over: Rc::clone(over),
         counted: worker.shared.metrics.rejected_counter(Reject::BodyTooLarge),
     });
-    let sending = Box::pin(send(client, Rc::clone(&pool), Outgoing::of(req, upgrade, limit)));
+    // A request with a body: whether the upstream connection waits for the
+    // client's next bytes, read if the deadline fires (see `ClientWait`).
+    let client_wait: Option<ClientWait> =
+        (!http_body::Body::is_end_stream(req.body())).then(|| Rc::new(Cell::new(false)));
+    let sending = Box::pin(send(
+        client,
+        Rc::clone(&pool),
+        Outgoing::of(req, upgrade, limit, client_wait.clone()),
+    ));
 
     Either::Right(async move {
         let outcome = deadline::timeout(&request_deadline, sending).await;
@@ -122,6 +133,14 @@ pub fn handle(
         let opts = &worker.shared.opts;
         let result = match outcome {
             Ok(r) => r,
+            // The upstream connection was waiting for the client's body:
+            // the client's fault (408), no failure of the endpoint.
+            Err(_) if client_wait.as_ref().is_some_and(|w| w.get()) => {
+                pool.abandon(None);
+                Err(ForwardError::ClientBodyTimeout {
+                    after: opts.request_timeout,
+                })
+            }
             Err(_) => {
                 // The endpoint it was waiting on counts a failure (passive ejection).
                 pool.timed_out();
@@ -147,7 +166,7 @@ pub fn handle(
                 &worker.client,
                 &request_id,
             ),
-            Err(e) => failed(e, &pool, &request_id, completion),
+            Err(e) => failed(e, &pool, &request_id, completion, h2),
         };
         headers::label_response(
             response.headers_mut(),
@@ -306,7 +325,7 @@ fn answer(
                 endpoint: pool.pool.endpoints[endpoint].addr.clone(),
                 reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
             };
-            failed(e, pool, request_id, completion)
+            failed(e, pool, request_id, completion, false)
         }
         _ => {
             let endpoint_id = pool.pool.endpoints[endpoint].id;
@@ -456,14 +475,18 @@ fn stream(mut resp: Response<Incoming>, completion: Completion, recycle: Recycle
 }
 
 /// Forwarding failed: counted (an upstream's failure in
-/// `upstream_errors_total`, a malformed request body in `rejected_total`),
-/// logged under the request id (with the details the answer does not
-/// carry), recorded, and answered by [`ForwardError::response`].
+/// `upstream_errors_total`, a malformed or stalled request body in
+/// `rejected_total`), logged under the request id (with the details the
+/// answer does not carry), recorded, and answered by
+/// [`ForwardError::response`], with `Connection: close` when the error
+/// [`closes`](ForwardError::closes) the connection (on HTTP/1; on HTTP/2,
+/// `h2`, the stream ends with the answer).
 fn failed(
     e: ForwardError,
     pool: &CorePool,
     request_id: &HeaderValue,
     mut completion: Completion,
+    h2: bool,
 ) -> Response<ProxyBody> {
     // Connect failures were counted per attempt in `send`.
     if let Some(kind) = e.kind().filter(|k| *k != ErrorKind::Connect) {
@@ -475,5 +498,11 @@ fn failed(
     tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), pool = %pool.pool.name, error = %e, "request failed");
     completion.status = e.status().as_u16();
     drop(completion);
-    e.response(request_id)
+    let mut response: Response<ProxyBody> = e.response(request_id);
+    if e.closes() && !h2 {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }

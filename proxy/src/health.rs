@@ -7,7 +7,8 @@
 //!   spread evenly over it (never a burst); a 2xx answer within `timeout`
 //!   passes. The threshold rule is `pool::step`.
 //! - **Passive ejection**: a core reports an endpoint whose live requests
-//!   failed `eject_after` times in a row (connect failures, resets); it is
+//!   failed `eject_after` times in a row (connect failures, resets,
+//!   timeouts waiting on it, answers it cut or stalled mid-body); it is
 //!   ejected unless that would put more than `max_ejected_percent` of its
 //!   pool out, or leave the pool with none. It returns at its next passed
 //!   check, or after `eject_for` when no active checks run.

@@ -97,9 +97,11 @@ impl CorePool {
         }
     }
 
-    /// A live request to endpoint `i` failed to connect, or its connection
-    /// was reset before an answer: counted, and every `eject_after` in a
-    /// row reported to the health task.
+    /// A live request to endpoint `i` failed to connect, its connection
+    /// was reset before an answer, it timed out waiting on the endpoint, or
+    /// the endpoint cut or stalled (`timeouts.upstream_read`) its answer's
+    /// body: counted, and every `eject_after` in a row reported to the
+    /// health task.
     pub fn failed(&self, i: usize) {
         let (Some(ep), after) = (self.pool.endpoints.get(i), self.pool.eject_after) else {
             return;
@@ -127,7 +129,8 @@ impl CorePool {
         }
     }
 
-    /// A live request to endpoint `i` got an answer.
+    /// A live request to endpoint `i` got an answer, and its body was not
+    /// cut by the endpoint: the endpoint's run of failures ends.
     pub fn succeeded(&self, i: usize) {
         if let Some(ep) = self.pool.endpoints.get(i) {
             ep.health.succeeded();

@@ -67,11 +67,14 @@ pub enum Reject {
     /// No upstream connection came free within `timeouts.connect` with the
     /// endpoint at `limits.upstream_max_connections` (503).
     UpstreamConnectionLimit,
+    /// The request body stopped arriving from the client before
+    /// `timeouts.request` (408, connection closed).
+    BodyTimeout,
 }
 
 impl Reject {
     /// Every reason, in the order of [`Metrics::rejected`]'s handles.
-    pub const ALL: [Reject; 9] = [
+    pub const ALL: [Reject; 10] = [
         Reject::BadRequest,
         Reject::UriTooLong,
         Reject::HeadTooLarge,
@@ -81,6 +84,7 @@ impl Reject {
         Reject::TooManyConnections,
         Reject::BodyTooLarge,
         Reject::UpstreamConnectionLimit,
+        Reject::BodyTimeout,
     ];
     /// The `reason` label.
     pub fn label(self) -> &'static str {
@@ -94,6 +98,7 @@ impl Reject {
             Reject::TooManyConnections => "too_many_connections",
             Reject::BodyTooLarge => "body_too_large",
             Reject::UpstreamConnectionLimit => "upstream_connection_limit",
+            Reject::BodyTimeout => "body_timeout",
         }
     }
 }

@@ -79,8 +79,9 @@ pub struct HealthState {
     checked: AtomicU8,
     /// Checks in a row with the same result: positive passes, negative fails.
     streak: AtomicI64,
-    /// Live-traffic failures in a row (connect failures, resets); counted
-    /// by the cores, reset by a success. Its own cache line: the cores
+    /// Live-traffic failures in a row (connect failures, resets, timeouts,
+    /// bodies cut or stalled); counted by the cores, reset by an answer
+    /// whose body ended whole. Its own cache line: the cores
     /// write it only when something fails.
     failures: Failures,
 }

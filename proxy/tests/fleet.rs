@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use testkit::http::{admin, get_text, metric, Client};
+use testkit::http::{admin, metric, metrics, status, Client};
 use testkit::process::Switchyard;
 use testkit::upstream;
 use testkit::wait::eventually;
@@ -22,22 +22,9 @@ use testkit::wait::eventually;
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WITHIN: Duration = Duration::from_secs(10);
 
-async fn status(admin_addr: SocketAddr) -> Value {
-    let (code, st) = admin(admin_addr, "GET", "/status", "", None).await;
-    assert_eq!(code, 200, "{st}");
-    st
-}
-
 /// Waits until `/status` satisfies `cond`; returns that document.
 async fn wait_status(admin_addr: SocketAddr, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    eventually(WITHIN, what, || async { cond(&status(admin_addr).await) }).await;
-    status(admin_addr).await
-}
-
-async fn metrics(admin_addr: SocketAddr) -> String {
-    let (code, text) = get_text(admin_addr, "/metrics").await;
-    assert_eq!(code, 200, "{text}");
-    text
+    testkit::http::wait_status(admin_addr, WITHIN, what, cond).await
 }
 
 /// A proxy whose blue pool answers `/slow` after `delay` (green at once).
@@ -110,7 +97,8 @@ async fn a_switch_that_waits_for_the_drain_answers_after_the_slow_request() {
         s["pools"]["blue"]["inflight"] == 1
     })
     .await;
-    assert_eq!(blue.received(), 1);
+    // Counted in flight from its head on; at blue a moment later.
+    testkit::wait_until_async(WITHIN, "the slow request at blue", || blue.received() == 1).await;
 
     let (code, out) = admin(
         sy.admin,

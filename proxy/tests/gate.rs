@@ -14,29 +14,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use testkit::http::{admin, get_text, metric, Client};
+use testkit::http::{admin, metric, metrics, status, Client};
 use testkit::process::Switchyard;
-use testkit::wait::eventually;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WITHIN: Duration = Duration::from_secs(10);
 
-async fn status(admin_addr: SocketAddr) -> Value {
-    let (code, st) = admin(admin_addr, "GET", "/status", "", None).await;
-    assert_eq!(code, 200, "{st}");
-    st
-}
-
 /// Waits until `/status` satisfies `cond`; returns that document.
 async fn wait_status(admin_addr: SocketAddr, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    eventually(WITHIN, what, || async { cond(&status(admin_addr).await) }).await;
-    status(admin_addr).await
-}
-
-async fn metrics(admin_addr: SocketAddr) -> String {
-    let (code, text) = get_text(admin_addr, "/metrics").await;
-    assert_eq!(code, 200, "{text}");
-    text
+    testkit::http::wait_status(admin_addr, WITHIN, what, cond).await
 }
 
 /// `GET /version` through the proxy: the version that answered and the pool header.

@@ -26,13 +26,14 @@ use testkit::wait::eventually;
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// Every reason of `switchyard_rejected_total` (docs/configuration.md).
-const REASONS: [&str; 6] = [
+const REASONS: [&str; 7] = [
     "bad_request",
     "uri_too_long",
     "head_too_large",
     "method_not_allowed",
     "send_timeout",
     "tunnel_idle",
+    "body_timeout",
 ];
 
 /// The `switchyard` binary in front of a [`Recorder`] (pool `blue`).
@@ -68,14 +69,14 @@ impl Edge {
     }
 
     /// `switchyard_rejected_total` by reason, in the order of [`REASONS`].
-    pub async fn rejected(&self) -> [f64; 6] {
+    pub async fn rejected(&self) -> [f64; 7] {
         let m = self.metrics().await;
         REASONS.map(|r| metric(&m, &format!("switchyard_rejected_total{{reason=\"{r}\"}}")))
     }
 
     /// Waits until `switchyard_rejected_total` is `before` plus one for
     /// `reason` (if any), every other reason unchanged.
-    pub async fn wait_rejected(&self, before: [f64; 6], reason: Option<&str>, what: &str) {
+    pub async fn wait_rejected(&self, before: [f64; 7], reason: Option<&str>, what: &str) {
         let mut want = before;
         if let Some(r) = reason {
             let i = REASONS.iter().position(|x| *x == r).unwrap();

@@ -17,7 +17,9 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 
 use testkit::config::{ProxyConfig, Upstreams};
-use testkit::http::{exchange, get_text, head_value, metric, read_to_close, Client};
+use testkit::http::{
+    assert_json_error, exchange, head_value, metric, metrics, next_is_served, read_to_close, rejected, Client,
+};
 use testkit::process::{field_value, Switchyard};
 use testkit::upstream;
 use testkit::{eventually, wait_until};
@@ -65,47 +67,6 @@ impl Reader {
     }
 }
 
-async fn metrics(p: &Switchyard) -> String {
-    let (code, text) = get_text(p.admin, "/metrics").await;
-    assert_eq!(code, 200, "{text}");
-    text
-}
-
-fn rejected(metrics: &str, reason: &str) -> f64 {
-    metric(
-        metrics,
-        &format!("switchyard_rejected_total{{reason=\"{reason}\"}}"),
-    )
-}
-
-/// A normal `GET /next` on a new connection is answered 200 by the upstream.
-async fn next_request_is_served(proxy: SocketAddr) {
-    let mut c = Client::connect(proxy).await.unwrap();
-    let (status, headers, body) = c.get("/next").await.unwrap();
-    assert_eq!(status, 200, "{body:?}");
-    assert!(headers.contains_key("x-request-id"));
-}
-
-/// The proxy's JSON error: `status`, JSON with `error`, `errors` and a
-/// `request_id` equal to the header, and `Connection: close`.
-fn assert_json_error(answer: &(u16, String, String), status: u16) -> serde_json::Value {
-    let (got, head, body) = answer;
-    assert_eq!(*got, status, "{head}\n{body}");
-    assert_eq!(
-        head_value(head, "content-type"),
-        Some("application/json"),
-        "{head}"
-    );
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert!(v["error"].is_string() && v["errors"][0].is_string(), "{v}");
-    assert_eq!(
-        head_value(head, "x-request-id"),
-        v["request_id"].as_str(),
-        "{head}"
-    );
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_head_over_max_header_bytes_gets_431_counted_and_the_next_is_served() {
     let up = Reader::start().await;
@@ -127,7 +88,7 @@ async fn request_head_over_max_header_bytes_gets_431_counted_and_the_next_is_ser
     let (status, head, _) = exchange(p.http, over.as_bytes()).await;
     assert_eq!(status, 431, "{head}");
     assert_eq!(head_value(&head, "connection"), Some("close"), "{head}");
-    assert_eq!(rejected(&metrics(&p).await, "head_too_large"), 1.0);
+    assert_eq!(rejected(&metrics(p.admin).await, "head_too_large"), 1.0);
     let line = p
         .proc
         .next_line(Duration::from_secs(5), "rejecting the head", |l| {
@@ -135,7 +96,7 @@ async fn request_head_over_max_header_bytes_gets_431_counted_and_the_next_is_ser
         });
     assert!(line.contains("WARN") && line.contains("127.0.0.1"), "{line}");
     assert_eq!(up.seen(), 1, "the refused head never went upstream");
-    next_request_is_served(p.http).await;
+    next_is_served(p.http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,9 +120,9 @@ async fn more_header_lines_than_max_headers_get_431_counted_and_the_next_is_serv
     let (status, head, _) = exchange(p.http, request(11).as_bytes()).await;
     assert_eq!(status, 431, "{head}");
     assert_eq!(head_value(&head, "connection"), Some("close"), "{head}");
-    assert_eq!(rejected(&metrics(&p).await, "head_too_large"), 1.0);
+    assert_eq!(rejected(&metrics(p.admin).await, "head_too_large"), 1.0);
     assert_eq!(up.seen(), 1);
-    next_request_is_served(p.http).await;
+    next_is_served(p.http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +143,7 @@ async fn body_announced_over_max_body_gets_413_before_anything_goes_upstream() {
     let v = assert_json_error(&answer, 413);
     assert_eq!(v["errors"][0], "the request body is larger than the limit");
     assert_eq!(head_value(&answer.1, "connection"), Some("close"), "{}", answer.1);
-    assert_eq!(rejected(&metrics(&p).await, "body_too_large"), 1.0);
+    assert_eq!(rejected(&metrics(p.admin).await, "body_too_large"), 1.0);
     assert_eq!(up.seen(), 0, "nothing was sent upstream");
     // A body at the limit is forwarded whole.
     let mut c = Client::connect(p.http).await.unwrap();
@@ -191,7 +152,7 @@ async fn body_announced_over_max_body_gets_413_before_anything_goes_upstream() {
         .unwrap();
     let (status, _, body) = c.send(req).await.unwrap();
     assert_eq!((status.as_u16(), &body[..]), (200, &b"1024"[..]));
-    next_request_is_served(p.http).await;
+    next_is_served(p.http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +191,7 @@ async fn chunked_body_growing_past_max_body_is_cut_upstream_and_answered_413() {
     wait_until(Duration::from_secs(10), "the upstream saw its body cut", || {
         up.cut() == 1
     });
-    let m = metrics(&p).await;
+    let m = metrics(p.admin).await;
     assert_eq!(rejected(&m, "body_too_large"), 1.0, "{m}");
     assert_eq!(
         metric(
@@ -240,7 +201,7 @@ async fn chunked_body_growing_past_max_body_is_cut_upstream_and_answered_413() {
         0.0,
         "the proxy's own limit is not an upstream failure: {m}"
     );
-    next_request_is_served(p.http).await;
+    next_is_served(p.http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +226,7 @@ async fn connection_beyond_max_connections_is_closed_at_once_counted_and_room_co
         .await
         .expect("closed within 10 s");
     assert!(got.is_empty(), "no answer: {:?}", String::from_utf8_lossy(&got));
-    let m = metrics(&p).await;
+    let m = metrics(p.admin).await;
     assert_eq!(rejected(&m, "too_many_connections"), 1.0, "{m}");
     assert_eq!(
         metric(&m, "switchyard_client_connections{listener=\"http\"}"),
@@ -278,13 +239,13 @@ async fn connection_beyond_max_connections_is_closed_at_once_counted_and_room_co
         "the closed connection uncounted",
         || async {
             metric(
-                &metrics(&p).await,
+                &metrics(p.admin).await,
                 "switchyard_client_connections{listener=\"http\"}",
             ) == 4.0
         },
     )
     .await;
-    next_request_is_served(p.http).await;
+    next_is_served(p.http).await;
     // And the five still open were never disturbed.
     for c in &mut open {
         assert_eq!(c.get("/").await.unwrap().0, 200);
@@ -322,7 +283,7 @@ async fn request_beyond_upstream_max_connections_gets_503_after_connect_and_is_s
         1,
         "the second request never reached the upstream"
     );
-    let m = metrics(&p).await;
+    let m = metrics(p.admin).await;
     assert_eq!(rejected(&m, "upstream_connection_limit"), 1.0, "{m}");
     for kind in ["connect", "timeout", "reset"] {
         let series = format!("switchyard_upstream_errors_total{{kind=\"{kind}\",pool=\"blue\"}}");
@@ -332,7 +293,7 @@ async fn request_beyond_upstream_max_connections_gets_503_after_connect_and_is_s
     // The connection is free again: new requests on new connections (so on
     // either core, wherever the idle one is kept) are served.
     for _ in 0..4 {
-        next_request_is_served(p.http).await;
+        next_is_served(p.http).await;
     }
 }
 
@@ -357,7 +318,7 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
         ProxyConfig::new().upstreams(Upstreams::blue(up)),
     );
     let pid = p.proc.id();
-    next_request_is_served(p.http).await;
+    next_is_served(p.http).await;
     // Idle connections until accepting fails (more than the limit allows).
     let mut clients = Vec::new();
     for _ in 0..150 {
@@ -395,7 +356,7 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_and_recovers() {
         },
     )
     .await;
-    next_request_is_served(p.http).await;
+    next_is_served(p.http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,14 +388,14 @@ async fn five_thousand_idle_keep_alive_connections_are_held_and_the_next_is_serv
     })
     .await
     .unwrap();
-    let m = metrics(&p).await;
+    let m = metrics(p.admin).await;
     assert_eq!(
         metric(&m, "switchyard_client_connections{listener=\"http\"}"),
         N as f64,
         "{m}"
     );
-    next_request_is_served(p.http).await;
-    assert_eq!(rejected(&metrics(&p).await, "too_many_connections"), 0.0);
+    next_is_served(p.http).await;
+    assert_eq!(rejected(&metrics(p.admin).await, "too_many_connections"), 0.0);
     drop(conns);
 }
 

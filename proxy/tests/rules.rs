@@ -17,11 +17,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use support::*;
-use testkit::http::{admin, metric, Client};
+use testkit::http::{admin, assert_json_error, exchange, head_value, next_is_served, rejected, Client};
 use testkit::net::ClosedPort;
 use testkit::process::{field_value, Proc, Switchyard};
 use testkit::upstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An upstream that answers each request with what it received, as JSON:
 /// `method`, `uri` (the request target as sent), `headers` (every line, in
@@ -80,79 +79,15 @@ fn seen_values(seen: &serde_json::Value, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// A raw exchange: the status, the head (lower-cased) and the body of the
-/// answer to `bytes`, read until the proxy closes the connection (a reset
-/// after the answer counts as a close). Panics after 10 s.
-async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the proxy answers and closes within 10 s");
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("a complete answer head: {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("a status line: {head:?}"));
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-/// The value of `name` (lower case) in a lower-cased answer head.
-fn head_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
-/// A normal `GET /next` on a new connection is served by the upstream.
-async fn next_request_is_served(proxy: SocketAddr) {
-    let mut c = Client::connect(proxy).await.unwrap();
-    let (status, headers, body) = c.get("/next").await.unwrap();
-    assert_eq!(status, 200, "{body:?}");
-    assert!(headers.contains_key("x-request-id"));
-}
-
-/// Asserts a JSON error answer of the proxy: `status`, `{"error","errors",
-/// "request_id"}`, the id equal to the `x-request-id` header, and the
+/// Asserts the proxy's JSON error ([`assert_json_error`]) with the
 /// connection closed after it. Returns the body.
 fn assert_refusal(answer: &(u16, String, String), status: u16) -> serde_json::Value {
-    let (got, head, body) = answer;
-    assert_eq!(*got, status, "{head}\n{body}");
-    assert_eq!(
-        head_value(head, "content-type"),
-        Some("application/json"),
-        "{head}"
-    );
-    assert_eq!(head_value(head, "connection"), Some("close"), "{head}");
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert!(v["error"].is_string() && v["errors"][0].is_string(), "{v}");
-    let id = v["request_id"].as_str().unwrap();
-    assert_eq!(head_value(head, "x-request-id"), Some(id), "{head}");
-    v
+    assert_eq!(head_value(&answer.1, "connection"), Some("close"), "{}", answer.1);
+    assert_json_error(answer, status)
 }
 
 fn proxy_to(endpoint: SocketAddr, config: ProxyConfig) -> TestProxy {
     TestProxy::start(config.upstreams(Upstreams::blue(endpoint)))
-}
-
-fn rejected(metrics: &str, reason: &str) -> f64 {
-    metric(
-        metrics,
-        &format!("switchyard_rejected_total{{reason=\"{reason}\"}}"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +114,7 @@ async fn absolute_form_target_replaces_host() {
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen_values(&seen, "host"), ["evil.example:8080"], "{seen}");
     assert_eq!(seen["uri"], "/", "{seen}");
-    next_request_is_served(tp.http()).await;
+    next_is_served(tp.http()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +130,7 @@ async fn two_host_headers_get_400() {
     assert_eq!(v["error"], "Bad Request", "{v}");
     assert_eq!(up.received(), 0, "never forwarded");
     assert_eq!(rejected(&tp.metrics().await, "bad_request"), 1.0);
-    next_request_is_served(tp.http()).await;
+    next_is_served(tp.http()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +147,7 @@ async fn no_host_gets_400_on_http_1_1_and_is_served_on_http_1_0() {
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["uri"], "/old", "{seen}");
     assert_eq!(up.received(), 1);
-    next_request_is_served(tp.http()).await;
+    next_is_served(tp.http()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +169,7 @@ async fn connection_cannot_strip_host_or_content_length() {
         seen_values(&seen, "x-hop").is_empty(),
         "other named headers still go: {seen}"
     );
-    next_request_is_served(tp.http()).await;
+    next_is_served(tp.http()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +186,7 @@ async fn connect_gets_405() {
     assert_eq!(up.received(), 0, "never forwarded");
     let m = tp.metrics().await;
     assert_eq!(rejected(&m, "method_not_allowed"), 1.0, "{m}");
-    next_request_is_served(tp.http()).await;
+    next_is_served(tp.http()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +218,7 @@ async fn client_sent_forwarded_and_x_real_ip_are_removed() {
             "trusted={trusted}: {seen}"
         );
         assert_eq!(seen_values(&seen, "x-forwarded-for"), ["127.0.0.1"], "{seen}");
-        next_request_is_served(tp.http()).await;
+        next_is_served(tp.http()).await;
     }
 }
 
@@ -304,7 +239,7 @@ async fn every_x_forwarded_for_line_of_a_trusted_peer_is_kept() {
         ["203.0.113.1, 203.0.113.2, 198.51.100.9, 127.0.0.1"],
         "one line: every line the trusted peer sent, then the peer: {seen}"
     );
-    next_request_is_served(tp.http()).await;
+    next_is_served(tp.http()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +253,7 @@ async fn proxy_authenticate_is_hop_by_hop() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(head_value(&head, "proxy-authenticate"), None, "{head}");
-    next_request_is_served(tp.http()).await;
+    next_is_served(tp.http()).await;
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -369,7 +304,7 @@ async fn dead_pool_502_has_the_logged_request_id_and_no_address_or_os_text() {
     // The next normal request is served (once the pool is one that lives).
     let (code, body) = admin(admin_addr, "POST", "/switch", r#"{"to":"green"}"#, None).await;
     assert_eq!(code, 200, "{body}");
-    next_request_is_served(http).await;
+    next_is_served(http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +342,7 @@ async fn parser_rejections_are_answered_counted_and_logged() {
             field_value(l, "reason") == Some(reason)
         });
         assert!(line.contains("WARN") && line.contains("127.0.0.1"), "{line}");
-        next_request_is_served(http).await;
+        next_is_served(http).await;
     }
     assert_eq!(up.received(), 3, "only the three normal requests were forwarded");
 }

@@ -86,6 +86,77 @@ pub async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
     (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
 }
 
+/// `GET /status` of the admin API at `addr`, asserted 200.
+pub async fn status(addr: SocketAddr) -> serde_json::Value {
+    let (code, st) = admin(addr, "GET", "/status", "", None).await;
+    assert_eq!(code, 200, "{st}");
+    st
+}
+
+/// Waits (at most `within`) until the admin API's `/status` at `addr`
+/// satisfies `cond`; returns the document that did.
+pub async fn wait_status(
+    addr: SocketAddr,
+    within: Duration,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let poll = crate::wait::Poll::new(within, what);
+    loop {
+        let st = status(addr).await;
+        if cond(&st) {
+            return st;
+        }
+        if poll.expired() {
+            poll.fail(&format!("; the last /status: {st}"));
+        }
+        tokio::time::sleep(poll.next_pause()).await;
+    }
+}
+
+/// A scrape of the admin API's `/metrics` at `addr`, asserted 200.
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (code, text) = get_text(addr, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    text
+}
+
+/// `switchyard_rejected_total{reason}` in a scrape.
+pub fn rejected(metrics: &str, reason: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("switchyard_rejected_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// A normal `GET /next` through the proxy at `proxy`, on a new connection,
+/// is answered 200 (by the upstream: with an `x-request-id`).
+pub async fn next_is_served(proxy: SocketAddr) {
+    let mut c = Client::connect(proxy).await.unwrap();
+    let (status, headers, body) = c.get("/next").await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    assert!(headers.contains_key("x-request-id"));
+}
+
+/// Asserts that an [`exchange`] is the proxy's own JSON error: `status`,
+/// `Content-Type: application/json`, `{"error","errors","request_id"}` with
+/// the id equal to the `x-request-id` header. Returns the body.
+pub fn assert_json_error(answer: &(u16, String, String), status: u16) -> serde_json::Value {
+    let (got, head, body) = answer;
+    assert_eq!(*got, status, "{head}\n{body}");
+    assert_eq!(
+        head_value(head, "content-type"),
+        Some("application/json"),
+        "{head}"
+    );
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(v["error"].is_string() && v["errors"][0].is_string(), "{v}");
+    let id = v["request_id"].as_str();
+    assert!(id.is_some(), "{v}");
+    assert_eq!(head_value(head, "x-request-id"), id, "{head}");
+    v
+}
+
 /// The value of a Prometheus series in `text` (the exact series text
 /// before the value, labels included); 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {

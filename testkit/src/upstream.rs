@@ -532,7 +532,7 @@ fn read_chunked(r: &mut impl std::io::BufRead, body: &mut Vec<u8>) -> End {
 /// `127.0.0.3` … are loopback addresses too, so pods can share a port as
 /// the addresses behind one DNS name do). `GET /readyz` answers 200 while
 /// it is ready, else 503 (never counted); `GET /hold` waits until
-/// [`Pod::release`]; `/version` answers `{"version":"<its address>"}` (what
+/// [`Pod::release`] ([`Pod::holding`] counts those waiting); `/version` answers `{"version":"<its address>"}` (what
 /// [`crate::load::Load`] reads); anything else answers 200 with the pod's
 /// address as the body. Requests other than `/readyz` are counted. Dropping it (or
 /// [`Pod::stop`]) closes its listener and every connection.
@@ -540,6 +540,7 @@ pub struct Pod {
     /// Where it listens.
     pub addr: SocketAddr,
     served: Arc<AtomicUsize>,
+    holding: Arc<AtomicUsize>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     release: Arc<tokio::sync::Notify>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -551,10 +552,11 @@ impl Pod {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(AtomicUsize::new(0));
+        let holding = Arc::new(AtomicUsize::new(0));
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let release = Arc::new(tokio::sync::Notify::new());
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (s, r, n) = (served.clone(), ready.clone(), release.clone());
+        let (s, h, r, n) = (served.clone(), holding.clone(), ready.clone(), release.clone());
         tokio::spawn(async move {
             let mut stop_accepting = stopped.clone();
             loop {
@@ -562,10 +564,10 @@ impl Pod {
                     _ = stop_accepting.changed() => return,
                     a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
                 };
-                let (s, r, n, mut stopped) = (s.clone(), r.clone(), n.clone(), stopped.clone());
+                let (s, h, r, n, mut stopped) = (s.clone(), h.clone(), r.clone(), n.clone(), stopped.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (s, r, n) = (s.clone(), r.clone(), n.clone());
+                        let (s, h, r, n) = (s.clone(), h.clone(), r.clone(), n.clone());
                         async move {
                             let path = req.uri().path().to_string();
                             if path == "/readyz" {
@@ -576,7 +578,13 @@ impl Pod {
                             }
                             s.fetch_add(1, Ordering::SeqCst);
                             if path == "/hold" {
-                                n.notified().await;
+                                // Registered before it is counted, so a
+                                // release after `holding()` saw it wakes it.
+                                let mut released = std::pin::pin!(n.notified());
+                                released.as_mut().enable();
+                                h.fetch_add(1, Ordering::SeqCst);
+                                released.await;
+                                h.fetch_sub(1, Ordering::SeqCst);
                             }
                             if path == "/version" {
                                 let json = format!("{{\"version\":\"{addr}\",\"errors\":[]}}");
@@ -597,6 +605,7 @@ impl Pod {
         Pod {
             addr,
             served,
+            holding,
             ready,
             release,
             stop,
@@ -606,6 +615,11 @@ impl Pod {
     /// Requests it answered (or holds), `/readyz` not counted.
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// `/hold` requests it has received and not answered yet.
+    pub fn holding(&self) -> usize {
+        self.holding.load(Ordering::SeqCst)
     }
 
     /// Makes `/readyz` answer 200 (`true`) or 503.

@@ -9,7 +9,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::retry::{self, Next, Retry};
-use crate::client::body::BodyLimit;
+use crate::client::body::{BodyLimit, ClientWait};
 use crate::client::{ConnectError, LocalClient, Sender, UpstreamBody};
 use crate::error::ForwardError;
 use crate::local::CorePool;
@@ -29,9 +29,15 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    /// The client's request, ready for its first try; its body counted
-    /// against `limit` when there is one (see [`UpstreamBody::limited`]).
-    pub fn of(req: Request<Incoming>, upgrade: bool, limit: Option<BodyLimit>) -> Outgoing {
+    /// The client's request, ready for its first try; its body, when it
+    /// has one, watched through `wait` and counted against `limit` when
+    /// there is one (see [`UpstreamBody::of`]).
+    pub fn of(
+        req: Request<Incoming>,
+        upgrade: bool,
+        limit: Option<BodyLimit>,
+        wait: Option<ClientWait>,
+    ) -> Outgoing {
         let body_ends = http_body::Body::is_end_stream(req.body());
         let retryable = retry::may_repeat(req.method(), body_ends, upgrade);
         let (mut parts, body) = req.into_parts();
@@ -45,10 +51,7 @@ impl Outgoing {
                 http::HeaderValue::from_static("chunked"),
             );
         }
-        let body = match limit {
-            None => UpstreamBody::Incoming(body),
-            Some(limit) => UpstreamBody::limited(body, limit),
-        };
+        let body = UpstreamBody::of(body, limit, wait);
         let req = Request::from_parts(parts, body);
         if retryable {
             Outgoing::Retryable(req)
@@ -166,8 +169,10 @@ impl Drop for Loaded<'_> {
 /// [`CorePool::choose`] picks — trying again as [`Retry`] says after each
 /// failed try, skipping endpoints that are not usable (unless the pool
 /// panics). Never to another pool. Connect failures and resets on a new
-/// connection count toward passive ejection (and so does a request timeout,
-/// in `forward::handle`); an answer ends the run.
+/// connection count toward passive ejection (and so does a request timeout
+/// the upstream caused, in `forward::handle`, and a response body the
+/// upstream cut or stalled, in the answer's record); an answer whose body
+/// ends whole ends the run (counted by that record, `body::Completion`).
 ///
 /// Not an `async fn`: its arguments would be stored twice in the future
 /// (once as arguments, once as locals), and this future is allocated and
@@ -238,8 +243,8 @@ pub fn send(
                 // one local less in every state of this future.
                 Ok(resp) => {
                     let i = retry.endpoint();
-                    core_pool.succeeded(i);
-                    // The answer's record uncounts it when the answer ends.
+                    // The answer's record uncounts it when the answer ends,
+                    // and counts its outcome toward passive ejection.
                     loaded.at = None;
                     return Ok((resp, i, sender));
                 }

@@ -100,12 +100,12 @@ async fn a_trickled_head_is_closed_after_client_idle_and_never_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickled_body_gets_504_after_request_and_the_upstream_copy_is_cut() {
+async fn a_trickled_body_gets_408_after_request_as_the_clients_fault_and_the_upstream_copy_is_cut() {
     let edge = Edge::start(ProxyConfig::new().request_timeout(Duration::from_millis(500)));
     let before = edge.rejected().await;
     // `Content-Length: 100`, 10 bytes at once, then the other 90 at a byte
     // every 50 ms (4.5 s, past `request`): the upstream (which answers a
-    // request once its body is whole) cannot answer in time.
+    // request once its body is whole) waits for the client, which is late.
     let mut s = TcpStream::connect(edge.http()).await.unwrap();
     s.write_all(b"POST /slow-body HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
@@ -113,8 +113,12 @@ async fn a_trickled_body_gets_504_after_request_and_the_upstream_copy_is_cut() {
     let (mut read, writer) = trickle(s, vec![b'x'; 90]);
     let got = closed(&mut read, "a body trickling").await;
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 504 "), "{text}");
-    assert!(text.contains("the upstream did not answer in time"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("the request body did not arrive in time"), "{text}");
     assert!(writer.await.unwrap() < 90, "closed before the body was complete");
 
     // The upstream's copy: the head and part of the body, then its
@@ -125,19 +129,57 @@ async fn a_trickled_body_gets_504_after_request_and_the_upstream_copy_is_cut() {
         ("POST /slow-body HTTP/1.1", &End::Cut),
         "{seen:?}"
     );
-    // Counted as what the code defines it: the request's deadline
-    // (`upstream_errors_total{kind="timeout"}`, a 5xx on the pool).
-    eventually(Duration::from_secs(10), "the timeout counted", || async {
+    // The client's fault: `rejected_total{reason="body_timeout"}` and a 4xx
+    // on the pool, never an upstream error (nor an ejection input).
+    edge.wait_rejected(before, Some("body_timeout"), "a trickled body")
+        .await;
+    eventually(Duration::from_secs(10), "the 408 counted as a 4xx", || async {
         let m = edge.metrics().await;
-        metric(
-            &m,
-            "switchyard_upstream_errors_total{kind=\"timeout\",pool=\"blue\"}",
-        ) == 1.0
-            && metric(&m, "switchyard_requests_total{code=\"5xx\",pool=\"blue\"}") == 1.0
+        metric(&m, "switchyard_requests_total{code=\"4xx\",pool=\"blue\"}") == 1.0
     })
     .await;
-    assert_eq!(edge.rejected().await, before);
+    let m = edge.metrics().await;
+    assert_eq!(upstream_errors(&m), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "switchyard_requests_total{code=\"5xx\",pool=\"blue\"}"),
+        0.0,
+        "{m}"
+    );
     edge.next_is_served("after a slow body").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_behind_a_whole_body_is_still_the_upstreams_504() {
+    // The body arrives whole at once; the upstream then takes longer than
+    // `request`: the upstream's fault, as before.
+    let slow = upstream::slow("/slow", Duration::from_secs(30), "late").await;
+    let sy = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .request_timeout(Duration::from_millis(500))
+            .upstreams(Upstreams::blue(slow.addr)),
+    );
+    let (status, _, body) = testkit::http::exchange(
+        sy.http,
+        b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("the upstream did not answer in time"), "{body}");
+    let (_, m) = testkit::http::get_text(sy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_upstream_errors_total{kind=\"timeout\",pool=\"blue\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "switchyard_rejected_total{reason=\"body_timeout\"}"),
+        0.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
