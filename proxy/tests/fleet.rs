@@ -397,6 +397,19 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
         (Some(false), 3),
         "{out}"
     );
+    // --expect (what `helm test` runs): they do not all serve green.
+    let (code, out) = cli(&args(&[
+        "status",
+        "--admin-dns",
+        &target,
+        "--expect",
+        "green",
+        "--dns-server",
+        &server,
+    ]))
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("expected green: NO"), "{out}");
 
     // Without --if-file-differs all three switch and agree.
     let (code, out) = cli(&args(&[
@@ -420,6 +433,21 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
     .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("agree: every replica serves green"), "{out}");
+    // --expect: agreeing is not enough, it must be the pool expected.
+    for (pool, want_code, verdict) in [("green", 0, "expected green: yes"), ("blue", 1, "expected blue: NO")] {
+        let (code, out) = cli(&args(&[
+            "status",
+            "--admin-dns",
+            &target,
+            "--expect",
+            pool,
+            "--dns-server",
+            &server,
+        ]))
+        .await;
+        assert_eq!(code, want_code, "{out}");
+        assert!(out.contains(verdict), "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
