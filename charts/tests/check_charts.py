@@ -954,6 +954,96 @@ def check_cross_chart(switchyard_default: Rendered, api_services: dict[str, str]
                f"pool {pool}: {spec} but the translation-api chart serves {want}")
 
 
+# ---------------------------------------------------------------- real processes
+
+
+def check_fleet_live(switchyard: Path, install: Case) -> None:
+    """The hook Job's and the test Pod's command lines, exactly as rendered
+    for the walk-through's release, run against three real replicas behind
+    a real DNS name (the headless admin Service's), through the walk-through's
+    life: install, `helm upgrade --set active=green`, the ConfigMap
+    arriving, an emergency switch kept by an upgrade that leaves `active`
+    alone, and `helm rollback` to blue."""
+    def rendered_for(active: str) -> Rendered:
+        values = merge(install.values, {"active": active})
+        return render(Case(install.chart, f"active={active}", values, install.release, secrets=install.secrets))
+
+    blue, green = rendered_for("blue"), rendered_for("green")
+    values = effective_values(install)
+    dns = admin_dns_of(green, values)
+    name, port = dns.rsplit(":", 1)
+    hook_blue, token_path = hook_args(blue)
+    hook_green, _ = hook_args(green)
+    test_blue, test_green = test_args(blue), test_args(green)
+
+    with live.Fleet(switchyard, name, int(port)) as fleet:
+        def run(args: list[str], want: int, step: str) -> str:
+            code, out = fleet.run(switchyard, args, dns, token_path)
+            expect((code == 0) == (want == 0), "fleet", f"{step}: {' '.join(args)} exited {code}, want {want}:\n{out}")
+            return out
+
+        def actives(want: list[str], step: str) -> None:
+            now = fleet.actives()
+            expect(now == want, "fleet", f"{step}: the replicas serve {now}, not {want}")
+
+        step = "helm install (every file names blue)"
+        out = run(hook_blue, 0, step)
+        expect(out.count("skipped") == 3, "fleet", f"{step}: the hook leaves all three alone:\n{out}")
+        run(test_blue, 0, f"{step}, helm test")
+
+        step = "helm upgrade --set active=green (the files still name blue)"
+        out = run(hook_green, 0, step)
+        expect(out.count("switched") == 3, "fleet", f"{step}: the hook switches all three:\n{out}")
+        actives(["green"] * 3, step)
+        run(test_green, 0, f"{step}, helm test")
+
+        for r in fleet.replicas:
+            r.write_upstreams("green")
+        live.eventually("the ConfigMap's green reached every replica, no override left",
+                        lambda: all(st["file_active"] == "green" and not st["override"]
+                                    for st in (r.status() for r in fleet.replicas)))
+
+        step = "an emergency switch of replica 1 to blue, then an upgrade that leaves active=green"
+        code, text = live.admin_post(f"{fleet.replicas[0].admin_url}/switch", {"to": "blue"}, fleet.token)
+        expect(code == 200, "fleet", f"the emergency switch: {code} {text}")
+        out = run(hook_green, 0, step)
+        expect(out.count("skipped") == 3, "fleet", f"{step}: the hook leaves all three alone:\n{out}")
+        actives(["blue", "green", "green"], f"{step}: the override stays")
+        out = run(test_green, 1, f"{step}, helm test")
+        expect("expected green: NO" in out, "fleet", f"{step}: helm test says why:\n{out}")
+
+        step = "helm rollback to active=blue (the files name green)"
+        run(hook_blue, 0, step)
+        actives(["blue"] * 3, step)
+        run(test_blue, 0, f"{step}, helm test")
+
+
+def check_metric_names_live(switchyard: Path, rendered: dict[tuple[str, str], Rendered]) -> None:
+    """Every metric the PrometheusRule and the dashboard use is a family a
+    running switchyard exports (scraped after a request and a switch)."""
+    rules = [r for rs in rendered.values() for r in rs.all("PrometheusRule")]
+    expect(bool(rules), "prometheusrule", "no case renders the PrometheusRule")
+    used: set[str] = set()
+    for rule in rules:
+        used |= rule_metrics(rule)
+    for rs in rendered.values():
+        for cm in rs.all("ConfigMap"):
+            if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
+                (text,) = cm["data"].values()
+                used |= set(re.findall(r"\bswitchyard_[a-z_]+", text))
+    with live.Fleet(switchyard, "metrics.check.", 0) as fleet:
+        r = fleet.replicas[0]
+        for _ in range(3):
+            code, _body = live.http_get(f"{r.http}/")
+            expect(code == 200, "metrics", f"a request through the proxy: {code}")
+        code, text = live.admin_post(f"{r.admin_url}/switch", {"to": "green"}, fleet.token)
+        expect(code == 200, "metrics", f"a switch: {code} {text}")
+        families = live.metric_families(r.metrics())
+    unknown = sorted(m for m in used
+                     if m not in families and re.sub(r"_(bucket|sum|count)$", "", m) not in families)
+    expect(not unknown, "metrics", f"used but not in a real /metrics scrape: {unknown}")
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -1026,6 +1116,18 @@ def random_token_chart_case(tmp: Path) -> Case:
     secret.write_text(mutated)
     return Case(chart, "templates/secret-admin-token.yaml with a random token", {}, "switchyard", "determinism",
                 "two renders differ: Secret/switchyard-admin-token")
+
+
+def mutated_copy(tmp: Path, name: str, template: str, old: str, new: str) -> Path:
+    """A copy of the switchyard chart with `old` replaced by `new` in one template."""
+    chart = tmp / name / "switchyard"
+    shutil.copytree(CHARTS / "switchyard", chart)
+    path = chart / "templates" / template
+    text = path.read_text()
+    if old not in text:
+        raise SystemExit(f"the mutation found no {old!r} in {template}")
+    path.write_text(text.replace(old, new, 1))
+    return chart
 
 
 def main() -> int:
@@ -1102,6 +1204,19 @@ def main() -> int:
     except CheckFailed as e:
         report(False, "switchyard default pools = translation-api Services", f": {e}")
 
+    # The rendered fleet command lines, run; the alerts' metric names, scraped.
+    for label, check in (
+        ("switchyard: the hook Job's and test Pod's rendered command lines, run against three real replicas",
+         lambda: check_fleet_live(args.switchyard, install)),
+        ("switchyard: every metric of the PrometheusRule and the dashboard is in a real /metrics scrape",
+         lambda: check_metric_names_live(args.switchyard, rendered)),
+    ):
+        try:
+            check()
+            report(True, label)
+        except (CheckFailed, live.LiveFailed) as e:
+            report(False, label, f": {e}")
+
     # The checks can fail: every broken fixture must fail where it says.
     with tempfile.TemporaryDirectory(prefix="switchyard-mutated-") as tmp:
         for case in broken_cases() + [mutated_chart_case(Path(tmp), install.values),
@@ -1113,6 +1228,30 @@ def main() -> int:
             except CheckFailed as e:
                 ok = e.stage == case.expect_stage and (case.expect_message or "") in e.message
                 report(ok, label, "" if ok else f": failed elsewhere: {e}")
+
+    # The live checks can fail too: a hook that forgets --if-file-differs
+    # undoes the emergency switch; an alert on a metric the proxy does not export.
+    with tempfile.TemporaryDirectory(prefix="switchyard-mutated-") as tmp:
+        chart = mutated_copy(Path(tmp), "no-if-file-differs", "job-switch.yaml", "            - --if-file-differs\n", "")
+        label = "switchyard [job-switch.yaml without --if-file-differs] must fail at fleet"
+        try:
+            check_fleet_live(args.switchyard, Case(chart, install.name, install.values, install.release,
+                                                   secrets=install.secrets))
+            report(False, label, ": it passed")
+        except (CheckFailed, live.LiveFailed) as e:
+            ok = isinstance(e, CheckFailed) and e.stage == "fleet"
+            report(ok, label, "" if ok else f": failed elsewhere: {e}")
+        chart = mutated_copy(Path(tmp), "unknown-metric", "prometheusrule.yaml", "switchyard_pool_ready{",
+                             "switchyard_pool_readiness{")
+        label = "switchyard [prometheusrule.yaml on switchyard_pool_readiness] must fail at metrics"
+        try:
+            sm = load_values(CHARTS / "switchyard" / "ci" / "servicemonitor-values.yaml")
+            r = render(Case(chart, "servicemonitor-values.yaml", sm, "switchyard"))
+            check_metric_names_live(args.switchyard, {("switchyard", "mutated"): r})
+            report(False, label, ": it passed")
+        except (CheckFailed, live.LiveFailed) as e:
+            ok = isinstance(e, CheckFailed) and e.stage == "metrics" and "switchyard_pool_readiness" in e.message
+            report(ok, label, "" if ok else f": failed elsewhere: {e}")
 
     print(f"chart checks: {passed} passed, {failed} failed")
     return 1 if failed else 0

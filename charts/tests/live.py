@@ -198,9 +198,10 @@ class Replica:
         def listening() -> bool:
             if self.proc.poll() is not None:
                 raise LiveFailed(f"switchyard {admin} exited {self.proc.returncode}: {self.output()}")
-            m = re.search(r"listening.*?\bhttp_addr=([0-9.]+:[0-9]+)", self.output())
+            m = re.search(r"listening.*?\bhttp_addr=([0-9.]+:[0-9]+).*?\badmin_addr=([0-9.]+:[0-9]+)", self.output())
             if m:
                 self.http = f"http://{m.group(1)}"
+                self.admin_url = f"http://{m.group(2)}"
             return bool(m)
 
         eventually(f"switchyard {admin} logs its listening line", listening)
@@ -249,6 +250,8 @@ def free_on(ips: list[str], port: int) -> bool:
         for ip in ips:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
+            # As the proxy's listener does (TIME_WAIT of an earlier run does not count).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((ip, port))
         return True
     except OSError:
