@@ -954,6 +954,88 @@ def check_cross_chart(switchyard_default: Rendered, api_services: dict[str, str]
                f"pool {pool}: {spec} but the translation-api chart serves {want}")
 
 
+# ---------------------------------------------------------------- README values tables
+
+README_START = "<!-- values table: generated from values.yaml by charts/tests/check_charts.py --write-readme -->"
+README_END = "<!-- end of the values table -->"
+
+
+def values_rows(chart: Path) -> list[tuple[str, Any, str]]:
+    """(key path, default, description) for every key of values.yaml: the
+    description is the comment block right above the key (no blank line
+    between). Maps appear when they have a comment of their own; keys inside
+    a list's items are part of that list's default."""
+    text = (chart / "values.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    rows: list[tuple[str, Any, str]] = []
+    comment: list[str] = []
+    stack: list[tuple[int, str]] = []
+    skip_below: int | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip(" "))
+        if skip_below is not None:
+            if stripped and (indent > skip_below or (indent == skip_below and stripped.startswith("- "))):
+                continue
+            skip_below = None
+        if not stripped:
+            comment = []
+            continue
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"^( *)([A-Za-z0-9_.-]+):(\s|$)", line)
+        if not m:
+            comment = []
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [m.group(2)]
+        value: Any = data
+        for k in path:
+            value = value[k]
+        described = " ".join(comment).strip()
+        if not isinstance(value, dict) or not value or described:
+            rows.append((".".join(path), value, described))
+        if isinstance(value, list) and value:
+            skip_below = indent
+        stack.append((indent, m.group(2)))
+        comment = []
+    return rows
+
+
+def values_table(chart: Path) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = ["| key | default | description |", "| --- | --- | --- |"]
+    for key, value, described in values_rows(chart):
+        default = "" if isinstance(value, dict) and value else f"`{cell(json.dumps(value))}`"
+        out.append(f"| `{key}` | {default} | {cell(described)} |")
+    return "\n".join(out)
+
+
+def readme_with_table(chart: Path) -> str:
+    """The chart's README.md with its values table as values.yaml gives it now."""
+    readme = chart / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme.relative_to(ROOT)}: no values table markers ({README_START} ... {README_END})")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n\n{values_table(chart)}\n\n{README_END}{tail}"
+
+
+def check_readme(chart: Path) -> None:
+    """The committed README.md's values table is the one values.yaml gives, and every value is described."""
+    undescribed = [k for k, v, d in values_rows(chart) if not d and "." not in k]
+    expect(not undescribed, "readme", f"{chart.name}/values.yaml: no comment above {undescribed}")
+    readme = chart / "README.md"
+    expect(readme.is_file() and readme.read_text() == readme_with_table(chart), "readme",
+           f"{readme.relative_to(ROOT)} is not current: run "
+           "target/venv/bin/python charts/tests/check_charts.py --switchyard target/debug/switchyard --write-readme")
+
+
 # ---------------------------------------------------------------- real processes
 
 
@@ -1133,7 +1215,13 @@ def mutated_copy(tmp: Path, name: str, template: str, old: str, new: str) -> Pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--switchyard", required=True, type=Path, help="the switchyard binary (for `check --offline`)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="rewrite the values table of each chart's README.md from its values.yaml, then check")
     args = parser.parse_args()
+    if args.write_readme:
+        for chart in sorted(p.parent for p in CHARTS.glob("*/Chart.yaml")):
+            (chart / "README.md").write_text(readme_with_table(chart))
+            print(f"wrote {(chart / 'README.md').relative_to(ROOT)}")
     if not args.switchyard.is_file():
         print(f"no switchyard binary at {args.switchyard}", file=sys.stderr)
         return 2
@@ -1203,6 +1291,15 @@ def main() -> int:
         report(True, "switchyard default pools = translation-api Services")
     except CheckFailed as e:
         report(False, "switchyard default pools = translation-api Services", f": {e}")
+
+    # Each chart's README.md has the values table its values.yaml gives.
+    for chart in sorted(p.parent for p in CHARTS.glob("*/Chart.yaml")):
+        label = f"{chart.name}: README.md values table is current"
+        try:
+            check_readme(chart)
+            report(True, label)
+        except CheckFailed as e:
+            report(False, label, f": {e}")
 
     # The rendered fleet command lines, run; the alerts' metric names, scraped.
     for label, check in (
