@@ -434,7 +434,10 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("agree: every replica serves green"), "{out}");
     // --expect: agreeing is not enough, it must be the pool expected.
-    for (pool, want_code, verdict) in [("green", 0, "expected green: yes"), ("blue", 1, "expected blue: NO")] {
+    for (pool, want_code, verdict) in [
+        ("green", 0, "expected green: yes"),
+        ("blue", 1, "expected blue: NO"),
+    ] {
         let (code, out) = cli(&args(&[
             "status",
             "--admin-dns",
