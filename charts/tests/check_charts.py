@@ -30,13 +30,34 @@ each charts/<chart>/ci/*-values.yaml, and the values of each `helm install` /
    where the pod mounts them (under a temporary root, in the kubelet's
    `..data` symlink layout) and runs
    `switchyard check --offline` on them; and checks that the default pools
-   name the Services the translation-api chart creates.
+   name the Services the translation-api chart creates;
+7. labels and day 2: the full app.kubernetes.io label set and helm.sh/chart
+   on every object, hooks included; no Service, PodDisruptionBudget or
+   Deployment selecting a hook's pods; the ServiceAccount, extraEnv, the
+   restricted security contexts; for switchyard min_healthy per pool in
+   upstreams.toml, [runtime] cores from the CPU limit, the zone spread, the
+   HPA, and the PrometheusRule (`promtool check rules`);
+8. hooks (rendered with Helm's template engine: an install's manifest has
+   none): the switch Job and the `helm test` Pod validate strictly, are
+   restricted, mount no API token, clean up after themselves, and their
+   command lines are the expected ones.
+
+Then, with real processes (charts/tests/live.py): the hook Job's and the test
+Pod's rendered command lines are run against three switchyard replicas
+behind a loopback DNS server answering the admin Service's name, through
+install, `helm upgrade --set active=green`, an override kept by an upgrade
+that leaves `active` alone, and `helm rollback`; and every metric name the
+PrometheusRule and the dashboard use must be in a real `/metrics` scrape.
+Each chart's README.md must hold the values table its values.yaml's comments
+give (`--write-readme` rewrites it).
 
 Then it proves that the checks can fail: every fixture in charts/tests/broken
 must fail at the stage its header names, with the message it names (the
 switchyard chart's bare defaults among them: they give no admin token), and
 so must the switchyard chart with a field of its Deployment template
-misspelt, and with a random token as the fallback of its Secret.
+misspelt, with a random token as the fallback of its Secret, with a hook
+Job that forgets --if-file-differs (the live run), and with an alert on a
+metric the proxy does not export.
 
 usage: check_charts.py --switchyard PATH/TO/switchyard
 """
