@@ -505,6 +505,28 @@ async fn attempt(row: &mut Row, a: &SwitchArgs, token: Option<&str>, deadline: I
     }
 }
 
+/// The replicas a switch starts with. A name is resolved again every
+/// [`RETRY_EVERY`] until it has an address or `deadline` passes (a Helm
+/// hook can start before the pods have one), saying so once on stderr.
+async fn first_replicas(finder: &Finder, deadline: Instant) -> Result<Vec<String>, FleetError> {
+    let mut said = false;
+    loop {
+        let why = match finder.find().await {
+            Ok(found) if !found.is_empty() => return Ok(found),
+            Ok(_) => FleetError::NoReplica("the name has no address".into()),
+            Err(e) => e,
+        };
+        if finder.dns.is_none() || Instant::now() + RETRY_EVERY >= deadline {
+            return Err(why);
+        }
+        if !said {
+            eprintln!("waiting for a replica until the timeout: {why}");
+            said = true;
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
 /// `switchyard switch`: the report (every row) once every replica reports
 /// the pool or the timeout passed.
 pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
@@ -512,10 +534,7 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
     let finder = Finder::new(&a.replicas)?;
     let started = Instant::now();
     let deadline = started + a.timeout;
-    let replicas = finder.find().await?;
-    if replicas.is_empty() {
-        return Err(FleetError::NoReplica("the name has no address".into()));
-    }
+    let replicas = first_replicas(&finder, deadline).await?;
     let mut rows: Vec<Row> = futures_util::future::join_all(
         replicas
             .into_iter()
