@@ -30,13 +30,34 @@ each charts/<chart>/ci/*-values.yaml, and the values of each `helm install` /
    where the pod mounts them (under a temporary root, in the kubelet's
    `..data` symlink layout) and runs
    `switchyard check --offline` on them; and checks that the default pools
-   name the Services the translation-api chart creates.
+   name the Services the translation-api chart creates;
+7. labels and day 2: the full app.kubernetes.io label set and helm.sh/chart
+   on every object, hooks included; no Service, PodDisruptionBudget or
+   Deployment selecting a hook's pods; the ServiceAccount, extraEnv, the
+   restricted security contexts; for switchyard min_healthy per pool in
+   upstreams.toml, [runtime] cores from the CPU limit, the zone spread, the
+   HPA, and the PrometheusRule (`promtool check rules`);
+8. hooks (rendered with Helm's template engine: an install's manifest has
+   none): the switch Job and the `helm test` Pod validate strictly, are
+   restricted, mount no API token, clean up after themselves, and their
+   command lines are the expected ones.
+
+Then, with real processes (charts/tests/live.py): the hook Job's and the test
+Pod's rendered command lines are run against three switchyard replicas
+behind a loopback DNS server answering the admin Service's name, through
+install, `helm upgrade --set active=green`, an override kept by an upgrade
+that leaves `active` alone, and `helm rollback`; and every metric name the
+PrometheusRule and the dashboard use must be in a real `/metrics` scrape.
+Each chart's README.md must hold the values table its values.yaml's comments
+give (`--write-readme` rewrites it).
 
 Then it proves that the checks can fail: every fixture in charts/tests/broken
 must fail at the stage its header names, with the message it names (the
 switchyard chart's bare defaults among them: they give no admin token), and
 so must the switchyard chart with a field of its Deployment template
-misspelt, and with a random token as the fallback of its Secret.
+misspelt, with a random token as the fallback of its Secret, with a hook
+Job that forgets --if-file-differs (the live run), and with an alert on a
+metric the proxy does not export.
 
 usage: check_charts.py --switchyard PATH/TO/switchyard
 """
@@ -47,6 +68,7 @@ import argparse
 import base64
 import copy
 import json
+import math
 import os
 import re
 import shlex
@@ -62,6 +84,8 @@ from typing import Any
 import helm_python as helm
 import kubernetes_validate
 import yaml
+
+import live
 
 ROOT = Path(__file__).resolve().parents[2]
 CHARTS = ROOT / "charts"
@@ -83,7 +107,12 @@ NAMESPACE = "switchyard-test"
 # schemas know.
 KUBE_VERSIONS = ["1.31.0", "1.37.0"]
 # Kinds with no schema in kubernetes-validate; checked by hand below.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The label set every object of every chart carries (Kubernetes' recommended
+# labels and Helm's chart label).
+LABELS = ["helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+          "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"]
+HOOK = "helm.sh/hook"
 # docs/configuration.md "Metrics": the families the proxy exports (histograms add _bucket, _sum, _count).
 METRICS = {
     "switchyard_requests_total",
@@ -131,6 +160,12 @@ class Rendered:
     manifest: str
     notes: str
     docs: list[dict[str, Any]] = field(default_factory=list)
+    # Objects with a helm.sh/hook annotation (not in an install's manifest).
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+
+    def hook(self, kind: str, event: str) -> list[dict[str, Any]]:
+        return [d for d in self.hooks if d["kind"] == kind
+                and event in d["metadata"].get("annotations", {}).get(HOOK, "").split(",")]
 
     def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
         found = [d for d in self.docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
@@ -353,12 +388,32 @@ def render(case: Case) -> Rendered:
         raise CheckFailed("render", "no objects rendered")
     if not rendered.notes.strip():
         raise CheckFailed("render", "NOTES.txt rendered empty")
+    # Hooks are not in the manifest: Helm's template engine renders them
+    # with the same values (the release's checks above already passed).
+    try:
+        chart = helm.Chart.load(str(case.chart))
+        files = chart.render(case.values, name=case.release, namespace=NAMESPACE, is_install=True)
+    except helm.HelmError as e:
+        raise CheckFailed("render", f"hooks: {e}") from e
+    for path, text in sorted(files.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d]
+        except yaml.YAMLError as e:
+            raise CheckFailed("render", f"{path} is not YAML: {e}") from e
+        rendered.hooks += [d for d in docs if HOOK in (d.get("metadata", {}).get("annotations") or {})]
+    in_manifest = [d for d in rendered.docs if HOOK in (d.get("metadata", {}).get("annotations") or {})]
+    if in_manifest:
+        raise CheckFailed("render", f"hooks in the manifest: {[d['metadata']['name'] for d in in_manifest]}")
     return rendered
 
 
 def deterministic(case: Case, first: Rendered) -> None:
     """A second render gives the same objects; no template can make it differ."""
     second = render(case)
+    if second.hooks != first.hooks:
+        raise CheckFailed("determinism", "two renders differ: the hooks")
     if second.manifest != first.manifest:
         def objects(r: Rendered) -> dict[str, Any]:
             return {f"{d['kind']}/{d['metadata']['name']}": d for d in r.docs}
@@ -366,7 +421,7 @@ def deterministic(case: Case, first: Rendered) -> None:
         a, b = objects(first), objects(second)
         differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         raise CheckFailed("determinism", f"two renders differ: {', '.join(differ) or 'the manifest text'}")
-    for template in sorted((case.chart / "templates").glob("*")):
+    for template in sorted(p for p in (case.chart / "templates").rglob("*") if p.is_file()):
         # Template actions only, comments dropped.
         text = re.sub(r"\{\{-?\s*/\*.*?\*/\s*-?\}\}", "", template.read_text(), flags=re.S)
         for action in re.findall(r"\{\{.*?\}\}", text, re.S):
@@ -378,7 +433,7 @@ def deterministic(case: Case, first: Rendered) -> None:
 
 
 def validate(rendered: Rendered) -> None:
-    for doc in rendered.docs:
+    for doc in rendered.docs + rendered.hooks:
         what = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         if doc.get("metadata", {}).get("namespace") not in (None, NAMESPACE):
             raise CheckFailed("validate", f"{what} is not in the release namespace")
@@ -414,24 +469,84 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def restricted(what: str, pod: dict[str, Any]) -> None:
+    """The restricted Pod Security Standard's settings, on a pod spec."""
+    psc = pod.get("securityContext", {})
+    expect(psc.get("runAsNonRoot") is True, "security", f"{what}: pod runAsNonRoot")
+    expect(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "security", f"{what}: seccomp RuntimeDefault")
+    for c in pod["containers"]:
+        sc = c.get("securityContext", {})
+        expect(sc.get("readOnlyRootFilesystem") is True, "security", f"{what}/{c['name']}: readOnlyRootFilesystem")
+        expect(sc.get("allowPrivilegeEscalation") is False, "security",
+               f"{what}/{c['name']}: allowPrivilegeEscalation false")
+        expect(sc.get("capabilities", {}).get("drop") == ["ALL"], "security", f"{what}/{c['name']}: drop ALL")
+        expect(c.get("resources"), "resources", f"{what}/{c['name']}: resources")
+
+
+def check_labels(case: Case, rendered: Rendered) -> None:
+    """Every object, hooks included, has the full label set; the pods no
+    Service or PodDisruptionBudget of the chart is meant for are not selected by one."""
+    chart = yaml.safe_load((case.chart / "Chart.yaml").read_text())
+    for doc in rendered.docs + rendered.hooks:
+        what = f"{doc['kind']}/{doc['metadata']['name']}"
+        labels = doc["metadata"].get("labels") or {}
+        missing = [k for k in LABELS if not labels.get(k)]
+        expect(not missing, "labels", f"{what} lacks {missing}")
+        expect(labels["app.kubernetes.io/instance"] == case.release, "labels", f"{what}: instance {case.release}")
+        expect(labels["app.kubernetes.io/managed-by"] == "Helm", "labels", f"{what}: managed-by Helm")
+        expect(labels["app.kubernetes.io/version"] == str(chart["appVersion"]), "labels", f"{what}: version")
+        expect(labels["helm.sh/chart"] == f"{chart['name']}-{chart['version']}", "labels", f"{what}: helm.sh/chart")
+    hook_pods = [(d["metadata"]["name"], d["spec"]["template"]["metadata"].get("labels", {})) for d in rendered.hooks
+                 if d["kind"] == "Job"]
+    hook_pods += [(d["metadata"]["name"], d["metadata"].get("labels", {})) for d in rendered.hooks if d["kind"] == "Pod"]
+    for name, labels in hook_pods:
+        for kind in ("Service", "PodDisruptionBudget", "Deployment"):
+            for d in rendered.all(kind):
+                sel = d["spec"].get("selector", {})
+                sel = sel.get("matchLabels", {}) if kind != "Service" else sel
+                expect(not selects(sel, labels), "labels",
+                       f"{kind} {d['metadata']['name']} selects the pods of hook {name}")
+
+
 def check_common(case: Case, rendered: Rendered) -> None:
     """What every chart here must do."""
+    check_labels(case, rendered)
+    for hook in rendered.hooks:
+        pod = hook["spec"]["template"]["spec"] if hook["kind"] == "Job" else hook["spec"]
+        what = f"{hook['kind']} {hook['metadata']['name']}"
+        restricted(what, pod)
+        expect(pod.get("automountServiceAccountToken") is False, "security", f"{what}: no service account token")
+        expect(pod.get("restartPolicy") == "Never", "hooks", f"{what}: restartPolicy Never")
+        policy = hook["metadata"]["annotations"].get("helm.sh/hook-delete-policy", "").split(",")
+        expect("hook-succeeded" in policy and "before-hook-creation" in policy, "hooks",
+               f"{what}: hook-delete-policy before-hook-creation,hook-succeeded (it cleans up)")
     for deploy in rendered.all("Deployment"):
         name = deploy["metadata"]["name"]
         spec = pod_spec(deploy)
         labels = deploy["spec"]["template"]["metadata"]["labels"]
         expect(selects(deploy["spec"]["selector"]["matchLabels"], labels), "wiring",
                f"Deployment {name}: its selector does not match its pods")
-        psc = spec.get("securityContext", {})
-        expect(psc.get("runAsNonRoot") is True, "security", f"{name}: pod runAsNonRoot")
+        restricted(name, spec)
+        values = effective_values(case)
+        sa = values.get("serviceAccount", {})
+        if sa.get("create"):
+            account = rendered.one("ServiceAccount")
+            expect(spec.get("serviceAccountName") == account["metadata"]["name"], "serviceaccount",
+                   f"{name}: runs as the chart's ServiceAccount {account['metadata']['name']}")
+            expect(account.get("automountServiceAccountToken") is bool(sa.get("automount")), "serviceaccount",
+                   "the ServiceAccount's automount is serviceAccount.automount")
+        elif "serviceAccount" in values:
+            expect(not rendered.all("ServiceAccount"), "serviceaccount", "serviceAccount.create=false renders none")
+            expect(spec.get("serviceAccountName") == (sa.get("name") or "default"), "serviceaccount",
+                   f"{name}: serviceAccountName is serviceAccount.name or default")
+        if "serviceAccount" in values:
+            expect(spec.get("automountServiceAccountToken") is bool(sa.get("automount")), "serviceaccount",
+                   f"{name}: automountServiceAccountToken is serviceAccount.automount (off by default)")
         for c in spec["containers"]:
-            sc = c.get("securityContext", {})
-            expect(sc.get("readOnlyRootFilesystem") is True, "security", f"{name}/{c['name']}: readOnlyRootFilesystem")
-            expect(sc.get("allowPrivilegeEscalation") is False, "security",
-                   f"{name}/{c['name']}: allowPrivilegeEscalation false")
-            expect(sc.get("capabilities", {}).get("drop") == ["ALL"], "security", f"{name}/{c['name']}: drop ALL")
             expect("lifecycle" not in c, "lifecycle", f"{name}/{c['name']}: no preStop hook (the image has no shell)")
-            expect(c.get("resources"), "resources", f"{name}/{c['name']}: resources")
+            if "extraEnv" in values:
+                env = c.get("env", [])
+                expect(all(e in env for e in values["extraEnv"]), "env", f"{name}/{c['name']}: extraEnv is in env")
             for m in c.get("volumeMounts", []):
                 expect("subPath" not in m and "subPathExpr" not in m, "mounts",
                        f"{name}/{c['name']}: subPath mounts are never updated by the kubelet")
@@ -570,6 +685,7 @@ def check_switchyard(case: Case, rendered: Rendered, switchyard: Path) -> None:
     # The pools: the active one exists.
     expect(upstreams["active"] in upstreams["pools"], "config", "active is one of the pools")
     values = effective_values(case)
+    check_fleet_objects(rendered, deploy, values, proxy, upstreams, volumes["admin-token"])
     check_admin_token(case, rendered, values, volumes["admin-token"])
     check_network_policy(rendered, deploy, c, values)
 
@@ -588,6 +704,148 @@ def check_switchyard(case: Case, rendered: Rendered, switchyard: Path) -> None:
     for cm in rendered.all("ConfigMap"):
         if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
             check_dashboard(cm)
+
+
+def admin_dns_of(rendered: Rendered, values: dict[str, Any]) -> str:
+    """The headless admin Service's fully qualified name (root dot) and port."""
+    full = rendered.one("Deployment")["metadata"]["name"]
+    admin = rendered.one("Service", f"{full}-admin")
+    (port,) = [p["port"] for p in admin["spec"]["ports"]]
+    return f"{admin['metadata']['name']}.{NAMESPACE}.svc.{values['clusterDomain'].rstrip('.')}.:{port}"
+
+
+def hook_args(rendered: Rendered) -> tuple[list[str], str]:
+    """The switch hook Job's container args, and where it mounts the token file."""
+    (job,) = rendered.hook("Job", "post-upgrade")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    (mount,) = c["volumeMounts"]
+    return c["args"], f"{mount['mountPath']}/token"
+
+
+def test_args(rendered: Rendered) -> list[str]:
+    (pod,) = rendered.hook("Pod", "test")
+    (c,) = pod["spec"]["containers"]
+    return c["args"]
+
+
+def check_fleet_objects(rendered: Rendered, deploy: dict[str, Any], values: dict[str, Any], proxy: dict[str, Any],
+                        upstreams: dict[str, Any], token_volume: dict[str, Any]) -> None:
+    """The hook Job and the test Pod (their exact command lines), min_healthy,
+    [runtime] cores, the spread over zones, the HPA and the PrometheusRule."""
+    spec = pod_spec(deploy)
+    (c,) = spec["containers"]
+    dns = admin_dns_of(rendered, values)
+    active = values["active"]
+    hooks = values["switchHook"]
+    jobs = [d for d in rendered.hooks if d["kind"] == "Job"]
+    if not hooks["enabled"]:
+        expect(not jobs, "hooks", "switchHook.enabled=false renders no hook Job")
+    else:
+        expect(len(jobs) == 1, "hooks", f"one hook Job, not {len(jobs)}")
+        (job,) = jobs
+        events = set(job["metadata"]["annotations"][HOOK].split(","))
+        expect(events == {"post-install", "post-upgrade", "post-rollback"}, "hooks",
+               f"the switch Job runs post-install, post-upgrade and post-rollback, not {sorted(events)}")
+        expect(job["spec"].get("backoffLimit") == hooks["backoffLimit"]
+               and job["spec"].get("activeDeadlineSeconds") == hooks["activeDeadlineSeconds"], "hooks",
+               "the Job's backoffLimit and activeDeadlineSeconds are the values'")
+        pod = job["spec"]["template"]["spec"]
+        (jc,) = pod["containers"]
+        expect(jc["image"] == c["image"], "hooks", "the Job runs the proxy's image")
+        args, token_path = hook_args(rendered)
+        want = ["switch", active, "--admin-dns", dns, "--if-file-differs", "--timeout", hooks["timeout"],
+                "--token-file", token_path]
+        expect(args == want, "hooks", f"the Job runs {args}, not {want}")
+        (vol,) = pod["volumes"]
+        expect(vol["secret"] == token_volume["secret"], "hooks", "the Job mounts the proxy's admin token Secret")
+        expect(seconds(hooks["timeout"]) < hooks["activeDeadlineSeconds"], "hooks",
+               "switchHook.timeout is below activeDeadlineSeconds")
+    tests = rendered.hook("Pod", "test")
+    expect(len(tests) == 1, "hooks", f"one helm test Pod, not {len(tests)}")
+    (tc,) = tests[0]["spec"]["containers"]
+    expect(tc["image"] == c["image"], "hooks", "the test Pod runs the proxy's image")
+    want = ["status", "--admin-dns", dns, "--expect", active]
+    expect(test_args(rendered) == want, "hooks", f"the test Pod runs {test_args(rendered)}, not {want}")
+
+    # min_healthy per pool, as given.
+    for name, pool in values["pools"].items():
+        if pool is not None and "minHealthy" in pool:
+            expect(upstreams["pools"][name].get("min_healthy") == pool["minHealthy"], "config",
+                   f"pools.{name}.minHealthy={pool['minHealthy']!r}: upstreams.toml has "
+                   f"{upstreams['pools'][name].get('min_healthy')!r}")
+        else:
+            expect("min_healthy" not in upstreams["pools"][name], "config", f"pool {name}: no min_healthy unless given")
+
+    # [runtime] cores: the ceiling of the CPU limit, at least 1.
+    cpu = ((values.get("resources") or {}).get("limits") or {}).get("cpu")
+    if cpu is None:
+        expect("runtime" not in proxy, "config", "no [runtime] without a CPU limit")
+    else:
+        text = str(cpu)
+        want_cores = max(1, math.ceil(int(text[:-1]) / 1000 if text.endswith("m") else float(text)))
+        expect(proxy.get("runtime", {}).get("cores") == want_cores, "config",
+               f"resources.limits.cpu={cpu}: [runtime] cores {proxy.get('runtime')} != {want_cores}")
+
+    # Spread over zones (by default), each constraint on the proxy's pods.
+    spread = spec.get("topologySpreadConstraints", [])
+    expect(len(spread) == len(values["topologySpreadConstraints"]), "spread", "one constraint per value entry")
+    for t in spread:
+        expect(t.get("labelSelector", {}).get("matchLabels") == deploy["spec"]["selector"]["matchLabels"]
+               or "labelSelector" in next(v for v in values["topologySpreadConstraints"]
+                                          if v["topologyKey"] == t["topologyKey"]),
+               "spread", f"the {t['topologyKey']} constraint selects the proxy's pods")
+    if values["topologySpreadConstraints"] == load_values(CHARTS / "switchyard" / "values.yaml")["topologySpreadConstraints"]:
+        expect([(t["topologyKey"], t["whenUnsatisfiable"]) for t in spread]
+               == [("topology.kubernetes.io/zone", "ScheduleAnyway")], "spread", "spread over zones by default")
+
+    # The HPA replaces the replica count.
+    hpas = rendered.all("HorizontalPodAutoscaler")
+    if values["autoscaling"]["enabled"]:
+        expect(len(hpas) == 1 and "replicas" not in deploy["spec"], "autoscaling",
+               "autoscaling.enabled: one HPA, and no replicas in the Deployment")
+        target = hpas[0]["spec"]["scaleTargetRef"]
+        expect((target["kind"], target["name"]) == ("Deployment", deploy["metadata"]["name"]), "autoscaling",
+               "the HPA scales the proxy's Deployment")
+    else:
+        expect(not hpas and deploy["spec"].get("replicas") == values["replicaCount"], "autoscaling",
+               "no HPA unless autoscaling.enabled; replicas is replicaCount")
+
+    rules = rendered.all("PrometheusRule")
+    expect(len(rules) == (1 if values["prometheusRule"]["enabled"] else 0), "prometheusrule",
+           "one PrometheusRule exactly when prometheusRule.enabled")
+    for rule in rules:
+        check_prometheus_rule(rule)
+
+
+def rule_metrics(rule: dict[str, Any]) -> set[str]:
+    """The metric names a PrometheusRule's expressions use."""
+    names = set()
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            names |= set(re.findall(r"\bswitchyard_[a-z_]+", r["expr"]))
+    return names
+
+
+def check_prometheus_rule(rule: dict[str, Any]) -> None:
+    """promtool check rules on the rule's groups; the five alerts are there."""
+    alerts = {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]}
+    want = {"SwitchyardReplicasDisagree", "SwitchyardOverrideNotDurable", "SwitchyardConfigReloadErrors",
+            "SwitchyardActivePool5xx", "SwitchyardActivePoolNotReady"}
+    expect(want <= alerts, "prometheusrule", f"missing alerts: {sorted(want - alerts)}")
+    used = rule_metrics(rule)
+    for needed in ("switchyard_active_pool", "switchyard_admin_override", "switchyard_config_reloads_total",
+                   "switchyard_requests_total", "switchyard_pool_ready"):
+        expect(needed in used, "prometheusrule", f"no alert uses {needed}")
+    promtool = shutil.which("promtool")
+    expect(promtool is not None, "prometheusrule", "promtool not found (Debian's prometheus package ships it)")
+    assert promtool is not None
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump({"groups": rule["spec"]["groups"]}, f)
+    try:
+        run = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True, timeout=60)
+    finally:
+        os.unlink(f.name)
+    expect(run.returncode == 0, "prometheusrule", f"promtool check rules: {run.stdout}{run.stderr}")
 
 
 def check_admin_token(case: Case, rendered: Rendered, values: dict[str, Any], volume: dict[str, Any]) -> None:
@@ -717,6 +975,178 @@ def check_cross_chart(switchyard_default: Rendered, api_services: dict[str, str]
                f"pool {pool}: {spec} but the translation-api chart serves {want}")
 
 
+# ---------------------------------------------------------------- README values tables
+
+README_START = "<!-- values table: generated from values.yaml by charts/tests/check_charts.py --write-readme -->"
+README_END = "<!-- end of the values table -->"
+
+
+def values_rows(chart: Path) -> list[tuple[str, Any, str]]:
+    """(key path, default, description) for every key of values.yaml: the
+    description is the comment block right above the key (no blank line
+    between). Maps appear when they have a comment of their own; keys inside
+    a list's items are part of that list's default."""
+    text = (chart / "values.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    rows: list[tuple[str, Any, str]] = []
+    comment: list[str] = []
+    stack: list[tuple[int, str]] = []
+    skip_below: int | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip(" "))
+        if skip_below is not None:
+            if stripped and (indent > skip_below or (indent == skip_below and stripped.startswith("- "))):
+                continue
+            skip_below = None
+        if not stripped:
+            comment = []
+            continue
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"^( *)([A-Za-z0-9_.-]+):(\s|$)", line)
+        if not m:
+            comment = []
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [m.group(2)]
+        value: Any = data
+        for k in path:
+            value = value[k]
+        described = " ".join(comment).strip()
+        if not isinstance(value, dict) or not value or described:
+            rows.append((".".join(path), value, described))
+        if isinstance(value, list) and value:
+            skip_below = indent
+        stack.append((indent, m.group(2)))
+        comment = []
+    return rows
+
+
+def values_table(chart: Path) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = ["| key | default | description |", "| --- | --- | --- |"]
+    for key, value, described in values_rows(chart):
+        default = "" if isinstance(value, dict) and value else f"`{cell(json.dumps(value))}`"
+        out.append(f"| `{key}` | {default} | {cell(described)} |")
+    return "\n".join(out)
+
+
+def readme_with_table(chart: Path) -> str:
+    """The chart's README.md with its values table as values.yaml gives it now."""
+    readme = chart / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme.relative_to(ROOT)}: no values table markers ({README_START} ... {README_END})")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n\n{values_table(chart)}\n\n{README_END}{tail}"
+
+
+def check_readme(chart: Path) -> None:
+    """The committed README.md's values table is the one values.yaml gives, and every value is described."""
+    undescribed = [k for k, v, d in values_rows(chart) if not d and "." not in k]
+    expect(not undescribed, "readme", f"{chart.name}/values.yaml: no comment above {undescribed}")
+    readme = chart / "README.md"
+    expect(readme.is_file() and readme.read_text() == readme_with_table(chart), "readme",
+           f"{readme.relative_to(ROOT)} is not current: run "
+           "target/venv/bin/python charts/tests/check_charts.py --switchyard target/debug/switchyard --write-readme")
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def check_fleet_live(switchyard: Path, install: Case) -> None:
+    """The hook Job's and the test Pod's command lines, exactly as rendered
+    for the walk-through's release, run against three real replicas behind
+    a real DNS name (the headless admin Service's), through the walk-through's
+    life: install, `helm upgrade --set active=green`, the ConfigMap
+    arriving, an emergency switch kept by an upgrade that leaves `active`
+    alone, and `helm rollback` to blue."""
+    def rendered_for(active: str) -> Rendered:
+        values = merge(install.values, {"active": active})
+        return render(Case(install.chart, f"active={active}", values, install.release, secrets=install.secrets))
+
+    blue, green = rendered_for("blue"), rendered_for("green")
+    values = effective_values(install)
+    dns = admin_dns_of(green, values)
+    name, port = dns.rsplit(":", 1)
+    hook_blue, token_path = hook_args(blue)
+    hook_green, _ = hook_args(green)
+    test_blue, test_green = test_args(blue), test_args(green)
+
+    with live.Fleet(switchyard, name, int(port)) as fleet:
+        def run(args: list[str], want: int, step: str) -> str:
+            code, out = fleet.run(switchyard, args, dns, token_path)
+            expect((code == 0) == (want == 0), "fleet", f"{step}: {' '.join(args)} exited {code}, want {want}:\n{out}")
+            return out
+
+        def actives(want: list[str], step: str) -> None:
+            now = fleet.actives()
+            expect(now == want, "fleet", f"{step}: the replicas serve {now}, not {want}")
+
+        step = "helm install (every file names blue)"
+        out = run(hook_blue, 0, step)
+        expect(out.count("skipped") == 3, "fleet", f"{step}: the hook leaves all three alone:\n{out}")
+        run(test_blue, 0, f"{step}, helm test")
+
+        step = "helm upgrade --set active=green (the files still name blue)"
+        out = run(hook_green, 0, step)
+        expect(out.count("switched") == 3, "fleet", f"{step}: the hook switches all three:\n{out}")
+        actives(["green"] * 3, step)
+        run(test_green, 0, f"{step}, helm test")
+
+        for r in fleet.replicas:
+            r.write_upstreams("green")
+        live.eventually("the ConfigMap's green reached every replica, no override left",
+                        lambda: all(st["file_active"] == "green" and not st["override"]
+                                    for st in (r.status() for r in fleet.replicas)))
+
+        step = "an emergency switch of replica 1 to blue, then an upgrade that leaves active=green"
+        code, text = live.admin_post(f"{fleet.replicas[0].admin_url}/switch", {"to": "blue"}, fleet.token)
+        expect(code == 200, "fleet", f"the emergency switch: {code} {text}")
+        out = run(hook_green, 0, step)
+        expect(out.count("skipped") == 3, "fleet", f"{step}: the hook leaves all three alone:\n{out}")
+        actives(["blue", "green", "green"], f"{step}: the override stays")
+        out = run(test_green, 1, f"{step}, helm test")
+        expect("expected green: NO" in out, "fleet", f"{step}: helm test says why:\n{out}")
+
+        step = "helm rollback to active=blue (the files name green)"
+        run(hook_blue, 0, step)
+        actives(["blue"] * 3, step)
+        run(test_blue, 0, f"{step}, helm test")
+
+
+def check_metric_names_live(switchyard: Path, rendered: dict[tuple[str, str], Rendered]) -> None:
+    """Every metric the PrometheusRule and the dashboard use is a family a
+    running switchyard exports (scraped after a request and a switch)."""
+    rules = [r for rs in rendered.values() for r in rs.all("PrometheusRule")]
+    expect(bool(rules), "prometheusrule", "no case renders the PrometheusRule")
+    used: set[str] = set()
+    for rule in rules:
+        used |= rule_metrics(rule)
+    for rs in rendered.values():
+        for cm in rs.all("ConfigMap"):
+            if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1":
+                (text,) = cm["data"].values()
+                used |= set(re.findall(r"\bswitchyard_[a-z_]+", text))
+    with live.Fleet(switchyard, "metrics.check.", 0) as fleet:
+        r = fleet.replicas[0]
+        for _ in range(3):
+            code, _body = live.http_get(f"{r.http}/")
+            expect(code == 200, "metrics", f"a request through the proxy: {code}")
+        code, text = live.admin_post(f"{r.admin_url}/switch", {"to": "green"}, fleet.token)
+        expect(code == 200, "metrics", f"a switch: {code} {text}")
+        families = live.metric_families(r.metrics())
+    unknown = sorted(m for m in used
+                     if m not in families and re.sub(r"_(bucket|sum|count)$", "", m) not in families)
+    expect(not unknown, "metrics", f"used but not in a real /metrics scrape: {unknown}")
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -791,10 +1221,28 @@ def random_token_chart_case(tmp: Path) -> Case:
                 "two renders differ: Secret/switchyard-admin-token")
 
 
+def mutated_copy(tmp: Path, name: str, template: str, old: str, new: str) -> Path:
+    """A copy of the switchyard chart with `old` replaced by `new` in one template."""
+    chart = tmp / name / "switchyard"
+    shutil.copytree(CHARTS / "switchyard", chart)
+    path = chart / "templates" / template
+    text = path.read_text()
+    if old not in text:
+        raise SystemExit(f"the mutation found no {old!r} in {template}")
+    path.write_text(text.replace(old, new, 1))
+    return chart
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--switchyard", required=True, type=Path, help="the switchyard binary (for `check --offline`)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="rewrite the values table of each chart's README.md from its values.yaml, then check")
     args = parser.parse_args()
+    if args.write_readme:
+        for chart in sorted(p.parent for p in CHARTS.glob("*/Chart.yaml")):
+            (chart / "README.md").write_text(readme_with_table(chart))
+            print(f"wrote {(chart / 'README.md').relative_to(ROOT)}")
     if not args.switchyard.is_file():
         print(f"no switchyard binary at {args.switchyard}", file=sys.stderr)
         return 2
@@ -865,6 +1313,28 @@ def main() -> int:
     except CheckFailed as e:
         report(False, "switchyard default pools = translation-api Services", f": {e}")
 
+    # Each chart's README.md has the values table its values.yaml gives.
+    for chart in sorted(p.parent for p in CHARTS.glob("*/Chart.yaml")):
+        label = f"{chart.name}: README.md values table is current"
+        try:
+            check_readme(chart)
+            report(True, label)
+        except CheckFailed as e:
+            report(False, label, f": {e}")
+
+    # The rendered fleet command lines, run; the alerts' metric names, scraped.
+    for label, check in (
+        ("switchyard: the hook Job's and test Pod's rendered command lines, run against three real replicas",
+         lambda: check_fleet_live(args.switchyard, install)),
+        ("switchyard: every metric of the PrometheusRule and the dashboard is in a real /metrics scrape",
+         lambda: check_metric_names_live(args.switchyard, rendered)),
+    ):
+        try:
+            check()
+            report(True, label)
+        except (CheckFailed, live.LiveFailed) as e:
+            report(False, label, f": {e}")
+
     # The checks can fail: every broken fixture must fail where it says.
     with tempfile.TemporaryDirectory(prefix="switchyard-mutated-") as tmp:
         for case in broken_cases() + [mutated_chart_case(Path(tmp), install.values),
@@ -876,6 +1346,30 @@ def main() -> int:
             except CheckFailed as e:
                 ok = e.stage == case.expect_stage and (case.expect_message or "") in e.message
                 report(ok, label, "" if ok else f": failed elsewhere: {e}")
+
+    # The live checks can fail too: a hook that forgets --if-file-differs
+    # undoes the emergency switch; an alert on a metric the proxy does not export.
+    with tempfile.TemporaryDirectory(prefix="switchyard-mutated-") as tmp:
+        chart = mutated_copy(Path(tmp), "no-if-file-differs", "job-switch.yaml", "            - --if-file-differs\n", "")
+        label = "switchyard [job-switch.yaml without --if-file-differs] must fail at fleet"
+        try:
+            check_fleet_live(args.switchyard, Case(chart, install.name, install.values, install.release,
+                                                   secrets=install.secrets))
+            report(False, label, ": it passed")
+        except (CheckFailed, live.LiveFailed) as e:
+            ok = isinstance(e, CheckFailed) and e.stage == "fleet"
+            report(ok, label, "" if ok else f": failed elsewhere: {e}")
+        chart = mutated_copy(Path(tmp), "unknown-metric", "prometheusrule.yaml", "switchyard_pool_ready{",
+                             "switchyard_pool_readiness{")
+        label = "switchyard [prometheusrule.yaml on switchyard_pool_readiness] must fail at metrics"
+        try:
+            sm = load_values(CHARTS / "switchyard" / "ci" / "servicemonitor-values.yaml")
+            r = render(Case(chart, "servicemonitor-values.yaml", sm, "switchyard"))
+            check_metric_names_live(args.switchyard, {("switchyard", "mutated"): r})
+            report(False, label, ": it passed")
+        except (CheckFailed, live.LiveFailed) as e:
+            ok = isinstance(e, CheckFailed) and e.stage == "metrics" and "switchyard_pool_readiness" in e.message
+            report(ok, label, "" if ok else f": failed elsewhere: {e}")
 
     print(f"chart checks: {passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -82,6 +82,10 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 only when every replica serves this pool (not merely the
+    /// same one): what `helm test` runs against the values' `active`.
+    #[arg(long, value_name = "POOL")]
+    pub expect: Option<String>,
 }
 
 /// Why a fleet command could not do its job at all.
@@ -501,6 +505,28 @@ async fn attempt(row: &mut Row, a: &SwitchArgs, token: Option<&str>, deadline: I
     }
 }
 
+/// The replicas a switch starts with. A name is resolved again every
+/// [`RETRY_EVERY`] until it has an address or `deadline` passes (a Helm
+/// hook can start before the pods have one), saying so once on stderr.
+async fn first_replicas(finder: &Finder, deadline: Instant) -> Result<Vec<String>, FleetError> {
+    let mut said = false;
+    loop {
+        let why = match finder.find().await {
+            Ok(found) if !found.is_empty() => return Ok(found),
+            Ok(_) => FleetError::NoReplica("the name has no address".into()),
+            Err(e) => e,
+        };
+        if finder.dns.is_none() || Instant::now() + RETRY_EVERY >= deadline {
+            return Err(why);
+        }
+        if !said {
+            eprintln!("waiting for a replica until the timeout: {why}");
+            said = true;
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
 /// `switchyard switch`: the report (every row) once every replica reports
 /// the pool or the timeout passed.
 pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
@@ -508,10 +534,7 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
     let finder = Finder::new(&a.replicas)?;
     let started = Instant::now();
     let deadline = started + a.timeout;
-    let replicas = finder.find().await?;
-    if replicas.is_empty() {
-        return Err(FleetError::NoReplica("the name has no address".into()));
-    }
+    let replicas = first_replicas(&finder, deadline).await?;
     let mut rows: Vec<Row> = futures_util::future::join_all(
         replicas
             .into_iter()
@@ -706,8 +729,17 @@ pub async fn fleet_status(r: &Replicas) -> Result<FleetStatus, FleetError> {
     })
 }
 
-/// The fleet status as a table, one row per replica, then the verdict.
-pub fn render_fleet(f: &FleetStatus) -> String {
+impl FleetStatus {
+    /// The exit verdict: every replica read and on one pool, and that pool
+    /// `expect` when one is given.
+    pub fn passes(&self, expect: Option<&str>) -> bool {
+        self.agree && expect.is_none_or(|want| self.active.as_deref() == Some(want))
+    }
+}
+
+/// The fleet status as a table, one row per replica, then the verdict
+/// (and, with `expect`, whether that is the pool they serve).
+pub fn render_fleet(f: &FleetStatus, expect: Option<&str>) -> String {
     let mut out = format!(
         "{:<32} {:<8} {:<8} {:<10} {:<8} {:<8} {:>4}  {:<14} {:<18} drained\n",
         "replica", "active", "source", "file says", "override", "pending", "gen", "ready", "in flight"
@@ -753,6 +785,13 @@ pub fn render_fleet(f: &FleetStatus) -> String {
         Some(a) if f.agree => out.push_str(&format!("agree: every replica serves {a}\n")),
         _ => {
             out.push_str("DISAGREE: the replicas do not all serve the same pool (or one could not be read)\n")
+        }
+    }
+    if let Some(want) = expect {
+        if f.passes(Some(want)) {
+            out.push_str(&format!("expected {want}: yes\n"));
+        } else {
+            out.push_str(&format!("expected {want}: NO, not every replica serves {want}\n"));
         }
     }
     out

@@ -195,7 +195,7 @@ fn switch(a: &fleet::SwitchArgs) -> Result<ExitCode> {
 
 fn status(a: &fleet::StatusArgs) -> Result<ExitCode> {
     let rt = cli_runtime()?;
-    if let ([admin], None) = (a.replicas.admin.as_slice(), &a.replicas.admin_dns) {
+    if let ([admin], None, None) = (a.replicas.admin.as_slice(), &a.replicas.admin_dns, &a.expect) {
         let s: Status = rt.block_on(get_json(admin, "/status"))?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&s)?);
@@ -208,9 +208,9 @@ fn status(a: &fleet::StatusArgs) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {
-        print!("{}", fleet::render_fleet(&f));
+        print!("{}", fleet::render_fleet(&f, a.expect.as_deref()));
     }
-    Ok(if f.agree {
+    Ok(if f.passes(a.expect.as_deref()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

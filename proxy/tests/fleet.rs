@@ -385,6 +385,19 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
         (Some(false), 3),
         "{out}"
     );
+    // --expect (what `helm test` runs): they do not all serve green.
+    let (code, out) = cli(&args(&[
+        "status",
+        "--admin-dns",
+        &target,
+        "--expect",
+        "green",
+        "--dns-server",
+        &server,
+    ]))
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("expected green: NO"), "{out}");
 
     // Without --if-file-differs all three switch and agree.
     let (code, out) = cli(&args(&[
@@ -408,6 +421,72 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
     .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("agree: every replica serves green"), "{out}");
+    // --expect: agreeing is not enough, it must be the pool expected.
+    for (pool, want_code, verdict) in [
+        ("green", 0, "expected green: yes"),
+        ("blue", 1, "expected blue: NO"),
+    ] {
+        let (code, out) = cli(&args(&[
+            "status",
+            "--admin-dns",
+            &target,
+            "--expect",
+            pool,
+            "--dns-server",
+            &server,
+        ]))
+        .await;
+        assert_eq!(code, want_code, "{out}");
+        assert!(out.contains(verdict), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_waits_for_the_name_to_have_an_address() {
+    use tokio::io::AsyncBufReadExt;
+    const NAME: &str = "switchyard-admin.default.svc.cluster.local.";
+    let (blue, green) = (upstream::text("blue").await, upstream::text("green").await);
+    let sy = replica(blue, green, None).await;
+    let dns = testkit::dns::DnsServer::start("default.svc.cluster.local.").await;
+    // The hook before the pods have addresses: the name has none yet.
+    let mut child = tokio::process::Command::new(BIN)
+        .args(args(&[
+            "switch",
+            "green",
+            "--admin-dns",
+            &format!("{NAME}:{}", sy.admin.port()),
+            "--dns-server",
+            &dns.addr().to_string(),
+            "--timeout",
+            "30s",
+        ]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let waiting = tokio::time::timeout(WITHIN, async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("waiting for a replica") {
+                return line;
+            }
+        }
+        panic!("stderr closed without the waiting line");
+    })
+    .await
+    .expect("the CLI says it waits for the name");
+    assert!(waiting.contains(NAME.trim_end_matches('.')), "{waiting}");
+    // The pod gets its address: the same command goes on and switches it.
+    dns.set(NAME, &[sy.admin.ip()], 1).await;
+    let out = tokio::time::timeout(WITHIN, child.wait_with_output())
+        .await
+        .expect("the CLI ends once the replica switched")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("agree: every replica serves green"), "{text}");
+    assert_eq!(status(sy.admin).await["active"], "green");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,11 +21,78 @@ app.kubernetes.io/name: {{ include "switchyard.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The full label set of the proxy's objects (component `proxy`). */}}
 {{- define "switchyard.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "switchyard.componentLabels" (dict "root" . "component" "proxy") }}
+{{- end }}
+
+{{/*
+The full label set with a given component: (dict "root" . "component" "admin").
+Every object of the chart has it: name, instance, version, component, part-of,
+managed-by, and helm.sh/chart. With "ownName" true (the hook Job and the test
+Pod), the name is <chart>-<component>: the proxy's selector (name and
+instance, immutable in its Deployment) must not pick those pods, or the
+Services would send traffic and admin switches to them.
+*/}}
+{{- define "switchyard.componentLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- if .ownName }}
+app.kubernetes.io/name: {{ printf "%s-%s" (include "switchyard.name" .root) .component | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- else }}
+{{ include "switchyard.selectorLabels" .root }}
+{{- end }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: {{ .root.Values.partOf }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end }}
+
+{{/* The labels of the proxy's pods: the selector, the component and part-of (no version: a chart bump alone does not roll them). */}}
+{{- define "switchyard.podLabels" -}}
 {{ include "switchyard.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: proxy
+app.kubernetes.io/part-of: {{ .Values.partOf }}
+{{- end }}
+
+{{/* The ServiceAccount of the proxy's pods (and of the hook Job and test Pod). */}}
+{{- define "switchyard.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "switchyard.fullname" .) }}
+{{- else }}
+{{- .Values.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{/* The headless admin Service as a fully qualified name with its root dot and the admin port: every replica's address. */}}
+{{- define "switchyard.adminDns" -}}
+{{- printf "%s-admin.%s.svc.%s.:9901" (include "switchyard.fullname" .) .Release.Namespace (.Values.clusterDomain | trimSuffix ".") -}}
+{{- end }}
+
+{{/*
+[runtime] cores from the CPU limit: its ceiling, at least 1 ("500m" -> 1,
+"1500m" -> 2, 2 -> 2). Empty without a CPU limit (the proxy then counts
+the CPUs its cgroup allows, rounded down).
+*/}}
+{{- define "switchyard.cores" -}}
+{{- with ((.Values.resources).limits).cpu }}
+{{- $cpu := toString . }}
+{{- $n := 0 }}
+{{- if hasSuffix "m" $cpu }}
+{{- $n = div (add (trimSuffix "m" $cpu | int) 999) 1000 }}
+{{- else }}
+{{- $n = ceil $cpu | int }}
+{{- end }}
+{{- max $n 1 }}
+{{- end }}
+{{- end }}
+
+{{/* A topologySpreadConstraints entry without a labelSelector gets the proxy's selector. */}}
+{{- define "switchyard.topologySpread" -}}
+{{- $selector := dict "matchLabels" (include "switchyard.selectorLabels" . | fromYaml) }}
+{{- range .Values.topologySpreadConstraints }}
+- {{ toYaml (merge (dict) . (dict "labelSelector" $selector)) | nindent 2 | trim }}
+{{- end }}
 {{- end }}
 
 {{- define "switchyard.image" -}}
@@ -82,6 +149,12 @@ trusted_proxies = [{{ range $i, $cidr := .Values.headers.trustedProxies }}{{ if 
 
 [log]
 access = {{ .Values.log.access }}
+{{- with include "switchyard.cores" . }}
+
+[runtime]
+# The ceiling of the container's CPU limit ({{ $.Values.resources.limits.cpu }}).
+cores = {{ . }}
+{{- end }}
 
 [timeouts]
 connect = {{ .Values.timeouts.connect | quote }}
@@ -109,6 +182,13 @@ endpoints = [{{ range $i, $ep := $pool.endpoints }}{{ if $i }}, {{ end }}{{ $ep 
 {{- else }}
 # The headless Service: every address is one pod.
 dns = {{ include "switchyard.poolDns" (dict "pool" $pool "root" $) | quote }}
+{{- end }}
+{{- if hasKey $pool "minHealthy" }}
+{{- if kindIs "string" $pool.minHealthy }}
+min_healthy = {{ $pool.minHealthy | quote }}
+{{- else }}
+min_healthy = {{ $pool.minHealthy | int }}
+{{- end }}
 {{- end }}
 {{- end }}
 
