@@ -96,6 +96,13 @@ pub struct LoadConfig {
     /// (server name: the target's host; HTTP/1.1 over it) before its
     /// requests. `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Run for this long, then claim no new request: in the open loop no
+    /// slot due at or after the end is sent (so a run of `rate` × `duration`
+    /// sends exactly that many, however late the machine is), in the closed
+    /// loop no request starts after it. In-flight requests finish.
+    /// [`LoadGen::finished`] turns true once every worker is done.
+    /// `None`: until [`LoadGen::stop`].
+    pub duration: Option<Duration>,
 }
 
 impl LoadConfig {
@@ -109,6 +116,7 @@ impl LoadConfig {
             request_timeout: Duration::from_secs(10),
             reconnect_backoff: Duration::from_millis(10),
             tls: None,
+            duration: None,
         }
     }
 }
@@ -129,6 +137,8 @@ struct Shared {
     next_slot: AtomicU64,
     /// Open loop: when slot 0 is due.
     start_ns: u64,
+    /// `start_ns + duration`: no request is claimed at or after it.
+    end_ns: Option<u64>,
 }
 
 impl<S: Sink> LoadGen<S> {
@@ -145,8 +155,13 @@ impl<S: Sink> LoadGen<S> {
         let threads = cfg.threads.clamp(1, cfg.concurrency);
         let host = HeaderValue::from_str(&cfg.target.authority)?;
         let (stop, stop_rx) = watch::channel(false);
+        let start_ns = clock.now_ns();
+        let end_ns = cfg
+            .duration
+            .map(|d| start_ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
         let shared = Arc::new(Shared {
-            start_ns: clock.now_ns(),
+            start_ns,
+            end_ns,
             cfg,
             clock,
             host,
@@ -192,6 +207,12 @@ impl<S: Sink> LoadGen<S> {
             stop,
             threads: handles,
         })
+    }
+
+    /// True once every worker has ended on its own (the end of
+    /// [`LoadConfig::duration`]); [`stop`](Self::stop) then returns at once.
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(|h| h.is_finished())
     }
 
     /// Signals the workers to stop, lets in-flight requests finish (each is
@@ -280,11 +301,16 @@ async fn next_slot(shared: &Shared, stop: &mut watch::Receiver<bool>) -> Option<
     if *stop.borrow() {
         return None;
     }
+    let end = shared.end_ns.unwrap_or(u64::MAX);
     let Some(rate) = shared.cfg.rate else {
-        return Some(shared.clock.now_ns());
+        let now = shared.clock.now_ns();
+        return (now < end).then_some(now);
     };
     let slot = shared.next_slot.fetch_add(1, Ordering::Relaxed);
     let due = shared.start_ns + (slot as f64 * 1e9 / rate) as u64;
+    if due >= end {
+        return None;
+    }
     if due > shared.clock.now_ns() {
         let at = tokio::time::Instant::from_std(shared.clock.instant_at(due));
         tokio::select! {

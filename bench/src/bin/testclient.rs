@@ -169,21 +169,24 @@ async fn run(args: Args, target: Target) -> anyhow::Result<()> {
     cfg.rate = args.rate;
     cfg.threads = args.threads;
     cfg.request_timeout = args.timeout;
+    cfg.duration = args.duration;
     let load = LoadGen::start(cfg, clock, |_| Printer {
         live: live.clone(),
         latency: LatencyRecorder::new(),
     })?;
 
-    match args.duration {
-        Some(d) => {
+    if args.duration.is_some() {
+        // The generator ends its own schedule: with `--rate`, exactly the
+        // requests due within the duration, however busy the machine is.
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = sigint.recv() => {}
+                _ = poll.tick() => if load.finished() { break },
+                _ = sigint.recv() => break,
             }
         }
-        None => {
-            sigint.recv().await;
-        }
+    } else {
+        sigint.recv().await;
     }
     let elapsed_ns = live.clock.now_ns();
     // Let in-flight requests finish; a second Ctrl-C leaves at once.
