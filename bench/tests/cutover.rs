@@ -279,23 +279,29 @@ fn broken_green_is_refused_then_pending_then_applied_by_itself() {
     assert!(svg.starts_with("<svg") && svg.contains("green started") && svg.contains("0.0.2 (green)"));
 }
 
+/// The `switchyard` binary beside `cutover` when the build made it (the
+/// workspace's tests need it, so `cargo test --workspace` has): given with
+/// `--switchyard-bin`, so the test does not run cargo itself. Without it,
+/// `cutover` builds it.
+fn switchyard_bin_args() -> Vec<String> {
+    let bin = std::path::Path::new(BIN).with_file_name("switchyard");
+    if bin.is_file() {
+        vec!["--switchyard-bin".into(), bin.to_string_lossy().into_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 #[test]
 fn a_fleet_of_three_is_switched_by_one_cli_command() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("cutover.json");
-    let (v, out) = run(
-        &[
-            "--replicas",
-            "3",
-            "--duration",
-            "600ms",
-            "--warmup",
-            "200ms",
-            "--concurrency",
-            "6",
-        ],
-        &json,
-    );
+    let mut args: Vec<String> = ["--replicas", "3", "--duration", "600ms", "--warmup", "200ms", "--concurrency", "6"]
+        .map(String::from)
+        .to_vec();
+    args.extend(switchyard_bin_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (v, out) = run(&args, &json);
     let text = out.join("\n");
     assert_eq!(v["passed"], true, "{text}");
     assert_eq!(v["scenario"], "fleet");
