@@ -169,7 +169,11 @@ impl Pacer<'_> {
 }
 
 /// Starts a translation-api answering `version` on `addr` (port 0: a free one).
-pub fn start_api(version: &str, addr: SocketAddr, workers: usize) -> anyhow::Result<translation_api::Running> {
+pub fn start_api(
+    version: &str,
+    addr: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<translation_api::Running> {
     let mut c = translation_api::Config::new(addr, version);
     c.workers = workers.max(1);
     c.shutdown_grace = Duration::from_secs(2);
@@ -223,7 +227,10 @@ pub async fn poll_status(
         }
         last_not = Some(a.issued_ns);
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("{what}: not seen in /status within {within:?}; the last /status: {}", a.body);
+            anyhow::bail!(
+                "{what}: not seen in /status within {within:?}; the last /status: {}",
+                a.body
+            );
         }
         tokio::time::sleep(every).await;
     }

@@ -226,7 +226,10 @@ fn replicas_with_another_scenario_is_refused_naming_it() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("--replicas") && err.contains("broken-green"), "{err}");
+    assert!(
+        err.contains("--replicas") && err.contains("broken-green"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -264,14 +267,24 @@ fn broken_green_is_refused_then_pending_then_applied_by_itself() {
     assert_eq!(bg["before_green"]["not_blue"], 0, "{bg}");
     assert!(bg["before_green"]["requests"].as_u64().unwrap() > 0, "{bg}");
     assert_eq!(bg["stale_after_first_green"], 0, "{bg}");
-    for f in ["readyz_ms", "status_ready_ms", "applied_ms", "first_green_ms", "readyz_to_first_green_ms"] {
+    for f in [
+        "readyz_ms",
+        "status_ready_ms",
+        "applied_ms",
+        "first_green_ms",
+        "readyz_to_first_green_ms",
+    ] {
         assert!(bg["green"][f].is_number(), "{f}: {bg}");
     }
     for c in bg["checks"].as_array().unwrap() {
         assert_eq!(c["passed"], true, "{c}");
     }
     let c = &v["cutovers"][0];
-    assert_eq!((c["from"].as_str(), c["to"].as_str()), (Some("0.0.1"), Some("0.0.2")), "{c}");
+    assert_eq!(
+        (c["from"].as_str(), c["to"].as_str()),
+        (Some("0.0.1"), Some("0.0.2")),
+        "{c}"
+    );
     assert_eq!(c["source"], "file", "{c}");
     assert!(text.contains("409 green: 0 of 1 endpoints healthy"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
@@ -296,9 +309,18 @@ fn switchyard_bin_args() -> Vec<String> {
 fn a_fleet_of_three_is_switched_by_one_cli_command() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("cutover.json");
-    let mut args: Vec<String> = ["--replicas", "3", "--duration", "600ms", "--warmup", "200ms", "--concurrency", "6"]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = [
+        "--replicas",
+        "3",
+        "--duration",
+        "600ms",
+        "--warmup",
+        "200ms",
+        "--concurrency",
+        "6",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(switchyard_bin_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (v, out) = run(&args, &json);
@@ -309,7 +331,10 @@ fn a_fleet_of_three_is_switched_by_one_cli_command() {
     let f = &v["fleet"];
     assert_eq!(f["cli"]["exit_code"], 0, "{f}");
     assert_eq!(f["cli"]["agree"], true, "{f}");
-    assert!(f["cli"]["command"].as_str().unwrap().starts_with("switchyard switch green --admin http://"));
+    assert!(f["cli"]["command"]
+        .as_str()
+        .unwrap()
+        .starts_with("switchyard switch green --admin http://"));
     assert_eq!(f["stale_after_cli"], 0, "{f}");
     assert!(f["mixed_window_ms"].as_f64().unwrap() >= 0.0, "{f}");
     let replicas = f["replicas"].as_array().unwrap();
@@ -321,7 +346,10 @@ fn a_fleet_of_three_is_switched_by_one_cli_command() {
         assert_eq!(r["failed"], 0, "{r}");
         assert_eq!(r["stale_after_cli"], 0, "{r}");
         assert_eq!(r["active_after"], "green", "{r}");
-        assert!(r["ack_ms"].is_u64() && r["first_new_ms"].is_number() && r["last_old_ms"].is_number(), "{r}");
+        assert!(
+            r["ack_ms"].is_u64() && r["first_new_ms"].is_number() && r["last_old_ms"].is_number(),
+            "{r}"
+        );
     }
     assert!(text.contains("fleet: first new answer"), "{text}");
 }

@@ -328,23 +328,26 @@ fn run_scenario(args: &Args, which: Scenario) -> anyhow::Result<bool> {
     };
     let replicas = args.replicas.unwrap_or(3);
     let bin = match which {
-        Scenario::Fleet => Some(scenario::fleet::switchyard_binary(args.switchyard_bin.as_deref())?),
+        Scenario::Fleet => Some(scenario::fleet::switchyard_binary(
+            args.switchyard_bin.as_deref(),
+        )?),
         _ => None,
     };
     println!(
         "cutover --scenario {}: load {} connections, {}, {} phase, {} warm-up\n",
         which.name(),
         settings.concurrency,
-        settings
-            .rate
-            .map_or("closed loop".to_string(), |r| format!("open loop at {r} requests/s")),
+        settings.rate.map_or("closed loop".to_string(), |r| format!(
+            "open loop at {r} requests/s"
+        )),
         humantime::format_duration(settings.duration),
         humantime::format_duration(settings.warmup),
     );
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new_spinner();
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>3} {msg}").expect("a constant template is valid"),
+            ProgressStyle::with_template("{spinner} {elapsed:>3} {msg}")
+                .expect("a constant template is valid"),
         );
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
@@ -356,7 +359,9 @@ fn run_scenario(args: &Args, which: Scenario) -> anyhow::Result<bool> {
     let outcome = rt.block_on(async {
         let work = async {
             match (which, &bin) {
-                (Scenario::BrokenGreen, _) => scenario::broken_green::run(&settings, clock, bar.as_ref()).await,
+                (Scenario::BrokenGreen, _) => {
+                    scenario::broken_green::run(&settings, clock, bar.as_ref()).await
+                }
                 (Scenario::Fleet, Some(bin)) => {
                     scenario::fleet::run(&settings, replicas, bin, clock, bar.as_ref()).await
                 }

@@ -193,10 +193,20 @@ pub async fn run(s: &Settings, clock: Clock, bar: Option<&ProgressBar>) -> anyho
     };
     pacer.say("waiting for the first health checks");
     // The checks have run: blue healthy, green failed (its port refuses).
-    poll_status(&admin, Duration::from_millis(20), WAIT_AT_MOST, "the first health checks", |st| {
-        let health = |pool: &str| st["pools"][pool]["endpoints"][0]["health"].as_str().map(str::to_string);
-        health("blue").as_deref() == Some("healthy") && health("green").as_deref() == Some("unhealthy")
-    })
+    poll_status(
+        &admin,
+        Duration::from_millis(20),
+        WAIT_AT_MOST,
+        "the first health checks",
+        |st| {
+            let health = |pool: &str| {
+                st["pools"][pool]["endpoints"][0]["health"]
+                    .as_str()
+                    .map(str::to_string)
+            };
+            health("blue").as_deref() == Some("healthy") && health("green").as_deref() == Some("unhealthy")
+        },
+    )
     .await?;
 
     let target = Target::parse(&format!("http://{}/version", world.proxy.http_addr()))?;
@@ -245,7 +255,10 @@ async fn drive(
         ..Times::default()
     };
     pacer
-        .sleep_until(t.start_ns + s.warmup.as_nanos() as u64 + half, "blue, before the switch")
+        .sleep_until(
+            t.start_ns + s.warmup.as_nanos() as u64 + half,
+            "blue, before the switch",
+        )
         .await;
 
     // 1. The admin switch: refused.
@@ -350,9 +363,13 @@ async fn drive(
             st["pools"]["green"]["ready"] == true
         })
         .await?;
-        let applied = poll_status(admin, POLL_EVERY, WAIT_AT_MOST, "the pending switch applied", |st| {
-            st["active"] == "green" && st["pending"].is_null()
-        })
+        let applied = poll_status(
+            admin,
+            POLL_EVERY,
+            WAIT_AT_MOST,
+            "the pending switch applied",
+            |st| st["active"] == "green" && st["pending"].is_null(),
+        )
         .await?;
         anyhow::Ok((ready, applied))
     };
@@ -462,7 +479,10 @@ fn finish(s: &Settings, t: Times, samples: Vec<Sample>, end_ns: u64) -> Finished
             before_green.requests, before_green.failed, before_green.not_blue
         ),
     ));
-    let applied_source = t.applied.as_ref().and_then(|st| st["source"].as_str().map(str::to_string));
+    let applied_source = t
+        .applied
+        .as_ref()
+        .and_then(|st| st["source"].as_str().map(str::to_string));
     checks.push(Check::new(
         "green started: the pending switch applied by itself (active green, source file, nothing pending)",
         t.applied_ns.is_some() && applied_source.as_deref() == Some("file"),
@@ -585,7 +605,8 @@ fn finish(s: &Settings, t: Times, samples: Vec<Sample>, end_ns: u64) -> Finished
         title: format!(
             "switchyard, green down: answers per 10 ms by version ({} connections, {})",
             s.concurrency,
-            s.rate.map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
+            s.rate
+                .map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
         ),
     }
 }

@@ -57,7 +57,10 @@ pub fn switchyard_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(p.to_path_buf());
     }
     let exe = std::env::current_exe().context("finding this executable")?;
-    let mut dir = exe.parent().context("this executable has no directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("this executable has no directory")?
+        .to_path_buf();
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
@@ -69,7 +72,15 @@ pub fn switchyard_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = std::process::Command::new(cargo);
             cmd.current_dir(ws)
-                .args(["build", "--quiet", "--locked", "-p", "switchyard", "--bin", "switchyard"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "--locked",
+                    "-p",
+                    "switchyard",
+                    "--bin",
+                    "switchyard",
+                ])
                 .env("CARGO_TARGET_DIR", target_dir);
             match profile.as_str() {
                 "debug" => {}
@@ -93,7 +104,9 @@ pub fn switchyard_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
                 Err(e) if candidate.is_file() => {
                     eprintln!("cutover: cannot run cargo ({e}); using the CLI already built")
                 }
-                Err(e) => bail!("cannot run cargo to build the switchyard CLI ({e}); give one with --switchyard-bin"),
+                Err(e) => bail!(
+                    "cannot run cargo to build the switchyard CLI ({e}); give one with --switchyard-bin"
+                ),
             }
         }
     }
@@ -187,12 +200,17 @@ impl World {
     fn start(s: &Settings, n: usize) -> anyhow::Result<Self> {
         let blue = start_api(BLUE, ([127, 0, 0, 1], 0).into(), s.api_workers)?;
         let green = start_api(GREEN, ([127, 0, 0, 1], 0).into(), s.api_workers)?;
-        let dir = tempfile::Builder::new().prefix("switchyard-cutover-fleet-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-cutover-fleet-")
+            .tempdir()?;
         let mut proxies = Vec::with_capacity(n);
         for i in 0..n {
             let d = dir.path().join(format!("replica-{i}"));
             std::fs::create_dir_all(&d)?;
-            std::fs::write(d.join("upstreams.toml"), upstreams_toml(blue.addr(), green.addr()))?;
+            std::fs::write(
+                d.join("upstreams.toml"),
+                upstreams_toml(blue.addr(), green.addr()),
+            )?;
             std::fs::write(d.join("proxy.toml"), proxy_toml(false, "upstreams.toml"))?;
             proxies.push(start_proxy(&d.join("proxy.toml"), s.proxy_cores)?);
         }
@@ -255,7 +273,10 @@ pub async fn run(
     let half = s.half_ns();
     let start = clock.now_ns();
     pacer
-        .sleep_until(start + s.warmup.as_nanos() as u64 + half, "blue, before the switch")
+        .sleep_until(
+            start + s.warmup.as_nanos() as u64 + half,
+            "blue, before the switch",
+        )
         .await;
 
     let mut args: Vec<String> = vec!["switch".into(), "green".into(), "--admin".into()];
@@ -334,7 +355,9 @@ pub async fn run(
     let since = |at: u64| ms_between(spawned_ns, at);
     let mut replicas = Vec::with_capacity(n);
     for (i, samples) in per_replica.iter().enumerate() {
-        let row = rows.iter().find(|r| r["replica"].as_str() == Some(admins[i].as_str()));
+        let row = rows
+            .iter()
+            .find(|r| r["replica"].as_str() == Some(admins[i].as_str()));
         let first_new = first_of(samples, GREEN);
         let last_old = last_of(samples, BLUE);
         replicas.push(Replica {
@@ -347,9 +370,7 @@ pub async fn run(
             ack_ms: row.and_then(|r| r["took_ms"].as_u64()),
             first_new_ms: first_new.map(since),
             last_old_ms: last_old.map(since),
-            mixed_window_ms: first_new
-                .zip(last_old)
-                .map(|(f, l)| ms_between(f, l).max(0.0)),
+            mixed_window_ms: first_new.zip(last_old).map(|(f, l)| ms_between(f, l).max(0.0)),
             stale_after_cli: samples
                 .iter()
                 .filter(|x| x.sent_ns > exited_ns && x.ok_version() == Some(BLUE))
@@ -507,7 +528,8 @@ pub async fn run(
         title: format!(
             "switchyard fleet of {n}: answers per 10 ms by version ({} connections, {})",
             s.concurrency,
-            s.rate.map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
+            s.rate
+                .map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
         ),
     })
 }
