@@ -17,10 +17,12 @@
 //! - [`table`]    the report as a text table
 //! - [`admin`]    a timed client for switchyard's admin API
 //! - [`upstreams`] switching by file: temp file + rename, the ConfigMap `..data` swap
-//! - [`driver`]   a scenario: load through a proxy while switching it, phase by phase
+//! - [`driver`]   the full story: load through a proxy while switching it, phase by phase
+//! - [`scenario`] `cutover --scenario NAME`: the other stories (broken green, a fleet)
 
 pub mod admin;
 pub mod driver;
 pub mod plot;
+pub mod scenario;
 pub mod table;
 pub mod upstreams;

@@ -207,3 +207,149 @@ fn a_switch_that_does_nothing_fails_the_run() {
         "{v}"
     );
 }
+
+#[test]
+fn help_lists_the_scenarios() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for name in ["full", "broken-green", "fleet", "--replicas"] {
+        assert!(text.contains(name), "--help names {name}: {text}");
+    }
+}
+
+#[test]
+fn replicas_with_another_scenario_is_refused_naming_it() {
+    let out = Command::new(BIN)
+        .args(["--scenario", "broken-green", "--replicas", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--replicas") && err.contains("broken-green"),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_green_is_refused_then_pending_then_applied_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cutover.json");
+    let svg = dir.path().join("cutover.svg");
+    let (v, out) = run(
+        &[
+            "--scenario",
+            "broken-green",
+            "--duration",
+            "600ms",
+            "--warmup",
+            "200ms",
+            "--concurrency",
+            "8",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+        &json,
+    );
+    let text = out.join("\n");
+    assert_eq!(v["passed"], true, "{text}");
+    assert_eq!(v["scenario"], "broken-green");
+    assert_eq!(v["total"]["failed"], 0, "{text}");
+    let bg = &v["broken_green"];
+    assert_eq!(bg["admin_switch"]["status"], 409, "{bg}");
+    let reason = bg["admin_switch"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("green: 0 of 1 endpoints healthy"), "{reason}");
+    assert_eq!(bg["admin_switch"]["active_after"], "blue", "{bg}");
+    assert_eq!(bg["file_switch"]["active"], "green", "{bg}");
+    assert_eq!(bg["file_switch"]["serving"], "blue", "{bg}");
+    assert_eq!(bg["before_green"]["failed"], 0, "{bg}");
+    assert_eq!(bg["before_green"]["not_blue"], 0, "{bg}");
+    assert!(bg["before_green"]["requests"].as_u64().unwrap() > 0, "{bg}");
+    assert_eq!(bg["stale_after_first_green"], 0, "{bg}");
+    for f in [
+        "readyz_ms",
+        "status_ready_ms",
+        "applied_ms",
+        "first_green_ms",
+        "readyz_to_first_green_ms",
+    ] {
+        assert!(bg["green"][f].is_number(), "{f}: {bg}");
+    }
+    for c in bg["checks"].as_array().unwrap() {
+        assert_eq!(c["passed"], true, "{c}");
+    }
+    let c = &v["cutovers"][0];
+    assert_eq!(
+        (c["from"].as_str(), c["to"].as_str()),
+        (Some("0.0.1"), Some("0.0.2")),
+        "{c}"
+    );
+    assert_eq!(c["source"], "file", "{c}");
+    assert!(text.contains("409 green: 0 of 1 endpoints healthy"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("green started") && svg.contains("0.0.2 (green)"));
+}
+
+/// The `switchyard` binary beside `cutover` when the build made it (the
+/// workspace's tests need it, so `cargo test --workspace` has): given with
+/// `--switchyard-bin`, so the test does not run cargo itself. Without it,
+/// `cutover` builds it.
+fn switchyard_bin_args() -> Vec<String> {
+    let bin = std::path::Path::new(BIN).with_file_name("switchyard");
+    if bin.is_file() {
+        vec!["--switchyard-bin".into(), bin.to_string_lossy().into_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_fleet_of_three_is_switched_by_one_cli_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cutover.json");
+    let mut args: Vec<String> = [
+        "--replicas",
+        "3",
+        "--duration",
+        "600ms",
+        "--warmup",
+        "200ms",
+        "--concurrency",
+        "6",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(switchyard_bin_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (v, out) = run(&args, &json);
+    let text = out.join("\n");
+    assert_eq!(v["passed"], true, "{text}");
+    assert_eq!(v["scenario"], "fleet");
+    assert_eq!(v["total"]["failed"], 0, "{text}");
+    let f = &v["fleet"];
+    assert_eq!(f["cli"]["exit_code"], 0, "{f}");
+    assert_eq!(f["cli"]["agree"], true, "{f}");
+    assert!(f["cli"]["command"]
+        .as_str()
+        .unwrap()
+        .starts_with("switchyard switch green --admin http://"));
+    assert_eq!(f["stale_after_cli"], 0, "{f}");
+    assert!(f["mixed_window_ms"].as_f64().unwrap() >= 0.0, "{f}");
+    let replicas = f["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{f}");
+    for r in replicas {
+        assert_eq!(r["state"], "switched", "{r}");
+        assert_eq!(r["connections"], 2, "{r}");
+        assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["failed"], 0, "{r}");
+        assert_eq!(r["stale_after_cli"], 0, "{r}");
+        assert_eq!(r["active_after"], "green", "{r}");
+        assert!(
+            r["ack_ms"].is_u64() && r["first_new_ms"].is_number() && r["last_old_ms"].is_number(),
+            "{r}"
+        );
+    }
+    assert!(text.contains("fleet: first new answer"), "{text}");
+}

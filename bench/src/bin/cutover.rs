@@ -17,6 +17,11 @@
 //! With `--target URL` it measures an already running deployment instead:
 //! `--admin URL` adds a switch and a rollback, `--upstreams FILE` a file
 //! switch (a `..data` swap when FILE sits in a ConfigMap layout).
+//!
+//! `--scenario NAME` tells another story (`bench::scenario`): `broken-green`
+//! (a switch asked while green is down: refused, pending, applied once green
+//! is ready) or `fleet` (`--replicas N` proxies switched by one
+//! `switchyard switch`); `full` is the default above.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -27,6 +32,7 @@ use anyhow::{bail, Context};
 use bench::admin::AdminClient;
 use bench::driver::{self, Action, Options, PoolChoice, Run, Step};
 use bench::plot::{self, Decor, Mark, MarkKind};
+use bench::scenario::{self, Scenario};
 use bench::table::format_report;
 use bench::upstreams::ConfigMapDir;
 use clap::Parser;
@@ -89,12 +95,39 @@ struct Args {
     /// (HTTP/1.1, one handshake per connection).
     #[arg(long, conflicts_with = "target")]
     tls: bool,
+    /// The story to run (default: full). `--help` lists them.
+    #[arg(long, value_enum, value_name = "NAME", conflicts_with_all = ["target", "tls"])]
+    scenario: Option<Scenario>,
+    /// The fleet scenario: this many proxies behind the one load generator
+    /// (default 3); implies `--scenario fleet`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["target", "tls"])]
+    replicas: Option<usize>,
+    /// The fleet scenario: the `switchyard` binary whose `switch` command is
+    /// run (default: the one beside this executable, built from this workspace first).
+    #[arg(long, value_name = "PATH")]
+    switchyard_bin: Option<PathBuf>,
+}
+
+impl Args {
+    /// The scenario asked for: `--scenario`, or `fleet` when only `--replicas` is given.
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        match (self.scenario, self.replicas) {
+            (None, None) => Ok(Scenario::Full),
+            (None, Some(_)) | (Some(Scenario::Fleet), _) => Ok(Scenario::Fleet),
+            (Some(s), None) => Ok(s),
+            (Some(s), Some(_)) => bail!(
+                "--replicas goes with the fleet scenario, not with --scenario {}",
+                s.name()
+            ),
+        }
+    }
 }
 
 /// The `--json` document.
 #[derive(Debug, Serialize)]
 struct JsonReport<'a> {
     mode: &'static str,
+    scenario: &'static str,
     concurrency: usize,
     /// Requests per second (open loop); `null`: closed loop.
     rate: Option<f64>,
@@ -131,6 +164,10 @@ impl std::error::Error for Interrupted {}
 fn run(args: Args) -> anyhow::Result<bool> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(!args.duration.is_zero(), "--duration must be positive");
+    match args.scenario()? {
+        Scenario::Full => {}
+        other => return run_scenario(&args, other),
+    }
     let clock = Clock::start();
     // Embedded: everything below lives until the end of this function, and
     // is stopped when dropped (on an error, Ctrl-C or a panic too).
@@ -222,6 +259,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(path) = &args.json {
         let doc = JsonReport {
             mode,
+            scenario: Scenario::Full.name(),
             concurrency: opts.concurrency,
             rate: opts.rate,
             duration_ms: opts.duration.as_millis(),
@@ -274,6 +312,105 @@ fn run(args: Args) -> anyhow::Result<bool> {
         plot::write_svg(path, &tl, &decor).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(passed)
+}
+
+/// Runs a scenario other than the full story: prints its report, writes
+/// `--json` (the common fields and the scenario's own) and `--plot`.
+fn run_scenario(args: &Args, which: Scenario) -> anyhow::Result<bool> {
+    let settings = scenario::Settings {
+        concurrency: args.concurrency,
+        rate: args.rate,
+        threads: args.threads,
+        duration: args.duration,
+        warmup: args.warmup,
+        proxy_cores: args.proxy_cores,
+        api_workers: args.api_workers,
+    };
+    let replicas = args.replicas.unwrap_or(3);
+    let bin = match which {
+        Scenario::Fleet => Some(scenario::fleet::switchyard_binary(
+            args.switchyard_bin.as_deref(),
+        )?),
+        _ => None,
+    };
+    println!(
+        "cutover --scenario {}: load {} connections, {}, {} phase, {} warm-up\n",
+        which.name(),
+        settings.concurrency,
+        settings.rate.map_or("closed loop".to_string(), |r| format!(
+            "open loop at {r} requests/s"
+        )),
+        humantime::format_duration(settings.duration),
+        humantime::format_duration(settings.warmup),
+    );
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>3} {msg}")
+                .expect("a constant template is valid"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let clock = Clock::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(async {
+        let work = async {
+            match (which, &bin) {
+                (Scenario::BrokenGreen, _) => {
+                    scenario::broken_green::run(&settings, clock, bar.as_ref()).await
+                }
+                (Scenario::Fleet, Some(bin)) => {
+                    scenario::fleet::run(&settings, replicas, bin, clock, bar.as_ref()).await
+                }
+                (other, _) => bail!("the scenario {} is not run here", other.name()),
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+        }
+    });
+    drop(rt);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let done = outcome?;
+    print!("{}", done.text);
+
+    if let Some(path) = &args.json {
+        let mut doc = serde_json::json!({
+            "mode": "embedded",
+            "scenario": which.name(),
+            "concurrency": settings.concurrency,
+            "rate": settings.rate,
+            "duration_ms": settings.duration.as_millis(),
+            "warmup_ms": settings.warmup.as_millis(),
+            "passed": done.passed,
+        });
+        if let (Some(doc), serde_json::Value::Object(more)) = (doc.as_object_mut(), done.json) {
+            doc.extend(more);
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let tl = timeline(&done.samples, 10_000_000);
+        let names = vec![
+            (BLUE.to_string(), format!("{BLUE} (blue)")),
+            (GREEN.to_string(), format!("{GREEN} (green)")),
+        ];
+        let decor = Decor {
+            title: &done.title,
+            marks: &done.marks,
+            names: &names,
+            size: (1400, 520),
+        };
+        plot::write_svg(path, &tl, &decor).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(done.passed)
 }
 
 /// The runs against an already running deployment.
