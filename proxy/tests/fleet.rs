@@ -90,25 +90,48 @@ async fn override_and_file_active_metrics_follow_the_switches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_that_waits_for_the_drain_answers_after_the_slow_request() {
-    let (sy, blue) = slow_blue(Duration::from_millis(1500)).await;
-    let order = Arc::new(AtomicUsize::new(0));
-    let slow = slow_request(sy.http, order.clone());
+    // Blue holds `/hold` until released, so the order is known without a
+    // clock: the release happens before blue answers, which happens before
+    // the proxy finishes the request, which is what the drain waits for.
+    let blue = upstream::Pod::start("127.0.0.1:0".parse().unwrap()).await;
+    let green = upstream::text("green").await;
+    let sy = Switchyard::start(
+        BIN,
+        ProxyConfig::new().upstreams(Upstreams::blue_green("blue", blue.addr, green)),
+    );
+    let http = sy.http;
+    let slow = tokio::spawn(async move {
+        let mut c = Client::connect(http).await.unwrap();
+        c.get("/hold").await.unwrap()
+    });
+    testkit::wait_until_async(WITHIN, "the slow request held at blue", || blue.holding() == 1).await;
     wait_status(sy.admin, "the slow request in flight on blue", |s| {
         s["pools"]["blue"]["inflight"] == 1
     })
     .await;
-    // Counted in flight from its head on; at blue a moment later.
-    testkit::wait_until_async(WITHIN, "the slow request at blue", || blue.received() == 1).await;
 
-    let (code, out) = admin(
-        sy.admin,
-        "POST",
-        "/switch",
-        r#"{"to":"green","wait":"drained","timeout":"30s"}"#,
-        None,
-    )
-    .await;
-    let answered = order.fetch_add(1, Ordering::SeqCst);
+    let order = Arc::new(AtomicUsize::new(0));
+    let (admin_addr, switch_order) = (sy.admin, order.clone());
+    let switch = tokio::spawn(async move {
+        let answer = admin(
+            admin_addr,
+            "POST",
+            "/switch",
+            r#"{"to":"green","wait":"drained","timeout":"30s"}"#,
+            None,
+        )
+        .await;
+        (answer, switch_order.fetch_add(1, Ordering::SeqCst))
+    });
+    // The switch is applied at once; its answer waits for blue to drain.
+    wait_status(sy.admin, "green active", |s| s["active"] == "green").await;
+    assert!(
+        !switch.is_finished(),
+        "the switch answered with a request in flight on blue"
+    );
+    let released = order.fetch_add(1, Ordering::SeqCst);
+    blue.release();
+    let ((code, out), answered) = switch.await.unwrap();
     assert_eq!(code, 200, "{out}");
     assert_eq!(
         (out["changed"].as_bool(), out["active"].as_str()),
@@ -116,11 +139,14 @@ async fn a_switch_that_waits_for_the_drain_answers_after_the_slow_request() {
         "{out}"
     );
     assert!(out["drain_ms"].is_u64(), "{out}");
-    let (slow_code, slow_done) = slow.await.unwrap();
-    assert_eq!(slow_code, 200);
     assert!(
-        slow_done < answered,
-        "the slow request completed (#{slow_done}) before the switch answered (#{answered})"
+        released < answered,
+        "the switch answered before blue was released"
+    );
+    let (slow_code, _, slow_body) = slow.await.unwrap();
+    assert_eq!(
+        (slow_code.as_u16(), &slow_body[..]),
+        (200, blue.addr.to_string().as_bytes())
     );
     let st = status(sy.admin).await;
     assert_eq!(st["pools"]["blue"]["drained"], true, "{st}");
