@@ -151,9 +151,13 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def wrk(port, conns, duration):
+def wrk(port, conns, duration, scheme="http", headers=()):
+    """One `wrk -t2` run against GET /version; `headers` are extra `-H` lines
+    (e.g. "Connection: close": a new connection, over https a new TLS
+    handshake, for every request)."""
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/version"],
+        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", *extra, f"{scheme}://127.0.0.1:{port}/version"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))

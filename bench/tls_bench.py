@@ -70,7 +70,7 @@ def tls_params(port, alpn=None):
     cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"]
     if alpn:
         cmd += ["-alpn", alpn]
-    out = subprocess.run(cmd, input="", capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(cmd, input="", capture_output=True, text=True, errors="replace", timeout=10).stdout
 
     def find(pattern):
         m = re.search(pattern, out)
