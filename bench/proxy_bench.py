@@ -263,16 +263,23 @@ class LoopbackDns(threading.Thread):
         self.sock.close()
 
 
-def wchar(pids):
-    """Bytes each process has written so far (/proc/PID/io), a list."""
-    out = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/io") as f:
-                out.append(int(re.search(r"wchar: (\d+)", f.read()).group(1)))
-        except (OSError, AttributeError):
-            out.append(0)
-    return out
+def sent_bytes(port):
+    """Bytes sent so far on the open TCP connections from each of POOL_IPS'
+    `port` (the kernel's per-socket bytes_sent, `ss -ti`), a list: the
+    upstreams' answers (their sockets' send calls are not in /proc/PID/io)."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    totals = {ip: 0 for ip in POOL_IPS}
+    local = None
+    for line in out.splitlines():
+        m = re.match(r"\s*\d+\s+\d+\s+(\S+):\d+\s", line)
+        if m:
+            local = m.group(1)
+            continue
+        b = re.search(r"bytes_sent:(\d+)", line)
+        if b and local in totals:
+            totals[local] += int(b.group(1))
+    return [totals[ip] for ip in POOL_IPS]
 
 
 def pool_port():
@@ -439,7 +446,7 @@ def print_pool(results, concurrency, rounds, pool_targets, pool_rows, queries):
     """The share of the requests each of the pool's three upstreams served
     (from the bytes each wrote), and the ratios of the pool rows."""
     print(f"\npool of three ({', '.join(POOL_IPS)}): share each upstream served, median over the rounds "
-          f"(from the bytes each process wrote, /proc/PID/io wchar; {queries} DNS queries answered)")
+          f"(from the bytes each sent on its connections, ss -ti bytes_sent; {queries} DNS queries answered)")
     for name in sorted(pool_targets):
         for conns in concurrency:
             rows = results[(name, conns)]
@@ -504,7 +511,7 @@ def main():
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
-    pool_pids, pool_targets, dns = [], set(), None
+    pool_pids, pool_targets, dns, pp = [], set(), None, 0
     try:
         blue, green = free_port(), free_port()
         api = procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{blue}", "--access-log=false"],
@@ -570,16 +577,16 @@ http {{
                 wait_port(pp, host=ip)
             dns = LoopbackDns()
             dns.start()
-            extra = (f'[discovery]\nevery = "5s"\nnameservers = ["127.0.0.1:{dns.port}"]\n'
-                     f'[health]\npath = "/healthz"\ninterval = "1s"\n')
+            extra = (f'\n[discovery]\nevery = "5s"\nnameservers = ["127.0.0.1:{dns.port}"]\n'
+                     f'\n[health]\npath = "/healthz"\ninterval = "1s"\n')
             pools = [("pool3", f"{REL}/switchyard", False, ""), ("pool3+health", f"{REL}/switchyard", True, extra)]
             pools += [(f"{name}-pool3", binary, False, "") for name, binary, _ in compare if name != "switchyard-plain"]
             for name, binary, use_dns, more in pools:
                 d = os.path.join(tmp, name)
                 os.makedirs(d)
                 port, admin = free_port(), free_port()
-                write(os.path.join(d, "upstreams.toml"), pool3_upstreams(pp, use_dns))
-                write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False) + more)
+                write(os.path.join(d, "upstreams.toml"), pool3_upstreams(pp, use_dns) + more)
+                write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
                 p = procs.start([binary, "-c", os.path.join(d, "proxy.toml")])
                 wait_port(port)
                 targets[name] = (port, [p.pid], admin)
@@ -642,12 +649,12 @@ backend be{hp_backend}
                     random.Random(r * 1000 + conns).shuffle(order)
                 for name, t in order:
                     ups = pool_pids if name in pool_targets else upstream_pids
-                    b0 = wchar(pool_pids)
+                    b0 = sent_bytes(pp) if pool_pids else []
                     (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds(ups)), children_cpu()
                     res = wrk(t[0], conns, args.duration)
                     (u1, s1), up1, w1 = cpu_seconds(t[1]), sum(cpu_seconds(ups)), children_cpu()
-                    if name in pool_targets:  # every answer is the same size: bytes written = share served
-                        written = [b - a for a, b in zip(b0, wchar(pool_pids))]
+                    if name in pool_targets:  # every answer is the same size: bytes sent = share served
+                        written = [b - a for a, b in zip(b0, sent_bytes(pp))]
                         res["shares"] = [w / max(sum(written), 1) for w in written]
                     n = max(res["requests"], 1)
                     res["cpu_us"] = (u1 - u0 + s1 - s0) / n * 1e6
