@@ -39,10 +39,13 @@ compare the ratios, not the absolute figures.
 """
 
 import argparse
+import json
 import os
 import random
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -82,6 +85,69 @@ def tls_params(port, alpn=None):
     if alpn:
         line += f", ALPN {find(r'ALPN protocol: (.+)')}"
     return line
+
+
+def handshake_client(port, duration):
+    """One handshake client (a process of its own, started by handshakes()):
+    for `duration` seconds, one connection after the other, each a full TLS
+    1.3 handshake (a new SSLSocket with no session given: nothing is
+    resumed), one `GET /version` with `Connection: close`, the answer read
+    to the server's close. Prints JSON: the latency of each (connect +
+    handshake + request, ms) and the count of failures (no 200)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # as wrk and h2load: the signature is still checked by the handshake
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    request = b"GET /version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    latencies, failed, resumed = [], 0, 0
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        data = b""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                    resumed += s.session_reused
+                    s.sendall(request)
+                    while True:
+                        try:
+                            chunk = s.recv(4096)
+                        except ssl.SSLError:  # closed without close_notify, after the answer
+                            break
+                        if not chunk:
+                            break
+                        data += chunk
+        except OSError:
+            pass
+        if data.startswith(b"HTTP/1.1 200"):
+            latencies.append((time.perf_counter() - t0) * 1000)
+        else:
+            failed += 1
+    print(json.dumps({"latencies": latencies, "failed": failed, "resumed": resumed}))
+
+
+def handshakes(port, clients, duration):
+    """New TLS 1.3 handshakes per second: `clients` handshake_client
+    processes at once against 127.0.0.1:port."""
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--handshake-client", str(port),
+                               str(duration)], stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    latencies, failed, resumed = [], 0, 0
+    for p in procs:
+        out, _ = p.communicate()
+        got = json.loads(out)
+        latencies += got["latencies"]
+        failed += got["failed"]
+        resumed += got["resumed"]
+    if resumed:
+        raise SystemExit(f"{resumed} handshakes with port {port} were resumed: not full handshakes")
+    latencies.sort()
+
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] if latencies else float("nan")
+
+    return {"rps": len(latencies) / duration, "requests": len(latencies), "p50": pct(50), "p99": pct(99),
+            "errors": failed, "socket_errors": ""}
 
 
 def h2load(port, conns, streams, duration, log):
@@ -127,7 +193,12 @@ def main():
                          "`cargo xtask pgo` unless --no-build) as row switchyard-pgo")
     ap.add_argument("--plain-peers", action="store_true",
                     help="nginx without the X-Forwarded-*/X-Request-Id work switchyard does")
+    ap.add_argument("--handshake-clients", type=int, default=16,
+                    help="handshake client processes at once in the handshake rows (default 16)")
+    ap.add_argument("--handshake-client", nargs=2, metavar=("PORT", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.handshake_client:
+        return handshake_client(int(args.handshake_client[0]), float(args.handshake_client[1]))
     h2_shapes = []
     for spec in args.h2.split(","):
         c, sep, m = spec.partition("x")
@@ -205,8 +276,8 @@ def main():
         # rows: (label, certificate kind, runner)
         conns = args.connections
         rows = [
-            ("handshake ECDSA", "ecdsa", lambda port: pb.wrk(port, conns, args.duration, "https", ["Connection: close"])),
-            ("handshake RSA", "rsa", lambda port: pb.wrk(port, conns, args.duration, "https", ["Connection: close"])),
+            ("handshake ECDSA", "ecdsa", lambda port: handshakes(port, args.handshake_clients, args.duration)),
+            ("handshake RSA", "rsa", lambda port: handshakes(port, args.handshake_clients, args.duration)),
             (f"h1 keep-alive c{conns}", "ecdsa", lambda port: pb.wrk(port, conns, args.duration, "https")),
         ]
         for c, m in h2_shapes:
