@@ -264,22 +264,34 @@ class LoopbackDns(threading.Thread):
 
 
 def sent_bytes(port):
-    """Bytes sent so far on the open TCP connections from each of POOL_IPS'
-    `port` (the kernel's per-socket bytes_sent, `ss -ti`), a list: the
-    upstreams' answers (their sockets' send calls are not in /proc/PID/io)."""
+    """Bytes sent so far on each open TCP connection from one of POOL_IPS'
+    `port` (the kernel's per-socket bytes_sent, `ss -ti`): {(local ip,
+    peer): bytes}. The upstreams' answers; their sockets' send calls are
+    not in /proc/PID/io."""
     out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
                          capture_output=True, text=True).stdout
-    totals = {ip: 0 for ip in POOL_IPS}
-    local = None
+    conns, key = {}, None
     for line in out.splitlines():
-        m = re.match(r"\s*\d+\s+\d+\s+(\S+):\d+\s", line)
+        m = re.match(r"\s*\d+\s+\d+\s+(\S+):\d+\s+(\S+)", line)
         if m:
-            local = m.group(1)
+            key = (m.group(1), m.group(2))
             continue
         b = re.search(r"bytes_sent:(\d+)", line)
-        if b and local in totals:
-            totals[local] += int(b.group(1))
-    return [totals[ip] for ip in POOL_IPS]
+        if b and key:
+            conns[key] = int(b.group(1))
+    return conns
+
+
+def shares_sent(before, after):
+    """The share of the bytes sent between two sent_bytes() readings by each
+    of POOL_IPS, counting the connections open at the second (those another
+    proxy closed meanwhile, idle, drop out instead of counting negative)."""
+    sent = {ip: 0 for ip in POOL_IPS}
+    for key, n in after.items():
+        if key[0] in sent:
+            sent[key[0]] += n - before.get(key, 0)
+    total = max(sum(sent.values()), 1)
+    return [sent[ip] / total for ip in POOL_IPS]
 
 
 def pool_port():
@@ -649,13 +661,12 @@ backend be{hp_backend}
                     random.Random(r * 1000 + conns).shuffle(order)
                 for name, t in order:
                     ups = pool_pids if name in pool_targets else upstream_pids
-                    b0 = sent_bytes(pp) if pool_pids else []
+                    b0 = sent_bytes(pp) if pool_pids else {}
                     (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds(ups)), children_cpu()
                     res = wrk(t[0], conns, args.duration)
                     (u1, s1), up1, w1 = cpu_seconds(t[1]), sum(cpu_seconds(ups)), children_cpu()
                     if name in pool_targets:  # every answer is the same size: bytes sent = share served
-                        written = [b - a for a, b in zip(b0, sent_bytes(pp))]
-                        res["shares"] = [w / max(sum(written), 1) for w in written]
+                        res["shares"] = shares_sent(b0, sent_bytes(pp))
                     n = max(res["requests"], 1)
                     res["cpu_us"] = (u1 - u0 + s1 - s0) / n * 1e6
                     res["user_us"] = (u1 - u0) / n * 1e6
