@@ -17,8 +17,8 @@ plain `cargo build --release` (--plain: measure only the plain build, as
 "switchyard").
 
 Needs: wrk, nginx (nginx-light), haproxy from Debian (apt-get install -y wrk
-nginx-light haproxy); builds the release binaries (and the profile-guided
-one) itself.
+nginx-light haproxy), and ss (iproute2) for the pool rows; builds the
+release binaries (and the profile-guided one) itself.
 
 What it measures, in one run, in interleaved rounds:
   * proxied GET /version with keep-alive, wrk -t2 -c64 and -c256, through
@@ -42,6 +42,12 @@ What it measures, in one run, in interleaved rounds:
     connections, each after one GET /version, and the difference per idle
     connection (target: at most 16 KiB each). Alone, without wrk, nginx or
     HAProxy: python3 bench/proxy_bench.py --idle-only
+  * a pool of three (unless --no-pool): three translation-api processes on
+    127.0.0.1-3 behind the plain build, as IP literals ("pool3") and as a
+    DNS name answered by a loopback DNS server of the script, re-resolved
+    every 5 s, with health checks every second ("pool3+health"), and behind
+    each --compare build ("NAME-pool3"); the share each upstream served
+    (from the bytes each sent, `ss -ti`), and the ratios of those rows.
 The machine is shared by the load generator, the proxy and the upstream:
 compare the ratios, not the absolute figures.
 """
@@ -510,6 +516,9 @@ def main():
     for tool in ("wrk", "nginx", "haproxy"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy")
+    if not args.no_pool and not shutil.which("ss"):
+        raise SystemExit("ss is missing (the pool rows count each upstream's bytes with it): "
+                         "apt-get install -y iproute2, or --no-pool")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "switchyard", "-p", "translation-api"],
                        cwd=ROOT, check=True)
