@@ -21,6 +21,9 @@
 # cache, so compare builds or proxies with each other, not with hardware.
 # It also prints the simulated L1 instruction-cache misses per request.
 #
+# SWITCHYARD=PATH measures that binary as "switchyard" instead of
+# target/release/switchyard (e.g. the plain build of an older tree).
+#
 # --pgo also measures the profile-guided build (`cargo xtask pgo`, the one the
 # image ships) as "switchyard-pgo"; "switchyard" is `cargo build --release`.
 #
@@ -107,7 +110,7 @@ measure() {
     printf '\n'
 }
 
-measure switchyard "$PX" "$ROOT/target/release/switchyard" -c "$D/proxy.toml"
+measure switchyard "$PX" "${SWITCHYARD:-$ROOT/target/release/switchyard}" -c "$D/proxy.toml"
 if [ -n "$PGO" ]; then
     measure switchyard-pgo "$PX" "$ROOT/target/pgo/switchyard" -c "$D/proxy.toml"
 fi

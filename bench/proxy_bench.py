@@ -17,8 +17,8 @@ plain `cargo build --release` (--plain: measure only the plain build, as
 "switchyard").
 
 Needs: wrk, nginx (nginx-light), haproxy from Debian (apt-get install -y wrk
-nginx-light haproxy); builds the release binaries (and the profile-guided
-one) itself.
+nginx-light haproxy), and ss (iproute2) for the pool rows; builds the
+release binaries (and the profile-guided one) itself.
 
 What it measures, in one run, in interleaved rounds:
   * proxied GET /version with keep-alive, wrk -t2 -c64 and -c256, through
@@ -42,6 +42,12 @@ What it measures, in one run, in interleaved rounds:
     connections, each after one GET /version, and the difference per idle
     connection (target: at most 16 KiB each). Alone, without wrk, nginx or
     HAProxy: python3 bench/proxy_bench.py --idle-only
+  * a pool of three (unless --no-pool): three translation-api processes on
+    127.0.0.1-3 behind the plain build, as IP literals ("pool3") and as a
+    DNS name answered by a loopback DNS server of the script, re-resolved
+    every 5 s, with health checks every second ("pool3+health"), and behind
+    each --compare build ("NAME-pool3"); the share each upstream served
+    (from the bytes each sent, `ss -ti`), and the ratios of those rows.
 The machine is shared by the load generator, the proxy and the upstream:
 compare the ratios, not the absolute figures.
 """
@@ -74,11 +80,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=10):
+def wait_port(port, timeout=10, host="127.0.0.1"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            socket.create_connection((host, port), 0.2).close()
             return
         except OSError:
             time.sleep(0.02)
@@ -151,9 +157,13 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def wrk(port, conns, duration):
+def wrk(port, conns, duration, scheme="http", headers=()):
+    """One `wrk -t2` run against GET /version; `headers` are extra `-H` lines
+    (e.g. "Connection: close": a new connection, over https a new TLS
+    handshake, for every request)."""
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/version"],
+        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", *extra, f"{scheme}://127.0.0.1:{port}/version"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -169,6 +179,43 @@ def wrk(port, conns, duration):
             "errors": (int(errors.group(1)) if errors else 0), "socket_errors": sock.group(1) if sock else ""}
 
 
+NGINX_HEADERS = """
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $reqid;
+      add_header X-Request-Id $reqid always;"""
+
+
+def nginx_peer_conf(ngdir, listen, base, plain_peers, server_extra=""):
+    """The fair nginx peer: 2 workers, upstream keep-alive (512) to
+    127.0.0.1:`base`, access log off, and (unless `plain_peers`) the header
+    work switchyard always does. `listen` is the rest of the listen line
+    after the address (e.g. "reuseport", or "ssl http2 reuseport");
+    `server_extra` goes into the server block (e.g. the certificate)."""
+    headers = "" if plain_peers else NGINX_HEADERS
+    return f"""
+worker_processes 2;
+pid {ngdir}/nginx.pid;
+error_log {ngdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream api {{ server 127.0.0.1:{base}; keepalive 512; }}
+  map $http_x_request_id $reqid {{ default $http_x_request_id; "" $request_id; }}
+  server {{
+    listen {listen};{server_extra}
+    location / {{
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;{headers}
+    }}
+  }}
+}}
+"""
+
+
 def write(path, text):
     with open(path, "w") as f:
         f.write(text)
@@ -177,6 +224,103 @@ def write(path, text):
 def upstreams(active, blue, green):
     return (f'active = "{active}"\n\n[pools.blue]\nendpoints = ["127.0.0.1:{blue}"]\n\n'
             f'[pools.green]\nendpoints = ["127.0.0.1:{green}"]\n')
+
+
+POOL_NAME = "pool3.bench."  # the DNS name of the pool of three (answered by LoopbackDns)
+POOL_IPS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+
+class LoopbackDns(threading.Thread):
+    """A tiny UDP DNS server on 127.0.0.1 for the pool-of-three rows: every
+    A query is answered with POOL_IPS (TTL 5 s), any other type with no
+    record. It serves only this benchmark, so it does not look at the name."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.queries = 0
+
+    def run(self):
+        while True:
+            try:
+                q, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            if len(q) < 12:
+                continue
+            end = 12
+            while end < len(q) and q[end] != 0:  # the question's name: labels up to the root
+                end += q[end] + 1
+            question = q[12:end + 5]
+            qtype = int.from_bytes(q[end + 1:end + 3], "big") if end + 3 <= len(q) else 0
+            answers = b""
+            if qtype == 1:
+                for ip in POOL_IPS:
+                    answers += (b"\xc0\x0c" + (1).to_bytes(2, "big") + (1).to_bytes(2, "big")
+                                + (5).to_bytes(4, "big") + (4).to_bytes(2, "big") + socket.inet_aton(ip))
+            count = len(POOL_IPS) if qtype == 1 else 0
+            head = q[:2] + b"\x81\x80" + b"\x00\x01" + count.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+            self.queries += 1
+            self.sock.sendto(head + question + answers, peer)
+
+    def close(self):
+        self.sock.close()
+
+
+def sent_bytes(port):
+    """Bytes sent so far on each open TCP connection from one of POOL_IPS'
+    `port` (the kernel's per-socket bytes_sent, `ss -ti`): {(local ip,
+    peer): bytes}. The upstreams' answers; their sockets' send calls are
+    not in /proc/PID/io."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    conns, key = {}, None
+    for line in out.splitlines():
+        m = re.match(r"\s*\d+\s+\d+\s+(\S+):\d+\s+(\S+)", line)
+        if m:
+            key = (m.group(1), m.group(2))
+            continue
+        b = re.search(r"bytes_sent:(\d+)", line)
+        if b and key:
+            conns[key] = int(b.group(1))
+    return conns
+
+
+def shares_sent(before, after):
+    """The share of the bytes sent between two sent_bytes() readings by each
+    of POOL_IPS, counting the connections open at the second (those another
+    proxy closed meanwhile, idle, drop out instead of counting negative)."""
+    sent = {ip: 0 for ip in POOL_IPS}
+    for key, n in after.items():
+        if key[0] in sent:
+            sent[key[0]] += n - before.get(key, 0)
+    total = max(sum(sent.values()), 1)
+    return [sent[ip] / total for ip in POOL_IPS]
+
+
+def pool_port():
+    """A port free on all of POOL_IPS (the three upstreams share it)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            for ip in POOL_IPS[1:]:
+                with socket.socket() as s:
+                    s.bind((ip, port))
+            return port
+        except OSError:
+            continue
+    raise SystemExit("no port free on 127.0.0.1-3")
+
+
+def pool3_upstreams(port, dns):
+    """The upstreams file of a pool of three: the IP literals, or (dns) the
+    name LoopbackDns answers."""
+    if dns:
+        return f'active = "blue"\n\n[pools.blue]\ndns = "{POOL_NAME}:{port}"\n'
+    eps = ", ".join(f'"{ip}:{port}"' for ip in POOL_IPS)
+    return f'active = "blue"\n\n[pools.blue]\nendpoints = [{eps}]\n'
 
 
 def proxy_toml(http, admin, upstreams_file, access):
@@ -302,6 +446,35 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def print_ratios(results, concurrency, rounds, pairs):
+    """For each (a, b): the medians of the per-round ratios a / b of rps,
+    p99 and CPU per request."""
+    for a, b in pairs:
+        for conns in concurrency:
+            ra, rb = results[(a, conns)], results[(b, conns)]
+
+            def ratio(key):
+                return median([ra[i][key] / rb[i][key] for i in range(rounds) if rb[i][key]])
+
+            print(f"  {a} / {b} c{conns}: rps {ratio('rps'):.2f}x, p99 {ratio('p99'):.2f}x, "
+                  f"CPU per request {ratio('cpu_us'):.2f}x")
+
+
+def print_pool(results, concurrency, rounds, pool_targets, pool_rows, queries):
+    """The share of the requests each of the pool's three upstreams served
+    (from the bytes each wrote), and the ratios of the pool rows."""
+    print(f"\npool of three ({', '.join(POOL_IPS)}): share each upstream served, median over the rounds "
+          f"(from the bytes each sent on its connections, ss -ti bytes_sent; {queries} DNS queries answered)")
+    for name in sorted(pool_targets):
+        for conns in concurrency:
+            rows = results[(name, conns)]
+            shares = [median([r["shares"][i] for r in rows]) for i in range(len(POOL_IPS))]
+            worst = max(abs(x - 1 / len(POOL_IPS)) for r in rows for x in r["shares"])
+            print(f"  {name} c{conns}: " + " / ".join(f"{x * 100:.1f} %" for x in shares)
+                  + f" (the farthest from a third in any round: {worst * 100:.1f} points)")
+    print_ratios(results, concurrency, rounds, pool_rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=10,
@@ -326,6 +499,8 @@ def main():
                     help="wrk connection counts, comma-separated (default 64,256)")
     ap.add_argument("--idle-connections", type=int, default=5000,
                     help="idle keep-alive client connections whose memory is measured (default 5000)")
+    ap.add_argument("--no-pool", action="store_true",
+                    help="leave out the pool-of-three rows (pool3, pool3+health, NAME-pool3)")
     ap.add_argument("--idle-only", action="store_true",
                     help="measure only the memory of idle connections (no wrk, nginx or HAProxy needed)")
     args = ap.parse_args()
@@ -341,6 +516,9 @@ def main():
     for tool in ("wrk", "nginx", "haproxy"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy")
+    if not args.no_pool and not shutil.which("ss"):
+        raise SystemExit("ss is missing (the pool rows count each upstream's bytes with it): "
+                         "apt-get install -y iproute2, or --no-pool")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "switchyard", "-p", "translation-api"],
                        cwd=ROOT, check=True)
@@ -354,6 +532,7 @@ def main():
 
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
+    pool_pids, pool_targets, dns, pp = [], set(), None, 0
     try:
         blue, green = free_port(), free_port()
         api = procs.start([f"{REL}/translation-api", "--listen", f"127.0.0.1:{blue}", "--access-log=false"],
@@ -403,15 +582,42 @@ http {{
             wait_port(port)
             targets[name] = (port, [p.pid], admin)
 
+        # The pool of three: three translation-api processes on 127.0.0.1-3,
+        # one port, behind the plain build (as the --compare builds, so that
+        # NAME-pool3 compares like for like): "pool3" lists them as IP
+        # literals with no active health check; "pool3+health" finds them
+        # through DNS (LoopbackDns, re-resolved every 5 s) and checks each
+        # with GET /healthz every second.
+        pool_rows = []  # (with, without): the pairs whose ratio is printed
+        if not args.no_pool:
+            pp = pool_port()
+            for ip in POOL_IPS:
+                pool_pids.append(procs.start([f"{REL}/translation-api", "--listen", f"{ip}:{pp}",
+                                              "--access-log=false"], env={"APP_VERSION": "0.0.1"}).pid)
+            for ip in POOL_IPS:
+                wait_port(pp, host=ip)
+            dns = LoopbackDns()
+            dns.start()
+            extra = (f'\n[discovery]\nevery = "5s"\nnameservers = ["127.0.0.1:{dns.port}"]\n'
+                     f'\n[health]\npath = "/healthz"\ninterval = "1s"\n')
+            pools = [("pool3", f"{REL}/switchyard", False, ""), ("pool3+health", f"{REL}/switchyard", True, extra)]
+            pools += [(f"{name}-pool3", binary, False, "") for name, binary, _ in compare if name != "switchyard-plain"]
+            for name, binary, use_dns, more in pools:
+                d = os.path.join(tmp, name)
+                os.makedirs(d)
+                port, admin = free_port(), free_port()
+                write(os.path.join(d, "upstreams.toml"), pool3_upstreams(pp, use_dns) + more)
+                write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
+                p = procs.start([binary, "-c", os.path.join(d, "proxy.toml")])
+                wait_port(port)
+                targets[name] = (port, [p.pid], admin)
+                pool_targets.add(name)
+            pool_rows.append(("pool3+health", "pool3"))
+            pool_rows += [("pool3", name) for name, _, _, _ in pools[2:]]
+
         if args.plain_peers:
-            ng_headers, hp_frontend, hp_backend = "", "", ""
+            hp_frontend, hp_backend = "", ""
         else:
-            ng_headers = """
-      proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Request-Id $reqid;
-      add_header X-Request-Id $reqid always;"""
             hp_frontend = """
   unique-id-format %{+X}o%ci%cp%Ts%rt%pid
   http-request set-header X-Request-Id %[unique-id] unless { req.hdr(x-request-id) -m found }
@@ -425,26 +631,8 @@ http {{
         ng = free_port()
         ngdir = os.path.join(tmp, "nginx")
         os.makedirs(ngdir)
-        write(os.path.join(ngdir, "nginx.conf"), f"""
-worker_processes 2;
-pid {ngdir}/nginx.pid;
-error_log {ngdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream api {{ server 127.0.0.1:{base}; keepalive 512; }}
-  map $http_x_request_id $reqid {{ default $http_x_request_id; "" $request_id; }}
-  server {{
-    listen 127.0.0.1:{ng} reuseport;
-    location / {{
-      proxy_pass http://api;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $http_host;{ng_headers}
-    }}
-  }}
-}}
-""")
+        write(os.path.join(ngdir, "nginx.conf"),
+              nginx_peer_conf(ngdir, f"127.0.0.1:{ng} reuseport", base, args.plain_peers))
         n = procs.start(["nginx", "-p", ngdir, "-c", os.path.join(ngdir, "nginx.conf"), "-g", "daemon off;"])
         wait_port(ng)
         targets["nginx"] = (ng, [n.pid] + children(n.pid))
@@ -481,9 +669,13 @@ backend be{hp_backend}
                 if not args.fixed_order:
                     random.Random(r * 1000 + conns).shuffle(order)
                 for name, t in order:
-                    (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds(upstream_pids)), children_cpu()
+                    ups = pool_pids if name in pool_targets else upstream_pids
+                    b0 = sent_bytes(pp) if pool_pids else {}
+                    (u0, s0), up0, w0 = cpu_seconds(t[1]), sum(cpu_seconds(ups)), children_cpu()
                     res = wrk(t[0], conns, args.duration)
-                    (u1, s1), up1, w1 = cpu_seconds(t[1]), sum(cpu_seconds(upstream_pids)), children_cpu()
+                    (u1, s1), up1, w1 = cpu_seconds(t[1]), sum(cpu_seconds(ups)), children_cpu()
+                    if name in pool_targets:  # every answer is the same size: bytes sent = share served
+                        res["shares"] = shares_sent(b0, sent_bytes(pp))
                     n = max(res["requests"], 1)
                     res["cpu_us"] = (u1 - u0 + s1 - s0) / n * 1e6
                     res["user_us"] = (u1 - u0) / n * 1e6
@@ -558,6 +750,8 @@ backend be{hp_backend}
         idle = idle_memory(procs, tmp, switchyard, base, args.idle_connections)
     finally:
         procs.stop()
+        if dns:
+            dns.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     # Report.
@@ -599,6 +793,13 @@ backend be{hp_backend}
     failed = sum(x["errors"] for rows in results.values() for x in rows)
     print(f"non-2xx answers over all runs: {failed}")
     print_idle(switchyard, args.idle_connections, idle)
+    if pool_targets:
+        print_pool(results, concurrency, args.rounds, pool_targets, pool_rows, dns.queries)
+    ref = "switchyard-plain" if "switchyard-plain" in targets else "switchyard"
+    pairs = [(ref, name) for name, _, _ in compare if name != "switchyard-plain"]
+    if pairs:
+        print("\nthis tree's plain build / each --compare build (medians of per-round ratios):")
+        print_ratios(results, concurrency, args.rounds, pairs)
 
 
 def idle_only(args):
