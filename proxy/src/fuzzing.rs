@@ -25,7 +25,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use crate::admin::{parse_switch, BadSwitchRequest, SwitchRequest};
 use crate::config::{ConfigError, Settings};
 use crate::control::decide::{Reply, Store, Written};
-use crate::control::writer::set_active;
+use crate::control::writer::set_route;
 use crate::control::{
     content_hash, decide as decide_fn, ControlState, Decision, Event, FileRead, ReloadOutcome, SwitchError,
 };
@@ -181,6 +181,7 @@ pub fn upstreams(data: &[u8]) -> bool {
     let spec = Spec {
         file: &desired,
         active: &desired.active,
+        split: &[],
         generation: 1,
         source: Source::File,
         switched_at: SystemTime::UNIX_EPOCH,
@@ -273,10 +274,15 @@ pub fn admin(data: &[u8]) -> bool {
                     to,
                     if_generation,
                     force,
+                    weight,
                     wait_drained,
                 } => {
                     assert!(!rollback, "/rollback never reads as a switch");
+                    assert!(weight.is_none_or(|w| w <= 100), "a weight is a share");
                     let mut j = serde_json::json!({"to": to, "if_generation": if_generation, "force": force});
+                    if let Some(w) = weight {
+                        j["weight"] = (*w).into();
+                    }
                     wait_json(&mut j, *wait_drained);
                     j
                 }
@@ -309,7 +315,9 @@ pub fn admin(data: &[u8]) -> bool {
                 BadSwitchRequest::ToDiffers | BadSwitchRequest::MissingTo => assert!(!rollback),
                 BadSwitchRequest::WaitValue(_)
                 | BadSwitchRequest::TimeoutWithoutWait
-                | BadSwitchRequest::TimeoutValue(_) => assert!(!blank, "only a body asks to wait"),
+                | BadSwitchRequest::TimeoutValue(_)
+                | BadSwitchRequest::WeightValue(_) => assert!(!blank, "only a body asks to wait or split"),
+                BadSwitchRequest::RollbackWeight => assert!(rollback && !blank),
             }
             false
         }
@@ -446,6 +454,7 @@ enum Step {
         to: Name,
         if_generation: Generation,
         force: bool,
+        weight: Option<u8>,
         persist_fails: bool,
     },
     /// `POST /rollback`.
@@ -564,8 +573,19 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
                     assert!(if_generation.is_none_or(|g| g == state.generation));
                     assert_eq!(o.generation, next.generation);
                     assert_eq!(o.active, next.route.active);
-                    if let Event::Switch { to, .. } = event {
+                    if let Event::Switch {
+                        to,
+                        weight: None | Some(100),
+                        ..
+                    } = event
+                    {
                         assert_eq!(&o.active, to, "a switch goes where it was asked");
+                    }
+                    if let Event::Switch {
+                        to, weight: Some(w), ..
+                    } = event
+                    {
+                        assert_eq!(next.route.weight(to), *w, "a split gives `to` its weight");
                     }
                     if o.changed {
                         assert_eq!(o.previous, state.route.active);
@@ -640,12 +660,14 @@ fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
                 to,
                 if_generation,
                 force,
+                weight,
                 persist_fails,
             } => (
                 Event::Switch {
                     to: to.get().to_string(),
                     if_generation: if_generation.get(state.generation),
                     force: *force,
+                    weight: *weight,
                 },
                 *persist_fails,
             ),
@@ -672,7 +694,7 @@ fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
                     "{UPSTREAMS}: the file changed since it was last accepted"
                 ))
             } else {
-                match set_active(&state.file_text, &route.active) {
+                match set_route(&state.file_text, &route) {
                     Ok(out) => Ok(Written {
                         hash: content_hash(out.as_bytes()),
                         text: out.into(),
@@ -730,6 +752,7 @@ fn spec(s: &ControlState) -> Spec<'_> {
     Spec {
         file: &s.file,
         active: &s.route.active,
+        split: &s.route.split,
         generation: s.generation,
         source: s.source,
         switched_at: SystemTime::UNIX_EPOCH,

@@ -152,6 +152,7 @@ fn switch(to: &str, if_generation: Option<u64>) -> Event {
         to: to.into(),
         if_generation,
         force: false,
+        weight: None,
     }
 }
 
@@ -160,6 +161,7 @@ fn forced(to: &str) -> Event {
         to: to.into(),
         if_generation: None,
         force: true,
+        weight: None,
     }
 }
 
@@ -461,7 +463,8 @@ fn rows() -> Vec<Row> {
                     d.next.overridden,
                     Some(Override {
                         route: route("green"),
-                        source: Source::Admin
+                        source: Source::Admin,
+                        reason: None
                     })
                 );
                 assert_eq!(d.next.previous, Some(route("blue")));
@@ -511,7 +514,8 @@ fn rows() -> Vec<Row> {
                     d.next.overridden,
                     Some(Override {
                         route: route("blue"),
-                        source: Source::Rollback
+                        source: Source::Rollback,
+                        reason: None
                     })
                 );
                 assert_eq!(d.next.previous, None, "consumed: a second rollback is 409");
@@ -947,7 +951,8 @@ fn rows() -> Vec<Row> {
                     d.next.overridden,
                     Some(Override {
                         route: route("blue"),
-                        source: Source::Admin
+                        source: Source::Admin,
+                        reason: None
                     }),
                     "the route in force now differs from the file's: an override"
                 );
