@@ -393,15 +393,6 @@ impl Desired {
         }
     }
 
-    /// The file's route: its `[split] weights` (`active` breaks a tie), or
-    /// all to `active`.
-    pub fn route(&self) -> crate::control::Route {
-        match &self.split {
-            Some(w) => crate::control::Route::split(w.iter().cloned(), &self.active),
-            None => crate::control::Route::to(self.active.clone()),
-        }
-    }
-
     /// Whether `name` is one of the pools.
     pub fn has_pool(&self, name: &str) -> bool {
         self.pools.iter().any(|(n, _)| n == name)

@@ -111,6 +111,18 @@ impl Route {
     }
 }
 
+impl Desired {
+    /// The file's route: its `[split] weights` (`active` breaks a tie), or
+    /// all to `active`. (Here, not in `table`, so that `table` does not
+    /// import the control plane.)
+    pub fn route(&self) -> Route {
+        match &self.split {
+            Some(w) => Route::split(w.iter().cloned(), &self.active),
+            None => Route::to(self.active.clone()),
+        }
+    }
+}
+
 /// An open automatic-rollback watch: opened by a forward switch (when the
 /// file has `[rollback]`), closed by a rollback, an automatic one, or when
 /// the writer says its time (`[rollback] window`) is up.
