@@ -170,6 +170,9 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// cookies are kept (in order, joined with `; `), and a header left empty
 /// is removed. Allocates only when one of them is present.
 pub fn strip_cookies(headers: &mut HeaderMap, names: &[Option<&str>]) {
+    if names.iter().all(Option::is_none) || !headers.contains_key(header::COOKIE) {
+        return;
+    }
     let ours = |pair: &str| {
         let k = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
         names.iter().flatten().any(|n| *n == k)

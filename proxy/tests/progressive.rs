@@ -419,3 +419,49 @@ async fn bad_split_files_are_refused_with_the_reason() {
     let e = out(&format!("{pools}[preview]\nheader = \"x-p\"\n"));
     assert!(e.contains("preview.allow is required"), "{e}");
 }
+
+/// `switchyard ARGS…`: whether it exited 0, and its output.
+async fn cli(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_splits_every_replica_and_compares_them_by_split() {
+    let blue = api("0.0.1");
+    let green = api("0.0.2");
+    let files = Upstreams::blue_green("blue", blue.addr(), green.addr()).to_string();
+    let a = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&files));
+    let b = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&files));
+    let (ua, ub) = (format!("http://{}", a.admin), format!("http://{}", b.admin));
+    let (ok, out) = cli(&[
+        "switch", "green", "--weight", "10", "--admin", &ua, "--admin", &ub,
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("blue 90, green 10"), "{out}");
+    let (ok, out) = cli(&["status", "--admin", &ua, "--admin", &ub]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("agree: every replica serves blue 90, green 10"),
+        "{out}"
+    );
+    // One replica at another split: the same active pool, but they disagree.
+    let (code, o) = admin(b.admin, "POST", "/switch", r#"{"to":"green","weight":20}"#, None).await;
+    assert_eq!((code, &o["active"]), (200, &Value::from("blue")), "{o}");
+    let (ok, out) = cli(&["status", "--admin", &ua, "--admin", &ub]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("DISAGREE"), "{out}");
+    let (ok, out) = cli(&["status", "--admin", &ub]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("split       blue 80, green 20"), "{out}");
+}

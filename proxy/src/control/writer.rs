@@ -360,7 +360,7 @@ impl Writer {
         asked: &str,
         force: bool,
     ) -> Result<SwitchOutcome, SwitchError> {
-        let before = self.state.route.active.clone();
+        let before = self.state.route.describe();
         let generation = self.state.generation;
         let cancels = self.state.pending.as_ref().map(|p| p.active.clone());
         let r = match self.execute(event) {
@@ -373,7 +373,8 @@ impl Writer {
         };
         match &r {
             Ok(o) if o.changed => {
-                tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, from = %before, to = %o.active, generation = o.generation, cancelled_pending = cancelled, "applied")
+                let to = self.state.route.describe();
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, from = %before, to = %to, generation = o.generation, cancelled_pending = cancelled, "applied")
             }
             Ok(_) => {
                 tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, active = %before, generation, cancelled_pending = cancelled, "already active")
