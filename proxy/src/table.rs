@@ -874,6 +874,67 @@ mod tests {
         assert!(Desired::parse(Path::new("u"), &[0xff, 0xfe, 0x00]).is_err());
     }
 
+    #[test]
+    fn progressive_sections_are_checked_with_the_reason() {
+        const POOLS: &str = "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n";
+        let with = |extra: &str| parse(&format!("{POOLS}{extra}"));
+        let d = with("[split]\nweights = { green = 10, blue = 90 }\nsticky_cookie = \"pool\"\n[preview]\nallow = [\"10.0.0.0/8\"]\n[rollback]\nwindow = \"30s\"\nmax_error_rate = 0.1\n").unwrap();
+        assert_eq!(d.split, Some(vec![("blue".into(), 90), ("green".into(), 10)]));
+        assert_eq!(d.sticky_cookie.as_deref(), Some("pool"));
+        let p = d.preview.as_ref().unwrap();
+        assert_eq!(
+            (p.header.as_str(), p.cookie.as_deref()),
+            ("x-switchyard-preview", None)
+        );
+        let r = d.rollback.unwrap();
+        assert_eq!(
+            (r.window.as_secs(), r.max_error_ppm, r.min_requests),
+            (30, 100_000, 100)
+        );
+        assert!(r.past(100, 11) && !r.past(100, 10) && !r.past(99, 99));
+        for (extra, want) in [
+            (
+                "[split]\nweights = { blue = 90, green = 20 }\n",
+                "split.weights add up to 110, not 100",
+            ),
+            (
+                "[split]\nweights = { blue = 90, purple = 10 }\n",
+                "`purple` is not a pool",
+            ),
+            (
+                "[split]\nweights = { blue = 101, green = -1 }\n",
+                "split.weights.blue = 101 is not a share",
+            ),
+            (
+                "[split]\nweights = { blue = 0, green = 0 }\n",
+                "add up to 0, not 100",
+            ),
+            ("[split]\nsticky_cookie = \"a b\"\n", "is not a cookie name"),
+            ("[preview]\nheader = \"x-p\"\n", "preview.allow is required"),
+            (
+                "[preview]\nheader = \"bad header\"\nallow = []\n",
+                "is not a header name",
+            ),
+            (
+                "[rollback]\nmax_error_rate = 1.5\n",
+                "rollback.max_error_rate = 1.5 is not a rate",
+            ),
+            (
+                "[rollback]\nmin_requests = 0\n",
+                "rollback.min_requests must be at least 1",
+            ),
+            (
+                "[rollback]\nwindow = \"0s\"\n",
+                "rollback.window must be greater than 0",
+            ),
+            ("[split]\nweight = 1\n", "weight"),
+        ] {
+            let errs = with(extra).unwrap_err().join("\n");
+            assert!(errs.contains(want), "{extra}: {errs}");
+            assert!(errs.contains("line "), "the line is named: {errs}");
+        }
+    }
+
     static NONE_RESOLVED: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(Resolved::new);
 
     #[test]
