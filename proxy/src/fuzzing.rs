@@ -387,6 +387,14 @@ enum FileSpec {
         pools: Vec<(Name, Vec<Ep>)>,
         comment: bool,
     },
+    /// A generated file with `[split] weights` (and `[rollback]` when
+    /// `rollback`): valid or not (the weights may not add up).
+    Split {
+        active: Name,
+        pools: Vec<(Name, Vec<Ep>)>,
+        weights: Vec<(Name, u8)>,
+        rollback: bool,
+    },
     /// The accepted content again (same bytes).
     Accepted,
     /// The accepted content with a comment added (same pools, other bytes).
@@ -414,6 +422,32 @@ impl FileSpec {
                     })
                     .collect();
                 render(active.get(), &pools, *comment).into_bytes()
+            }
+            FileSpec::Split {
+                active,
+                pools,
+                weights,
+                rollback,
+            } => {
+                let pools: Vec<(String, Vec<String>)> = pools
+                    .iter()
+                    .map(|(n, eps)| {
+                        (
+                            n.get().to_string(),
+                            eps.iter().map(|e| e.get().to_string()).collect(),
+                        )
+                    })
+                    .collect();
+                let mut text = render(active.get(), &pools, false);
+                let weights: Vec<String> = weights
+                    .iter()
+                    .map(|(n, w)| format!("{:?} = {w}", n.get()))
+                    .collect();
+                text.push_str(&format!("[split]\nweights = {{ {} }}\n", weights.join(", ")));
+                if *rollback {
+                    text.push_str("[rollback]\nwindow = \"1s\"\nmax_error_rate = 0.1\nmin_requests = 10\n");
+                }
+                text.into_bytes()
             }
             FileSpec::Accepted => accepted.into_bytes(),
             FileSpec::AcceptedCommented => format!("{accepted}\n# a comment\n").into_bytes(),
@@ -463,6 +497,14 @@ enum Step {
         force: bool,
         persist_fails: bool,
     },
+    /// The automatic rollback's counts of the open window (or of an older one).
+    Outcomes {
+        stale: bool,
+        requests: u16,
+        errors: u16,
+    },
+    /// The open window's time is up.
+    WindowOver,
 }
 
 /// A `decide` input: the start, then the events.
@@ -514,6 +556,19 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
     }
     if next.route != state.route {
         assert_eq!(d.store, Store::Table, "a new route is a new table");
+    }
+    if next.window.is_some() && next.window != state.window {
+        assert!(
+            next.route != state.route && !matches!(event, Event::Rollback { .. }),
+            "a window opens only with a forward switch"
+        );
+    }
+    for pool in next.route.pools() {
+        assert!(next.file.has_pool(pool), "every pool of the route is defined: {pool}");
+    }
+    if next.route.is_split() {
+        let sum: u32 = next.route.split.iter().map(|(_, w)| u32::from(*w)).sum();
+        assert_eq!(sum, 100, "a split's weights add up to 100: {:?}", next.route);
     }
     if let Some(route) = &d.persist {
         assert!(state.persist, "persist only when [admin] persist is on");
@@ -609,6 +664,21 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
                 );
             }
         }
+        (Event::Outcomes { generation, .. }, Reply::Nothing) => {
+            if next.route != state.route {
+                assert_eq!(
+                    state.window.as_ref().map(|w| w.generation),
+                    Some(*generation),
+                    "only the open window rolls back"
+                );
+                assert_eq!(Some(&next.route), state.previous.as_ref(), "back to previous");
+                assert_eq!((next.source, &next.previous, &next.window), (Source::Auto, &None, &None));
+                assert!(next.overridden.as_ref().is_some_and(|o| o.reason.is_some()));
+            }
+        }
+        (Event::WindowOver { .. }, Reply::Nothing) => {
+            assert_eq!((&next.route, next.generation), (&state.route, state.generation));
+        }
         (Event::Persisted { .. }, Reply::Nothing) => {
             assert_eq!((next.generation, &next.route), (state.generation, &state.route));
         }
@@ -681,6 +751,27 @@ fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
                     force: *force,
                 },
                 *persist_fails,
+            ),
+            Step::Outcomes {
+                stale,
+                requests,
+                errors,
+            } => {
+                let open = state.window.as_ref().map_or(0, |w| w.generation);
+                (
+                    Event::Outcomes {
+                        generation: if *stale { open.wrapping_sub(1) } else { open },
+                        requests: u64::from(*requests),
+                        errors: u64::from((*errors).min(*requests)),
+                    },
+                    false,
+                )
+            }
+            Step::WindowOver => (
+                Event::WindowOver {
+                    generation: state.window.as_ref().map_or(0, |w| w.generation),
+                },
+                false,
             ),
         };
         let d = decide_fn(&state, event.clone());

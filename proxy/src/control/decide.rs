@@ -462,6 +462,16 @@ pub fn decide(state: &ControlState, event: Event) -> Decision {
             force,
             weight,
         } => {
+            // The compare-and-swap comes first, as for every switch.
+            if let Some(expected) = if_generation.filter(|g| *g != state.generation) {
+                return refuse(
+                    state,
+                    SwitchError::Conflict {
+                        expected,
+                        current: state.generation,
+                    },
+                );
+            }
             if !state.file.has_pool(&to) {
                 return refuse(state, unknown_pool(state, to));
             }
