@@ -498,11 +498,7 @@ enum Step {
         persist_fails: bool,
     },
     /// The automatic rollback's counts of the open window (or of an older one).
-    Outcomes {
-        stale: bool,
-        requests: u16,
-        errors: u16,
-    },
+    Outcomes { stale: bool, requests: u16, errors: u16 },
     /// The open window's time is up.
     WindowOver,
 }
@@ -564,7 +560,10 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
         );
     }
     for pool in next.route.pools() {
-        assert!(next.file.has_pool(pool), "every pool of the route is defined: {pool}");
+        assert!(
+            next.file.has_pool(pool),
+            "every pool of the route is defined: {pool}"
+        );
     }
     if next.route.is_split() {
         let sum: u32 = next.route.split.iter().map(|(_, w)| u32::from(*w)).sum();
@@ -672,7 +671,10 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
                     "only the open window rolls back"
                 );
                 assert_eq!(Some(&next.route), state.previous.as_ref(), "back to previous");
-                assert_eq!((next.source, &next.previous, &next.window), (Source::Auto, &None, &None));
+                assert_eq!(
+                    (next.source, &next.previous, &next.window),
+                    (Source::Auto, &None, &None)
+                );
                 assert!(next.overridden.as_ref().is_some_and(|o| o.reason.is_some()));
             }
         }

@@ -123,6 +123,9 @@ struct Watch {
     baseline: (u64, u64),
     /// When `[rollback] window` has passed.
     until: Instant,
+    /// When it was last evaluated (the drain checks also wake the writer:
+    /// the window is evaluated at most every [`EVALUATE_EVERY`]).
+    evaluated: Instant,
 }
 
 /// How often the writer evaluates an open automatic-rollback window: the
@@ -218,7 +221,10 @@ impl Writer {
     async fn next(&mut self, rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
         loop {
             let drain = self.draining.iter().map(|(_, t)| drain_pause(*t)).min();
-            let evaluate = self.watch.as_ref().map(|_| EVALUATE_EVERY);
+            let evaluate = self
+                .watch
+                .as_ref()
+                .map(|w| EVALUATE_EVERY.saturating_sub(w.evaluated.elapsed()));
             let Some(pause) = drain.into_iter().chain(evaluate).min() else {
                 return rx.recv().await;
             };
@@ -530,6 +536,7 @@ impl Writer {
             baseline: sum_outcomes(&pools),
             pools,
             until: Instant::now() + length,
+            evaluated: Instant::now(),
         });
         tracing::info!(
             pools = %window.pools.join(", "),
@@ -545,9 +552,13 @@ impl Writer {
     /// open, so a rollback comes at most that long after the count that
     /// passed the threshold.
     fn evaluate(&mut self) {
-        let Some(watch) = &self.watch else {
+        let Some(watch) = &mut self.watch else {
             return;
         };
+        if watch.evaluated.elapsed() < EVALUATE_EVERY {
+            return;
+        }
+        watch.evaluated = Instant::now();
         let generation = watch.generation;
         if Instant::now() >= watch.until {
             tracing::info!(
