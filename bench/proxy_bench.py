@@ -47,7 +47,11 @@ What it measures, in one run, in interleaved rounds:
     DNS name answered by a loopback DNS server of the script, re-resolved
     every 5 s, with health checks every second ("pool3+health"), and behind
     each --compare build ("NAME-pool3"); the share each upstream served
-    (from the bytes each sent, `ss -ti`), and the ratios of those rows.
+    (from the bytes each sent, `ss -ti`), and the ratios of those rows;
+  * a 90/10 split (unless --no-split): the same build as "switchyard" with
+    `[split] weights = { blue = 90, green = 10 }`, both pools on the same
+    upstream ("switchyard-split"), and its ratios to "switchyard": what the
+    per-request choice of a pool costs.
 The machine is shared by the load generator, the proxy and the upstream:
 compare the ratios, not the absolute figures.
 """
@@ -501,6 +505,8 @@ def main():
                     help="idle keep-alive client connections whose memory is measured (default 5000)")
     ap.add_argument("--no-pool", action="store_true",
                     help="leave out the pool-of-three rows (pool3, pool3+health, NAME-pool3)")
+    ap.add_argument("--no-split", action="store_true",
+                    help="leave out the switchyard-split row (the same build with a 90/10 split active)")
     ap.add_argument("--idle-only", action="store_true",
                     help="measure only the memory of idle connections (no wrk, nginx or HAProxy needed)")
     args = ap.parse_args()
@@ -581,6 +587,20 @@ http {{
             p = procs.start([binary, "-c", os.path.join(d, "proxy.toml")])
             wait_port(port)
             targets[name] = (port, [p.pid], admin)
+
+        # A 90/10 split: the same build as "switchyard", both pools on the
+        # same upstream, so the row differs only by the per-request choice
+        # of the pool (what a canary costs).
+        if not args.no_split:
+            d = os.path.join(tmp, "switchyard-split")
+            os.makedirs(d)
+            port, admin = free_port(), free_port()
+            write(os.path.join(d, "upstreams.toml"),
+                  upstreams("blue", base, base) + '\n[split]\nweights = { blue = 90, green = 10 }\n')
+            write(os.path.join(d, "proxy.toml"), proxy_toml(port, admin, "upstreams.toml", False))
+            p = procs.start([switchyard, "-c", os.path.join(d, "proxy.toml")])
+            wait_port(port)
+            targets["switchyard-split"] = (port, [p.pid], admin)
 
         # The pool of three: three translation-api processes on 127.0.0.1-3,
         # one port, behind the plain build (as the --compare builds, so that
@@ -795,6 +815,9 @@ backend be{hp_backend}
     print_idle(switchyard, args.idle_connections, idle)
     if pool_targets:
         print_pool(results, concurrency, args.rounds, pool_targets, pool_rows, dns.queries)
+    if "switchyard-split" in targets:
+        print("\na 90/10 split against no split, the same build (medians of per-round ratios):")
+        print_ratios(results, concurrency, args.rounds, [("switchyard-split", "switchyard")])
     ref = "switchyard-plain" if "switchyard-plain" in targets else "switchyard"
     pairs = [(ref, name) for name, _, _ in compare if name != "switchyard-plain"]
     if pairs:
