@@ -130,11 +130,13 @@ impl Admin {
                         to,
                         if_generation,
                         force,
+                        weight,
                         ..
                     } => Command::Switch {
                         to,
                         if_generation,
                         force,
+                        weight,
                         who,
                         reply,
                     },
@@ -152,7 +154,9 @@ impl Admin {
                     },
                     Ok(Err(e)) => {
                         let status = match e {
-                            SwitchError::UnknownPool { .. } => StatusCode::BAD_REQUEST,
+                            SwitchError::UnknownPool { .. } | SwitchError::BadWeight(_) => {
+                                StatusCode::BAD_REQUEST
+                            }
                             SwitchError::Conflict { .. }
                             | SwitchError::NothingToRollBack
                             | SwitchError::NotReady(_) => StatusCode::CONFLICT,
@@ -283,6 +287,8 @@ pub enum SwitchRequest {
         if_generation: Option<u64>,
         /// Switch even if the pool is not ready (the gate).
         force: bool,
+        /// `"weight":N` (0-100): a split, `to` gets N % of the requests.
+        weight: Option<u8>,
         /// `"wait":"drained"`: answer once every other pool has nothing in
         /// flight, waiting at most this long (`timeout`, default
         /// [`DEFAULT_DRAIN_WAIT`]).
@@ -329,6 +335,12 @@ pub enum BadSwitchRequest {
     /// `wait` is not `"drained"`.
     #[error("`wait` must be \"drained\", not `{0}`")]
     WaitValue(String),
+    /// `weight` is not an integer 0-100, or was sent to `/rollback`.
+    #[error("`weight` must be an integer from 0 to 100 (the share of `to`), not `{0}`")]
+    WeightValue(String),
+    /// `/rollback` with a `weight`.
+    #[error("/rollback takes no `weight`: it returns to the previous route")]
+    RollbackWeight,
     /// `timeout` without `"wait":"drained"`.
     #[error("`timeout` is the longest wait of `\"wait\":\"drained\"`; it needs `wait`")]
     TimeoutWithoutWait,
@@ -344,6 +356,7 @@ struct SwitchBody {
     to: Option<String>,
     if_generation: Option<u64>,
     force: Option<bool>,
+    weight: Option<serde_json::Number>,
     wait: Option<String>,
     timeout: Option<String>,
 }
@@ -351,7 +364,7 @@ struct SwitchBody {
 /// Reads what a `POST /switch` (`rollback` false) or `POST /rollback` asks
 /// from the request's query (`to=<pool>`, taken as it is, never decoded;
 /// `force=true|false`) and its whole body (empty or whitespace, or a JSON
-/// object with `to`, `if_generation`, `force`, `wait` (`"drained"`) and
+/// object with `to`, `if_generation`, `force`, `weight` (0-100), `wait` (`"drained"`) and
 /// `timeout` (humantime, 1ms to 5m, default 30s, only with `wait`)); pure,
 /// so it is unit-tested and fuzzed on its own.
 pub fn parse_switch(
@@ -386,9 +399,19 @@ pub fn parse_switch(
         },
         (Some(other), _) => return Err(BadSwitchRequest::WaitValue(other.to_string())),
     };
+    let weight = match &body.weight {
+        None => None,
+        Some(n) => match n.as_u64().filter(|w| *w <= 100) {
+            Some(w) => u8::try_from(w).ok(),
+            None => return Err(BadSwitchRequest::WeightValue(n.to_string())),
+        },
+    };
     if rollback {
         if body.to.is_some() || query_to.is_some() {
             return Err(BadSwitchRequest::RollbackTo);
+        }
+        if weight.is_some() {
+            return Err(BadSwitchRequest::RollbackWeight);
         }
         return Ok(SwitchRequest::Rollback {
             if_generation: body.if_generation,
@@ -405,6 +428,7 @@ pub fn parse_switch(
         to,
         if_generation: body.if_generation,
         force,
+        weight,
         wait_drained,
     })
 }
@@ -425,6 +449,7 @@ mod tests {
             to: to.into(),
             if_generation,
             force: false,
+            weight: None,
             wait_drained: None,
         }
     }
@@ -467,6 +492,7 @@ mod tests {
                 to: "green".into(),
                 if_generation: None,
                 force: true,
+                weight: None,
                 wait_drained: None
             }
         );

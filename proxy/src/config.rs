@@ -6,6 +6,7 @@
 //! The errors found in these files ([`ConfigError`]) are defined here too,
 //! so that this module depends on no other of the crate.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -502,12 +503,83 @@ pub struct UpstreamsFile {
     pub discovery: Discovery,
     /// `[health]`: active checks (with `path`) and passive ejection.
     pub health: Option<Health>,
-    /// `[preview]` (later).
-    pub preview: Option<Spanned<toml::Value>>,
-    /// `[split]` (later).
-    pub split: Option<Spanned<toml::Value>>,
-    /// `[rollback]` (later).
-    pub rollback: Option<Spanned<toml::Value>>,
+    /// `[preview]`: route a request to the pool its header or cookie names.
+    pub preview: Option<Spanned<PreviewFile>>,
+    /// `[split]`: canary weights instead of all-or-nothing.
+    pub split: Option<Spanned<SplitFile>>,
+    /// `[rollback]`: the automatic rollback after a forward switch.
+    pub rollback: Option<Spanned<RollbackFile>>,
+}
+
+/// `[preview]` of `upstreams.toml`: from an address in `allow`, a request
+/// whose `header` (or `cookie`) names a pool goes to that pool, never
+/// falling back. Both are removed before forwarding, from anyone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewFile {
+    /// The header whose value names the pool (default [`DEFAULT_PREVIEW_HEADER`]).
+    #[serde(default = "default_preview_header")]
+    pub header: String,
+    /// A cookie whose value names the pool; none by default.
+    pub cookie: Option<String>,
+    /// Who may preview (CIDRs); required.
+    pub allow: Option<Vec<IpNet>>,
+}
+
+/// The preview header when `[preview] header` is not given.
+pub const DEFAULT_PREVIEW_HEADER: &str = "x-switchyard-preview";
+
+fn default_preview_header() -> String {
+    DEFAULT_PREVIEW_HEADER.to_string()
+}
+
+/// `[split]` of `upstreams.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    /// Share (0-100) of requests per pool, summing to 100; a pool not
+    /// named gets 0. Without it, `active` gets everything.
+    pub weights: Option<BTreeMap<String, i64>>,
+    /// A cookie naming the pool a client got: it stays there while that
+    /// pool has a share and is usable. None by default.
+    pub sticky_cookie: Option<String>,
+}
+
+/// `[rollback]` of `upstreams.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackFile {
+    /// How long after a forward switch the new pool's errors are watched
+    /// (default [`DEFAULT_ROLLBACK_WINDOW`]).
+    #[serde(default = "default_rollback_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Errors over requests of the new pool beyond which the proxy switches
+    /// back (default [`DEFAULT_MAX_ERROR_RATE`]).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// Requests of the new pool needed before the rate is judged (default
+    /// [`DEFAULT_MIN_REQUESTS`]).
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+/// `[rollback] window` when not given.
+pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(60);
+/// `[rollback] max_error_rate` when not given.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.05;
+/// `[rollback] min_requests` when not given.
+pub const DEFAULT_MIN_REQUESTS: u64 = 100;
+
+fn default_rollback_window() -> Duration {
+    DEFAULT_ROLLBACK_WINDOW
+}
+
+fn default_max_error_rate() -> f64 {
+    DEFAULT_MAX_ERROR_RATE
+}
+
+fn default_min_requests() -> u64 {
+    DEFAULT_MIN_REQUESTS
 }
 
 /// `[pools.NAME]`.
@@ -776,14 +848,6 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-fn not_supported(path: &Path, text: &str, key: &str, span: std::ops::Range<usize>) -> ConfigError {
-    ConfigError::Invalid {
-        file: path.to_path_buf(),
-        line: Some(line_of(text, span.start)),
-        reason: format!("`{key}` is not supported yet"),
-    }
-}
-
 impl Settings {
     /// Reads and checks `proxy.toml`; every error found is returned.
     pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
@@ -1039,15 +1103,6 @@ pub fn parse_upstreams(path: &Path, bytes: &[u8]) -> Result<(UpstreamsFile, Pool
     }
     let file: UpstreamsFile = toml::from_str(text).map_err(|e| vec![ConfigError::toml(path, text, &e)])?;
     let mut errors = Vec::new();
-    for (key, value) in [
-        ("preview", &file.preview),
-        ("split", &file.split),
-        ("rollback", &file.rollback),
-    ] {
-        if let Some(v) = value {
-            errors.push(not_supported(path, text, key, v.span()));
-        }
-    }
     let pools_line = line_of(text, file.pools.span().start);
     let mut pools = Vec::new();
     for (name, value) in file.pools.get_ref() {
@@ -1088,19 +1143,6 @@ mod tests {
         .unwrap_err();
         let msg = err[0].to_string();
         assert!(msg.contains("htp") && msg.contains("line 3"), "{msg}");
-    }
-
-    #[test]
-    fn later_keys_are_not_supported_yet() {
-        let text =
-            "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\n\n[split]\nweights = {}\n";
-        let errs = parse_upstreams(Path::new("u.toml"), text.as_bytes()).unwrap_err();
-        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
-        assert!(
-            all.iter()
-                .any(|m| m.contains("`split` is not supported yet") && m.contains("line 6")),
-            "{all:?}"
-        );
     }
 
     #[test]

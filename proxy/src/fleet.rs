@@ -56,6 +56,10 @@ pub struct SwitchArgs {
     /// Switch even to a pool that is not ready (the gate).
     #[arg(long)]
     pub force: bool,
+    /// A split: the pool gets N % of the requests, the rest stays on the
+    /// pool with the largest other share (see the admin API's `weight`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub weight: Option<u8>,
     /// `drained`: each replica answers once its old pool has nothing in flight.
     #[arg(long, value_parser = ["drained"])]
     pub wait: Option<String>,
@@ -429,15 +433,18 @@ async fn attempt(row: &mut Row, a: &SwitchArgs, token: Option<&str>, deadline: I
             return None;
         }
     };
-    row.before.get_or_insert_with(|| st.active.clone());
+    row.before.get_or_insert_with(|| served(&st));
     if a.if_file_differs && st.file_active == a.pool {
-        row.after = Some(st.active.clone());
-        row.reason = Some(format!("its file names {}; it serves {}", a.pool, st.active));
+        row.after = Some(served(&st));
+        row.reason = Some(format!("its file names {}; it serves {}", a.pool, served(&st)));
         return Some(State::Skipped);
     }
     let mut body = serde_json::json!({"to": a.pool, "if_generation": st.generation});
     if a.force {
         body["force"] = true.into();
+    }
+    if let Some(w) = a.weight {
+        body["weight"] = w.into();
     }
     let mut within = REQUEST_DEADLINE;
     if a.wait.is_some() {
@@ -467,7 +474,11 @@ async fn attempt(row: &mut Row, a: &SwitchArgs, token: Option<&str>, deadline: I
     };
     let json: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
     let read_outcome = |row: &mut Row| {
-        row.after = json["active"].as_str().map(str::to_string);
+        row.after = json["active"].as_str().map(|active| {
+            let split =
+                serde_json::from_value::<std::collections::BTreeMap<String, u8>>(json["split"].clone()).ok();
+            describe(active, split.as_ref())
+        });
         row.generation = json["generation"].as_u64();
         row.drain_ms = json["drain_ms"].as_u64();
     };
@@ -566,7 +577,7 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
         let checks = rows.iter().map(|r| async move {
             match r.state {
                 State::Switched | State::Already | State::NotDrained => {
-                    status_of(&r.replica).await.ok().map(|s| s.active)
+                    status_of(&r.replica).await.ok().map(|s| served(&s))
                 }
                 _ => None,
             }
@@ -577,12 +588,12 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
                 r.after = Some(active);
             }
         }
-        if agree(&rows, &a.pool) || Instant::now() >= deadline {
+        if agree(&rows, &a.pool, a.weight) || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }
-    let all = agree(&rows, &a.pool);
+    let all = agree(&rows, &a.pool, a.weight);
     if !all && a.rollback_on_partial {
         let token = token.as_deref();
         let backs = rows.iter().map(|r| async move {
@@ -623,7 +634,10 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
         }
     }
     Ok(SwitchReport {
-        pool: a.pool.clone(),
+        pool: match a.weight {
+            Some(w) => format!("{} at {w} %", a.pool),
+            None => a.pool.clone(),
+        },
         agree: all,
         replicas: rows,
     })
@@ -631,10 +645,51 @@ pub async fn switch(a: &SwitchArgs) -> Result<SwitchReport, FleetError> {
 
 /// Whether every replica that counts (not skipped, not gone) reports `pool`
 /// (one whose old pool did not drain within `--wait drained`'s time does not).
-fn agree(rows: &[Row], pool: &str) -> bool {
-    rows.iter()
+/// With `weight`, every such replica gives `pool` that share, and they all
+/// serve the same split.
+fn agree(rows: &[Row], pool: &str, weight: Option<u8>) -> bool {
+    let counted: Vec<&Row> = rows
+        .iter()
         .filter(|r| !matches!(r.state, State::Skipped | State::Gone))
-        .all(|r| matches!(r.state, State::Switched | State::Already) && r.after.as_deref() == Some(pool))
+        .collect();
+    let same: std::collections::BTreeSet<Option<&str>> = counted.iter().map(|r| r.after.as_deref()).collect();
+    counted.iter().all(|r| {
+        matches!(r.state, State::Switched | State::Already)
+            && r.after
+                .as_deref()
+                .is_some_and(|after| share(after, pool) == weight.unwrap_or(100))
+    }) && (weight.is_none() || same.len() <= 1)
+}
+
+/// What a replica serves, as one comparable string: the active pool, or a
+/// split as `blue 90, green 10` (pools by name).
+pub fn served(s: &Status) -> String {
+    describe(&s.active, s.split.as_ref())
+}
+
+fn describe(active: &str, split: Option<&std::collections::BTreeMap<String, u8>>) -> String {
+    match split {
+        Some(w) if !w.is_empty() => w
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => active.to_string(),
+    }
+}
+
+/// The share `pool` gets in what [`served`] says.
+fn share(served: &str, pool: &str) -> u8 {
+    if served == pool {
+        return 100;
+    }
+    served
+        .split(", ")
+        .find_map(|part| {
+            let (p, n) = part.rsplit_once(' ')?;
+            (p == pool).then(|| n.parse().ok()).flatten()
+        })
+        .unwrap_or(0)
 }
 
 /// The switch report as a table.
@@ -712,13 +767,12 @@ pub async fn fleet_status(r: &Replicas) -> Result<FleetStatus, FleetError> {
         }
     }))
     .await;
-    let actives: std::collections::BTreeSet<Option<&str>> = read
-        .iter()
-        .map(|r| r.status.as_ref().map(|s| s.active.as_str()))
-        .collect();
+    // Replicas are compared by what they serve: the active pool and a split.
+    let actives: std::collections::BTreeSet<Option<String>> =
+        read.iter().map(|r| r.status.as_ref().map(served)).collect();
     let agree = actives.len() == 1 && !actives.contains(&None);
     let active = if agree {
-        actives.into_iter().next().flatten().map(str::to_string)
+        actives.into_iter().next().flatten()
     } else {
         None
     };
@@ -767,7 +821,7 @@ pub fn render_fleet(f: &FleetStatus, expect: Option<&str>) -> String {
         out.push_str(&format!(
             "{:<32} {:<8} {:<8} {:<10} {:<8} {:<8} {:>4}  {:<14} {:<18} {drained}\n",
             r.replica,
-            s.active,
+            served(s),
             s.source,
             if s.file_active.is_empty() {
                 "-"

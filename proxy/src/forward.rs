@@ -85,8 +85,31 @@ pub fn handle(
     let worker = &conn.worker;
     let opts = &worker.shared.opts;
 
-    // Route: the one load of the routing table for this request.
-    let (pool, generation_header) = worker.view.route(&worker.shared.table.load());
+    // Route: the one load of the routing table for this request. Without a
+    // split, a preview or a sticky cookie, the active pool serves.
+    let table = worker.shared.table.load();
+    let mut set_cookie = None;
+    let (pool, generation_header) = if crate::progressive::needed(&table) {
+        let peer = headers::canonical_ip(conn.peer.ip());
+        match crate::progressive::choose(&table, req.headers_mut(), peer, &worker.view.rng) {
+            Ok(choice) => {
+                if choice.set_cookie {
+                    set_cookie = table
+                        .sticky
+                        .as_ref()
+                        .and_then(|s| s.set_cookie.get(choice.pool).cloned());
+                }
+                worker.view.route_to(&table, choice.pool)
+            }
+            Err(refused) => {
+                conn.request_ended(Instant::now());
+                return Either::Left(std::future::ready(Ok(preview_refused(&conn, req, &refused))));
+            }
+        }
+    } else {
+        worker.view.route(&table)
+    };
+    drop(table);
 
     // Header rules (and the request id). Upstream connections always speak
     // HTTP/1.1 (keep-alive), whatever the client spoke.
@@ -175,6 +198,9 @@ pub fn handle(
             generation_header,
             request_id,
         );
+        if let Some(cookie) = set_cookie {
+            response.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
         Ok(response)
     })
 }
@@ -257,6 +283,32 @@ fn body_too_large(conn: &Conn, mut req: Request<Incoming>, announced: u64) -> Re
     response
 }
 
+/// A preview request whose pool is unknown or has no usable endpoint: the
+/// proxy answers 503 with the reason (a preview never falls back to another
+/// pool). Never routed, counted in no pool (nor in the automatic
+/// rollback), logged. Cold.
+#[cold]
+fn preview_refused(
+    conn: &Conn,
+    mut req: Request<Incoming>,
+    refused: &crate::progressive::PreviewRefused,
+) -> Response<ProxyBody> {
+    let request_id = headers::request_id(req.headers_mut(), || conn.worker.new_request_id());
+    let message = refused.to_string();
+    tracing::warn!(
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %conn.peer,
+        method = %req.method(),
+        error = %message,
+        "preview refused"
+    );
+    let mut response = error::respond_to(StatusCode::SERVICE_UNAVAILABLE, &message, &request_id);
+    response
+        .headers_mut()
+        .insert(http::HeaderName::from_static("x-request-id"), request_id);
+    response
+}
+
 /// The client's answer when its body is larger than `limits.max_body`.
 const BODY_TOO_LARGE: &str = "the request body is larger than the limit";
 
@@ -315,6 +367,7 @@ fn answer(
     completion.status = resp.status().as_u16();
     match client_upgrade {
         Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            pool.pool.inflight.outcome(pool.core, false);
             tunnel(resp, client_upgrade, completion, sender)
         }
         // A switch nobody asked for (the request's upgrade, if any, was
@@ -328,6 +381,10 @@ fn answer(
             failed(e, pool, request_id, completion, false)
         }
         _ => {
+            // The automatic rollback's count: an upstream's answer.
+            pool.pool
+                .inflight
+                .outcome(pool.core, resp.status().is_server_error());
             let endpoint_id = pool.pool.endpoints[endpoint].id;
             stream(
                 resp,
@@ -491,6 +548,11 @@ fn failed(
     // Connect failures were counted per attempt in `send`.
     if let Some(kind) = e.kind().filter(|k| *k != ErrorKind::Connect) {
         pool.pool.metrics.error(kind);
+    }
+    // The automatic rollback counts upstream errors (a kind), never the
+    // proxy's own answers (no endpoint, limits, a client's body).
+    if e.kind().is_some() {
+        pool.pool.inflight.outcome(pool.core, true);
     }
     if let Some(reason) = e.rejected() {
         completion.conn().worker.shared.metrics.rejected(reason);

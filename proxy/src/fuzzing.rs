@@ -25,7 +25,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use crate::admin::{parse_switch, BadSwitchRequest, SwitchRequest};
 use crate::config::{ConfigError, Settings};
 use crate::control::decide::{Reply, Store, Written};
-use crate::control::writer::set_active;
+use crate::control::writer::set_route;
 use crate::control::{
     content_hash, decide as decide_fn, ControlState, Decision, Event, FileRead, ReloadOutcome, SwitchError,
 };
@@ -181,6 +181,7 @@ pub fn upstreams(data: &[u8]) -> bool {
     let spec = Spec {
         file: &desired,
         active: &desired.active,
+        split: &[],
         generation: 1,
         source: Source::File,
         switched_at: SystemTime::UNIX_EPOCH,
@@ -273,10 +274,15 @@ pub fn admin(data: &[u8]) -> bool {
                     to,
                     if_generation,
                     force,
+                    weight,
                     wait_drained,
                 } => {
                     assert!(!rollback, "/rollback never reads as a switch");
+                    assert!(weight.is_none_or(|w| w <= 100), "a weight is a share");
                     let mut j = serde_json::json!({"to": to, "if_generation": if_generation, "force": force});
+                    if let Some(w) = weight {
+                        j["weight"] = (*w).into();
+                    }
                     wait_json(&mut j, *wait_drained);
                     j
                 }
@@ -309,7 +315,9 @@ pub fn admin(data: &[u8]) -> bool {
                 BadSwitchRequest::ToDiffers | BadSwitchRequest::MissingTo => assert!(!rollback),
                 BadSwitchRequest::WaitValue(_)
                 | BadSwitchRequest::TimeoutWithoutWait
-                | BadSwitchRequest::TimeoutValue(_) => assert!(!blank, "only a body asks to wait"),
+                | BadSwitchRequest::TimeoutValue(_)
+                | BadSwitchRequest::WeightValue(_) => assert!(!blank, "only a body asks to wait or split"),
+                BadSwitchRequest::RollbackWeight => assert!(rollback && !blank),
             }
             false
         }
@@ -379,6 +387,14 @@ enum FileSpec {
         pools: Vec<(Name, Vec<Ep>)>,
         comment: bool,
     },
+    /// A generated file with `[split] weights` (and `[rollback]` when
+    /// `rollback`): valid or not (the weights may not add up).
+    Split {
+        active: Name,
+        pools: Vec<(Name, Vec<Ep>)>,
+        weights: Vec<(Name, u8)>,
+        rollback: bool,
+    },
     /// The accepted content again (same bytes).
     Accepted,
     /// The accepted content with a comment added (same pools, other bytes).
@@ -406,6 +422,32 @@ impl FileSpec {
                     })
                     .collect();
                 render(active.get(), &pools, *comment).into_bytes()
+            }
+            FileSpec::Split {
+                active,
+                pools,
+                weights,
+                rollback,
+            } => {
+                let pools: Vec<(String, Vec<String>)> = pools
+                    .iter()
+                    .map(|(n, eps)| {
+                        (
+                            n.get().to_string(),
+                            eps.iter().map(|e| e.get().to_string()).collect(),
+                        )
+                    })
+                    .collect();
+                let mut text = render(active.get(), &pools, false);
+                let weights: Vec<String> = weights
+                    .iter()
+                    .map(|(n, w)| format!("{:?} = {w}", n.get()))
+                    .collect();
+                text.push_str(&format!("[split]\nweights = {{ {} }}\n", weights.join(", ")));
+                if *rollback {
+                    text.push_str("[rollback]\nwindow = \"1s\"\nmax_error_rate = 0.1\nmin_requests = 10\n");
+                }
+                text.into_bytes()
             }
             FileSpec::Accepted => accepted.into_bytes(),
             FileSpec::AcceptedCommented => format!("{accepted}\n# a comment\n").into_bytes(),
@@ -446,6 +488,7 @@ enum Step {
         to: Name,
         if_generation: Generation,
         force: bool,
+        weight: Option<u8>,
         persist_fails: bool,
     },
     /// `POST /rollback`.
@@ -454,6 +497,10 @@ enum Step {
         force: bool,
         persist_fails: bool,
     },
+    /// The automatic rollback's counts of the open window (or of an older one).
+    Outcomes { stale: bool, requests: u16, errors: u16 },
+    /// The open window's time is up.
+    WindowOver,
 }
 
 /// A `decide` input: the start, then the events.
@@ -505,6 +552,22 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
     }
     if next.route != state.route {
         assert_eq!(d.store, Store::Table, "a new route is a new table");
+    }
+    if next.window.is_some() && next.window != state.window {
+        assert!(
+            next.route != state.route && !matches!(event, Event::Rollback { .. }),
+            "a window opens only with a forward switch"
+        );
+    }
+    for pool in next.route.pools() {
+        assert!(
+            next.file.has_pool(pool),
+            "every pool of the route is defined: {pool}"
+        );
+    }
+    if next.route.is_split() {
+        let sum: u32 = next.route.split.iter().map(|(_, w)| u32::from(*w)).sum();
+        assert_eq!(sum, 100, "a split's weights add up to 100: {:?}", next.route);
     }
     if let Some(route) = &d.persist {
         assert!(state.persist, "persist only when [admin] persist is on");
@@ -564,8 +627,19 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
                     assert!(if_generation.is_none_or(|g| g == state.generation));
                     assert_eq!(o.generation, next.generation);
                     assert_eq!(o.active, next.route.active);
-                    if let Event::Switch { to, .. } = event {
+                    if let Event::Switch {
+                        to,
+                        weight: None | Some(100),
+                        ..
+                    } = event
+                    {
                         assert_eq!(&o.active, to, "a switch goes where it was asked");
+                    }
+                    if let Event::Switch {
+                        to, weight: Some(w), ..
+                    } = event
+                    {
+                        assert_eq!(next.route.weight(to), *w, "a split gives `to` its weight");
                     }
                     if o.changed {
                         assert_eq!(o.previous, state.route.active);
@@ -588,6 +662,24 @@ fn check_decision(state: &ControlState, event: &Event, d: &Decision) {
                     "readiness only applies the pending switch"
                 );
             }
+        }
+        (Event::Outcomes { generation, .. }, Reply::Nothing) => {
+            if next.route != state.route {
+                assert_eq!(
+                    state.window.as_ref().map(|w| w.generation),
+                    Some(*generation),
+                    "only the open window rolls back"
+                );
+                assert_eq!(Some(&next.route), state.previous.as_ref(), "back to previous");
+                assert_eq!(
+                    (next.source, &next.previous, &next.window),
+                    (Source::Auto, &None, &None)
+                );
+                assert!(next.overridden.as_ref().is_some_and(|o| o.reason.is_some()));
+            }
+        }
+        (Event::WindowOver { .. }, Reply::Nothing) => {
+            assert_eq!((&next.route, next.generation), (&state.route, state.generation));
         }
         (Event::Persisted { .. }, Reply::Nothing) => {
             assert_eq!((next.generation, &next.route), (state.generation, &state.route));
@@ -640,12 +732,14 @@ fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
                 to,
                 if_generation,
                 force,
+                weight,
                 persist_fails,
             } => (
                 Event::Switch {
                     to: to.get().to_string(),
                     if_generation: if_generation.get(state.generation),
                     force: *force,
+                    weight: *weight,
                 },
                 *persist_fails,
             ),
@@ -660,6 +754,27 @@ fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
                 },
                 *persist_fails,
             ),
+            Step::Outcomes {
+                stale,
+                requests,
+                errors,
+            } => {
+                let open = state.window.as_ref().map_or(0, |w| w.generation);
+                (
+                    Event::Outcomes {
+                        generation: if *stale { open.wrapping_sub(1) } else { open },
+                        requests: u64::from(*requests),
+                        errors: u64::from((*errors).min(*requests)),
+                    },
+                    false,
+                )
+            }
+            Step::WindowOver => (
+                Event::WindowOver {
+                    generation: state.window.as_ref().map_or(0, |w| w.generation),
+                },
+                false,
+            ),
         };
         let d = decide_fn(&state, event.clone());
         check_decision(&state, &event, &d);
@@ -672,7 +787,7 @@ fn run(mut state: ControlState, steps: &[Step], metrics: &Metrics) {
                     "{UPSTREAMS}: the file changed since it was last accepted"
                 ))
             } else {
-                match set_active(&state.file_text, &route.active) {
+                match set_route(&state.file_text, &route) {
                     Ok(out) => Ok(Written {
                         hash: content_hash(out.as_bytes()),
                         text: out.into(),
@@ -730,6 +845,7 @@ fn spec(s: &ControlState) -> Spec<'_> {
     Spec {
         file: &s.file,
         active: &s.route.active,
+        split: &s.route.split,
         generation: s.generation,
         source: s.source,
         switched_at: SystemTime::UNIX_EPOCH,

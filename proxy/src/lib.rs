@@ -7,6 +7,7 @@
 //! - [`table`]: the immutable [`table::RoutingTable`] and its validation;
 //! - [`pool`]: a blue/green pool: endpoints and their health, the
 //!   spreading rule (least in flight, ties by rotation), in-flight counts;
+//! - [`progressive`]: preview, sticky cookie and split draw at request time;
 //! - [`discovery`]: DNS names resolved at start and every `[discovery] every`;
 //! - [`health`]: active checks, passive ejection, the one task that moves
 //!   an endpoint's health;
@@ -38,7 +39,8 @@
 //!   entry functions of the fuzz targets in `fuzz/`.
 //!
 //! Request flow: a core's listener accepts → hyper reads the request →
-//! [`forward::handle`] loads the table once and takes its active pool →
+//! [`forward::handle`] loads the table once and takes its active pool (or,
+//! with a preview, a sticky cookie or a split, the one [`progressive`] picks) →
 //! picks the usable endpoint with the fewest requests in flight on this core
 //! and an idle upstream connection of this core (or opens one) → streams the request and the answer, recording
 //! metrics when it ends.
@@ -68,6 +70,7 @@ pub mod listener;
 pub mod local;
 pub mod metrics;
 pub mod pool;
+pub mod progressive;
 pub mod server;
 pub mod shared;
 pub mod status;

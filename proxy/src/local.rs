@@ -148,6 +148,9 @@ struct Seen {
     table: Arc<RoutingTable>,
     active: Rc<CorePool>,
     generation: HeaderValue,
+    /// The other pools of the table as this core uses them (a split, a
+    /// preview), by index; made at their first request.
+    others: Vec<Option<Rc<CorePool>>>,
 }
 
 /// One core's view; see the module doc.
@@ -161,6 +164,8 @@ pub struct View {
     /// Every pool this core has used and that is still in the table, for
     /// the periodic flush of their metrics.
     pools: RefCell<Vec<Rc<CorePool>>>,
+    /// This core's random state for the draw of a split.
+    pub rng: Cell<u64>,
 }
 
 impl View {
@@ -173,44 +178,60 @@ impl View {
             failures,
             seen: RefCell::new(None),
             pools: RefCell::new(Vec::new()),
+            rng: Cell::new(crate::progressive::seed(core)),
         }
     }
 
     /// The active pool of `table` (the table just loaded) and its
     /// `x-switchyard-generation` value.
     pub fn route(&self, table: &Arc<RoutingTable>) -> (Rc<CorePool>, HeaderValue) {
+        self.route_to(table, table.active)
+    }
+
+    /// Pool `i` of `table` (the table just loaded) as this core uses it,
+    /// and the table's `x-switchyard-generation` value.
+    pub fn route_to(&self, table: &Arc<RoutingTable>, i: usize) -> (Rc<CorePool>, HeaderValue) {
         let mut seen = self.seen.borrow_mut();
-        match &*seen {
-            Some(s) if Arc::ptr_eq(&s.table, table) => (Rc::clone(&s.active), s.generation.clone()),
-            _ => {
-                let s = self.refresh(table);
-                let out = (Rc::clone(&s.active), s.generation.clone());
-                *seen = Some(s);
-                out
+        let s = match &mut *seen {
+            Some(s) if Arc::ptr_eq(&s.table, table) => s,
+            other => other.insert(self.refresh(table)),
+        };
+        if i == table.active {
+            return (Rc::clone(&s.active), s.generation.clone());
+        }
+        let Some(slot) = s.others.get_mut(i) else {
+            return (Rc::clone(&s.active), s.generation.clone());
+        };
+        let pool = slot.get_or_insert_with(|| self.core_pool(&table.pools[i]));
+        (Rc::clone(pool), s.generation.clone())
+    }
+
+    /// `pool` as this core uses it: the one it already has, or a new one.
+    fn core_pool(&self, pool: &Arc<Pool>) -> Rc<CorePool> {
+        let mut pools = self.pools.borrow_mut();
+        match pools.iter().find(|c| Arc::ptr_eq(&c.pool, pool)) {
+            Some(c) => Rc::clone(c),
+            None => {
+                let c = Rc::new(CorePool::new(pool, self.core, self.failures.clone()));
+                pools.push(Rc::clone(&c));
+                c
             }
         }
     }
 
     /// A new table: keep the pools it still has, make the active one's.
     fn refresh(&self, table: &Arc<RoutingTable>) -> Seen {
-        let mut pools = self.pools.borrow_mut();
         // Pools the table no longer holds are flushed (on drop) once their
         // last request ends.
-        pools.retain(|c| table.pools.iter().any(|p| Arc::ptr_eq(p, &c.pool)));
+        self.pools
+            .borrow_mut()
+            .retain(|c| table.pools.iter().any(|p| Arc::ptr_eq(p, &c.pool)));
         self.client.retain_endpoints_of(table);
-        let active = table.active_pool();
-        let core_pool = match pools.iter().find(|c| Arc::ptr_eq(&c.pool, active)) {
-            Some(c) => Rc::clone(c),
-            None => {
-                let c = Rc::new(CorePool::new(active, self.core, self.failures.clone()));
-                pools.push(Rc::clone(&c));
-                c
-            }
-        };
         Seen {
             table: Arc::clone(table),
-            active: core_pool,
+            active: self.core_pool(table.active_pool()),
             generation: copy(&table.generation_header),
+            others: vec![None; table.pools.len()],
         }
     }
 

@@ -218,8 +218,21 @@ fn status(a: &fleet::StatusArgs) -> Result<ExitCode> {
 }
 
 fn detail(s: &Status) {
-    let overridden = if s.overridden { "  (admin override)" } else { "" };
+    let overridden = match (s.overridden, s.source.as_str()) {
+        (false, _) => "",
+        (true, "auto") => "  (automatic rollback override)",
+        (true, _) => "  (admin override)",
+    };
     println!("active      {}{overridden}", s.active);
+    if s.split.is_some() {
+        println!("split       {}", fleet::served(s));
+    }
+    if let Some(r) = &s.override_reason {
+        println!("why         {r}");
+    }
+    if let Some(r) = &s.rollback_blocked {
+        println!("rollback blocked: {r}");
+    }
     println!("previous    {}", s.previous.as_deref().unwrap_or("null"));
     println!(
         "generation  {}  (source: {}, since {})",

@@ -132,6 +132,7 @@ pub struct Metrics {
     /// overrides the file's `active`.
     pub admin_override: IntGauge,
     file_active: IntGaugeVec,
+    split_weight: IntGaugeVec,
     /// `switchyard_drain_seconds`: from a switch to the old pool's drained.
     pub drain_seconds: Histogram,
     /// `switchyard_rejected_total{reason}`, one handle per [`Reject`].
@@ -250,6 +251,11 @@ impl Metrics {
             "1 for the pool the upstreams file names as active (override or not), else 0.",
             &["pool"],
         );
+        let split_weight = gauge(
+            "split_weight",
+            "Share (0-100) of new requests the pool gets: 100 for the active pool without a split.",
+            &["pool"],
+        );
         let drain_seconds = must(Histogram::with_opts(
             HistogramOpts::new(
                 "drain_seconds",
@@ -322,6 +328,7 @@ impl Metrics {
             switch_pending,
             admin_override,
             file_active,
+            split_weight,
             drain_seconds,
             rejected,
             pool_endpoints,
@@ -378,6 +385,7 @@ impl Metrics {
             active: self.active_pool.with_label_values(&[pool]),
             ready: self.pool_ready.with_label_values(&[pool]),
             file_active: self.file_active.with_label_values(&[pool]),
+            split_weight: self.split_weight.with_label_values(&[pool]),
             errors,
             retries: self.retries.with_label_values(&[pool]),
             endpoints: ENDPOINT_STATES.map(|s| self.pool_endpoints.with_label_values(&[pool, s])),
@@ -404,6 +412,7 @@ impl Metrics {
         let _ = self.active_pool.remove_label_values(&[pool]);
         let _ = self.pool_ready.remove_label_values(&[pool]);
         let _ = self.file_active.remove_label_values(&[pool]);
+        let _ = self.split_weight.remove_label_values(&[pool]);
         let _ = self.retries.remove_label_values(&[pool]);
         for s in ENDPOINT_STATES {
             let _ = self.pool_endpoints.remove_label_values(&[pool, s]);
@@ -463,6 +472,8 @@ pub struct PoolMetrics {
     pub ready: IntGauge,
     /// `file_active{pool}`: set when a table is published.
     pub file_active: IntGauge,
+    /// `split_weight{pool}`: the pool's share (0-100); set when a table is published.
+    pub split_weight: IntGauge,
     errors: [IntCounter; ErrorKind::ALL.len()],
     /// `upstream_retries_total{pool}`.
     pub retries: IntCounter,

@@ -339,6 +339,11 @@ pub fn least_loaded(
 struct Slot {
     inflight: AtomicI64,
     tunnels: AtomicI64,
+    /// Requests the upstream answered or failed (the automatic rollback's
+    /// denominator); the proxy's own answers are not counted.
+    answered: AtomicU64,
+    /// Of those: 5xx answers and upstream errors.
+    errors: AtomicU64,
 }
 
 /// Requests of a pool in flight (an open tunnel is one until it closes),
@@ -412,6 +417,28 @@ impl Inflight {
     /// Open tunnels over every core.
     pub fn tunnels(&self) -> i64 {
         self.slots.iter().map(|s| s.tunnels.load(Ordering::Relaxed)).sum()
+    }
+
+    /// On core `core`: a request the upstream answered (`error`: with a
+    /// 5xx) or failed (`error` true). Two relaxed adds on this core's own
+    /// cache line; never called for the proxy's own answers.
+    pub fn outcome(&self, core: usize, error: bool) {
+        let slot = &self.slots[core % self.slots.len()];
+        slot.answered.fetch_add(1, Ordering::Relaxed);
+        if error {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(answered, errors)` since the pool was first built, over every core:
+    /// the writer takes differences of these.
+    pub fn outcomes(&self) -> (u64, u64) {
+        self.slots.iter().fold((0, 0), |(a, e), s| {
+            (
+                a + s.answered.load(Ordering::Relaxed),
+                e + s.errors.load(Ordering::Relaxed),
+            )
+        })
     }
 }
 

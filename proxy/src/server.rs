@@ -372,6 +372,7 @@ impl Proxy {
             &Spec {
                 file: &state.file,
                 active: &state.route.active,
+                split: &state.route.split,
                 generation: state.generation,
                 source: Source::File,
                 switched_at: SystemTime::now(),

@@ -37,6 +37,17 @@ pub struct Status {
     /// The file switch waiting for its pool to be ready, or null.
     #[serde(default)]
     pub pending: Option<PendingStatus>,
+    /// The weights of a split in force (pool → share), or null.
+    #[serde(default)]
+    pub split: Option<BTreeMap<String, u8>>,
+    /// Why the override was made, when the proxy made it (an automatic
+    /// rollback), or null.
+    #[serde(default)]
+    pub override_reason: Option<String>,
+    /// Why an automatic rollback that is due cannot switch (the previous
+    /// pool is not ready), or null.
+    #[serde(default)]
+    pub rollback_blocked: Option<String>,
     /// Every pool by name.
     pub pools: BTreeMap<String, PoolStatus>,
     /// Each certificate of `[tls]` (the default first, then the SNI
@@ -64,8 +75,12 @@ pub struct TlsStatus {
 /// One pool in `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStatus {
-    /// Whether it gets new requests.
+    /// Whether it is the active pool (of a split: the largest share).
     pub active: bool,
+    /// Its share (0-100) of new requests: 100 for the active pool without
+    /// a split. Absent from older proxies' documents: 0.
+    #[serde(default)]
+    pub split_weight: u8,
     /// Its endpoints, in file order.
     pub endpoints: Vec<EndpointStatus>,
     /// Requests in flight on it, open tunnels included.
@@ -151,15 +166,17 @@ impl Status {
                     })
                     .collect();
                 let readiness = table.facts.readiness.get(&p.name);
+                let serves = table.serves(i);
                 let status = PoolStatus {
                     active: i == table.active,
+                    split_weight: table.weights.get(i).copied().unwrap_or(0),
                     endpoints,
                     inflight,
                     tunnels: p.tunnels().max(0),
-                    drained: i != table.active && inflight == 0,
+                    drained: !serves && inflight == 0,
                     panic: p.panic(),
                     discovery_error: p.discovery_error(),
-                    drained_at: (i != table.active && inflight == 0)
+                    drained_at: (!serves && inflight == 0)
                         .then(|| p.inflight.drained_at())
                         .flatten()
                         .map(|t| humantime::format_rfc3339_millis(t).to_string()),
@@ -192,6 +209,17 @@ impl Status {
                     .map(|t| humantime::format_rfc3339_millis(t).to_string())
                     .unwrap_or_default(),
             }),
+            split: table.split.as_ref().map(|_| {
+                table
+                    .pools
+                    .iter()
+                    .zip(&table.weights)
+                    .filter(|(_, w)| **w > 0)
+                    .map(|(p, w)| (p.name.clone(), *w))
+                    .collect()
+            }),
+            override_reason: table.facts.override_reason.clone(),
+            rollback_blocked: table.facts.rollback_blocked.clone(),
             pools,
             tls: Vec::new(),
         }

@@ -91,6 +91,52 @@ pub struct Desired {
     pub discovery: Arc<Discovery>,
     /// `[health]`; `None`: passive ejection with the defaults, no active check.
     pub health: Option<Arc<Health>>,
+    /// `[split] weights`: each pool with a share above 0 (sorted by name);
+    /// `None` without a split.
+    pub split: Option<Vec<(String, u8)>>,
+    /// `[split] sticky_cookie`.
+    pub sticky_cookie: Option<String>,
+    /// `[preview]`.
+    pub preview: Option<Arc<PreviewRules>>,
+    /// `[rollback]`; `None`: no automatic rollback.
+    pub rollback: Option<RollbackRules>,
+}
+
+/// `[preview]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewRules {
+    /// The header whose value names the pool (lower case).
+    pub header: http::HeaderName,
+    /// The cookie whose value names the pool, if any.
+    pub cookie: Option<String>,
+    /// Who may preview.
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+/// `[rollback]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollbackRules {
+    /// How long after a forward switch the new pool is watched.
+    pub window: std::time::Duration,
+    /// `max_error_rate` in millionths (an integer, so the rules compare exactly).
+    pub max_error_ppm: u64,
+    /// Requests of the new pool needed before the rate is judged.
+    pub min_requests: u64,
+}
+
+impl RollbackRules {
+    /// Whether `errors` of `requests` is past the threshold: at least
+    /// `min_requests`, and a rate above `max_error_rate`.
+    pub fn past(&self, requests: u64, errors: u64) -> bool {
+        requests > 0
+            && requests >= self.min_requests
+            && u128::from(errors) * 1_000_000 > u128::from(self.max_error_ppm) * u128::from(requests)
+    }
+
+    /// `max_error_rate` as a percentage, for messages.
+    pub fn max_error_percent(&self) -> f64 {
+        self.max_error_ppm as f64 / 10_000.0
+    }
 }
 
 impl Desired {
@@ -208,6 +254,123 @@ impl Desired {
                 invalid("health.eject_for must be greater than 0".into());
             }
         }
+        let line = |span: std::ops::Range<usize>| Some(config::line_of(text, span.start));
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        let mut split = None;
+        let mut sticky_cookie = None;
+        if let Some(s) = &file.split {
+            let at = line(s.span());
+            let mut bad = |reason: String| {
+                errors.push(ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    line: at,
+                    reason,
+                })
+            };
+            let s = s.get_ref();
+            if let Some(weights) = &s.weights {
+                let mut sum = 0i64;
+                let mut ok = Vec::new();
+                for (pool, w) in weights {
+                    if !names.contains(&pool.as_str()) {
+                        bad(format!(
+                            "split.weights: `{pool}` is not a pool (pools: {})",
+                            names.join(", ")
+                        ));
+                    } else if !(0..=100).contains(w) {
+                        bad(format!(
+                            "split.weights.{pool} = {w} is not a share (an integer 0-100)"
+                        ));
+                    } else {
+                        sum += w;
+                        ok.push((pool.clone(), u8::try_from(*w).unwrap_or(0)));
+                    }
+                }
+                if ok.len() == weights.len() && sum != 100 {
+                    bad(format!(
+                        "split.weights add up to {sum}, not 100 ({})",
+                        weights
+                            .iter()
+                            .map(|(p, w)| format!("{p} = {w}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                split = Some(ok);
+            }
+            if let Some(c) = &s.sticky_cookie {
+                if !is_cookie_name(c) {
+                    bad(format!(
+                        "split.sticky_cookie `{c}` is not a cookie name (a token)"
+                    ));
+                }
+                sticky_cookie = Some(c.clone());
+            }
+        }
+        let mut preview = None;
+        if let Some(p) = &file.preview {
+            let at = line(p.span());
+            let mut bad = |reason: String| {
+                errors.push(ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    line: at,
+                    reason,
+                })
+            };
+            let p = p.get_ref();
+            let header = http::HeaderName::from_bytes(p.header.to_ascii_lowercase().as_bytes());
+            if header.is_err() {
+                bad(format!("preview.header `{}` is not a header name", p.header));
+            }
+            if let Some(c) = p.cookie.as_ref().filter(|c| !is_cookie_name(c)) {
+                bad(format!("preview.cookie `{c}` is not a cookie name (a token)"));
+            }
+            if p.cookie.is_some() && p.cookie == sticky_cookie {
+                bad("preview.cookie and split.sticky_cookie must differ".into());
+            }
+            match (&p.allow, header) {
+                (None, _) => bad(
+                    "preview.allow is required: the CIDRs that may preview (e.g. [\"10.0.0.0/8\"])".into(),
+                ),
+                (Some(allow), Ok(header)) => {
+                    preview = Some(Arc::new(PreviewRules {
+                        header,
+                        cookie: p.cookie.clone(),
+                        allow: allow.clone(),
+                    }))
+                }
+                (Some(_), Err(_)) => {}
+            }
+        }
+        let mut rollback = None;
+        if let Some(r) = &file.rollback {
+            let at = line(r.span());
+            let r = r.get_ref();
+            let mut bad = |reason: String| {
+                errors.push(ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    line: at,
+                    reason,
+                })
+            };
+            if r.window.is_zero() {
+                bad("rollback.window must be greater than 0".into());
+            }
+            if !(r.max_error_rate >= 0.0 && r.max_error_rate < 1.0) {
+                bad(format!(
+                    "rollback.max_error_rate = {} is not a rate (0 <= rate < 1, e.g. 0.05)",
+                    r.max_error_rate
+                ));
+            }
+            if r.min_requests == 0 {
+                bad("rollback.min_requests must be at least 1".into());
+            }
+            rollback = Some(RollbackRules {
+                window: r.window,
+                max_error_ppm: (r.max_error_rate.clamp(0.0, 1.0) * 1_000_000.0).round() as u64,
+                min_requests: r.min_requests,
+            });
+        }
         if errors.is_empty() {
             Ok(Desired {
                 active,
@@ -216,6 +379,14 @@ impl Desired {
                 min_healthy,
                 discovery: Arc::new(file.discovery.clone()),
                 health: file.health.clone().map(Arc::new),
+                split: split.map(|w| {
+                    let mut w: Vec<(String, u8)> = w.into_iter().filter(|(_, n)| *n > 0).collect();
+                    w.sort();
+                    w
+                }),
+                sticky_cookie,
+                preview,
+                rollback,
             })
         } else {
             Err(errors)
@@ -285,6 +456,14 @@ pub struct PendingFact {
     pub reason: String,
 }
 
+/// Whether `name` may name a cookie (an HTTP token, RFC 6265 §4.1.1).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -334,6 +513,10 @@ pub struct ControlFacts {
     pub previous: Option<String>,
     /// Whether an admin switch or rollback overrides the file's `active`.
     pub overridden: bool,
+    /// Why the override was made, when the proxy made it (`auto`).
+    pub override_reason: Option<String>,
+    /// Why an automatic rollback that is due cannot switch.
+    pub rollback_blocked: Option<String>,
     /// The last rejected reload's errors, cleared by the next valid read.
     pub last_reload_error: Option<String>,
     /// Why the override in force could not be written to the file (persist).
@@ -353,6 +536,8 @@ pub struct Spec<'a> {
     pub file: &'a Desired,
     /// The active pool; must be a pool of `file`.
     pub active: &'a str,
+    /// The weights of a split (each pool with a share above 0), or empty.
+    pub split: &'a [(String, u8)],
     /// The table's generation.
     pub generation: u64,
     /// Who made it.
@@ -390,6 +575,42 @@ pub struct RoutingTable {
     pub discovery: Arc<Discovery>,
     /// `[health]` of the file it was built from (the defaults without one).
     pub health: Arc<Health>,
+    /// Each pool's share of requests (0-100), by index in `pools`: 100 for
+    /// the active pool when there is no split.
+    pub weights: Vec<u8>,
+    /// During a split: for each r in 0..100, the index of the pool a
+    /// request with that draw goes to (the weights as a cumulative table,
+    /// so the choice is one index, no search, no lock, no allocation).
+    pub split: Option<Box<[u16]>>,
+    /// `[split] sticky_cookie` with each pool's `Set-Cookie` value, pre-built.
+    pub sticky: Option<Arc<Sticky>>,
+    /// `[preview]`.
+    pub preview: Option<Arc<PreviewRules>>,
+}
+
+/// The sticky cookie of a split.
+#[derive(Debug)]
+pub struct Sticky {
+    /// The cookie's name.
+    pub name: String,
+    /// `<name>=<pool>; Path=/; HttpOnly; SameSite=Lax` per pool index.
+    pub set_cookie: Vec<HeaderValue>,
+}
+
+impl Sticky {
+    fn new(name: &str, pools: &[Arc<Pool>]) -> Sticky {
+        let set_cookie = pools
+            .iter()
+            .map(|p| {
+                HeaderValue::from_str(&format!("{name}={}; Path=/; HttpOnly; SameSite=Lax", p.name))
+                    .unwrap_or_else(|_| HeaderValue::from_static("invalid=1; Max-Age=0"))
+            })
+            .collect();
+        Sticky {
+            name: name.to_string(),
+            set_cookie,
+        }
+    }
 }
 
 impl RoutingTable {
@@ -447,6 +668,31 @@ impl RoutingTable {
             })
             .collect();
         let active = pools.iter().position(|p| p.name == spec.active).unwrap_or(0);
+        let weights: Vec<u8> = pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match spec.split {
+                [] => 100 * u8::from(i == active),
+                split => split.iter().find(|(n, _)| *n == p.name).map_or(0, |(_, w)| *w),
+            })
+            .collect();
+        let split = (!spec.split.is_empty()).then(|| {
+            let mut pick = Vec::with_capacity(100);
+            for (i, w) in weights.iter().enumerate() {
+                for _ in 0..*w {
+                    pick.push(u16::try_from(i).unwrap_or(0));
+                }
+            }
+            // Validated weights sum to 100; anything short goes to the active pool.
+            pick.resize(100, u16::try_from(active).unwrap_or(0));
+            pick.truncate(100);
+            pick.into_boxed_slice()
+        });
+        let sticky = spec
+            .file
+            .sticky_cookie
+            .as_deref()
+            .map(|name| Arc::new(Sticky::new(name, &pools)));
         RoutingTable {
             generation: spec.generation,
             source: spec.source,
@@ -458,7 +704,17 @@ impl RoutingTable {
             facts: spec.facts.clone(),
             discovery: Arc::clone(&spec.file.discovery),
             health,
+            weights,
+            split,
+            sticky,
+            preview: spec.file.preview.clone(),
         }
+    }
+
+    /// Whether pool `i` gets new requests (it is active, or has a share of a
+    /// split): such a pool is never `drained`.
+    pub fn serves(&self, i: usize) -> bool {
+        i == self.active || self.weights.get(i).is_some_and(|w| *w > 0)
     }
 
     /// The same table with other control facts (nothing a request sees changes).
@@ -492,6 +748,9 @@ impl RoutingTable {
     pub fn publish(&self, old: Option<&RoutingTable>, metrics: &Metrics) {
         for (i, p) in self.pools.iter().enumerate() {
             p.metrics.active.set(i64::from(i == self.active));
+            p.metrics
+                .split_weight
+                .set(i64::from(self.weights.get(i).copied().unwrap_or(0)));
             let ready = self.facts.readiness.get(&p.name).is_some_and(Readiness::is_ready);
             p.metrics.ready.set(i64::from(ready));
             p.metrics
@@ -615,6 +874,67 @@ mod tests {
         assert!(Desired::parse(Path::new("u"), &[0xff, 0xfe, 0x00]).is_err());
     }
 
+    #[test]
+    fn progressive_sections_are_checked_with_the_reason() {
+        const POOLS: &str = "active = \"blue\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n";
+        let with = |extra: &str| parse(&format!("{POOLS}{extra}"));
+        let d = with("[split]\nweights = { green = 10, blue = 90 }\nsticky_cookie = \"pool\"\n[preview]\nallow = [\"10.0.0.0/8\"]\n[rollback]\nwindow = \"30s\"\nmax_error_rate = 0.1\n").unwrap();
+        assert_eq!(d.split, Some(vec![("blue".into(), 90), ("green".into(), 10)]));
+        assert_eq!(d.sticky_cookie.as_deref(), Some("pool"));
+        let p = d.preview.as_ref().unwrap();
+        assert_eq!(
+            (p.header.as_str(), p.cookie.as_deref()),
+            ("x-switchyard-preview", None)
+        );
+        let r = d.rollback.unwrap();
+        assert_eq!(
+            (r.window.as_secs(), r.max_error_ppm, r.min_requests),
+            (30, 100_000, 100)
+        );
+        assert!(r.past(100, 11) && !r.past(100, 10) && !r.past(99, 99));
+        for (extra, want) in [
+            (
+                "[split]\nweights = { blue = 90, green = 20 }\n",
+                "split.weights add up to 110, not 100",
+            ),
+            (
+                "[split]\nweights = { blue = 90, purple = 10 }\n",
+                "`purple` is not a pool",
+            ),
+            (
+                "[split]\nweights = { blue = 101, green = -1 }\n",
+                "split.weights.blue = 101 is not a share",
+            ),
+            (
+                "[split]\nweights = { blue = 0, green = 0 }\n",
+                "add up to 0, not 100",
+            ),
+            ("[split]\nsticky_cookie = \"a b\"\n", "is not a cookie name"),
+            ("[preview]\nheader = \"x-p\"\n", "preview.allow is required"),
+            (
+                "[preview]\nheader = \"bad header\"\nallow = []\n",
+                "is not a header name",
+            ),
+            (
+                "[rollback]\nmax_error_rate = 1.5\n",
+                "rollback.max_error_rate = 1.5 is not a rate",
+            ),
+            (
+                "[rollback]\nmin_requests = 0\n",
+                "rollback.min_requests must be at least 1",
+            ),
+            (
+                "[rollback]\nwindow = \"0s\"\n",
+                "rollback.window must be greater than 0",
+            ),
+            ("[split]\nweight = 1\n", "weight"),
+        ] {
+            let errs = with(extra).unwrap_err().join("\n");
+            assert!(errs.contains(want), "{extra}: {errs}");
+            assert!(errs.contains("line "), "the line is named: {errs}");
+        }
+    }
+
     static NONE_RESOLVED: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(Resolved::new);
 
     #[test]
@@ -719,6 +1039,7 @@ mod tests {
             pending_since: None,
             facts: ControlFacts::default(),
             resolved: &NONE_RESOLVED,
+            split: &[],
         }
     }
 

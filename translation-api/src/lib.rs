@@ -89,6 +89,10 @@ pub struct Config {
     /// Number of worker threads, each with its own runtime and listener;
     /// 0 (the default) = one per available core.
     pub workers: usize,
+    /// A testing and demo aid (`--fail-ratio`): this share (0.0-1.0) of
+    /// translate requests answers 500, evenly spaced (see
+    /// [`routes::FailRatio`]). 0 (the default) fails nothing.
+    pub fail_ratio: f64,
 }
 
 impl Config {
@@ -106,6 +110,7 @@ impl Config {
             redis_addr: None,
             require_redis: false,
             workers: 0,
+            fail_ratio: 0.0,
         }
     }
 }

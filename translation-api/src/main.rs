@@ -67,6 +67,18 @@ struct Cli {
     /// instead of serving and connecting in the background. Needs REDIS_ADDR.
     #[arg(long)]
     require_redis: bool,
+
+    /// A testing and demo aid: this share (0.0-1.0) of translate requests
+    /// answers 500, evenly spaced (0.2: every 5th). Off (0) by default.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.0, value_parser = parse_ratio)]
+    fail_ratio: f64,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}` is not a ratio from 0.0 to 1.0")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -128,6 +140,13 @@ fn main() -> ExitCode {
     config.redis_addr = redis_addr;
     config.require_redis = cli.require_redis;
     config.workers = cli.workers;
+    config.fail_ratio = cli.fail_ratio;
+    if cli.fail_ratio > 0.0 {
+        tracing::warn!(
+            fail_ratio = cli.fail_ratio,
+            "--fail-ratio: this share of translate requests answers 500 (a testing aid)"
+        );
+    }
 
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

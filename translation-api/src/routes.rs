@@ -19,7 +19,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -94,6 +94,37 @@ struct Inner {
     trusted: Arc<[IpNet]>,
     /// Queue to the Redis task; `None` without Redis.
     stats: Option<Recorder>,
+    /// `--fail-ratio`: shared by every worker, so the spacing is exact
+    /// over the whole service. `None` (the default) touches nothing.
+    fail: Option<Arc<FailRatio>>,
+}
+
+/// `--fail-ratio r` (a testing aid): of the translate requests, numbered
+/// 1, 2, 3… over the whole service, request n fails when
+/// `floor(n·r) > floor((n−1)·r)`, so failures are spread evenly and exactly
+/// `floor(N·r)` of the first N fail (0.2: requests 5, 10, 15…; 0.25: every 4th).
+#[derive(Debug)]
+pub struct FailRatio {
+    /// The ratio in millionths.
+    per_million: u64,
+    /// Translate requests seen.
+    seen: AtomicU64,
+}
+
+impl FailRatio {
+    /// For a ratio 0.0-1.0 (clamped).
+    pub fn new(ratio: f64) -> FailRatio {
+        FailRatio {
+            per_million: (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u64,
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the next translate request fails.
+    pub fn next_fails(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        n * self.per_million / 1_000_000 > (n - 1) * self.per_million / 1_000_000
+    }
 }
 
 impl AppState {
@@ -124,6 +155,21 @@ impl AppState {
                 ready,
                 trusted,
                 stats,
+                fail: None,
+            }),
+        }
+    }
+
+    /// The same state with `--fail-ratio ratio` (0 turns it off).
+    pub fn with_fail_ratio(self, ratio: f64) -> Self {
+        let fail = (ratio > 0.0).then(|| Arc::new(FailRatio::new(ratio)));
+        AppState {
+            inner: Arc::new(Inner {
+                version_body: self.inner.version_body.clone(),
+                ready: self.inner.ready.clone(),
+                trusted: self.inner.trusted.clone(),
+                stats: self.inner.stats.clone(),
+                fail,
             }),
         }
     }
@@ -137,6 +183,7 @@ impl AppState {
                 ready: self.inner.ready.clone(),
                 trusted: self.inner.trusted.clone(),
                 stats: self.inner.stats.clone(),
+                fail: self.inner.fail.clone(),
             }),
         }
     }
@@ -206,11 +253,58 @@ pub fn respond(
             if let (Some(stats), Some(peer)) = (&state.inner.stats, peer) {
                 stats.record(client_ip(peer.ip(), headers, &state.inner.trusted));
             }
+            if state.inner.fail.as_ref().is_some_and(|f| f.next_fails()) {
+                return json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Bytes::from_static(INJECTED_FAILURE),
+                );
+            }
             translate_response(uri.query())
         }
         "/healthz" => json(StatusCode::OK, Bytes::from_static(HEALTHY)),
         _ if state.is_ready() => json(StatusCode::OK, Bytes::from_static(READY)),
         _ => json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(NOT_READY)),
+    }
+}
+
+/// The answer of a translate request that `--fail-ratio` fails.
+const INJECTED_FAILURE: &[u8] =
+    br#"{"phrase":null,"translation":null,"errors":["Injected failure (--fail-ratio)"]}"#;
+
+#[cfg(test)]
+mod fail_ratio_tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_evenly_spaced_and_exact() {
+        let f = FailRatio::new(0.2);
+        let fails: Vec<usize> = (1..=20).filter(|_| f.next_fails()).collect();
+        assert_eq!(fails, [5, 10, 15, 20]);
+        let f = FailRatio::new(0.25);
+        assert_eq!((0..1000).filter(|_| f.next_fails()).count(), 250);
+        let none = FailRatio::new(0.0);
+        assert!((0..1000).all(|_| !none.next_fails()));
+    }
+
+    #[test]
+    fn only_translate_requests_fail() {
+        let state = AppState::new("1", Vec::new()).with_fail_ratio(1.0);
+        let get = |uri: &str| {
+            respond(
+                &state,
+                &Method::GET,
+                &uri.parse().unwrap(),
+                &HeaderMap::new(),
+                None,
+            )
+            .status()
+        };
+        assert_eq!(
+            get("/api/v1/translate?phrase=Lol"),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(get("/version"), StatusCode::OK);
+        assert_eq!(get("/readyz"), StatusCode::OK);
     }
 }
 

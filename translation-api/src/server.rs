@@ -151,7 +151,8 @@ pub fn spawn(config: Config) -> Result<Running, Error> {
 
     let ready = Arc::new(AtomicBool::new(true));
     let trusted: Arc<[IpNet]> = config.trusted_proxies.clone().into();
-    let base = AppState::with_parts(&config.version, ready.clone(), trusted.clone(), recorder);
+    let base = AppState::with_parts(&config.version, ready.clone(), trusted.clone(), recorder)
+        .with_fail_ratio(config.fail_ratio);
     let (shutdown, _) = watch::channel(false);
     let mut running = Running {
         addr,

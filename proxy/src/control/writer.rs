@@ -45,6 +45,8 @@ pub enum Command {
         if_generation: Option<u64>,
         /// Switch even if the pool is not ready.
         force: bool,
+        /// A split: the share (0-100) of `to`.
+        weight: Option<u8>,
         /// Who asked (for the audit line).
         who: String,
         /// The answer, once the new table is live.
@@ -105,7 +107,30 @@ pub struct Writer {
     /// when the switch was stored: checked every [`drain_pause`] until each
     /// is drained (its `drained_at` set, `drain_seconds` observed).
     draining: Vec<(Arc<Inflight>, Instant)>,
+    /// The open automatic-rollback window as the writer counts it.
+    watch: Option<Watch>,
 }
+
+/// The writer's side of an open automatic-rollback window: the counts of
+/// its pools when it opened, and when it ends. Evaluated every
+/// [`EVALUATE_EVERY`] (see [`Writer::evaluate`]).
+struct Watch {
+    /// The window's generation (as in [`super::decide::Window`]).
+    generation: u64,
+    /// The in-flight records of its pools: they carry the outcome counts.
+    pools: Vec<Arc<Inflight>>,
+    /// `(answered, errors)` summed over `pools` when it opened.
+    baseline: (u64, u64),
+    /// When `[rollback] window` has passed.
+    until: Instant,
+    /// When it was last evaluated (the drain checks also wake the writer:
+    /// the window is evaluated at most every [`EVALUATE_EVERY`]).
+    evaluated: Instant,
+}
+
+/// How often the writer evaluates an open automatic-rollback window: the
+/// bound on how late the rollback comes once the threshold is passed.
+pub const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 
 /// How long the writer waits before it checks the draining pools again:
 /// 2 ms at first, then a fiftieth of the drain so far (at most 250 ms), so
@@ -128,6 +153,7 @@ impl Writer {
             state,
             resolved: Resolved::new(),
             draining: Vec::new(),
+            watch: None,
         };
         writer.recheck_readiness();
         writer.check_drains();
@@ -144,11 +170,19 @@ impl Writer {
     /// and the one it made active as not drained.
     fn track_drains(&mut self, old: &RoutingTable, new: &RoutingTable) {
         let now = Instant::now();
-        let active = new.active_pool();
-        active.inflight.set_drained_at(None);
-        self.draining.retain(|(i, _)| !Arc::ptr_eq(i, &active.inflight));
-        let left = old.active_pool();
-        if !Arc::ptr_eq(&left.inflight, &active.inflight) {
+        let serving: Vec<&Arc<Inflight>> = (0..new.pools.len())
+            .filter(|i| new.serves(*i))
+            .map(|i| &new.pools[i].inflight)
+            .collect();
+        for s in &serving {
+            s.set_drained_at(None);
+        }
+        self.draining
+            .retain(|(i, _)| !serving.iter().any(|s| Arc::ptr_eq(i, s)));
+        for (j, left) in old.pools.iter().enumerate() {
+            if !old.serves(j) || serving.iter().any(|s| Arc::ptr_eq(s, &left.inflight)) {
+                continue;
+            }
             left.inflight.set_drained_at(None);
             if !self.draining.iter().any(|(i, _)| Arc::ptr_eq(i, &left.inflight)) {
                 self.draining.push((Arc::clone(&left.inflight), now));
@@ -172,7 +206,7 @@ impl Writer {
         });
         let table = self.routes.load();
         for (i, p) in table.pools.iter().enumerate() {
-            if i != table.active
+            if !table.serves(i)
                 && p.inflight.drained_at().is_none()
                 && p.inflight() <= 0
                 && !self.draining.iter().any(|(d, _)| Arc::ptr_eq(d, &p.inflight))
@@ -186,12 +220,20 @@ impl Writer {
     /// [`drain_pause`] in between. None once every sender is gone.
     async fn next(&mut self, rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
         loop {
-            let Some(since) = self.draining.iter().map(|(_, t)| *t).max() else {
+            let drain = self.draining.iter().map(|(_, t)| drain_pause(*t)).min();
+            let evaluate = self
+                .watch
+                .as_ref()
+                .map(|w| EVALUATE_EVERY.saturating_sub(w.evaluated.elapsed()));
+            let Some(pause) = drain.into_iter().chain(evaluate).min() else {
                 return rx.recv().await;
             };
             tokio::select! {
                 cmd = rx.recv() => return cmd,
-                () = tokio::time::sleep(drain_pause(since)) => self.check_drains(),
+                () = tokio::time::sleep(pause) => {
+                    self.check_drains();
+                    self.evaluate();
+                }
             }
         }
     }
@@ -204,14 +246,19 @@ impl Writer {
                     to,
                     if_generation,
                     force,
+                    weight,
                     who,
                     reply,
                 } => {
-                    let asked = format!("switch to {to}");
+                    let asked = match weight {
+                        Some(w) => format!("switch to {to} with weight {w}"),
+                        None => format!("switch to {to}"),
+                    };
                     let event = Event::Switch {
                         to,
                         if_generation,
                         force,
+                        weight,
                     };
                     let r = self.switch(event, &who, &asked, force);
                     self.recheck_readiness();
@@ -286,6 +333,7 @@ impl Writer {
             &Spec {
                 file: &self.state.file,
                 active: &self.state.route.active,
+                split: &self.state.route.split,
                 generation: old.generation,
                 source: old.source,
                 switched_at: old.switched_at,
@@ -318,7 +366,7 @@ impl Writer {
         asked: &str,
         force: bool,
     ) -> Result<SwitchOutcome, SwitchError> {
-        let before = self.state.route.active.clone();
+        let before = self.state.route.describe();
         let generation = self.state.generation;
         let cancels = self.state.pending.as_ref().map(|p| p.active.clone());
         let r = match self.execute(event) {
@@ -331,7 +379,8 @@ impl Writer {
         };
         match &r {
             Ok(o) if o.changed => {
-                tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, from = %before, to = %o.active, generation = o.generation, cancelled_pending = cancelled, "applied")
+                let to = self.state.route.describe();
+                tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, from = %before, to = %to, generation = o.generation, cancelled_pending = cancelled, "applied")
             }
             Ok(_) => {
                 tracing::info!(target: "switchyard::audit", client = %who, action = asked, forced = force, active = %before, generation, cancelled_pending = cancelled, "already active")
@@ -421,6 +470,7 @@ impl Writer {
                     &Spec {
                         file: &next.file,
                         active: &next.route.active,
+                        split: &next.route.split,
                         generation: next.generation,
                         source: next.source,
                         switched_at,
@@ -446,8 +496,8 @@ impl Writer {
                     m.last_switch.set(i64::try_from(secs).unwrap_or(i64::MAX));
                 }
                 tracing::info!(
-                    from = %self.state.route.active,
-                    to = %next.route.active,
+                    from = %self.state.route.describe(),
+                    to = %next.route.describe(),
                     source = next.source.as_str(),
                     generation = next.generation,
                     swap_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
@@ -456,7 +506,111 @@ impl Writer {
             }
         }
         self.state = next;
+        self.follow_window();
     }
+
+    /// Starts counting a window the state just opened (the counts of its
+    /// pools now are its baseline), or stops counting one it closed.
+    fn follow_window(&mut self) {
+        let Some(window) = &self.state.window else {
+            self.watch = None;
+            return;
+        };
+        if self
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.generation == window.generation)
+        {
+            return;
+        }
+        let table = self.routes.load();
+        let pools: Vec<Arc<Inflight>> = window
+            .pools
+            .iter()
+            .filter_map(|name| table.pool(name))
+            .map(|p| Arc::clone(&p.inflight))
+            .collect();
+        let length = self.state.file.rollback.map(|r| r.window).unwrap_or_default();
+        self.watch = Some(Watch {
+            generation: window.generation,
+            baseline: sum_outcomes(&pools),
+            pools,
+            until: Instant::now() + length,
+            evaluated: Instant::now(),
+        });
+        tracing::info!(
+            pools = %window.pools.join(", "),
+            generation = window.generation,
+            window = ?length,
+            "automatic rollback: watching the new pool's error rate"
+        );
+    }
+
+    /// Evaluates the open window: its end once `[rollback] window` passed,
+    /// else the counts since it opened go to `decide` (which switches back
+    /// past the threshold). Runs every [`EVALUATE_EVERY`] while a window is
+    /// open, so a rollback comes at most that long after the count that
+    /// passed the threshold.
+    fn evaluate(&mut self) {
+        let Some(watch) = &mut self.watch else {
+            return;
+        };
+        if watch.evaluated.elapsed() < EVALUATE_EVERY {
+            return;
+        }
+        watch.evaluated = Instant::now();
+        let generation = watch.generation;
+        if Instant::now() >= watch.until {
+            tracing::info!(
+                generation,
+                "automatic rollback: the window closed without a rollback"
+            );
+            self.execute(Event::WindowOver { generation });
+            return;
+        }
+        let (answered, errors) = sum_outcomes(&watch.pools);
+        let requests = answered.saturating_sub(watch.baseline.0);
+        let errors = errors.saturating_sub(watch.baseline.1);
+        let before = self.state.route.clone();
+        let blocked = self.state.rollback_blocked.clone();
+        self.execute(Event::Outcomes {
+            generation,
+            requests,
+            errors,
+        });
+        if self.state.route != before {
+            let reason = self
+                .state
+                .overridden
+                .as_ref()
+                .and_then(|o| o.reason.clone())
+                .unwrap_or_default();
+            tracing::warn!(
+                target: "switchyard::audit",
+                client = "switchyard",
+                action = "automatic rollback",
+                from = %before.describe(),
+                to = %self.state.route.describe(),
+                generation = self.state.generation,
+                %reason,
+                "applied"
+            );
+            self.recheck_readiness();
+        } else if self.state.rollback_blocked.is_some() && blocked.is_none() {
+            tracing::error!(
+                reason = self.state.rollback_blocked.as_deref().unwrap_or_default(),
+                "automatic rollback due, but it cannot switch"
+            );
+        }
+    }
+}
+
+/// `(answered, errors)` summed over `pools`.
+fn sum_outcomes(pools: &[Arc<Inflight>]) -> (u64, u64) {
+    pools.iter().fold((0, 0), |(a, e), p| {
+        let (pa, pe) = p.outcomes();
+        (a + pa, e + pe)
+    })
 }
 
 /// Why persist wrote nothing.
@@ -507,6 +661,30 @@ pub fn set_active(text: &str, pool: &str) -> Result<String, toml_edit::TomlError
     Ok(doc.to_string())
 }
 
+/// `text` with the route `route`: `active`, and `[split] weights` set (a
+/// split) or removed (none; an empty `[split]` goes with it, a
+/// `sticky_cookie` stays). Comments and layout kept. Pure.
+pub fn set_route(text: &str, route: &Route) -> Result<String, toml_edit::TomlError> {
+    let text = set_active(text, &route.active)?;
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    if route.is_split() {
+        let mut weights = toml_edit::InlineTable::new();
+        for (pool, w) in &route.split {
+            weights.insert(pool, i64::from(*w).into());
+        }
+        if !doc.contains_table("split") {
+            doc["split"] = toml_edit::table();
+        }
+        doc["split"]["weights"] = toml_edit::value(weights);
+    } else if let Some(split) = doc.get_mut("split").and_then(|s| s.as_table_like_mut()) {
+        split.remove("weights");
+        if split.is_empty() {
+            doc.remove("split");
+        }
+    }
+    Ok(doc.to_string())
+}
+
 /// Rewrites `active = "<to>"` in the accepted content `accepted` (comments
 /// and layout kept, with toml_edit) and writes it over the upstreams file —
 /// only if the file on disk still hashes to `accepted_hash`, and never
@@ -536,7 +714,7 @@ pub fn persist_route(
     if content_hash(&on_disk) != accepted_hash {
         return Err(PersistError::Changed(path.to_path_buf()));
     }
-    let out = set_active(accepted, &to.active).map_err(|e| edit(e.to_string()))?;
+    let out = set_route(accepted, to).map_err(|e| edit(e.to_string()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -611,6 +789,33 @@ mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read_to_string(&p).unwrap(), edited, "nothing written");
+    }
+
+    #[test]
+    fn set_route_writes_and_removes_the_split() {
+        let split = Route::split([("blue".into(), 90), ("green".into(), 10)], "blue");
+        let out = set_route(TEXT, &split).unwrap();
+        assert!(out.contains("active = \"blue\"   # flip me"), "{out}");
+        let d = Desired::parse(
+            Path::new("u.toml"),
+            out.replace(
+                "[pools.blue]",
+                "[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n[pools.blue]",
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(d.route(), split, "{out}");
+        let back = set_route(&out, &Route::to("green")).unwrap();
+        assert!(!back.contains("split"), "{back}");
+        assert!(back.contains("active = \"green\""), "{back}");
+        let sticky =
+            format!("{TEXT}[split]\nsticky_cookie = \"pool\"\nweights = {{ blue = 50, green = 50 }}\n");
+        let kept = set_route(&sticky, &Route::to("blue")).unwrap();
+        assert!(
+            kept.contains("sticky_cookie") && !kept.contains("weights"),
+            "{kept}"
+        );
     }
 
     #[test]

@@ -152,6 +152,7 @@ fn switch(to: &str, if_generation: Option<u64>) -> Event {
         to: to.into(),
         if_generation,
         force: false,
+        weight: None,
     }
 }
 
@@ -160,6 +161,7 @@ fn forced(to: &str) -> Event {
         to: to.into(),
         if_generation: None,
         force: true,
+        weight: None,
     }
 }
 
@@ -461,7 +463,8 @@ fn rows() -> Vec<Row> {
                     d.next.overridden,
                     Some(Override {
                         route: route("green"),
-                        source: Source::Admin
+                        source: Source::Admin,
+                        reason: None
                     })
                 );
                 assert_eq!(d.next.previous, Some(route("blue")));
@@ -511,7 +514,8 @@ fn rows() -> Vec<Row> {
                     d.next.overridden,
                     Some(Override {
                         route: route("blue"),
-                        source: Source::Rollback
+                        source: Source::Rollback,
+                        reason: None
                     })
                 );
                 assert_eq!(d.next.previous, None, "consumed: a second rollback is 409");
@@ -947,7 +951,8 @@ fn rows() -> Vec<Row> {
                     d.next.overridden,
                     Some(Override {
                         route: route("blue"),
-                        source: Source::Admin
+                        source: Source::Admin,
+                        reason: None
                     }),
                     "the route in force now differs from the file's: an override"
                 );
@@ -1122,4 +1127,489 @@ fn every_store_moves_the_generation_by_one_and_only_then() {
         assert_eq!(moved, u64::from(d.store == Store::Table), "{d:?}");
         state = d.next;
     }
+}
+
+// ---- progressive delivery: splits and the automatic rollback ---------------
+
+/// `POST /switch {"to": to, "weight": w}`.
+fn weighted(to: &str, w: u8) -> Event {
+    Event::Switch {
+        to: to.into(),
+        if_generation: None,
+        force: false,
+        weight: Some(w),
+    }
+}
+
+fn split(weights: &[(&str, u8)], before: &str) -> Route {
+    Route::split(weights.iter().map(|(p, w)| (p.to_string(), *w)), before)
+}
+
+/// A file with `[split] weights`.
+fn split_file(active: &str, pools: &[&str], weights: &[(&str, u8)]) -> Desired {
+    let mut w: Vec<(String, u8)> = weights
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(p, n)| (p.to_string(), *n))
+        .collect();
+    w.sort();
+    Desired {
+        split: Some(w),
+        ..file(active, pools)
+    }
+}
+
+/// `[rollback]`: 10 requests at least, 10 % errors at most, a minute.
+const RULES: crate::table::RollbackRules = crate::table::RollbackRules {
+    window: std::time::Duration::from_secs(60),
+    max_error_ppm: 100_000,
+    min_requests: 10,
+};
+
+/// Started from a file with `[rollback]`, both pools ready.
+fn watching() -> ControlState {
+    let mut s = started();
+    s.file.rollback = Some(RULES);
+    s
+}
+
+/// Watching, then `POST /switch {"to":"green"}`: a window on green is open.
+fn switched_to_green_watched() -> ControlState {
+    after(&watching(), switch("green", None))
+}
+
+fn outcomes(state: &ControlState, requests: u64, errors: u64) -> Event {
+    Event::Outcomes {
+        generation: state.window.as_ref().map_or(0, |w| w.generation),
+        requests,
+        errors,
+    }
+}
+
+fn progressive_rows() -> Vec<Row> {
+    vec![
+        Row {
+            event: "admin switch to R (a split)",
+            condition: "the new pool is ready",
+            given: started(),
+            when: weighted("green", 10),
+            then: |given, d| {
+                let o = switched(d);
+                assert!(o.changed);
+                assert_eq!(o.active, "blue", "the largest share is the active pool");
+                assert_eq!(
+                    o.split,
+                    Some(BTreeMap::from([("blue".into(), 90), ("green".into(), 10)]))
+                );
+                assert_eq!(d.next.route, split(&[("blue", 90), ("green", 10)], "blue"));
+                assert_eq!(
+                    d.next.generation,
+                    given.generation + 1,
+                    "a split is routing intent"
+                );
+                assert_eq!(d.store, Store::Table, "one store");
+                assert_eq!(d.next.previous, Some(route("blue")));
+                assert_eq!(d.next.overridden.as_ref().map(|o| o.source), Some(Source::Admin));
+            },
+        },
+        Row {
+            event: "admin switch to R (a split)",
+            condition: "the pool that gets weight is not ready, no force",
+            given: green_down(),
+            when: weighted("green", 10),
+            then: |given, d| {
+                assert_eq!(refused(d), SwitchError::NotReady(GREEN_DOWN.into()));
+                assert_eq!(&d.next, given);
+            },
+        },
+        Row {
+            event: "admin switch to R (a split change)",
+            condition: "a split is in force; the gate does not apply to pools that already have weight",
+            given: {
+                let s = after(&started(), weighted("green", 10));
+                ControlState {
+                    ready: readiness(&[("blue", UP), ("green", DOWN)]),
+                    ..s
+                }
+            },
+            when: weighted("green", 50),
+            then: |_, d| {
+                let o = switched(d);
+                assert_eq!(o.active, "blue", "a tie goes to the pool active before");
+                assert_eq!(d.next.route.weight("green"), 50);
+                assert_eq!(d.next.route.weight("blue"), 50);
+                assert_eq!(
+                    d.next.previous,
+                    Some(split(&[("blue", 90), ("green", 10)], "blue")),
+                    "previous is the route before, a split"
+                );
+            },
+        },
+        Row {
+            event: "admin switch to R (a split change)",
+            condition: "more than half to the new pool",
+            given: after(&started(), weighted("green", 50)),
+            when: weighted("green", 90),
+            then: |_, d| {
+                assert_eq!(switched(d).active, "green", "the largest share is active");
+                assert_eq!(d.next.route.weight("blue"), 10);
+            },
+        },
+        Row {
+            event: "admin switch to R (no weight)",
+            condition: "a split is in force",
+            given: after(&started(), weighted("green", 50)),
+            when: switch("green", None),
+            then: |_, d| {
+                assert_eq!(
+                    d.next.route,
+                    route("green"),
+                    "{{\"to\":\"green\"}} ends the split"
+                );
+                assert!(switched(d).split.is_none());
+            },
+        },
+        Row {
+            event: "admin switch to R (a split)",
+            condition: "weight 100 / weight 0",
+            given: started(),
+            when: weighted("green", 100),
+            then: |_, d| {
+                assert_eq!(d.next.route, route("green"), "100: no split, all to green");
+                let back = decide(&d.next, weighted("blue", 0));
+                assert_eq!(
+                    back.next.route,
+                    route("green"),
+                    "0 to blue: all to green, unchanged"
+                );
+                assert!(!switched(&back).changed);
+            },
+        },
+        Row {
+            event: "admin switch to R (a split)",
+            condition: "the weight is over 100, or no other pool gets the rest",
+            given: started(),
+            when: weighted("green", 101),
+            then: |given, d| {
+                assert!(matches!(refused(d), SwitchError::BadWeight(_)));
+                assert_eq!(&d.next, given);
+                let e = refused(&decide(given, weighted("blue", 90)));
+                assert!(e.to_string().contains("no other pool"), "{e}");
+            },
+        },
+        Row {
+            event: "admin switch to R (a split)",
+            condition: "the pool is unknown",
+            given: started(),
+            when: weighted("purple", 10),
+            then: |_, d| assert!(matches!(refused(d), SwitchError::UnknownPool { .. })),
+        },
+        Row {
+            event: "file accepted, new route (a split)",
+            condition: "target ready",
+            given: started(),
+            when: read(
+                2,
+                split_file("blue", &["blue", "green"], &[("blue", 90), ("green", 10)]),
+            ),
+            then: |_, d| {
+                assert_eq!(reloaded(d), ReloadOutcome::Applied { generation: 2 });
+                assert_eq!(d.next.route, split(&[("blue", 90), ("green", 10)], "blue"));
+                assert_eq!(d.next.previous, Some(route("blue")));
+                assert_eq!(d.next.facts().file_active, "blue");
+            },
+        },
+        Row {
+            event: "file accepted, new route (a split)",
+            condition: "the pool that gets weight is not ready",
+            given: green_down(),
+            when: read(
+                2,
+                split_file("blue", &["blue", "green"], &[("blue", 90), ("green", 10)]),
+            ),
+            then: |given, d| {
+                assert!(matches!(reloaded(d), ReloadOutcome::Pending { .. }));
+                assert_eq!(d.next.route, given.route, "the split waits");
+                assert_eq!(
+                    d.next.pending,
+                    Some(split(&[("blue", 90), ("green", 10)], "blue"))
+                );
+            },
+        },
+        Row {
+            event: "file accepted, same route as `file`",
+            condition: "a split override is in force, its pools still defined",
+            given: after(&started(), weighted("green", 10)),
+            when: read(2, file("blue", &["blue", "green", "canary"])),
+            then: |given, d| {
+                assert_eq!(d.next.route, given.route, "the split override stays");
+                assert!(d.next.overridden.is_some());
+            },
+        },
+        Row {
+            event: "file accepted, same route as `file`",
+            condition: "it removes a pool the split override sends to",
+            given: after(&started(), weighted("green", 10)),
+            when: read(2, file("blue", &["blue"])),
+            then: |_, d| {
+                let ReloadOutcome::Rejected(why) = reloaded(d) else {
+                    panic!("expected a rejection, got {:?}", d.reply)
+                };
+                assert!(why.contains("no longer defines pool `green`"), "{why}");
+            },
+        },
+        Row {
+            event: "rollback",
+            condition: "after a split change",
+            given: after(&after(&started(), weighted("green", 10)), weighted("green", 50)),
+            when: rollback(None),
+            then: |_, d| {
+                assert_eq!(d.next.route, split(&[("blue", 90), ("green", 10)], "blue"));
+                assert_eq!(d.next.previous, None);
+            },
+        },
+        // ---- the automatic rollback ----------------------------------------
+        Row {
+            event: "admin switch",
+            condition: "the file has [rollback]",
+            given: watching(),
+            when: switch("green", None),
+            then: |_, d| {
+                assert_eq!(
+                    d.next.window,
+                    Some(Window {
+                        pools: vec!["green".into()],
+                        generation: 2
+                    }),
+                    "a forward switch opens the window on the new pool"
+                );
+            },
+        },
+        Row {
+            event: "admin switch",
+            condition: "the file has no [rollback]",
+            given: started(),
+            when: switch("green", None),
+            then: |_, d| assert_eq!(d.next.window, None),
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "target ready, the file has [rollback]",
+            given: watching(),
+            when: read(2, {
+                let mut f = file("green", &["blue", "green"]);
+                f.rollback = Some(RULES);
+                f
+            }),
+            then: |_, d| {
+                assert_eq!(d.next.window.as_ref().map(|w| w.generation), Some(2));
+                assert_eq!(
+                    d.next.window.as_ref().map(|w| w.pools.clone()),
+                    Some(vec!["green".into()])
+                );
+            },
+        },
+        Row {
+            event: "admin switch (a split change)",
+            condition: "the file has [rollback]",
+            given: after(&watching(), weighted("green", 10)),
+            when: weighted("green", 50),
+            then: |given, d| {
+                let w = d.next.window.clone().expect("a split change opens a window");
+                assert_eq!(w.pools, ["green"], "the pool whose share went up");
+                assert_ne!(Some(w), given.window, "a new window");
+            },
+        },
+        Row {
+            event: "rollback",
+            condition: "a window is open",
+            given: switched_to_green_watched(),
+            when: rollback(None),
+            then: |_, d| assert_eq!(d.next.window, None, "a rollback closes it and opens none"),
+        },
+        Row {
+            event: "error rate past the threshold",
+            condition: "window open, `previous` ready",
+            given: switched_to_green_watched(),
+            when: Event::Outcomes {
+                generation: 2,
+                requests: 20,
+                errors: 5,
+            },
+            then: |given, d| {
+                assert_eq!(d.next.route, route("blue"), "back to the previous route");
+                let o = d.next.overridden.clone().expect("an override");
+                assert_eq!(o.source, Source::Auto);
+                let reason = o.reason.expect("with the reason");
+                assert!(reason.contains("5 errors in 20 requests"), "{reason}");
+                assert_eq!(d.next.previous, None, "previous consumed");
+                assert_eq!(d.next.window, None, "window closed");
+                assert_eq!(d.next.pending, None);
+                assert_eq!(
+                    (d.next.source, d.next.generation),
+                    (Source::Auto, given.generation + 1)
+                );
+                assert_eq!(d.store, Store::Table);
+                assert_eq!(d.next.facts().override_reason, Some(reason));
+                assert_eq!(d.persist, None, "an automatic rollback is not persisted");
+            },
+        },
+        Row {
+            event: "error rate past the threshold",
+            condition: "a file switch was pending (cancelled)",
+            given: {
+                let mut s = switched_to_green_watched();
+                s.pending = Some(route("canary"));
+                s
+            },
+            when: Event::Outcomes {
+                generation: 2,
+                requests: 20,
+                errors: 5,
+            },
+            then: |_, d| assert_eq!(d.next.pending, None),
+        },
+        Row {
+            event: "error rate under the threshold",
+            condition: "window open",
+            given: switched_to_green_watched(),
+            when: Event::Outcomes {
+                generation: 2,
+                requests: 100,
+                errors: 10,
+            },
+            then: |given, d| {
+                assert_eq!(&d.next, given, "10 % is not past 10 %");
+                assert_eq!(d.store, Store::Nothing);
+            },
+        },
+        Row {
+            event: "error rate past the threshold",
+            condition: "fewer than min_requests",
+            given: switched_to_green_watched(),
+            when: Event::Outcomes {
+                generation: 2,
+                requests: 9,
+                errors: 9,
+            },
+            then: |given, d| assert_eq!(&d.next, given, "not judged yet"),
+        },
+        Row {
+            event: "error rate past the threshold",
+            condition: "`previous` not ready",
+            given: ControlState {
+                ready: readiness(&[("blue", DOWN), ("green", UP)]),
+                ..switched_to_green_watched()
+            },
+            when: Event::Outcomes {
+                generation: 2,
+                requests: 20,
+                errors: 20,
+            },
+            then: |given, d| {
+                assert_eq!(d.next.route, given.route, "no switch");
+                let why = d.next.rollback_blocked.clone().expect("the reason");
+                assert!(why.contains("blue: 0 of 3 endpoints healthy"), "{why}");
+                assert_eq!(d.store, Store::Facts, "the reason is shown in /status");
+                assert_eq!(d.next.window, given.window, "the window stays open");
+            },
+        },
+        Row {
+            event: "error rate past the threshold",
+            condition: "the count is of an older window",
+            given: {
+                let mut s = watching();
+                s.file = file("blue", &["blue", "green", "canary"]);
+                s.file.rollback = Some(RULES);
+                let s = after(&s, switch("green", None));
+                let s = after(&s, switch("canary", None));
+                assert_eq!(s.window.as_ref().map(|w| w.generation), Some(3));
+                s
+            },
+            when: Event::Outcomes {
+                generation: 2,
+                requests: 20,
+                errors: 20,
+            },
+            then: |given, d| assert_eq!(&d.next, given),
+        },
+        Row {
+            event: "error rate past the threshold",
+            condition: "no window (after an automatic rollback: never flip-flop)",
+            given: {
+                let s = switched_to_green_watched();
+                after(&s, outcomes(&s, 20, 20))
+            },
+            when: Event::Outcomes {
+                generation: 3,
+                requests: 1000,
+                errors: 1000,
+            },
+            then: |given, d| {
+                assert_eq!(given.window, None, "the row's premise");
+                assert_eq!(&d.next, given);
+            },
+        },
+        Row {
+            event: "the window's time is up",
+            condition: "window open",
+            given: switched_to_green_watched(),
+            when: Event::WindowOver { generation: 2 },
+            then: |_, d| {
+                assert_eq!(d.next.window, None);
+                assert_eq!(d.next.route, route("green"));
+            },
+        },
+        Row {
+            event: "file accepted, new route",
+            condition: "an automatic rollback override is in force",
+            given: {
+                let s = switched_to_green_watched();
+                after(&s, outcomes(&s, 20, 20))
+            },
+            when: read(2, {
+                let mut f = file("green", &["blue", "green"]);
+                f.rollback = Some(RULES);
+                f
+            }),
+            then: |_, d| {
+                assert_eq!(d.next.overridden, None, "cleared like any override");
+                assert_eq!(d.next.route, route("green"));
+                assert!(d.next.window.is_some(), "a forward switch: a new window");
+            },
+        },
+    ]
+}
+
+#[test]
+fn the_decision_table_of_progressive_delivery() {
+    for row in progressive_rows() {
+        let decision = decide(&row.given, row.when.clone());
+        let check = std::panic::catch_unwind(|| (row.then)(&row.given, &decision));
+        if let Err(panic) = check {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+                .unwrap_or_default();
+            panic!(
+                "row `{} | {}` (event {:?}):\n{why}\ndecision: {decision:#?}",
+                row.event, row.condition, row.when
+            );
+        }
+    }
+}
+
+#[test]
+fn a_route_of_weights_is_normalised() {
+    assert_eq!(split(&[("green", 100), ("blue", 0)], "blue"), route("green"));
+    assert_eq!(split(&[("green", 0), ("blue", 0)], "blue"), route("blue"));
+    let r = split(&[("green", 50), ("blue", 50)], "green");
+    assert_eq!(r.active, "green", "a tie goes to the pool active before");
+    assert_eq!(
+        r,
+        split(&[("blue", 50), ("green", 50)], "blue"),
+        "equal shares are equal routes"
+    );
+    assert_eq!(r.describe(), "blue 50, green 50");
 }
