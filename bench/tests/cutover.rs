@@ -399,8 +399,16 @@ fn canary_follows_each_step_and_cookie_clients_keep_their_pool() {
     let steps = c["steps"].as_array().unwrap();
     let weights: Vec<u64> = steps.iter().map(|x| x["weight"].as_u64().unwrap()).collect();
     assert_eq!(weights, [10, 50, 100], "{c}");
-    assert_eq!(steps[0]["split"], serde_json::json!({"blue": 90, "green": 10}), "{c}");
-    assert_eq!(steps[1]["split"], serde_json::json!({"blue": 50, "green": 50}), "{c}");
+    assert_eq!(
+        steps[0]["split"],
+        serde_json::json!({"blue": 90, "green": 10}),
+        "{c}"
+    );
+    assert_eq!(
+        steps[1]["split"],
+        serde_json::json!({"blue": 50, "green": 50}),
+        "{c}"
+    );
     assert!(steps[2]["split"].is_null(), "{c}");
     assert_eq!(steps[2]["active"], "green", "{c}");
     for x in &steps[..2] {
@@ -424,7 +432,13 @@ fn canary_follows_each_step_and_cookie_clients_keep_their_pool() {
         "every client with a jar got a cookie: {st}"
     );
     assert!(st["requests_with_cookie"].as_u64().unwrap() > 0, "{st}");
-    for f in ["without_cookie", "other_pool", "cookie_changes", "flipped_clients", "not_green_after_full"] {
+    for f in [
+        "without_cookie",
+        "other_pool",
+        "cookie_changes",
+        "flipped_clients",
+        "not_green_after_full",
+    ] {
         assert_eq!(st[f], 0, "{f}: {st}");
     }
     for ch in c["checks"].as_array().unwrap() {
@@ -474,8 +488,14 @@ fn bad_release_is_rolled_back_by_the_proxy_within_the_error_bound() {
     assert_eq!(r["switches_total_auto"].as_f64(), Some(1.0), "{r}");
     let e = &b["errors"];
     let errors = e["green_500"].as_u64().unwrap();
-    assert!(errors > 0, "green's failures reached the clients before the rollback: {e}");
-    assert!(e["green_requests"].as_u64().unwrap() >= 100, "min_requests were answered: {e}");
+    assert!(
+        errors > 0,
+        "green's failures reached the clients before the rollback: {e}"
+    );
+    assert!(
+        e["green_requests"].as_u64().unwrap() >= 100,
+        "min_requests were answered: {e}"
+    );
     assert!(errors as f64 <= e["bound"].as_f64().unwrap(), "{e}");
     assert_eq!(e["within_bound"], true, "{e}");
     assert_eq!(e["other_failures"], 0, "{e}");

@@ -203,7 +203,12 @@ struct Times {
 }
 
 /// Runs the scenario (see the module's doc).
-pub async fn run(s: &Settings, fail_ratio: f64, clock: Clock, bar: Option<&ProgressBar>) -> anyhow::Result<Finished> {
+pub async fn run(
+    s: &Settings,
+    fail_ratio: f64,
+    clock: Clock,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<Finished> {
     anyhow::ensure!(
         fail_ratio > MAX_ERROR_RATE && fail_ratio <= 1.0,
         "--fail-ratio must be above the max_error_rate of {MAX_ERROR_RATE} (and at most 1) for a bad release"
@@ -247,7 +252,10 @@ async fn drive(s: &Settings, admin: &AdminClient, pacer: &Pacer<'_>, clock: Cloc
     let half = s.half_ns();
     let start = clock.now_ns();
     pacer
-        .sleep_until(start + s.warmup.as_nanos() as u64 + half, "blue, before the switch")
+        .sleep_until(
+            start + s.warmup.as_nanos() as u64 + half,
+            "blue, before the switch",
+        )
         .await;
     let mut t = Times {
         issued_ns: clock.now_ns(),
@@ -315,25 +323,17 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
     let window_s = ms_between(ack, seen) / 1e3;
     let green_rate = (t.seen_ns.is_some() && window_s > 0.0).then(|| green_in_window / window_s);
     let in_flight = s.concurrency as u64;
-    let bound = green_rate.map(|q| {
-        fail_ratio * (MIN_REQUESTS as f64 + q * CADENCE.as_secs_f64() + in_flight as f64)
-    });
+    let bound =
+        green_rate.map(|q| fail_ratio * (MIN_REQUESTS as f64 + q * CADENCE.as_secs_f64() + in_flight as f64));
     let within_bound = bound.is_some_and(|b| green_500 as f64 <= b);
-    let last_green_sent = samples
-        .iter()
-        .filter(|x| is_green(x))
-        .map(|x| x.sent_ns)
-        .max();
+    let last_green_sent = samples.iter().filter(|x| is_green(x)).map(|x| x.sent_ns).max();
     let first_blue_sent = samples
         .iter()
         .filter(|x| x.sent_ns > ack && x.pool.as_deref() == Some("blue"))
         .map(|x| x.sent_ns)
         .min();
     let green_after_rollback = t.seen_ns.map_or(0, |sn| {
-        samples
-            .iter()
-            .filter(|x| x.sent_ns > sn && is_green(x))
-            .count() as u64
+        samples.iter().filter(|x| x.sent_ns > sn && is_green(x)).count() as u64
     });
     let rolled = t.rolled.clone().unwrap_or(Value::Null);
     let rollback = RolledBack {
@@ -447,10 +447,7 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         "admin switch    POST /switch {{\"to\":\"green\"}} -> {} (answered in {}, generation {})\n",
         report.switch.status.map_or("-".into(), |c| c.to_string()),
         fmt_ms(report.switch.ack_ms),
-        report
-            .switch
-            .generation
-            .map_or("-".into(), |g| g.to_string())
+        report.switch.generation.map_or("-".into(), |g| g.to_string())
     ));
     text.push_str(&format!(
         "rollback        /status active {}, source {}, {} after the ack (poll resolution {}); last request answered by green sent at +{}, first blue after the ack sent at +{}\n",

@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use http::Method;
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -95,7 +94,8 @@ pub struct StepReport {
     /// From the acknowledgement to the next step's `POST` (or the end).
     pub held_ms: Option<f64>,
     /// Clients without a cookie, requests sent after the acknowledgement
-    /// and before the next step: answered, by green, by blue, failed.
+    /// and answered before the next step's `POST`: answered, by green, by
+    /// blue, failed.
     pub requests: u64,
     pub green: u64,
     pub blue: u64,
@@ -125,8 +125,8 @@ pub struct Sticky {
     pub cookie_blue: u64,
     pub cookie_green: u64,
     pub without_cookie: u64,
-    /// Requests sent with a cookie while the split was in force (before
-    /// `{"to":"green"}` was written).
+    /// Requests sent with a cookie and answered while the split was in
+    /// force (before `{"to":"green"}` was written).
     pub requests_with_cookie: u64,
     /// Of those, answered by a pool other than the cookie's (must be 0).
     pub other_pool: u64,
@@ -272,7 +272,10 @@ async fn drive(
         let what = format!("green {} %", plan.weight);
         pacer.say(&what);
         let issued = clock.now_ns();
-        let step = match admin.request(Method::POST, "/switch", Some(request.clone())).await {
+        let step = match admin
+            .request(Method::POST, "/switch", Some(request.clone()))
+            .await
+        {
             Ok(a) => Done {
                 plan,
                 request,
@@ -355,9 +358,12 @@ fn finish(
     for (i, d) in done.iter().enumerate() {
         let from = d.ack_ns.unwrap_or(d.issued_ns);
         let to = done.get(i + 1).map_or(end_ns, |n| n.issued_ns);
+        // Sent after the ack: routed by this step's table. Answered before
+        // the next step's POST was written: not by the next one's (a request
+        // sent just before it may be read by the proxy after it).
         let mine: Vec<&Sample> = plain
             .iter()
-            .filter(|x| x.sent_ns > from && x.sent_ns < to)
+            .filter(|x| x.sent_ns > from && x.done_ns < to)
             .collect();
         let green = mine.iter().filter(|x| x.ok_version() == Some(GREEN)).count() as u64;
         let blue = mine.iter().filter(|x| x.ok_version() == Some(BLUE)).count() as u64;
@@ -434,7 +440,9 @@ fn finish(
         let mut last_cookie: Option<&str> = None;
         let mut pools_seen: Vec<&str> = Vec::new();
         let mut holding = false;
-        for x in ordered.iter().filter(|x| x.sent_ns < full_issued) {
+        // Answered before `{"to":"green"}` was written: routed while the split
+        // was in force (a request in flight across it may be routed after it).
+        for x in ordered.iter().filter(|x| x.done_ns < full_issued) {
             if let Some(c) = x.cookie.as_deref() {
                 holding = true;
                 st.requests_with_cookie += 1;
@@ -459,10 +467,7 @@ fn finish(
         }
         if let Some(a) = full_ack {
             let after: Vec<&&Sample> = ordered.iter().filter(|x| x.sent_ns > a).collect();
-            st.not_green_after_full += after
-                .iter()
-                .filter(|x| x.ok_version() != Some(GREEN))
-                .count() as u64;
+            st.not_green_after_full += after.iter().filter(|x| x.ok_version() != Some(GREEN)).count() as u64;
             if last_cookie == Some("blue") && after.iter().any(|x| x.ok_version() == Some(GREEN)) {
                 st.moved_to_green += 1;
             }
