@@ -464,6 +464,18 @@ pub fn set_cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h st
         })
 }
 
+/// hyper's error with its cause chain ("connection closed before message completed" etc.).
+fn describe(e: &hyper::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,16 +496,4 @@ mod tests {
         h.append(SET_COOKIE, HeaderValue::from_static("pool=; Max-Age=0"));
         assert_eq!(set_cookie_value(&h, "pool"), Some(""));
     }
-}
-
-/// hyper's error with its cause chain ("connection closed before message completed" etc.).
-fn describe(e: &hyper::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }

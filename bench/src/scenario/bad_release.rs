@@ -314,7 +314,7 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
     let green_requests = samples.iter().filter(|x| is_green(x)).count() as u64;
     let other_failures = samples
         .iter()
-        .filter(|x| !x.ok() && !(is_green(x) && x.status == 500))
+        .filter(|x| !(x.ok() || (is_green(x) && x.status == 500)))
         .count() as u64;
     let green_in_window = samples
         .iter()
