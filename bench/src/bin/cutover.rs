@@ -110,7 +110,7 @@ struct Args {
     switchyard_bin: Option<PathBuf>,
     /// The canary scenario: connections that keep the sticky cookie (beside
     /// the `--concurrency` ones that send none).
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 32)]
     cookie_clients: usize,
     /// The canary scenario: answers to clients without a cookie each weighted
     /// step is held for (at 10,000, ±2 points is 4 standard deviations).

@@ -22,12 +22,13 @@
 //! errors ≤ fail_ratio × (min_requests + q × cadence + in_flight)
 //! ```
 //!
-//! `q` is green's answer rate measured from the ack to the rollback, the
-//! cadence the writer's 100 ms between evaluations, `in_flight` the
-//! connections (closed loop: one request each): the last evaluation that
-//! did not roll back saw fewer than `min_requests` answers of green (with
-//! `fail_ratio` above `max_error_rate` the rate is past it from the first
-//! failure on), at most `q × cadence` more were answered before the next
+//! `q` is green's answer rate measured from the ack to the rollback seen
+//! (green's 500s are cheap: it answers faster than blue did), the cadence
+//! the writer's 100 ms, `in_flight` the connections (one request each): the
+//! last evaluation that did not roll back saw fewer than `min_requests`
+//! answers of green (with `fail_ratio` above `max_error_rate` the rate is
+//! past it from the first failure on), at most `q × cadence` more were
+//! answered before the next
 //! one rolled back, and at most one request per connection was already on
 //! its way to green when the table was stored. Green's failures are evenly
 //! spaced (`floor(n × R)` of its first n requests), so its errors are at
@@ -124,8 +125,10 @@ pub struct Errors {
     pub min_requests: u64,
     pub max_error_rate: f64,
     pub cadence_ms: f64,
-    /// Green's answers per second from the ack to the rollback seen.
+    /// Green's answers per second from the ack to the rollback seen (`q`).
     pub green_rate: Option<f64>,
+    /// The load's answers per second in the half phase before the switch (on blue), for comparison.
+    pub rate_before: Option<f64>,
     pub in_flight: u64,
     /// `fail_ratio × (min_requests + green_rate × cadence + in_flight)`.
     pub bound: Option<f64>,
@@ -316,13 +319,24 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         .iter()
         .filter(|x| !(x.ok() || (is_green(x) && x.status == 500)))
         .count() as u64;
-    let green_in_window = samples
+    let green_done = samples
         .iter()
         .filter(|x| is_green(x) && x.done_ns > ack && x.done_ns <= seen)
-        .count() as f64;
+        .count();
     let window_s = ms_between(ack, seen) / 1e3;
-    let green_rate = (t.seen_ns.is_some() && window_s > 0.0).then(|| green_in_window / window_s);
+    let green_rate = (t.seen_ns.is_some() && window_s > 0.0).then(|| green_done as f64 / window_s);
+    // The load's rate before the switch (half a phase, all on blue), for comparison.
+    let half = s.half_ns();
+    let before = samples
+        .iter()
+        .filter(|x| x.done_ns < t.issued_ns && x.done_ns + half >= t.issued_ns)
+        .count() as f64;
+    let rate_before = (half > 0).then(|| before / (half as f64 / 1e9));
     let in_flight = s.concurrency as u64;
+    // `q`: green's answers per second from the ack to the rollback seen.
+    // On time (the first evaluation past min_requests) the bound holds by
+    // construction; a rollback an evaluation late adds q × cadence requests
+    // that the bound does not allow for, and fails it.
     let bound =
         green_rate.map(|q| fail_ratio * (MIN_REQUESTS as f64 + q * CADENCE.as_secs_f64() + in_flight as f64));
     let within_bound = bound.is_some_and(|b| green_500 as f64 <= b);
@@ -363,6 +377,7 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         max_error_rate: MAX_ERROR_RATE,
         cadence_ms: CADENCE.as_secs_f64() * 1e3,
         green_rate,
+        rate_before,
         in_flight,
         bound,
         within_bound,
@@ -463,16 +478,17 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         report.rollback.override_reason.as_deref().unwrap_or("-")
     ));
     text.push_str(&format!(
-        "errors          {} green 500s of {} green answers ({} other failures); bound {} × ({} + {} × {} s + {}) = {}\n",
+        "errors          {} green 500s of {} green answers ({} other failures); bound {} × (min_requests {} + q {} × {} ms + {} in flight) = {} (q: green's answers from the ack to the rollback seen; the load before the switch: {})\n",
         report.errors.green_500,
         report.errors.green_requests,
         report.errors.other_failures,
         fail_ratio,
         MIN_REQUESTS,
-        green_rate.map_or("-".to_string(), |q| format!("{q:.0} /s")),
-        CADENCE.as_secs_f64(),
+        green_rate.map_or("-".to_string(), |q| format!("{q:.0}/s")),
+        CADENCE.as_millis(),
         in_flight,
-        bound.map_or("-".to_string(), |b| format!("{b:.1}"))
+        bound.map_or("-".to_string(), |b| format!("{b:.1}")),
+        rate_before.map_or("-".to_string(), |q| format!("{q:.0}/s"))
     ));
     text.push_str(&format!(
         "total: {} requests, failed: {} (green's 500s), {:.1} s, {:.0} requests/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\n",
