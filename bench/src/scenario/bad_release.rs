@@ -22,7 +22,8 @@
 //! errors ≤ fail_ratio × (min_requests + q × cadence + in_flight)
 //! ```
 //!
-//! `q` is green's answer rate measured from the ack to the rollback seen
+//! `q` is green's answer rate measured from the switch's `POST` (the
+//! window opens when it is stored, before the ack) to the rollback seen
 //! (green's 500s are cheap: it answers faster than blue did), the cadence
 //! the writer's 100 ms, `in_flight` the connections (one request each): the
 //! last evaluation that did not roll back saw fewer than `min_requests`
@@ -125,7 +126,7 @@ pub struct Errors {
     pub min_requests: u64,
     pub max_error_rate: f64,
     pub cadence_ms: f64,
-    /// Green's answers per second from the ack to the rollback seen (`q`).
+    /// Green's answers per second from the switch's `POST` to the rollback seen (`q`).
     pub green_rate: Option<f64>,
     /// The load's answers per second in the half phase before the switch (on blue), for comparison.
     pub rate_before: Option<f64>,
@@ -321,9 +322,10 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         .count() as u64;
     let green_done = samples
         .iter()
-        .filter(|x| is_green(x) && x.done_ns > ack && x.done_ns <= seen)
+        .filter(|x| is_green(x) && x.done_ns > t.issued_ns && x.done_ns <= seen)
         .count();
-    let window_s = ms_between(ack, seen) / 1e3;
+    // From the POST written: the window opens when the switch is stored, before the ack.
+    let window_s = ms_between(t.issued_ns, seen) / 1e3;
     let green_rate = (t.seen_ns.is_some() && window_s > 0.0).then(|| green_done as f64 / window_s);
     // The load's rate before the switch (half a phase, all on blue), for comparison.
     let half = s.half_ns();
@@ -478,7 +480,7 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         report.rollback.override_reason.as_deref().unwrap_or("-")
     ));
     text.push_str(&format!(
-        "errors          {} green 500s of {} green answers ({} other failures); bound {} × (min_requests {} + q {} × {} ms + {} in flight) = {} (q: green's answers from the ack to the rollback seen; the load before the switch: {})\n",
+        "errors          {} green 500s of {} green answers ({} other failures); bound {} × (min_requests {} + q {} × {} ms + {} in flight) = {} (q: green's answers from the POST to the rollback seen; the load before the switch: {})\n",
         report.errors.green_500,
         report.errors.green_requests,
         report.errors.other_failures,
