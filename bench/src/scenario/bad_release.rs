@@ -24,13 +24,12 @@
 //!
 //! `q` is green's answer rate measured from the switch's `POST` (the
 //! window opens when it is stored, before the ack) to the rollback seen
-//! (green's 500s are cheap: it answers faster than blue did), the cadence
-//! the writer's 100 ms, `in_flight` the connections (one request each): the
-//! last evaluation that did not roll back saw fewer than `min_requests`
-//! answers of green (with `fail_ratio` above `max_error_rate` the rate is
-//! past it from the first failure on), at most `q × cadence` more were
-//! answered before the next
-//! one rolled back, and at most one request per connection was already on
+//! (not the load's rate before the switch: green's differs, faster or
+//! slower), the cadence the writer's 100 ms, `in_flight` the connections
+//! (one request each): the last evaluation that did not roll back saw fewer
+//! than `min_requests` answers of green (with `fail_ratio` above
+//! `max_error_rate` the rate is past it from the first failure on), at most
+//! `q × cadence` more were answered before the next one rolled back, and at most one request per connection was already on
 //! its way to green when the table was stored. Green's failures are evenly
 //! spaced (`floor(n × R)` of its first n requests), so its errors are at
 //! most `R` times its requests.
