@@ -5,11 +5,13 @@
 //! here, each an `async fn run(&Settings, ...) -> anyhow::Result<Finished>`
 //! that starts what it needs, drives the load, checks its own PASS/FAIL
 //! criteria and hands back the report; the binary prints it and writes
-//! `--json` and `--plot`. To add one (`canary`, `bad-release`): a variant
-//! of [`Scenario`] (its doc comment is its `--help` line), a module with its
-//! `run`, and an arm in the binary's dispatch.
+//! `--json` and `--plot`. To add one: a variant of [`Scenario`] (its doc
+//! comment is its `--help` line), a module with its `run`, and an arm in
+//! the binary's dispatch.
 
+pub mod bad_release;
 pub mod broken_green;
+pub mod canary;
 pub mod fleet;
 
 use std::net::SocketAddr;
@@ -44,6 +46,13 @@ pub enum Scenario {
     /// `--replicas N` proxies (default 3) behind one load generator, all switched by one
     /// `switchyard switch green --admin URL...` (the real CLI, a child process); the fleet's mixed window.
     Fleet,
+    /// A split 10 -> 50 -> 100 % green under load (`POST /switch` with `weight`, then `{"to":"green"}`):
+    /// green's share for clients without a cookie within ±2 points per step, clients keeping the
+    /// sticky cookie never change pool while it has weight, 0 failed.
+    Canary,
+    /// Green answers 500 to `--fail-ratio` of translate requests; after the admin switch the proxy
+    /// rolls back by itself (`[rollback]`): the time to it, and the clients' errors against their bound.
+    BadRelease,
 }
 
 impl Scenario {
@@ -53,6 +62,8 @@ impl Scenario {
             Scenario::Full => "full",
             Scenario::BrokenGreen => "broken-green",
             Scenario::Fleet => "fleet",
+            Scenario::Canary => "canary",
+            Scenario::BadRelease => "bad-release",
         }
     }
 }

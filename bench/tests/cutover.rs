@@ -213,7 +213,17 @@ fn help_lists_the_scenarios() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for name in ["full", "broken-green", "fleet", "--replicas"] {
+    for name in [
+        "full",
+        "broken-green",
+        "fleet",
+        "canary",
+        "bad-release",
+        "--replicas",
+        "--cookie-clients",
+        "--step-requests",
+        "--fail-ratio",
+    ] {
         assert!(text.contains(name), "--help names {name}: {text}");
     }
 }
@@ -352,4 +362,150 @@ fn a_fleet_of_three_is_switched_by_one_cli_command() {
         );
     }
     assert!(text.contains("fleet: first new answer"), "{text}");
+}
+
+#[test]
+fn canary_follows_each_step_and_cookie_clients_keep_their_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cutover.json");
+    let svg = dir.path().join("cutover.svg");
+    // 2,500 answers per step: the tolerance widens to 4 standard deviations
+    // (2.4 points at 10 %, 4 at 50 %); the documented run uses 10,000 (±2).
+    let (v, out) = run(
+        &[
+            "--scenario",
+            "canary",
+            "--duration",
+            "400ms",
+            "--warmup",
+            "200ms",
+            "--concurrency",
+            "8",
+            "--cookie-clients",
+            "8",
+            "--step-requests",
+            "2500",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+        &json,
+    );
+    let text = out.join("\n");
+    assert_eq!(v["passed"], true, "{text}");
+    assert_eq!(v["scenario"], "canary");
+    assert_eq!(v["total"]["failed"], 0, "{text}");
+    let c = &v["canary"];
+    assert_eq!(c["cookie"], "switchyard-pool", "{c}");
+    let steps = c["steps"].as_array().unwrap();
+    let weights: Vec<u64> = steps.iter().map(|x| x["weight"].as_u64().unwrap()).collect();
+    assert_eq!(weights, [10, 50, 100], "{c}");
+    assert_eq!(
+        steps[0]["split"],
+        serde_json::json!({"blue": 90, "green": 10}),
+        "{c}"
+    );
+    assert_eq!(
+        steps[1]["split"],
+        serde_json::json!({"blue": 50, "green": 50}),
+        "{c}"
+    );
+    assert!(steps[2]["split"].is_null(), "{c}");
+    assert_eq!(steps[2]["active"], "green", "{c}");
+    for x in &steps[..2] {
+        assert_eq!(x["status"], 200, "{x}");
+        assert!(x["requests"].as_u64().unwrap() >= 2500, "{x}");
+        let w = x["weight"].as_f64().unwrap();
+        let share = x["green_share"].as_f64().unwrap();
+        let tol = x["tolerance"].as_f64().unwrap();
+        assert!(tol >= 2.0 && (share - w).abs() <= tol, "{x}");
+        assert_eq!(x["failed"], 0, "{x}");
+        assert_eq!(x["within"], true, "{x}");
+    }
+    assert_eq!(steps[2]["green_share"].as_f64(), Some(100.0), "{c}");
+    assert_eq!(steps[2]["blue"], 0, "{c}");
+    assert_eq!(c["stale_after_full"], 0, "{c}");
+    let st = &c["sticky"];
+    assert_eq!(st["clients"], 8, "{st}");
+    assert_eq!(
+        st["cookie_blue"].as_u64().unwrap() + st["cookie_green"].as_u64().unwrap(),
+        8,
+        "every client with a jar got a cookie: {st}"
+    );
+    assert!(st["requests_with_cookie"].as_u64().unwrap() > 0, "{st}");
+    for f in [
+        "without_cookie",
+        "other_pool",
+        "cookie_changes",
+        "flipped_clients",
+        "not_green_after_full",
+    ] {
+        assert_eq!(st[f], 0, "{f}: {st}");
+    }
+    for ch in c["checks"].as_array().unwrap() {
+        assert_eq!(ch["passed"], true, "{ch}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("green 50 %") && svg.contains("0.0.2 (green)"));
+}
+
+#[test]
+fn bad_release_is_rolled_back_by_the_proxy_within_the_error_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cutover.json");
+    let svg = dir.path().join("cutover.svg");
+    let (v, out) = run(
+        &[
+            "--scenario",
+            "bad-release",
+            "--fail-ratio",
+            "0.2",
+            "--duration",
+            "600ms",
+            "--warmup",
+            "200ms",
+            "--concurrency",
+            "8",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+        &json,
+    );
+    let text = out.join("\n");
+    assert_eq!(v["passed"], true, "{text}");
+    assert_eq!(v["scenario"], "bad-release");
+    let b = &v["bad_release"];
+    assert_eq!(b["switch"]["status"], 200, "{b}");
+    let r = &b["rollback"];
+    assert_eq!(r["active"], "blue", "{r}");
+    assert_eq!(r["source"], "auto", "{r}");
+    let reason = r["override_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("automatic rollback: green answered") && reason.contains("back to blue"),
+        "{reason}"
+    );
+    assert!(r["ack_to_rollback_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["switches_total_auto"].as_f64(), Some(1.0), "{r}");
+    let e = &b["errors"];
+    let errors = e["green_500"].as_u64().unwrap();
+    assert!(
+        errors > 0,
+        "green's failures reached the clients before the rollback: {e}"
+    );
+    assert!(
+        e["green_requests"].as_u64().unwrap() >= 100,
+        "min_requests were answered: {e}"
+    );
+    assert!(errors as f64 <= e["bound"].as_f64().unwrap(), "{e}");
+    assert_eq!(e["within_bound"], true, "{e}");
+    assert_eq!(e["other_failures"], 0, "{e}");
+    assert_eq!(b["green_after_rollback"], 0, "{b}");
+    // The only failures of the run are green's 500s.
+    assert_eq!(v["total"]["failed"].as_u64(), Some(errors), "{text}");
+    for ch in b["checks"].as_array().unwrap() {
+        assert_eq!(ch["passed"], true, "{ch}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("automatic rollback seen"));
 }

@@ -13,6 +13,9 @@
 //! before `send_request` is taken just before the first byte is written.
 //! A failed request is recorded and the worker reconnects; nothing is fatal.
 //! The proxy's `X-Switchyard-Pool` header, when present, is recorded too.
+//! With [`LoadConfig::cookie`] each worker keeps one cookie (a jar of one):
+//! the value the last `Set-Cookie` of that name gave it, sent back on its
+//! following requests, across reconnects.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -21,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE, HOST, SET_COOKIE};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -103,6 +106,12 @@ pub struct LoadConfig {
     /// [`LoadGen::finished`] turns true once every worker is done.
     /// `None`: until [`LoadGen::stop`].
     pub duration: Option<Duration>,
+    /// Keep this one cookie, per worker: the value the last `Set-Cookie` of
+    /// this name gave the worker is sent back as `Cookie: NAME=value` on its
+    /// next requests (on any of its connections; an empty value forgets
+    /// it), and recorded as [`Sample::cookie`]. `None`: no `Cookie` header,
+    /// `Set-Cookie` is not looked at.
+    pub cookie: Option<String>,
 }
 
 impl LoadConfig {
@@ -117,6 +126,7 @@ impl LoadConfig {
             reconnect_backoff: Duration::from_millis(10),
             tls: None,
             duration: None,
+            cookie: None,
         }
     }
 }
@@ -326,6 +336,10 @@ async fn worker(shared: &Shared, mut stop: watch::Receiver<bool>, sink: &mut imp
     let cfg = &shared.cfg;
     let mut versions = VersionInterner::default();
     let mut pools = VersionInterner::default();
+    // The kept cookie: the `Cookie` header to send and its value (interned).
+    let mut jar: Option<(HeaderValue, Arc<str>)> = None;
+    let mut cookies = VersionInterner::default();
+    let jar_name = cfg.cookie.as_deref();
     let mut client: Option<Client> = None;
     while let Some(intended) = next_slot(shared, &mut stop).await {
         // A usable connection: reuse the kept-alive one, else connect.
@@ -360,8 +374,12 @@ async fn worker(shared: &Shared, mut stop: watch::Receiver<bool>, sink: &mut imp
             }
         }
         let Some(c) = client.as_mut() else { continue };
-        let req = Request::get(cfg.target.path.as_str())
-            .header(HOST, shared.host.clone())
+        let mut req = Request::get(cfg.target.path.as_str()).header(HOST, shared.host.clone());
+        if let Some((header, _)) = &jar {
+            req = req.header(COOKIE, header.clone());
+        }
+        let sent_cookie = jar.as_ref().map(|(_, value)| value.clone());
+        let req = req
             .body(Empty::<Bytes>::new())
             .expect("a GET with a parsed path and host is a valid request");
         let sent = clock.now_ns();
@@ -370,24 +388,38 @@ async fn worker(shared: &Shared, mut stop: watch::Receiver<bool>, sink: &mut imp
             let resp = response.await?;
             let status = resp.status().as_u16();
             let pool = resp.headers().get(&POOL_HEADER).cloned();
+            // Only when a cookie is kept, and only an answer that sets it allocates.
+            let set = jar_name.and_then(|n| set_cookie_value(resp.headers(), n).map(str::to_owned));
             let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, pool, body))
+            Ok::<_, hyper::Error>((status, pool, set, body))
         };
         let result = tokio::time::timeout(cfg.request_timeout, drive(&mut c.conn, work)).await;
         let done = clock.now_ns();
         match result {
-            Ok(Ok((status, pool, body))) => sink.record(Sample {
-                intended_ns: intended,
-                sent_ns: sent,
-                done_ns: done,
-                status,
-                version: parse_version(&body).map(|v| versions.intern(v)),
-                pool: pool
-                    .as_ref()
-                    .and_then(|p| p.to_str().ok())
-                    .map(|p| pools.intern(p)),
-                error: None,
-            }),
+            Ok(Ok((status, pool, set, body))) => {
+                if let (Some(name), Some(value)) = (jar_name, set) {
+                    jar = if value.is_empty() {
+                        None
+                    } else {
+                        HeaderValue::from_str(&format!("{name}={value}"))
+                            .ok()
+                            .map(|h| (h, cookies.intern(&value)))
+                    };
+                }
+                sink.record(Sample {
+                    intended_ns: intended,
+                    sent_ns: sent,
+                    done_ns: done,
+                    status,
+                    version: parse_version(&body).map(|v| versions.intern(v)),
+                    pool: pool
+                        .as_ref()
+                        .and_then(|p| p.to_str().ok())
+                        .map(|p| pools.intern(p)),
+                    cookie: sent_cookie,
+                    error: None,
+                });
+            }
             Ok(Err(e)) => {
                 client = None;
                 record_error(sink, intended, sent, done, describe(&e));
@@ -414,8 +446,22 @@ fn record_error(sink: &mut impl Sink, intended: u64, sent: u64, done: u64, error
         status: 0,
         version: None,
         pool: None,
+        cookie: None,
         error: Some(error.into()),
     });
+}
+
+/// The value a `Set-Cookie` of `name` among `headers` gives (`name=value;
+/// attributes`: the part before the first `;`), if there is one.
+pub fn set_cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(|h| {
+            let (n, v) = h.split(';').next()?.split_once('=')?;
+            (n.trim() == name).then(|| v.trim())
+        })
 }
 
 /// hyper's error with its cause chain ("connection closed before message completed" etc.).
@@ -428,4 +474,26 @@ fn describe(e: &hyper::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_named_set_cookie() {
+        let mut h = HeaderMap::new();
+        assert_eq!(set_cookie_value(&h, "switchyard-pool"), None);
+        h.append(SET_COOKIE, HeaderValue::from_static("session=abc; Path=/"));
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("switchyard-pool=green; Path=/; HttpOnly; SameSite=Lax"),
+        );
+        assert_eq!(set_cookie_value(&h, "switchyard-pool"), Some("green"));
+        assert_eq!(set_cookie_value(&h, "session"), Some("abc"));
+        assert_eq!(set_cookie_value(&h, "switchyard"), None);
+        let mut h = HeaderMap::new();
+        h.append(SET_COOKIE, HeaderValue::from_static("pool=; Max-Age=0"));
+        assert_eq!(set_cookie_value(&h, "pool"), Some(""));
+    }
 }

@@ -21,6 +21,9 @@ pub struct Sample {
     pub version: Option<Arc<str>>,
     /// The pool switchyard says answered (its `X-Switchyard-Pool` header), when it said.
     pub pool: Option<Arc<str>>,
+    /// The value of the kept cookie sent with the request
+    /// ([`LoadConfig::cookie`](crate::LoadConfig::cookie)), when one was sent.
+    pub cookie: Option<Arc<str>>,
     /// Why the request failed at the transport level, if it did.
     pub error: Option<Box<str>>,
 }
@@ -35,6 +38,7 @@ impl Sample {
             status: 200,
             version: Some(Arc::from(version)),
             pool: None,
+            cookie: None,
             error: None,
         }
     }
@@ -48,6 +52,7 @@ impl Sample {
             status: 0,
             version: None,
             pool: None,
+            cookie: None,
             error: Some(error.into()),
         }
     }

@@ -20,8 +20,10 @@
 //!
 //! `--scenario NAME` tells another story (`bench::scenario`): `broken-green`
 //! (a switch asked while green is down: refused, pending, applied once green
-//! is ready) or `fleet` (`--replicas N` proxies switched by one
-//! `switchyard switch`); `full` is the default above.
+//! is ready), `fleet` (`--replicas N` proxies switched by one
+//! `switchyard switch`), `canary` (a split 10 → 50 → 100 with sticky
+//! clients) or `bad-release` (green fails, the proxy rolls back by itself);
+//! `full` is the default above.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -106,6 +108,17 @@ struct Args {
     /// run (default: the one beside this executable, built from this workspace first).
     #[arg(long, value_name = "PATH")]
     switchyard_bin: Option<PathBuf>,
+    /// The canary scenario: connections that keep the sticky cookie (beside
+    /// the `--concurrency` ones that send none).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    cookie_clients: usize,
+    /// The canary scenario: answers to clients without a cookie each weighted
+    /// step is held for (at 10,000, ±2 points is 4 standard deviations).
+    #[arg(long, value_name = "N", default_value_t = scenario::canary::DEFAULT_STEP_REQUESTS)]
+    step_requests: u64,
+    /// The bad-release scenario: the share of green's translate requests that answer 500.
+    #[arg(long, value_name = "R", default_value_t = scenario::bad_release::DEFAULT_FAIL_RATIO)]
+    fail_ratio: f64,
 }
 
 impl Args {
@@ -364,6 +377,19 @@ fn run_scenario(args: &Args, which: Scenario) -> anyhow::Result<bool> {
                 }
                 (Scenario::Fleet, Some(bin)) => {
                     scenario::fleet::run(&settings, replicas, bin, clock, bar.as_ref()).await
+                }
+                (Scenario::Canary, _) => {
+                    scenario::canary::run(
+                        &settings,
+                        args.cookie_clients,
+                        args.step_requests,
+                        clock,
+                        bar.as_ref(),
+                    )
+                    .await
+                }
+                (Scenario::BadRelease, _) => {
+                    scenario::bad_release::run(&settings, args.fail_ratio, clock, bar.as_ref()).await
                 }
                 (other, _) => bail!("the scenario {} is not run here", other.name()),
             }
