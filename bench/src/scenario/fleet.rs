@@ -46,9 +46,13 @@ const CLI_TIMEOUT: &str = "10s";
 
 /// The `switchyard` binary for the CLI: `explicit` when given; else the one
 /// beside this executable (`target/<profile>/switchyard`), built first with
-/// `cargo build --locked -p switchyard --bin switchyard` (same profile, same
-/// target directory) when this executable's workspace is still where it was
-/// built, so the CLI is never older than the tree.
+/// `cargo build --locked -p bench -p switchyard --bin switchyard` (same
+/// profile, same target directory) when this executable's workspace is still
+/// where it was built, so the CLI is never older than the tree. Selecting
+/// `bench` too makes cargo unify the dependencies' features exactly as the
+/// `cargo run -p bench --bin cutover` that started this process did, so the
+/// build reuses every compiled dependency and only builds the binary itself
+/// (`-p switchyard` alone resolves other features and rebuilds them all).
 pub fn switchyard_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.is_file() {
@@ -76,6 +80,8 @@ pub fn switchyard_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
                     "build",
                     "--quiet",
                     "--locked",
+                    "-p",
+                    "bench",
                     "-p",
                     "switchyard",
                     "--bin",
