@@ -15,7 +15,7 @@ pub mod canary;
 pub mod fleet;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,10 @@ use serde_json::Value;
 use crate::admin::AdminClient;
 use crate::plot::Mark;
 use loadgen::clock::Clock;
+use loadgen::report::Totals;
 use loadgen::sample::Sample;
+use loadgen::target::Target;
+use loadgen::{LoadConfig, LoadGen, Recorder};
 
 /// The blue version (translation-api `0.0.1`).
 pub const BLUE: &str = "0.0.1";
@@ -105,12 +108,22 @@ pub struct Check {
 }
 
 impl Check {
+    /// A criterion, whether it held and what was seen.
     pub fn new(criterion: &str, passed: bool, detail: impl Into<String>) -> Self {
         Self {
             criterion: criterion.to_string(),
             passed,
             detail: detail.into(),
         }
+    }
+
+    /// `0 failed requests in the whole run` (and some requests made).
+    pub fn no_failed(total: &Totals) -> Self {
+        Self::new(
+            "0 failed requests in the whole run",
+            total.failed == 0 && total.requests > 0,
+            format!("{} requests, {} failed", total.requests, total.failed),
+        )
     }
 }
 
@@ -126,6 +139,38 @@ pub fn format_checks(checks: &[Check]) -> String {
         ));
     }
     out
+}
+
+/// The checks as text and the verdict: `PASS: {pass}` when every check
+/// passed, else `FAIL`.
+pub fn format_verdict(checks: &[Check], pass: &str) -> String {
+    let mut out = format_checks(checks);
+    if all_passed(checks) {
+        out.push_str(&format!("PASS: {pass}\n"));
+    } else {
+        out.push_str("FAIL\n");
+    }
+    out
+}
+
+/// Every check passed.
+pub fn all_passed(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.passed)
+}
+
+/// The run's totals as a line of the report (`failed_note` follows the
+/// failed count), with a blank line after it.
+pub fn format_total(total: &Totals, failed_note: &str) -> String {
+    format!(
+        "total: {} requests, failed: {}{failed_note}, {:.1} s, {:.0} requests/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\n",
+        total.requests,
+        total.failed,
+        total.elapsed_s,
+        total.rps,
+        total.latency.p50_ms,
+        total.latency.p99_ms,
+        total.latency.max_ms
+    )
 }
 
 /// What a scenario hands back to the binary.
@@ -154,7 +199,25 @@ pub struct Pacer<'a> {
     pub count: Arc<AtomicU64>,
 }
 
-impl Pacer<'_> {
+impl<'a> Pacer<'a> {
+    /// A pacer on `clock` telling `bar`, with a new request count.
+    pub fn new(clock: Clock, bar: Option<&'a ProgressBar>) -> Self {
+        Self {
+            clock,
+            bar,
+            count: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sleeps through `--warmup` and half a phase from now, telling the bar
+    /// `what`; returns when it began, on the clock.
+    pub async fn warm_up(&self, s: &Settings, what: &str) -> u64 {
+        let start = self.clock.now_ns();
+        self.sleep_until(start + s.warmup.as_nanos() as u64 + s.half_ns(), what)
+            .await;
+        start
+    }
+
     /// Sleeps until `until_ns` on the clock, telling the bar `what`.
     pub async fn sleep_until(&self, until_ns: u64, what: &str) {
         loop {
@@ -179,15 +242,22 @@ impl Pacer<'_> {
     }
 }
 
-/// Starts a translation-api answering `version` on `addr` (port 0: a free one).
+/// How often `/status` is read while a scenario waits for a state.
+pub const POLL_EVERY: Duration = Duration::from_millis(2);
+
+/// Starts a translation-api answering `version` on `addr` (port 0: a free
+/// one) with `workers` worker threads, 2 s of shutdown grace, and `fail_ratio`
+/// of its translate requests answering 500 (0: none).
 pub fn start_api(
     version: &str,
     addr: SocketAddr,
     workers: usize,
+    fail_ratio: f64,
 ) -> anyhow::Result<translation_api::Running> {
     let mut c = translation_api::Config::new(addr, version);
     c.workers = workers.max(1);
     c.shutdown_grace = Duration::from_secs(2);
+    c.fail_ratio = fail_ratio;
     translation_api::spawn(c).with_context(|| format!("starting translation-api {version} on {addr}"))
 }
 
@@ -204,12 +274,240 @@ pub fn start_proxy(config: &Path, cores: Option<usize>) -> anyhow::Result<switch
     started.with_context(|| format!("starting switchyard with {}", config.display()))
 }
 
-/// `proxy.toml` of a plain proxy on free loopback ports, no access log.
-pub fn proxy_toml(persist: bool, upstreams: &str) -> String {
+/// `proxy.toml` of a plain proxy on free loopback ports, no access log; with
+/// `tls` (the directory of `tls.crt` and `tls.key`, relative to the file) an
+/// HTTPS listener too.
+pub fn proxy_toml(persist: bool, upstreams: &str, tls: Option<&str>) -> String {
+    let (https, section) = match tls {
+        Some(dir) => (
+            "https = \"127.0.0.1:0\"\n".to_string(),
+            format!("\n[tls]\ncert = \"{dir}/tls.crt\"\nkey = \"{dir}/tls.key\"\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
-        "# written by cutover\n[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = {persist}\n\n\
-         [upstreams]\nfile = \"{upstreams}\"\n\n[log]\naccess = false\n"
+        "# written by cutover\n[listen]\nhttp = \"127.0.0.1:0\"\n{https}\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = {persist}\n\n\
+         [upstreams]\nfile = \"{upstreams}\"\n\n[log]\naccess = false\n{section}"
     )
+}
+
+/// The pools of an upstreams file: `header` (a comment line), `active`,
+/// then blue and green with one endpoint each. Sections of a scenario
+/// (`[health]`, `[split]`, ...) go after it, a blank line between.
+pub fn pools_toml(header: &str, active: &str, blue: SocketAddr, green: SocketAddr) -> String {
+    format!(
+        "{header}\nactive = \"{active}\"\n\n[pools.blue]\nendpoints = [\"{blue}\"]\n\n\
+         [pools.green]\nendpoints = [\"{green}\"]\n"
+    )
+}
+
+/// The upstreams file of `cutover --scenario NAME`: its pools (blue
+/// active), then `section` (`[health]`, `[split]`, ...; `""`: none) after a
+/// blank line.
+pub fn upstreams_toml(scenario: Scenario, blue: SocketAddr, green: SocketAddr, section: &str) -> String {
+    let header = format!("# written by cutover --scenario {}", scenario.name());
+    let pools = pools_toml(&header, "blue", blue, green);
+    if section.is_empty() {
+        pools
+    } else {
+        format!("{pools}\n{section}")
+    }
+}
+
+/// How a [`World`] starts green.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Green {
+    /// Running, answering 500 to this share of its translate requests (0: none).
+    Up { fail_ratio: f64 },
+    /// Not running: its address is one it listened on and let go, so it
+    /// refuses connections; [`World::start_green`] starts it there.
+    Down,
+}
+
+/// Everything a scenario starts: translation-api blue and green, and one
+/// proxy (or a fleet of them) in front of them, each with its `proxy.toml`
+/// and `upstreams.toml` in a temp directory. [`World::stop`] stops it,
+/// proxies first (the fields drop in that order too).
+pub struct World {
+    /// Never empty: [`World::start`] and [`World::start_fleet`] start one at least.
+    proxies: Vec<switchyard::Proxy>,
+    blue: translation_api::Running,
+    /// Green, while it runs.
+    green: Option<translation_api::Running>,
+    green_addr: SocketAddr,
+    /// The config directory of each proxy.
+    config_dirs: Vec<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    /// Blue, green (`green` says how) and one proxy whose config directory
+    /// is the temp directory (`switchyard-cutover-NAME-*`); its upstreams
+    /// file is [`upstreams_toml`] with `section`.
+    pub fn start(s: &Settings, scenario: Scenario, green: Green, section: &str) -> anyhow::Result<Self> {
+        Self::start_with(s, scenario, green, None, section)
+    }
+
+    /// As [`World::start`] with `n` proxies (at least 1), each with its own
+    /// config directory `replica-I` and listeners, as a Deployment's replicas have.
+    pub fn start_fleet(
+        s: &Settings,
+        scenario: Scenario,
+        green: Green,
+        n: usize,
+        section: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(s, scenario, green, Some(n), section)
+    }
+
+    fn start_with(
+        s: &Settings,
+        scenario: Scenario,
+        green: Green,
+        replicas: Option<usize>,
+        section: &str,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(replicas != Some(0), "a world needs one proxy at least");
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let blue = start_api(BLUE, loopback, s.api_workers, 0.0)?;
+        let (green, green_addr) = match green {
+            Green::Up { fail_ratio } => {
+                let g = start_api(GREEN, loopback, s.api_workers, fail_ratio)?;
+                let addr = g.addr();
+                (Some(g), addr)
+            }
+            // A port it listened on and let go, so it refuses.
+            Green::Down => (None, start_api(GREEN, loopback, s.api_workers, 0.0)?.addr()),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("switchyard-cutover-{}-", scenario.name()))
+            .tempdir()?;
+        let config_dirs: Vec<PathBuf> = match replicas {
+            None => vec![dir.path().to_path_buf()],
+            Some(n) => (0..n).map(|i| dir.path().join(format!("replica-{i}"))).collect(),
+        };
+        let text = upstreams_toml(scenario, blue.addr(), green_addr, section);
+        let mut proxies = Vec::with_capacity(config_dirs.len());
+        for d in &config_dirs {
+            std::fs::create_dir_all(d)?;
+            std::fs::write(d.join("upstreams.toml"), &text)?;
+            std::fs::write(d.join("proxy.toml"), proxy_toml(false, "upstreams.toml", None))?;
+            proxies.push(start_proxy(&d.join("proxy.toml"), s.proxy_cores)?);
+        }
+        Ok(Self {
+            proxies,
+            blue,
+            green,
+            green_addr,
+            config_dirs,
+            _dir: dir,
+        })
+    }
+
+    /// The (first) proxy.
+    pub fn proxy(&self) -> &switchyard::Proxy {
+        &self.proxies[0]
+    }
+
+    /// Every proxy, in the order started.
+    pub fn proxies(&self) -> &[switchyard::Proxy] {
+        &self.proxies
+    }
+
+    /// `http://ADDR{path}` on the (first) proxy's listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy().http_addr())
+    }
+
+    /// Each proxy's admin API, `http://ADDR`.
+    pub fn admin_urls(&self) -> Vec<String> {
+        self.proxies
+            .iter()
+            .map(|p| format!("http://{}", p.admin_addr()))
+            .collect()
+    }
+
+    /// A client for the (first) proxy's admin API.
+    pub fn admin(&self, clock: Clock) -> anyhow::Result<AdminClient> {
+        AdminClient::new(&format!("http://{}", self.proxy().admin_addr()), None, clock)
+    }
+
+    /// The (first) proxy's upstreams file.
+    pub fn upstreams_file(&self) -> PathBuf {
+        self.config_dirs[0].join("upstreams.toml")
+    }
+
+    /// Green's address (where it runs, or will with [`Green::Down`]).
+    pub fn green_addr(&self) -> SocketAddr {
+        self.green_addr
+    }
+
+    /// Starts green on its address (for [`Green::Down`]), with `workers` threads.
+    pub fn start_green(&mut self, workers: usize) -> anyhow::Result<()> {
+        self.green = Some(start_api(GREEN, self.green_addr, workers, 0.0)?);
+        Ok(())
+    }
+
+    /// Graceful stop: the proxies first, then blue and green.
+    pub fn stop(self) {
+        for p in self.proxies {
+            p.shutdown();
+        }
+        drop(self.blue);
+        drop(self.green);
+    }
+}
+
+impl Settings {
+    /// `--rate`'s share for `connections` of `of` connections (`None`: closed loop).
+    pub fn rate_share(&self, connections: usize, of: usize) -> Option<f64> {
+        self.rate.map(|r| r * connections as f64 / of as f64)
+    }
+
+    /// A load of `connections` keep-alive connections asking `url`, at
+    /// `rate` requests per second (`None`: closed loop), on `--threads` threads.
+    pub fn load_config(
+        &self,
+        url: &str,
+        connections: usize,
+        rate: Option<f64>,
+    ) -> anyhow::Result<LoadConfig> {
+        let mut cfg = LoadConfig::new(Target::parse(url)?, connections);
+        cfg.rate = rate;
+        cfg.threads = self.threads;
+        Ok(cfg)
+    }
+}
+
+/// A rate for plot titles: `R requests/s`, or `closed loop` for `None`.
+pub fn rate_words(rate: Option<f64>) -> String {
+    rate.map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
+}
+
+/// Starts the load `cfg`, every answer counted in `count`.
+pub fn start_load(
+    cfg: LoadConfig,
+    clock: Clock,
+    count: &Arc<AtomicU64>,
+) -> anyhow::Result<LoadGen<Recorder>> {
+    LoadGen::start(cfg, clock, |_| Recorder::new(count.clone()))
+}
+
+/// Stops a load and hands back every request of it.
+pub fn stop_load(load: LoadGen<Recorder>) -> Vec<Sample> {
+    load.stop().into_iter().flat_map(|r| r.samples).collect()
+}
+
+/// Waits (polling every [`POLL_EVERY`], 15 s at most) for `/status` to show `pool` active.
+pub async fn wait_active(admin: &AdminClient, pool: &str) -> anyhow::Result<Polled> {
+    poll_status(
+        admin,
+        POLL_EVERY,
+        Duration::from_secs(15),
+        &format!("{pool} active"),
+        |st| st["active"] == pool,
+    )
+    .await
 }
 
 /// Polls `/status` every `every` until `pred` holds (or `within` passes);

@@ -5,7 +5,7 @@
 #[path = "../../proxy/tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,22 +15,76 @@ use testkit::process::Proc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 
-/// Runs `cutover` to its end (at most `within`): exit status and stdout lines.
-fn finish(cmd: Command, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
-    let mut p = Proc::spawn(cmd);
-    let status = p.wait_exit(within);
-    (status, p.stdout_lines())
+/// `before`, a short run (a phase of 600 ms after 200 ms of warm-up), `after`.
+fn short<'a>(before: &[&'a str], after: &[&'a str]) -> Vec<&'a str> {
+    let mut args = before.to_vec();
+    args.extend(["--duration", "600ms", "--warmup", "200ms"]);
+    args.extend(after);
+    args
 }
 
-fn run(args: &[&str], json: &std::path::Path) -> (Value, Vec<String>) {
+/// A finished `cutover` run.
+struct Ran {
+    status: ExitStatus,
+    /// Its stdout.
+    text: String,
+    /// Its `--json` report.
+    v: Value,
+    /// Its `--plot` SVG, when asked for and written.
+    svg: Option<String>,
+}
+
+impl Ran {
+    fn svg(&self) -> &str {
+        self.svg.as_deref().expect("the --plot SVG was written")
+    }
+}
+
+/// Runs `cutover ARGS --json FILE` (and `--plot FILE.svg` with `plot`) to
+/// its end (at most `within`) and reads the JSON report it must write.
+fn run_cutover(args: &[&str], plot: bool, within: Duration) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cutover.json");
+    let svg = dir.path().join("cutover.svg");
     let mut c = Command::new(BIN);
-    c.args(args).arg("--json").arg(json);
-    let (status, out) = finish(c, Duration::from_secs(120));
-    let text = out.join("\n");
-    let v: Value = serde_json::from_slice(&std::fs::read(json).unwrap_or_default())
+    c.args(args).arg("--json").arg(&json);
+    if plot {
+        c.arg("--plot").arg(&svg);
+    }
+    let mut p = Proc::spawn(c);
+    let status = p.wait_exit(within);
+    let text = p.stdout_lines().join("\n");
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default())
         .unwrap_or_else(|e| panic!("no JSON report ({e}); {status:?}; output:\n{text}"));
-    assert!(status.success(), "{status:?}; output:\n{text}");
-    (v, out)
+    let svg = if plot {
+        std::fs::read_to_string(&svg).ok()
+    } else {
+        None
+    };
+    Ran { status, text, v, svg }
+}
+
+/// [`run_cutover`] (within 120 s) of a run that must exit 0.
+fn run(args: &[&str], plot: bool) -> Ran {
+    let r = run_cutover(args, plot, Duration::from_secs(120));
+    assert!(r.status.success(), "{:?}; output:\n{}", r.status, r.text);
+    r
+}
+
+/// [`run`] of a scenario: the report must name it and say it passed.
+fn run_scenario(scenario: &str, args: &[&str], plot: bool) -> Ran {
+    let r = run(args, plot);
+    assert_eq!(r.v["passed"], true, "{}", r.text);
+    assert_eq!(r.v["scenario"], scenario);
+    r
+}
+
+/// Every check of a scenario's part of the report passed, and the text says `PASS:`.
+fn assert_checks_pass(part: &Value, text: &str) {
+    for ch in part["checks"].as_array().unwrap() {
+        assert_eq!(ch["passed"], true, "{ch}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
 }
 
 fn assert_clean(v: &Value, text: &str) {
@@ -53,24 +107,9 @@ fn assert_clean(v: &Value, text: &str) {
 
 #[test]
 fn embedded_cutover_passes_all_four_switches() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
-    let svg = dir.path().join("cutover.svg");
-    let (v, out) = run(
-        &[
-            "--duration",
-            "600ms",
-            "--warmup",
-            "200ms",
-            "--concurrency",
-            "8",
-            "--plot",
-            svg.to_str().unwrap(),
-        ],
-        &json,
-    );
-    let text = out.join("\n");
-    assert_clean(&v, &text);
+    let ran = run(&short(&[], &["--concurrency", "8"]), true);
+    let (v, text) = (&ran.v, &ran.text);
+    assert_clean(v, text);
     assert_eq!(v["mode"], "embedded");
     let cutovers = v["cutovers"].as_array().unwrap();
     let got: Vec<(&str, &str, &str, &str)> = cutovers
@@ -101,28 +140,15 @@ fn embedded_cutover_passes_all_four_switches() {
     assert_eq!(cutovers[3]["ack"], "first_new_answer");
     assert!(text.contains("failed: 0"), "{text}");
     assert!(text.contains("PASS"), "{text}");
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg = ran.svg();
     assert!(svg.starts_with("<svg") && svg.contains("ConfigMap swap") && svg.contains("0.0.2 (green)"));
 }
 
 #[test]
 fn embedded_cutover_over_tls_passes_all_four_switches() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
-    let (v, out) = run(
-        &[
-            "--tls",
-            "--duration",
-            "600ms",
-            "--warmup",
-            "200ms",
-            "--concurrency",
-            "8",
-        ],
-        &json,
-    );
-    let text = out.join("\n");
-    assert_clean(&v, &text);
+    let ran = run(&short(&["--tls"], &["--concurrency", "8"]), false);
+    let (v, text) = (&ran.v, &ran.text);
+    assert_clean(v, text);
     assert_eq!(v["cutovers"].as_array().unwrap().len(), 4, "{text}");
     assert!(text.contains("HTTPS (--tls)"), "the load went over TLS: {text}");
 }
@@ -130,28 +156,19 @@ fn embedded_cutover_over_tls_passes_all_four_switches() {
 #[test]
 fn external_mode_measures_a_running_deployment() {
     let (_blue, _green, proxy) = blue_green_proxy(ProxyConfig::new().persist(true));
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
-    let upstreams = &proxy.files.upstreams_toml;
-    let (v, out) = run(
-        &[
-            "--target",
-            &proxy.url("/version"),
-            "--admin",
-            &proxy.admin_url(),
-            "--upstreams",
-            upstreams.to_str().unwrap(),
-            "--duration",
-            "600ms",
-            "--warmup",
-            "200ms",
-            "--concurrency",
-            "4",
-        ],
-        &json,
-    );
-    let text = out.join("\n");
-    assert_clean(&v, &text);
+    let (url, admin) = (proxy.url("/version"), proxy.admin_url());
+    let upstreams = proxy.files.upstreams_toml.to_str().unwrap();
+    let target = [
+        "--target",
+        url.as_str(),
+        "--admin",
+        admin.as_str(),
+        "--upstreams",
+        upstreams,
+    ];
+    let ran = run(&short(&target, &["--concurrency", "4"]), false);
+    let (v, text) = (&ran.v, &ran.text);
+    assert_clean(v, text);
     assert_eq!(v["mode"], "external");
     let names: Vec<(&str, &str)> = v["cutovers"]
         .as_array()
@@ -174,33 +191,28 @@ fn external_mode_measures_a_running_deployment() {
 fn a_switch_that_does_nothing_fails_the_run() {
     // The switch cannot be made: it is reported, and the run fails.
     let (_blue, _green, proxy) = blue_green_proxy(ProxyConfig::new().persist(true));
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
     // An admin URL where nothing listens.
     let nobody = ClosedPort::new();
-    let (status, out) = finish(
-        {
-            let mut c = Command::new(BIN);
-            c.args(["--target", &proxy.url("/version"), "--admin"])
-                .arg(format!("http://{}", nobody.addr()))
-                .args([
-                    "--duration",
-                    "200ms",
-                    "--warmup",
-                    "100ms",
-                    "--concurrency",
-                    "2",
-                    "--json",
-                ])
-                .arg(&json);
-            c
-        },
+    let (url, admin) = (proxy.url("/version"), format!("http://{}", nobody.addr()));
+    let ran = run_cutover(
+        &[
+            "--target",
+            &url,
+            "--admin",
+            &admin,
+            "--duration",
+            "200ms",
+            "--warmup",
+            "100ms",
+            "--concurrency",
+            "2",
+        ],
+        false,
         Duration::from_secs(60),
     );
-    let text = out.join("\n");
-    assert_eq!(status.code(), Some(1), "{text}");
+    let (v, text) = (&ran.v, &ran.text);
+    assert_eq!(ran.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL"), "{text}");
-    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["passed"], false);
     assert!(
         v["cutovers"][0]["error"].as_str().unwrap().contains("admin"),
@@ -244,27 +256,9 @@ fn replicas_with_another_scenario_is_refused_naming_it() {
 
 #[test]
 fn broken_green_is_refused_then_pending_then_applied_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
-    let svg = dir.path().join("cutover.svg");
-    let (v, out) = run(
-        &[
-            "--scenario",
-            "broken-green",
-            "--duration",
-            "600ms",
-            "--warmup",
-            "200ms",
-            "--concurrency",
-            "8",
-            "--plot",
-            svg.to_str().unwrap(),
-        ],
-        &json,
-    );
-    let text = out.join("\n");
-    assert_eq!(v["passed"], true, "{text}");
-    assert_eq!(v["scenario"], "broken-green");
+    let args = short(&["--scenario", "broken-green"], &["--concurrency", "8"]);
+    let ran = run_scenario("broken-green", &args, true);
+    let (v, text) = (&ran.v, &ran.text);
     assert_eq!(v["total"]["failed"], 0, "{text}");
     let bg = &v["broken_green"];
     assert_eq!(bg["admin_switch"]["status"], 409, "{bg}");
@@ -286,9 +280,7 @@ fn broken_green_is_refused_then_pending_then_applied_by_itself() {
     ] {
         assert!(bg["green"][f].is_number(), "{f}: {bg}");
     }
-    for c in bg["checks"].as_array().unwrap() {
-        assert_eq!(c["passed"], true, "{c}");
-    }
+    assert_checks_pass(bg, text);
     let c = &v["cutovers"][0];
     assert_eq!(
         (c["from"].as_str(), c["to"].as_str()),
@@ -297,8 +289,7 @@ fn broken_green_is_refused_then_pending_then_applied_by_itself() {
     );
     assert_eq!(c["source"], "file", "{c}");
     assert!(text.contains("409 green: 0 of 1 endpoints healthy"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg = ran.svg();
     assert!(svg.starts_with("<svg") && svg.contains("green started") && svg.contains("0.0.2 (green)"));
 }
 
@@ -317,26 +308,12 @@ fn switchyard_bin_args() -> Vec<String> {
 
 #[test]
 fn a_fleet_of_three_is_switched_by_one_cli_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
-    let mut args: Vec<String> = [
-        "--replicas",
-        "3",
-        "--duration",
-        "600ms",
-        "--warmup",
-        "200ms",
-        "--concurrency",
-        "6",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(switchyard_bin_args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (v, out) = run(&args, &json);
-    let text = out.join("\n");
-    assert_eq!(v["passed"], true, "{text}");
-    assert_eq!(v["scenario"], "fleet");
+    let bin = switchyard_bin_args();
+    let bin: Vec<&str> = bin.iter().map(String::as_str).collect();
+    let mut args = short(&["--replicas", "3"], &["--concurrency", "6"]);
+    args.extend(&bin);
+    let ran = run_scenario("fleet", &args, false);
+    let (v, text) = (&ran.v, &ran.text);
     assert_eq!(v["total"]["failed"], 0, "{text}");
     let f = &v["fleet"];
     assert_eq!(f["cli"]["exit_code"], 0, "{f}");
@@ -366,12 +343,10 @@ fn a_fleet_of_three_is_switched_by_one_cli_command() {
 
 #[test]
 fn canary_follows_each_step_and_cookie_clients_keep_their_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
-    let svg = dir.path().join("cutover.svg");
     // 2,500 answers per step: the tolerance widens to 4 standard deviations
     // (2.4 points at 10 %, 4 at 50 %); the documented run uses 10,000 (±2).
-    let (v, out) = run(
+    let ran = run_scenario(
+        "canary",
         &[
             "--scenario",
             "canary",
@@ -385,14 +360,10 @@ fn canary_follows_each_step_and_cookie_clients_keep_their_pool() {
             "8",
             "--step-requests",
             "2500",
-            "--plot",
-            svg.to_str().unwrap(),
         ],
-        &json,
+        true,
     );
-    let text = out.join("\n");
-    assert_eq!(v["passed"], true, "{text}");
-    assert_eq!(v["scenario"], "canary");
+    let (v, text) = (&ran.v, &ran.text);
     assert_eq!(v["total"]["failed"], 0, "{text}");
     let c = &v["canary"];
     assert_eq!(c["cookie"], "switchyard-pool", "{c}");
@@ -441,39 +412,17 @@ fn canary_follows_each_step_and_cookie_clients_keep_their_pool() {
     ] {
         assert_eq!(st[f], 0, "{f}: {st}");
     }
-    for ch in c["checks"].as_array().unwrap() {
-        assert_eq!(ch["passed"], true, "{ch}");
-    }
-    assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert_checks_pass(c, text);
+    let svg = ran.svg();
     assert!(svg.starts_with("<svg") && svg.contains("green 50 %") && svg.contains("0.0.2 (green)"));
 }
 
 #[test]
 fn bad_release_is_rolled_back_by_the_proxy_within_the_error_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("cutover.json");
-    let svg = dir.path().join("cutover.svg");
-    let (v, out) = run(
-        &[
-            "--scenario",
-            "bad-release",
-            "--fail-ratio",
-            "0.2",
-            "--duration",
-            "600ms",
-            "--warmup",
-            "200ms",
-            "--concurrency",
-            "8",
-            "--plot",
-            svg.to_str().unwrap(),
-        ],
-        &json,
-    );
-    let text = out.join("\n");
-    assert_eq!(v["passed"], true, "{text}");
-    assert_eq!(v["scenario"], "bad-release");
+    let scenario = ["--scenario", "bad-release", "--fail-ratio", "0.2"];
+    let args = short(&scenario, &["--concurrency", "8"]);
+    let ran = run_scenario("bad-release", &args, true);
+    let (v, text) = (&ran.v, &ran.text);
     let b = &v["bad_release"];
     assert_eq!(b["switch"]["status"], 200, "{b}");
     let r = &b["rollback"];
@@ -502,10 +451,7 @@ fn bad_release_is_rolled_back_by_the_proxy_within_the_error_bound() {
     assert_eq!(b["green_after_rollback"], 0, "{b}");
     // The only failures of the run are green's 500s.
     assert_eq!(v["total"]["failed"].as_u64(), Some(errors), "{text}");
-    for ch in b["checks"].as_array().unwrap() {
-        assert_eq!(ch["passed"], true, "{ch}");
-    }
-    assert!(text.lines().any(|l| l.starts_with("PASS:")), "{text}");
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert_checks_pass(b, text);
+    let svg = ran.svg();
     assert!(svg.starts_with("<svg") && svg.contains("automatic rollback seen"));
 }

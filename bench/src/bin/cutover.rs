@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 use bench::admin::AdminClient;
 use bench::driver::{self, Action, Options, PoolChoice, Run, Step};
 use bench::plot::{self, Decor, Mark, MarkKind};
-use bench::scenario::{self, Scenario};
+use bench::scenario::{self, pools_toml, proxy_toml, start_api, start_proxy, Scenario, BLUE, GREEN};
 use bench::table::format_report;
 use bench::upstreams::ConfigMapDir;
 use clap::Parser;
@@ -43,9 +43,6 @@ use loadgen::clock::Clock;
 use loadgen::report::{cutover_report, timeline, totals, CutoverReport, Totals};
 use loadgen::target::Target;
 use serde::Serialize;
-
-const BLUE: &str = "0.0.1";
-const GREEN: &str = "0.0.2";
 
 /// Blue/green cut-overs through switchyard, measured: failed requests,
 /// stale answers after the switch, the mixed window, throughput and latency.
@@ -203,13 +200,14 @@ fn run(args: Args) -> anyhow::Result<bool> {
         warmup: args.warmup,
     };
     println!(
-        "load: {} connections, {}, {} per cut-over, {} warm-up\n",
-        opts.concurrency,
-        opts.rate.map_or("closed loop".to_string(), |r| format!(
-            "open loop at {r} requests/s"
-        )),
-        humantime::format_duration(opts.duration),
-        humantime::format_duration(opts.warmup),
+        "load: {}\n",
+        describe_load(
+            opts.concurrency,
+            opts.rate,
+            opts.duration,
+            "per cut-over",
+            opts.warmup
+        )
     );
 
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -281,11 +279,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
             cutovers: &reports,
             total: &total,
         };
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &doc)?;
     }
     if let Some(path) = &args.plot {
-        let tl = timeline(&outcome.samples, 10_000_000);
         let mut marks: Vec<Mark> = outcome
             .switches
             .iter()
@@ -305,24 +301,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         let title = format!(
             "switchyard cut-overs: answers per 10 ms by version ({} connections, {})",
             opts.concurrency,
-            opts.rate
-                .map_or("closed loop".to_string(), |r| format!("{r} requests/s")),
+            scenario::rate_words(opts.rate),
         );
-        let names = if mode == "embedded" {
-            vec![
-                (BLUE.to_string(), format!("{BLUE} (blue)")),
-                (GREEN.to_string(), format!("{GREEN} (green)")),
-            ]
-        } else {
-            Vec::new()
-        };
-        let decor = Decor {
-            title: &title,
-            marks: &marks,
-            names: &names,
-            size: (1400, 520),
-        };
-        plot::write_svg(path, &tl, &decor).with_context(|| format!("writing {}", path.display()))?;
+        write_plot(path, &outcome.samples, &title, &marks, mode == "embedded")?;
     }
     Ok(passed)
 }
@@ -347,14 +328,15 @@ fn run_scenario(args: &Args, which: Scenario) -> anyhow::Result<bool> {
         _ => None,
     };
     println!(
-        "cutover --scenario {}: load {} connections, {}, {} phase, {} warm-up\n",
+        "cutover --scenario {}: load {}\n",
         which.name(),
-        settings.concurrency,
-        settings.rate.map_or("closed loop".to_string(), |r| format!(
-            "open loop at {r} requests/s"
-        )),
-        humantime::format_duration(settings.duration),
-        humantime::format_duration(settings.warmup),
+        describe_load(
+            settings.concurrency,
+            settings.rate,
+            settings.duration,
+            "phase",
+            settings.warmup
+        )
     );
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new_spinner();
@@ -419,24 +401,63 @@ fn run_scenario(args: &Args, which: Scenario) -> anyhow::Result<bool> {
         if let (Some(doc), serde_json::Value::Object(more)) = (doc.as_object_mut(), done.json) {
             doc.extend(more);
         }
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &doc)?;
     }
     if let Some(path) = &args.plot {
-        let tl = timeline(&done.samples, 10_000_000);
-        let names = vec![
-            (BLUE.to_string(), format!("{BLUE} (blue)")),
-            (GREEN.to_string(), format!("{GREEN} (green)")),
-        ];
-        let decor = Decor {
-            title: &done.title,
-            marks: &done.marks,
-            names: &names,
-            size: (1400, 520),
-        };
-        plot::write_svg(path, &tl, &decor).with_context(|| format!("writing {}", path.display()))?;
+        write_plot(path, &done.samples, &done.title, &done.marks, true)?;
     }
     Ok(done.passed)
+}
+
+/// `N connections, closed loop|open loop at R requests/s, D {per}, W warm-up`.
+fn describe_load(
+    concurrency: usize,
+    rate: Option<f64>,
+    duration: Duration,
+    per: &str,
+    warmup: Duration,
+) -> String {
+    format!(
+        "{concurrency} connections, {}, {} {per}, {} warm-up",
+        rate.map_or("closed loop".to_string(), |r| format!(
+            "open loop at {r} requests/s"
+        )),
+        humantime::format_duration(duration),
+        humantime::format_duration(warmup),
+    )
+}
+
+/// Writes `doc` as pretty JSON (and a newline) to `path`.
+fn write_json(path: &Path, doc: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the SVG timeline of `samples` (answers per 10 ms by version) to
+/// `path`; `named` names the versions blue and green in the legend.
+fn write_plot(
+    path: &Path,
+    samples: &[loadgen::sample::Sample],
+    title: &str,
+    marks: &[Mark],
+    named: bool,
+) -> anyhow::Result<()> {
+    let tl = timeline(samples, 10_000_000);
+    let names = if named {
+        vec![
+            (BLUE.to_string(), format!("{BLUE} (blue)")),
+            (GREEN.to_string(), format!("{GREEN} (green)")),
+        ]
+    } else {
+        Vec::new()
+    };
+    let decor = Decor {
+        title,
+        marks,
+        names: &names,
+        size: (1400, 520),
+    };
+    plot::write_svg(path, &tl, &decor).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The runs against an already running deployment.
@@ -531,22 +552,6 @@ struct Embedded {
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// `proxy.toml`; with `tls` (the directory of `tls.crt` and `tls.key`,
-/// relative to it) an HTTPS listener too.
-fn proxy_toml(persist: bool, upstreams: &str, tls: Option<&str>) -> String {
-    let (https, section) = match tls {
-        Some(dir) => (
-            "https = \"127.0.0.1:0\"\n".to_string(),
-            format!("\n[tls]\ncert = \"{dir}/tls.crt\"\nkey = \"{dir}/tls.key\"\n"),
-        ),
-        None => (String::new(), String::new()),
-    };
-    format!(
-        "# written by cutover\n[listen]\nhttp = \"127.0.0.1:0\"\n{https}\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = {persist}\n\n\
-         [upstreams]\nfile = \"{upstreams}\"\n\n[log]\naccess = false\n{section}"
-    )
-}
-
 /// `--tls`: a CA and a certificate for `localhost` signed by it (ECDSA
 /// P-256), written as `tls.crt` / `tls.key` into each of `dirs`; returns a
 /// client configuration that trusts the CA.
@@ -573,25 +578,18 @@ fn make_certificate(dirs: &[PathBuf]) -> anyhow::Result<Arc<rustls::ClientConfig
     Ok(Arc::new(config))
 }
 
-fn upstreams_toml(active: &str, blue: std::net::SocketAddr, green: std::net::SocketAddr) -> String {
-    format!(
-        "# written by cutover: the cut-over file\nactive = \"{active}\"\n\n[pools.blue]\nendpoints = [\"{blue}\"]\n\n\
-         [pools.green]\nendpoints = [\"{green}\"]\n"
-    )
-}
-
 impl Embedded {
     fn start(args: &Args) -> anyhow::Result<Self> {
-        let api = |version: &str| -> anyhow::Result<translation_api::Running> {
-            let mut c = translation_api::Config::new(([127, 0, 0, 1], 0).into(), version);
-            c.workers = args.api_workers.max(1);
-            c.shutdown_grace = Duration::from_secs(2);
-            translation_api::spawn(c).with_context(|| format!("starting translation-api {version}"))
-        };
+        let api = |version: &str| start_api(version, ([127, 0, 0, 1], 0).into(), args.api_workers, 0.0);
         let blue = api(BLUE)?;
         let green = api(GREEN)?;
         let dir = tempfile::Builder::new().prefix("switchyard-cutover-").tempdir()?;
-        let upstreams = upstreams_toml("blue", blue.addr(), green.addr());
+        let upstreams = pools_toml(
+            "# written by cutover: the cut-over file",
+            "blue",
+            blue.addr(),
+            green.addr(),
+        );
         let tls = if args.tls {
             let dirs = [dir.path().join("a").join("tls"), dir.path().join("b").join("tls")];
             Some(make_certificate(&dirs)?)
@@ -725,15 +723,4 @@ impl Embedded {
         drop(self.green);
         drop(self.dir);
     }
-}
-
-fn start_proxy(config: &Path, cores: Option<usize>) -> anyhow::Result<switchyard::Proxy> {
-    let started = match cores {
-        Some(n) => switchyard::config::Settings::load(config)
-            .map_err(switchyard::ConfigErrors)
-            .map_err(switchyard::Error::from)
-            .and_then(|s| switchyard::Proxy::start_with(s, n)),
-        None => switchyard::Proxy::start(config),
-    };
-    started.with_context(|| format!("starting switchyard with {}", config.display()))
 }

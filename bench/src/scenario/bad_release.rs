@@ -34,30 +34,26 @@
 //! spaced (`floor(n × R)` of its first n requests), so its errors are at
 //! most `R` times its requests.
 
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use http::Method;
 use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{
-    fmt_ms, format_checks, ms_between, poll_status, proxy_toml, start_proxy, Check, Finished, Pacer,
-    Settings, BLUE, GREEN,
+    all_passed, fmt_ms, format_total, format_verdict, ms_between, poll_status, rate_words, start_load,
+    stop_load, wait_active, Check, Finished, Green, Pacer, Scenario, Settings, World, BLUE, GREEN,
+    POLL_EVERY,
 };
 use crate::admin::AdminClient;
 use crate::plot::{Mark, MarkKind};
 use loadgen::clock::Clock;
 use loadgen::report::totals;
 use loadgen::sample::Sample;
-use loadgen::target::Target;
-use loadgen::{LoadConfig, LoadGen, Recorder};
 
-/// `[rollback]` of the scenario's upstreams file.
+/// `[rollback]` of the scenario's upstreams file (blue active, green beside it).
 pub const ROLLBACK: &str = "[rollback]\nwindow = \"30s\"\nmax_error_rate = 0.05\nmin_requests = 100\n";
 /// `[rollback] min_requests` above.
 pub const MIN_REQUESTS: u64 = 100;
@@ -70,18 +66,8 @@ pub const PATH: &str = "/api/v1/translate?phrase=Lol";
 /// The default `--fail-ratio` of green.
 pub const DEFAULT_FAIL_RATIO: f64 = 0.2;
 
-/// How often `/status` is read while waiting for a state.
-const POLL_EVERY: Duration = Duration::from_millis(2);
 /// How long the rollback may take to show before the scenario gives up on it.
 const WAIT_AT_MOST: Duration = Duration::from_secs(20);
-
-/// The upstreams file: blue active, green beside it, `[rollback]` on.
-pub fn upstreams_toml(blue: SocketAddr, green: SocketAddr) -> String {
-    format!(
-        "# written by cutover --scenario bad-release\nactive = \"blue\"\n\n[pools.blue]\nendpoints = [\"{blue}\"]\n\n\
-         [pools.green]\nendpoints = [\"{green}\"]\n\n{ROLLBACK}"
-    )
-}
 
 /// The admin switch to green.
 #[derive(Debug, Clone, Serialize)]
@@ -148,48 +134,6 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// Everything the scenario starts; dropped in order (proxy first).
-struct World {
-    proxy: switchyard::Proxy,
-    blue: translation_api::Running,
-    green: translation_api::Running,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    fn start(s: &Settings, fail_ratio: f64) -> anyhow::Result<Self> {
-        let api = |version: &str, fail: f64| {
-            let mut c = translation_api::Config::new(([127, 0, 0, 1], 0).into(), version);
-            c.workers = s.api_workers.max(1);
-            c.shutdown_grace = Duration::from_secs(2);
-            c.fail_ratio = fail;
-            translation_api::spawn(c).with_context(|| format!("starting translation-api {version}"))
-        };
-        let blue = api(BLUE, 0.0)?;
-        let green = api(GREEN, fail_ratio)?;
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-cutover-bad-release-")
-            .tempdir()?;
-        let upstreams = dir.path().join("upstreams.toml");
-        std::fs::write(&upstreams, upstreams_toml(blue.addr(), green.addr()))?;
-        let config = dir.path().join("proxy.toml");
-        std::fs::write(&config, proxy_toml(false, &upstreams.display().to_string()))?;
-        let proxy = start_proxy(&config, s.proxy_cores)?;
-        Ok(Self {
-            proxy,
-            blue,
-            green,
-            _dir: dir,
-        })
-    }
-
-    fn stop(self) {
-        self.proxy.shutdown();
-        drop(self.blue);
-        drop(self.green);
-    }
-}
-
 /// The moments of the run.
 #[derive(Debug, Default)]
 struct Times {
@@ -216,25 +160,17 @@ pub async fn run(
         fail_ratio > MAX_ERROR_RATE && fail_ratio <= 1.0,
         "--fail-ratio must be above the max_error_rate of {MAX_ERROR_RATE} (and at most 1) for a bad release"
     );
-    let world = World::start(s, fail_ratio)?;
-    let admin = AdminClient::new(&format!("http://{}", world.proxy.admin_addr()), None, clock)?;
-    let pacer = Pacer {
+    let world = World::start(s, Scenario::BadRelease, Green::Up { fail_ratio }, ROLLBACK)?;
+    let admin = world.admin(clock)?;
+    let pacer = Pacer::new(clock, bar);
+    wait_active(&admin, "blue").await?;
+    let load = start_load(
+        s.load_config(&world.url(PATH), s.concurrency, s.rate)?,
         clock,
-        bar,
-        count: Arc::new(AtomicU64::new(0)),
-    };
-    poll_status(&admin, POLL_EVERY, Duration::from_secs(15), "blue active", |st| {
-        st["active"] == "blue"
-    })
-    .await?;
-    let target = Target::parse(&format!("http://{}{PATH}", world.proxy.http_addr()))?;
-    let mut cfg = LoadConfig::new(target, s.concurrency);
-    cfg.rate = s.rate;
-    cfg.threads = s.threads;
-    let count = pacer.count.clone();
-    let load = LoadGen::start(cfg, clock, |_| Recorder::new(count.clone()))?;
+        &pacer.count,
+    )?;
     let outcome = drive(s, &admin, &pacer, clock).await;
-    let mut samples: Vec<Sample> = load.stop().into_iter().flat_map(|r| r.samples).collect();
+    let mut samples = stop_load(load);
     let end_ns = clock.now_ns();
     world.stop();
     let t = outcome?;
@@ -253,13 +189,7 @@ pub async fn run(
 
 async fn drive(s: &Settings, admin: &AdminClient, pacer: &Pacer<'_>, clock: Clock) -> anyhow::Result<Times> {
     let half = s.half_ns();
-    let start = clock.now_ns();
-    pacer
-        .sleep_until(
-            start + s.warmup.as_nanos() as u64 + half,
-            "blue, before the switch",
-        )
-        .await;
+    pacer.warm_up(s, "blue, before the switch").await;
     let mut t = Times {
         issued_ns: clock.now_ns(),
         ..Times::default()
@@ -442,7 +372,7 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         t.seen_ns.is_some() && green_after_rollback == 0,
         format!("{green_after_rollback} answered by green"),
     ));
-    let passed = checks.iter().all(|c| c.passed);
+    let passed = all_passed(&checks);
 
     let report = Report {
         rollback_config: ROLLBACK,
@@ -491,22 +421,11 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
         bound.map_or("-".to_string(), |b| format!("{b:.1}")),
         rate_before.map_or("-".to_string(), |q| format!("{q:.0}/s"))
     ));
-    text.push_str(&format!(
-        "total: {} requests, failed: {} (green's 500s), {:.1} s, {:.0} requests/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\n",
-        total.requests,
-        total.failed,
-        total.elapsed_s,
-        total.rps,
-        total.latency.p50_ms,
-        total.latency.p99_ms,
-        total.latency.max_ms
+    text.push_str(&format_total(&total, " (green's 500s)"));
+    text.push_str(&format_verdict(
+        &checks,
+        "the proxy rolled back by itself, the clients saw only green's 500s, within the bound",
     ));
-    text.push_str(&format_checks(&checks));
-    text.push_str(if passed {
-        "PASS: the proxy rolled back by itself, the clients saw only green's 500s, within the bound\n"
-    } else {
-        "FAIL\n"
-    });
     let mut marks = vec![Mark {
         at_ns: t.issued_ns,
         label: "switch to green".into(),
@@ -533,8 +452,7 @@ fn finish(s: &Settings, fail_ratio: f64, t: Times, samples: Vec<Sample>, end_ns:
             "switchyard bad release (green fails {} %): answers per 10 ms by pool ({} connections, {})",
             fail_ratio * 100.0,
             s.concurrency,
-            s.rate
-                .map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
+            rate_words(s.rate)
         ),
     }
 }

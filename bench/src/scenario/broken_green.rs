@@ -17,9 +17,6 @@
 //! the switch applied and to the first green answer the load saw; PASS only
 //! if every criterion holds (see [`run`]).
 
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,8 +26,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{
-    fmt_ms, format_checks, ms_between, poll_status, proxy_toml, start_api, start_proxy, Check, Finished,
-    Pacer, Settings, BLUE, GREEN,
+    all_passed, fmt_ms, format_verdict, ms_between, poll_status, rate_words, start_load, stop_load, Check,
+    Finished, Green, Pacer, Scenario, Settings, World, BLUE, GREEN, POLL_EVERY,
 };
 use crate::admin::AdminClient;
 use crate::plot::{Mark, MarkKind};
@@ -39,24 +36,12 @@ use crate::upstreams::set_active_by_rename;
 use loadgen::clock::Clock;
 use loadgen::report::{cutover_report, totals, Switch};
 use loadgen::sample::Sample;
-use loadgen::target::Target;
-use loadgen::{LoadConfig, LoadGen, Recorder};
 
-/// `[health]` of the scenario's upstreams file.
+/// `[health]` of the scenario's upstreams file (blue and green with one endpoint each, blue active).
 pub const HEALTH: &str = "[health]\npath = \"/readyz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_after = 2\nunhealthy_after = 2\n";
 
-/// How often `/status` is read while waiting for a state.
-const POLL_EVERY: Duration = Duration::from_millis(2);
 /// How long a state may take to show before the scenario gives up on it.
 const WAIT_AT_MOST: Duration = Duration::from_secs(15);
-
-/// The upstreams file: blue and green with one endpoint each, health checks on.
-pub fn upstreams_toml(active: &str, blue: SocketAddr, green: SocketAddr) -> String {
-    format!(
-        "# written by cutover --scenario broken-green\nactive = \"{active}\"\n\n[pools.blue]\nendpoints = [\"{blue}\"]\n\n\
-         [pools.green]\nendpoints = [\"{green}\"]\n\n{HEALTH}"
-    )
-}
 
 /// The admin switch that must be refused.
 #[derive(Debug, Clone, Serialize)]
@@ -135,47 +120,6 @@ pub struct Counts {
     pub not_blue: u64,
 }
 
-/// Everything the scenario starts; dropped in order (proxy first).
-struct World {
-    proxy: switchyard::Proxy,
-    blue: translation_api::Running,
-    /// Green, once started.
-    green: Option<translation_api::Running>,
-    green_addr: SocketAddr,
-    upstreams: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    fn start(s: &Settings) -> anyhow::Result<Self> {
-        let blue = start_api(BLUE, ([127, 0, 0, 1], 0).into(), s.api_workers)?;
-        // Green's address: a port it listened on and let go, so it refuses.
-        let green_addr = start_api(GREEN, ([127, 0, 0, 1], 0).into(), s.api_workers)?.addr();
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-cutover-broken-green-")
-            .tempdir()?;
-        let upstreams = dir.path().join("upstreams.toml");
-        std::fs::write(&upstreams, upstreams_toml("blue", blue.addr(), green_addr))?;
-        let config = dir.path().join("proxy.toml");
-        std::fs::write(&config, proxy_toml(false, "upstreams.toml"))?;
-        let proxy = start_proxy(&config, s.proxy_cores)?;
-        Ok(Self {
-            proxy,
-            blue,
-            green: None,
-            green_addr,
-            upstreams,
-            _dir: dir,
-        })
-    }
-
-    fn stop(self) {
-        self.proxy.shutdown();
-        drop(self.blue);
-        drop(self.green);
-    }
-}
-
 /// Runs the scenario. PASS criteria, each a [`Check`]:
 /// 1. the admin switch to green is answered 409 with a reason naming green, and blue stays active;
 /// 2. the file switch to green shows in `/status.pending` (naming green) while blue stays active;
@@ -184,13 +128,9 @@ impl World {
 /// 5. the load sees green answer, and no request sent after its first green answer is answered by blue;
 /// 6. no request of the whole run (warm-up included) failed.
 pub async fn run(s: &Settings, clock: Clock, bar: Option<&ProgressBar>) -> anyhow::Result<Finished> {
-    let mut world = World::start(s)?;
-    let admin = AdminClient::new(&format!("http://{}", world.proxy.admin_addr()), None, clock)?;
-    let pacer = Pacer {
-        clock,
-        bar,
-        count: Arc::new(AtomicU64::new(0)),
-    };
+    let mut world = World::start(s, Scenario::BrokenGreen, Green::Down, HEALTH)?;
+    let admin = world.admin(clock)?;
+    let pacer = Pacer::new(clock, bar);
     pacer.say("waiting for the first health checks");
     // The checks have run: blue healthy, green failed (its port refuses).
     poll_status(
@@ -209,14 +149,13 @@ pub async fn run(s: &Settings, clock: Clock, bar: Option<&ProgressBar>) -> anyho
     )
     .await?;
 
-    let target = Target::parse(&format!("http://{}/version", world.proxy.http_addr()))?;
-    let mut cfg = LoadConfig::new(target, s.concurrency);
-    cfg.rate = s.rate;
-    cfg.threads = s.threads;
-    let count = pacer.count.clone();
-    let load = LoadGen::start(cfg, clock, |_| Recorder::new(count.clone()))?;
+    let load = start_load(
+        s.load_config(&world.url("/version"), s.concurrency, s.rate)?,
+        clock,
+        &pacer.count,
+    )?;
     let outcome = drive(s, &mut world, &admin, &pacer, clock).await;
-    let samples: Vec<Sample> = load.stop().into_iter().flat_map(|r| r.samples).collect();
+    let samples = stop_load(load);
     let end_ns = clock.now_ns();
     world.stop();
     let times = outcome?;
@@ -251,15 +190,9 @@ async fn drive(
 ) -> anyhow::Result<Times> {
     let half = s.half_ns();
     let mut t = Times {
-        start_ns: clock.now_ns(),
+        start_ns: pacer.warm_up(s, "blue, before the switch").await,
         ..Times::default()
     };
-    pacer
-        .sleep_until(
-            t.start_ns + s.warmup.as_nanos() as u64 + half,
-            "blue, before the switch",
-        )
-        .await;
 
     // 1. The admin switch: refused.
     t.admin_issued_ns = clock.now_ns();
@@ -297,7 +230,7 @@ async fn drive(
         .await;
 
     // 2. The file switch: pending.
-    let rename_ns = set_active_by_rename(&world.upstreams, "green", || clock.now_ns())
+    let rename_ns = set_active_by_rename(&world.upstreams_file(), "green", || clock.now_ns())
         .context("writing active = \"green\" to the upstreams file")?;
     t.rename_ns = Some(rename_ns);
     pacer.say("file switch: waiting for pending");
@@ -336,14 +269,11 @@ async fn drive(
     pacer.say("green started: waiting for the switch");
     let started = clock.now_ns();
     t.green_started_ns = Some(started);
-    match start_api(GREEN, world.green_addr, s.api_workers) {
-        Ok(g) => world.green = Some(g),
-        Err(e) => {
-            t.green_error = Some(format!("{e:#}"));
-            return Ok(t);
-        }
+    if let Err(e) = world.start_green(s.api_workers) {
+        t.green_error = Some(format!("{e:#}"));
+        return Ok(t);
     }
-    let green_api = AdminClient::new(&format!("http://{}", world.green_addr), None, clock)?;
+    let green_api = AdminClient::new(&format!("http://{}", world.green_addr()), None, clock)?;
     let readyz = async {
         let deadline = tokio::time::Instant::now() + WAIT_AT_MOST;
         loop {
@@ -504,12 +434,8 @@ fn finish(s: &Settings, t: Times, samples: Vec<Sample>, end_ns: u64) -> Finished
             fmt_ms(green.first_green_ms)
         ),
     ));
-    checks.push(Check::new(
-        "0 failed requests in the whole run",
-        total.failed == 0 && total.requests > 0,
-        format!("{} requests, {} failed", total.requests, total.failed),
-    ));
-    let passed = checks.iter().all(|c| c.passed);
+    checks.push(Check::no_failed(&total));
+    let passed = all_passed(&checks);
 
     // The switch that happened, as a cut-over row: issued when green started.
     let cutover = cutover_report(
@@ -565,12 +491,10 @@ fn finish(s: &Settings, t: Times, samples: Vec<Sample>, end_ns: u64) -> Finished
     ));
     text.push_str(&format_report(std::slice::from_ref(&cutover), &total));
     text.push('\n');
-    text.push_str(&format_checks(&checks));
-    text.push_str(if passed {
-        "PASS: refused while green was down, pending by the file, 0 failed on blue, applied by itself once green was ready\n"
-    } else {
-        "FAIL\n"
-    });
+    text.push_str(&format_verdict(
+        &checks,
+        "refused while green was down, pending by the file, 0 failed on blue, applied by itself once green was ready",
+    ));
 
     let mut marks = vec![Mark {
         at_ns: t.admin_issued_ns,
@@ -605,8 +529,7 @@ fn finish(s: &Settings, t: Times, samples: Vec<Sample>, end_ns: u64) -> Finished
         title: format!(
             "switchyard, green down: answers per 10 ms by version ({} connections, {})",
             s.concurrency,
-            s.rate
-                .map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
+            rate_words(s.rate)
         ),
     }
 }

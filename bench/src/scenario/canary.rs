@@ -23,7 +23,6 @@
 //! once in 16,000 steps). With fewer, the tolerance widens to 4 standard
 //! deviations at the count reached, and the report says so.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +33,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{
-    format_checks, ms_between, poll_status, proxy_toml, start_api, start_proxy, Check, Finished, Pacer,
-    Settings, BLUE, GREEN,
+    all_passed, format_total, format_verdict, ms_between, rate_words, start_load, stop_load, wait_active,
+    Check, Finished, Green, Pacer, Scenario, Settings, World, BLUE, GREEN,
 };
 use crate::admin::AdminClient;
 use crate::plot::{Mark, MarkKind};
@@ -44,8 +43,6 @@ use loadgen::clock::Clock;
 use loadgen::report::totals;
 use loadgen::sample::Sample;
 use loadgen::stats::latency_of;
-use loadgen::target::Target;
-use loadgen::{LoadConfig, LoadGen, Recorder};
 
 /// The sticky cookie's name (`[split] sticky_cookie`).
 pub const COOKIE: &str = "switchyard-pool";
@@ -57,17 +54,12 @@ pub const SIGMAS: f64 = 4.0;
 /// The default `--step-requests`: ±2 points is 4 σ at 50 %.
 pub const DEFAULT_STEP_REQUESTS: u64 = 10_000;
 
-/// How often `/status` is read while waiting for a state.
-const POLL_EVERY: Duration = Duration::from_millis(2);
 /// How long a state (or a step's requests) may take before the scenario gives up.
 const WAIT_AT_MOST: Duration = Duration::from_secs(300);
 
-/// The upstreams file: blue and green, blue active, the sticky cookie named.
-pub fn upstreams_toml(blue: SocketAddr, green: SocketAddr) -> String {
-    format!(
-        "# written by cutover --scenario canary\nactive = \"blue\"\n\n[pools.blue]\nendpoints = [\"{blue}\"]\n\n\
-         [pools.green]\nendpoints = [\"{green}\"]\n\n[split]\nsticky_cookie = \"{COOKIE}\"\n"
-    )
+/// `[split]` of the scenario's upstreams file (blue and green, blue active): the sticky cookie named.
+pub fn split_toml() -> String {
+    format!("[split]\nsticky_cookie = \"{COOKIE}\"\n")
 }
 
 /// One step of the canary: green's weight (100: `{"to":"green"}`, the split ends).
@@ -155,41 +147,6 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// Everything the scenario starts; dropped in order (proxy first).
-struct World {
-    proxy: switchyard::Proxy,
-    blue: translation_api::Running,
-    green: translation_api::Running,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    fn start(s: &Settings) -> anyhow::Result<Self> {
-        let blue = start_api(BLUE, ([127, 0, 0, 1], 0).into(), s.api_workers)?;
-        let green = start_api(GREEN, ([127, 0, 0, 1], 0).into(), s.api_workers)?;
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-cutover-canary-")
-            .tempdir()?;
-        let upstreams = dir.path().join("upstreams.toml");
-        std::fs::write(&upstreams, upstreams_toml(blue.addr(), green.addr()))?;
-        let config = dir.path().join("proxy.toml");
-        std::fs::write(&config, proxy_toml(false, &upstreams.display().to_string()))?;
-        let proxy = start_proxy(&config, s.proxy_cores)?;
-        Ok(Self {
-            proxy,
-            blue,
-            green,
-            _dir: dir,
-        })
-    }
-
-    fn stop(self) {
-        self.proxy.shutdown();
-        drop(self.blue);
-        drop(self.green);
-    }
-}
-
 /// A step as it happened.
 #[derive(Debug, Clone)]
 struct Done {
@@ -212,33 +169,21 @@ pub async fn run(
 ) -> anyhow::Result<Finished> {
     anyhow::ensure!(cookie_clients > 0, "--cookie-clients must be at least 1");
     anyhow::ensure!(step_requests > 0, "--step-requests must be at least 1");
-    let world = World::start(s)?;
-    let admin = AdminClient::new(&format!("http://{}", world.proxy.admin_addr()), None, clock)?;
-    let plain_count = Arc::new(AtomicU64::new(0));
-    let pacer = Pacer {
-        clock,
-        bar,
-        count: plain_count.clone(),
-    };
-    poll_status(&admin, POLL_EVERY, Duration::from_secs(15), "blue active", |st| {
-        st["active"] == "blue"
-    })
-    .await?;
+    let world = World::start(s, Scenario::Canary, Green::Up { fail_ratio: 0.0 }, &split_toml())?;
+    let admin = world.admin(clock)?;
+    // The bar and the steps count the answers to clients without a cookie.
+    let pacer = Pacer::new(clock, bar);
+    wait_active(&admin, "blue").await?;
 
-    let target = Target::parse(&format!("http://{}/version", world.proxy.http_addr()))?;
-    let total_conns = (s.concurrency + cookie_clients) as f64;
-    let mut plain = LoadConfig::new(target.clone(), s.concurrency);
-    plain.rate = s.rate.map(|r| r * s.concurrency as f64 / total_conns);
-    plain.threads = s.threads;
-    let mut sticky = LoadConfig::new(target, cookie_clients);
-    sticky.rate = s.rate.map(|r| r * cookie_clients as f64 / total_conns);
-    sticky.threads = s.threads;
+    let url = world.url("/version");
+    let all_conns = s.concurrency + cookie_clients;
+    let plain = s.load_config(&url, s.concurrency, s.rate_share(s.concurrency, all_conns))?;
+    let mut sticky = s.load_config(&url, cookie_clients, s.rate_share(cookie_clients, all_conns))?;
     sticky.cookie = Some(COOKIE.to_string());
-    let sticky_count = Arc::new(AtomicU64::new(0));
-    let plain_load = LoadGen::start(plain, clock, |_| Recorder::new(plain_count.clone()))?;
-    let sticky_load = LoadGen::start(sticky, clock, |_| Recorder::new(sticky_count.clone()))?;
+    let plain_load = start_load(plain, clock, &pacer.count)?;
+    let sticky_load = start_load(sticky, clock, &Arc::new(AtomicU64::new(0)))?;
     let outcome = drive(s, step_requests, &admin, &pacer, clock).await;
-    let plain: Vec<Sample> = plain_load.stop().into_iter().flat_map(|r| r.samples).collect();
+    let plain = stop_load(plain_load);
     let sticky: Vec<Vec<Sample>> = sticky_load.stop().into_iter().map(|r| r.samples).collect();
     let end_ns = clock.now_ns();
     world.stop();
@@ -255,13 +200,7 @@ async fn drive(
     clock: Clock,
 ) -> anyhow::Result<Vec<Done>> {
     let half = s.half_ns();
-    let start_ns = clock.now_ns();
-    pacer
-        .sleep_until(
-            start_ns + s.warmup.as_nanos() as u64 + half,
-            "blue, before the canary",
-        )
-        .await;
+    pacer.warm_up(s, "blue, before the canary").await;
     let mut done = Vec::new();
     for plan in PLAN {
         let request = if plan.weight < 100 {
@@ -551,12 +490,8 @@ fn finish(
             st.flipped_clients
         ),
     ));
-    checks.push(Check::new(
-        "0 failed requests in the whole run",
-        total.failed == 0 && total.requests > 0,
-        format!("{} requests, {} failed", total.requests, total.failed),
-    ));
-    let passed = checks.iter().all(|c| c.passed);
+    checks.push(Check::no_failed(&total));
+    let passed = all_passed(&checks);
 
     let mut text = String::new();
     text.push_str(&format!(
@@ -622,22 +557,11 @@ fn finish(
         st.not_green_after_full,
         st.moved_to_green
     ));
-    text.push_str(&format!(
-        "total: {} requests, failed: {}, {:.1} s, {:.0} requests/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\n",
-        total.requests,
-        total.failed,
-        total.elapsed_s,
-        total.rps,
-        total.latency.p50_ms,
-        total.latency.p99_ms,
-        total.latency.max_ms
+    text.push_str(&format_total(&total, ""));
+    text.push_str(&format_verdict(
+        &checks,
+        "green's share followed each step within tolerance, clients with a cookie kept their pool, 0 failed",
     ));
-    text.push_str(&format_checks(&checks));
-    text.push_str(if passed {
-        "PASS: green's share followed each step within tolerance, clients with a cookie kept their pool, 0 failed\n"
-    } else {
-        "FAIL\n"
-    });
 
     let marks: Vec<Mark> = done
         .iter()
@@ -674,8 +598,7 @@ fn finish(
             "switchyard canary 10 → 50 → 100: answers per 10 ms by version ({} + {} connections, {})",
             s.concurrency,
             sticky.len(),
-            s.rate
-                .map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
+            rate_words(s.rate)
         ),
     }
 }

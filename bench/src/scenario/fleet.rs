@@ -20,8 +20,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
@@ -29,8 +27,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{
-    fmt_ms, format_checks, ms_between, proxy_toml, start_api, start_proxy, Check, Finished, Pacer, Settings,
-    BLUE, GREEN,
+    all_passed, fmt_ms, format_total, format_verdict, ms_between, rate_words, start_load, stop_load, Check,
+    Finished, Green, Pacer, Scenario, Settings, World, BLUE, GREEN,
 };
 use crate::admin::AdminClient;
 use crate::plot::{Mark, MarkKind};
@@ -38,8 +36,6 @@ use crate::table::{format_table, num};
 use loadgen::clock::Clock;
 use loadgen::report::totals;
 use loadgen::sample::Sample;
-use loadgen::target::Target;
-use loadgen::{LoadConfig, LoadGen, Recorder};
 
 /// How long the CLI may take (its `--timeout`).
 const CLI_TIMEOUT: &str = "10s";
@@ -125,15 +121,6 @@ pub fn switchyard_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
-/// The upstreams file of every replica: blue and green, no health checks
-/// (every endpoint not ejected counts as ready, so the gate lets the switch through).
-fn upstreams_toml(blue: std::net::SocketAddr, green: std::net::SocketAddr) -> String {
-    format!(
-        "# written by cutover --scenario fleet\nactive = \"blue\"\n\n[pools.blue]\nendpoints = [\"{blue}\"]\n\n\
-         [pools.green]\nendpoints = [\"{green}\"]\n"
-    )
-}
-
 /// The CLI run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cli {
@@ -194,49 +181,6 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// Everything started; dropped proxies first.
-struct World {
-    proxies: Vec<switchyard::Proxy>,
-    blue: translation_api::Running,
-    green: translation_api::Running,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    fn start(s: &Settings, n: usize) -> anyhow::Result<Self> {
-        let blue = start_api(BLUE, ([127, 0, 0, 1], 0).into(), s.api_workers)?;
-        let green = start_api(GREEN, ([127, 0, 0, 1], 0).into(), s.api_workers)?;
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-cutover-fleet-")
-            .tempdir()?;
-        let mut proxies = Vec::with_capacity(n);
-        for i in 0..n {
-            let d = dir.path().join(format!("replica-{i}"));
-            std::fs::create_dir_all(&d)?;
-            std::fs::write(
-                d.join("upstreams.toml"),
-                upstreams_toml(blue.addr(), green.addr()),
-            )?;
-            std::fs::write(d.join("proxy.toml"), proxy_toml(false, "upstreams.toml"))?;
-            proxies.push(start_proxy(&d.join("proxy.toml"), s.proxy_cores)?);
-        }
-        Ok(Self {
-            proxies,
-            blue,
-            green,
-            _dir: dir,
-        })
-    }
-
-    fn stop(self) {
-        for p in self.proxies {
-            p.shutdown();
-        }
-        drop(self.blue);
-        drop(self.green);
-    }
-}
-
 /// Connections per replica: `total` spread as `i mod n`.
 pub fn spread(total: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| total / n + usize::from(i < total % n)).collect()
@@ -256,34 +200,20 @@ pub async fn run(
         "--concurrency {} is less than --replicas {n}: every replica needs a connection",
         s.concurrency
     );
-    let world = World::start(s, n)?;
-    let admins: Vec<String> = world
-        .proxies
-        .iter()
-        .map(|p| format!("http://{}", p.admin_addr()))
-        .collect();
-    let pacer = Pacer {
-        clock,
-        bar,
-        count: Arc::new(AtomicU64::new(0)),
-    };
+    // Every replica's upstreams file: blue and green, no health checks (every
+    // endpoint not ejected counts as ready, so the gate lets the switch through).
+    let world = World::start_fleet(s, Scenario::Fleet, Green::Up { fail_ratio: 0.0 }, n, "")?;
+    let admins = world.admin_urls();
+    let pacer = Pacer::new(clock, bar);
     let conns = spread(s.concurrency, n);
     let mut loads = Vec::with_capacity(n);
-    for (p, c) in world.proxies.iter().zip(&conns) {
-        let mut cfg = LoadConfig::new(Target::parse(&format!("http://{}/version", p.http_addr()))?, *c);
-        cfg.rate = s.rate.map(|r| r * *c as f64 / s.concurrency as f64);
-        cfg.threads = s.threads;
-        let count = pacer.count.clone();
-        loads.push(LoadGen::start(cfg, clock, |_| Recorder::new(count.clone()))?);
+    for (p, c) in world.proxies().iter().zip(&conns) {
+        let url = format!("http://{}/version", p.http_addr());
+        let cfg = s.load_config(&url, *c, s.rate_share(*c, s.concurrency))?;
+        loads.push(start_load(cfg, clock, &pacer.count)?);
     }
     let half = s.half_ns();
-    let start = clock.now_ns();
-    pacer
-        .sleep_until(
-            start + s.warmup.as_nanos() as u64 + half,
-            "blue, before the switch",
-        )
-        .await;
+    pacer.warm_up(s, "blue, before the switch").await;
 
     let mut args: Vec<String> = vec!["switch".into(), "green".into(), "--admin".into()];
     args.extend(admins.iter().cloned());
@@ -301,16 +231,17 @@ pub async fn run(
     let exited_ns = clock.now_ns();
     pacer.sleep_until(exited_ns + half, "after the switch").await;
 
-    let mut per_replica: Vec<Vec<Sample>> = loads
-        .into_iter()
-        .map(|l| l.stop().into_iter().flat_map(|r| r.samples).collect())
-        .collect();
+    let mut per_replica: Vec<Vec<Sample>> = loads.into_iter().map(stop_load).collect();
     let mut active_after = Vec::with_capacity(n);
     for a in &admins {
         let st = AdminClient::new(a, None, clock)?.status().await.ok();
         active_after.push(st.and_then(|st| st["active"].as_str().map(str::to_string)));
     }
-    let http: Vec<String> = world.proxies.iter().map(|p| p.http_addr().to_string()).collect();
+    let http: Vec<String> = world
+        .proxies()
+        .iter()
+        .map(|p| p.http_addr().to_string())
+        .collect();
     world.stop();
 
     let command = format!("switchyard {}", args.join(" "));
@@ -413,11 +344,7 @@ pub async fn run(
                 ),
             },
         ),
-        Check::new(
-            "0 failed requests in the whole run",
-            total.failed == 0 && total.requests > 0,
-            format!("{} requests, {} failed", total.requests, total.failed),
-        ),
+        Check::no_failed(&total),
         Check::new(
             "0 answers from blue to requests sent after the CLI returned",
             stale == 0,
@@ -435,7 +362,7 @@ pub async fn run(
                 .join(", "),
         ),
     ];
-    let passed = checks.iter().all(|c| c.passed);
+    let passed = all_passed(&checks);
     let report = Report {
         first_new_ms: first_new.map(since),
         last_old_ms: last_old.map(since),
@@ -495,22 +422,11 @@ pub async fn run(
         fmt_ms(report.gap_ms),
         report.stale_after_cli
     ));
-    text.push_str(&format!(
-        "total: {} requests, failed: {}, {:.1} s, {:.0} requests/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\n",
-        total.requests,
-        total.failed,
-        total.elapsed_s,
-        total.rps,
-        total.latency.p50_ms,
-        total.latency.p99_ms,
-        total.latency.max_ms
+    text.push_str(&format_total(&total, ""));
+    text.push_str(&format_verdict(
+        &report.checks,
+        "one command switched every replica; 0 failed, 0 stale after it returned",
     ));
-    text.push_str(&format_checks(&report.checks));
-    text.push_str(if passed {
-        "PASS: one command switched every replica; 0 failed, 0 stale after it returned\n"
-    } else {
-        "FAIL\n"
-    });
 
     let marks = vec![
         Mark {
@@ -534,8 +450,7 @@ pub async fn run(
         title: format!(
             "switchyard fleet of {n}: answers per 10 ms by version ({} connections, {})",
             s.concurrency,
-            s.rate
-                .map_or("closed loop".to_string(), |r| format!("{r} requests/s"))
+            rate_words(s.rate)
         ),
     })
 }
