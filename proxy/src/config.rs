@@ -340,6 +340,23 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// The timeouts that must be greater than 0, each with its key under
+    /// `[timeouts]`: what [`Settings::parse`] checks (and the fuzz target
+    /// of `proxy.toml` holds accepted settings to).
+    pub fn positive(&self) -> [(&'static str, Duration); 7] {
+        [
+            ("connect", self.connect),
+            ("request", self.request),
+            ("client_idle", self.client_idle),
+            ("send", self.send),
+            ("upstream_read", self.upstream_read),
+            ("tunnel_idle", self.tunnel_idle),
+            ("tls_handshake", self.tls_handshake),
+        ]
+    }
+}
+
 /// `[limits]`: what an internet-facing edge ships with (see
 /// docs/security.md for what a client sees at each).
 #[derive(Debug, Clone, Deserialize)]
@@ -869,20 +886,13 @@ impl Settings {
             line: None,
             reason,
         };
-        errors.extend(check_tls(&file).into_iter().map(invalid));
+        errors.extend(check_tls(&file).into_iter().map(&invalid));
         if file.admin.listen == file.listen.http && file.listen.http.port() != 0 {
-            errors.push(ConfigError::Invalid {
-                file: path.to_path_buf(),
-                line: None,
-                reason: "admin.listen must not be the data listener's address".into(),
-            });
+            errors.push(invalid(
+                "admin.listen must not be the data listener's address".into(),
+            ));
         }
         let l = &file.limits;
-        let invalid = |reason: String| ConfigError::Invalid {
-            file: path.to_path_buf(),
-            line: None,
-            reason,
-        };
         if l.max_connections == 0 {
             errors.push(invalid("limits.max_connections must be greater than 0".into()));
         }
@@ -910,37 +920,18 @@ impl Settings {
         }
         for p in &l.upgrade_protocols {
             if !is_token(p) {
-                errors.push(ConfigError::Invalid {
-                    file: path.to_path_buf(),
-                    line: None,
-                    reason: format!("limits.upgrade_protocols: {p:?} is not a protocol name (an HTTP token)"),
-                });
+                errors.push(invalid(format!(
+                    "limits.upgrade_protocols: {p:?} is not a protocol name (an HTTP token)"
+                )));
             }
         }
-        let t = &file.timeouts;
-        for (name, value) in [
-            ("connect", t.connect),
-            ("request", t.request),
-            ("client_idle", t.client_idle),
-            ("send", t.send),
-            ("upstream_read", t.upstream_read),
-            ("tunnel_idle", t.tunnel_idle),
-            ("tls_handshake", t.tls_handshake),
-        ] {
+        for (name, value) in file.timeouts.positive() {
             if value.is_zero() {
-                errors.push(ConfigError::Invalid {
-                    file: path.to_path_buf(),
-                    line: None,
-                    reason: format!("timeouts.{name} must be greater than 0"),
-                });
+                errors.push(invalid(format!("timeouts.{name} must be greater than 0")));
             }
         }
         if file.upstreams.reread.is_zero() {
-            errors.push(ConfigError::Invalid {
-                file: path.to_path_buf(),
-                line: None,
-                reason: "upstreams.reread must be greater than 0".into(),
-            });
+            errors.push(invalid("upstreams.reread must be greater than 0".into()));
         }
         if !errors.is_empty() {
             return Err(errors);

@@ -60,6 +60,18 @@ fn check_errors(path: &str, text: &[u8], errors: &[ConfigError]) {
     }
 }
 
+/// What parsing `text` (the file `path`) gave: the value, or `None` once
+/// the refusal's errors are checked ([`check_errors`]).
+fn accepted<T>(path: &str, text: &[u8], parsed: Result<T, Vec<ConfigError>>) -> Option<T> {
+    match parsed {
+        Ok(value) => Some(value),
+        Err(errors) => {
+            check_errors(path, text, &errors);
+            None
+        }
+    }
+}
+
 /// A TOML basic string holding `s`.
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -137,12 +149,8 @@ fn check_table(spec: &Spec<'_>, old: Option<&RoutingTable>, metrics: &Metrics) -
 /// that routes to its `active`. Returns whether the file was accepted.
 pub fn upstreams(data: &[u8]) -> bool {
     let path = Path::new(UPSTREAMS);
-    let desired = match Desired::parse(path, data) {
-        Ok(d) => d,
-        Err(errors) => {
-            check_errors(UPSTREAMS, data, &errors);
-            return false;
-        }
+    let Some(desired) = accepted(UPSTREAMS, data, Desired::parse(path, data)) else {
+        return false;
     };
     assert!(desired.has_pool(&desired.active), "active names a pool");
     let mut names = std::collections::HashSet::new();
@@ -206,24 +214,12 @@ pub fn proxy_toml(data: &[u8]) -> bool {
         return false;
     };
     let path = Path::new(PROXY);
-    let settings = match Settings::parse(path, text) {
-        Ok(s) => s,
-        Err(errors) => {
-            check_errors(PROXY, data, &errors);
-            return false;
-        }
+    let Some(settings) = accepted(PROXY, data, Settings::parse(path, text)) else {
+        return false;
     };
     let f = &settings.file;
-    let t = &f.timeouts;
-    for (name, value) in [
-        ("connect", t.connect),
-        ("request", t.request),
-        ("client_idle", t.client_idle),
-        ("send", t.send),
-        ("upstream_read", t.upstream_read),
-        ("tunnel_idle", t.tunnel_idle),
-        ("reread", f.upstreams.reread),
-    ] {
+    let reread = ("reread", f.upstreams.reread);
+    for (name, value) in f.timeouts.positive().into_iter().chain([reread]) {
         assert!(!value.is_zero(), "{name} is not zero");
     }
     assert!(
@@ -378,6 +374,19 @@ impl Ep {
     }
 }
 
+/// Generated pools as [`render`] takes them: each name and its endpoints.
+fn named(pools: &[(Name, Vec<Ep>)]) -> Vec<(String, Vec<String>)> {
+    pools
+        .iter()
+        .map(|(n, eps)| {
+            (
+                n.get().to_string(),
+                eps.iter().map(|e| e.get().to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
 /// What a read of the upstreams file finds.
 #[derive(Debug, Arbitrary)]
 enum FileSpec {
@@ -411,34 +420,14 @@ impl FileSpec {
                 active,
                 pools,
                 comment,
-            } => {
-                let pools: Vec<(String, Vec<String>)> = pools
-                    .iter()
-                    .map(|(n, eps)| {
-                        (
-                            n.get().to_string(),
-                            eps.iter().map(|e| e.get().to_string()).collect(),
-                        )
-                    })
-                    .collect();
-                render(active.get(), &pools, *comment).into_bytes()
-            }
+            } => render(active.get(), &named(pools), *comment).into_bytes(),
             FileSpec::Split {
                 active,
                 pools,
                 weights,
                 rollback,
             } => {
-                let pools: Vec<(String, Vec<String>)> = pools
-                    .iter()
-                    .map(|(n, eps)| {
-                        (
-                            n.get().to_string(),
-                            eps.iter().map(|e| e.get().to_string()).collect(),
-                        )
-                    })
-                    .collect();
-                let mut text = render(active.get(), &pools, false);
+                let mut text = render(active.get(), &named(pools), false);
                 let weights: Vec<String> = weights
                     .iter()
                     .map(|(n, w)| format!("{:?} = {w}", n.get()))

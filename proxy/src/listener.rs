@@ -74,12 +74,19 @@ where
     }
 }
 
-/// HTTP/2 settings of every client connection (see the `H2_*` limits).
-fn h2_settings(b: &mut http2::Builder<LocalExec>) {
-    b.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+/// HTTP/2 settings of every client connection (see the `H2_*` limits),
+/// applied to either of hyper's HTTP/2 server builders: its own
+/// `http2::Builder` (ALPN `h2`, [`serve_h2`]) and the auto builder's
+/// `http2()` (h2c, [`serve_auto`]). A macro because the two builders share
+/// these setters but no trait: one list of settings for both.
+macro_rules! h2_settings {
+    ($builder:expr) => {
+        $builder
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+    };
 }
 
 /// A core's listening sockets: the plain one, and the HTTPS one with `[tls]`.
@@ -488,27 +495,47 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
-    let ended = tokio::select! {
+    let ended = until_closed(connection, &conn, stopping, |c| c.graceful_shutdown()).await;
+    if let Err(e) = ended {
+        parse_rejected(&conn, &e);
+    }
+}
+
+/// Runs a client connection (HTTP/1.1, HTTP/2, or either with h2c) until it
+/// ends, its deadline fires, or the core stops. Ends with the connection's
+/// own result; `Ok` when the deadline closed it.
+///
+/// The deadline (`conn.idle`): idle for `timeouts.client_idle` with no
+/// request in progress, or a response body stalled for `send` /
+/// `upstream_read`: closed (and with it the response and its upstream
+/// connection, which the request's record counts as cut: see body.rs).
+///
+/// On stop, `graceful_shutdown` is called on the connection (hyper's own
+/// `graceful_shutdown`: HTTP/1.1 closes after the request in progress,
+/// HTTP/2 sends `GOAWAY`), and it is run on: a request in progress
+/// finishes, while a connection that is idle (a head still trickling in)
+/// is still cut at its deadline.
+async fn until_closed<C, E>(
+    mut connection: Pin<&mut C>,
+    conn: &Conn,
+    stopping: Stopping,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::select! {
         biased;
         ended = connection.as_mut() => ended,
-        // Idle for `timeouts.client_idle` with no request in progress, or a
-        // response body stalled for `send` / `upstream_read`: closed (and
-        // with it the response and its upstream connection, which the
-        // request's record counts as cut: see body.rs).
         () = conn.idle.fired() => Ok(()),
         _ = stopping => {
-            connection.as_mut().graceful_shutdown();
-            // A request in progress finishes; a connection that is idle
-            // (a head still trickling in) is still cut at its deadline.
+            graceful_shutdown(connection.as_mut());
             tokio::select! {
                 biased;
                 ended = connection.as_mut() => ended,
                 () = conn.idle.fired() => Ok(()),
             }
         }
-    };
-    if let Err(e) = ended {
-        parse_rejected(&conn, &e);
     }
 }
 
@@ -560,22 +587,10 @@ where
         service_fn(move |req| forward::handle(Rc::clone(&conn), req))
     };
     let mut builder = http2::Builder::new(LocalExec);
-    h2_settings(&mut builder);
+    h2_settings!(builder);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let ended = tokio::select! {
-        biased;
-        ended = connection.as_mut() => ended,
-        () = conn.idle.fired() => Ok(()),
-        _ = stopping => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                biased;
-                ended = connection.as_mut() => ended,
-                () = conn.idle.fired() => Ok(()),
-            }
-        }
-    };
+    let ended = until_closed(connection, &conn, stopping, |c| c.graceful_shutdown()).await;
     if let Err(e) = ended {
         tracing::debug!(client = %conn.peer, error = %e, "HTTP/2 connection ended with an error");
     }
@@ -599,27 +614,10 @@ async fn serve_auto(stream: tokio::net::TcpStream, conn: Rc<Conn>, stopping: Sto
     if opts.max_headers != HYPER_DEFAULT_MAX_HEADERS {
         h1.max_headers(opts.max_headers);
     }
-    builder
-        .http2()
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+    h2_settings!(builder.http2());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let ended = tokio::select! {
-        biased;
-        ended = connection.as_mut() => ended,
-        () = conn.idle.fired() => Ok(()),
-        _ = stopping => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                biased;
-                ended = connection.as_mut() => ended,
-                () = conn.idle.fired() => Ok(()),
-            }
-        }
-    };
+    let ended = until_closed(connection, &conn, stopping, |c| c.graceful_shutdown()).await;
     if let Err(e) = ended {
         match e.downcast_ref::<hyper::Error>() {
             Some(e) => parse_rejected(&conn, e),

@@ -247,6 +247,19 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// The arguments that find the replicas behind the DNS name `target`
+/// (`NAME:PORT`), asking the name server `server`.
+fn over_dns(target: &str, server: &str) -> Vec<String> {
+    args(&["--admin-dns", target, "--dns-server", server])
+}
+
+/// `switchyard <list>` over the replicas behind `target` ([`over_dns`]).
+async fn cli_dns(list: &[&str], target: &str, server: &str) -> (i32, String) {
+    let mut a = args(list);
+    a.extend(over_dns(target, server));
+    cli(&a).await
+}
+
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
@@ -359,17 +372,11 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
     let (code, out) = admin(fleet[0].admin, "POST", "/switch", r#"{"to":"blue"}"#, None).await;
     assert_eq!(code, 200, "{out}");
 
-    let (code, out) = cli(&args(&[
-        "switch",
-        "green",
-        "--if-file-differs",
-        "--wait",
-        "drained",
-        "--admin-dns",
+    let (code, out) = cli_dns(
+        &["switch", "green", "--if-file-differs", "--wait", "drained"],
         &target,
-        "--dns-server",
         &server,
-    ]))
+    )
     .await;
     assert_eq!(code, 0, "{out}");
     let line = |ip: &str| {
@@ -395,15 +402,7 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
     );
 
     // status over the name: replica 1 disagrees.
-    let (code, out) = cli(&args(&[
-        "status",
-        "--admin-dns",
-        &target,
-        "--dns-server",
-        &server,
-        "--json",
-    ]))
-    .await;
+    let (code, out) = cli_dns(&["status", "--json"], &target, &server).await;
     assert_ne!(code, 0, "{out}");
     let f: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -412,39 +411,15 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
         "{out}"
     );
     // --expect (what `helm test` runs): they do not all serve green.
-    let (code, out) = cli(&args(&[
-        "status",
-        "--admin-dns",
-        &target,
-        "--expect",
-        "green",
-        "--dns-server",
-        &server,
-    ]))
-    .await;
+    let (code, out) = cli_dns(&["status", "--expect", "green"], &target, &server).await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("expected green: NO"), "{out}");
 
     // Without --if-file-differs all three switch and agree.
-    let (code, out) = cli(&args(&[
-        "switch",
-        "green",
-        "--admin-dns",
-        &target,
-        "--dns-server",
-        &server,
-    ]))
-    .await;
+    let (code, out) = cli_dns(&["switch", "green"], &target, &server).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("agree: every replica serves green"), "{out}");
-    let (code, out) = cli(&args(&[
-        "status",
-        "--admin-dns",
-        &target,
-        "--dns-server",
-        &server,
-    ]))
-    .await;
+    let (code, out) = cli_dns(&["status"], &target, &server).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("agree: every replica serves green"), "{out}");
     // --expect: agreeing is not enough, it must be the pool expected.
@@ -452,16 +427,7 @@ async fn the_cli_finds_the_replicas_by_dns_and_skips_those_whose_file_names_the_
         ("green", 0, "expected green: yes"),
         ("blue", 1, "expected blue: NO"),
     ] {
-        let (code, out) = cli(&args(&[
-            "status",
-            "--admin-dns",
-            &target,
-            "--expect",
-            pool,
-            "--dns-server",
-            &server,
-        ]))
-        .await;
+        let (code, out) = cli_dns(&["status", "--expect", pool], &target, &server).await;
         assert_eq!(code, want_code, "{out}");
         assert!(out.contains(verdict), "{out}");
     }
@@ -476,16 +442,11 @@ async fn a_switch_waits_for_the_name_to_have_an_address() {
     let dns = testkit::dns::DnsServer::start("default.svc.cluster.local.").await;
     // The hook before the pods have addresses: the name has none yet.
     let mut child = tokio::process::Command::new(BIN)
-        .args(args(&[
-            "switch",
-            "green",
-            "--admin-dns",
+        .args(args(&["switch", "green", "--timeout", "30s"]))
+        .args(over_dns(
             &format!("{NAME}:{}", sy.admin.port()),
-            "--dns-server",
             &dns.addr().to_string(),
-            "--timeout",
-            "30s",
-        ]))
+        ))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

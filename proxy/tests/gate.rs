@@ -35,21 +35,45 @@ async fn version(http: SocketAddr) -> (String, String) {
     (v["version"].as_str().unwrap().to_string(), pool)
 }
 
+/// Blue (version 0.0.1) and two green endpoints (0.0.2), with green's
+/// `min_healthy = 2`, and a proxy (`p`) started on blue with green of the
+/// first green endpoint only: green is not ready until a file adds the
+/// second.
+struct GreenOfOne {
+    p: Switchyard,
+    blue: translation_api::Running,
+    green: [translation_api::Running; 2],
+}
+
+impl GreenOfOne {
+    fn start() -> GreenOfOne {
+        let blue = api("0.0.1");
+        let green = [api("0.0.2"), api("0.0.2")];
+        let text = green_needs_two("blue", blue.addr(), &green[..1]);
+        let p = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
+        GreenOfOne { p, blue, green }
+    }
+
+    /// The upstreams file with `active`, green of its first `n` endpoints.
+    fn file(&self, active: &str, n: usize) -> String {
+        green_needs_two(active, self.blue.addr(), &self.green[..n])
+    }
+}
+
+/// An upstreams file: `active`, blue of `blue`, green of `green` with
+/// `min_healthy = 2` (so green of one endpoint is not ready).
+fn green_needs_two(active: &str, blue: SocketAddr, green: &[translation_api::Running]) -> String {
+    Upstreams::new(active)
+        .pool("blue", [blue])
+        .pool("green", green.iter().map(translation_api::Running::addr))
+        .min_healthy("green", 2)
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_switch_to_a_pool_not_ready_is_pending_then_applies_by_itself() {
-    let blue = api("0.0.1");
-    let (g1, g2) = (api("0.0.2"), api("0.0.2"));
-    let files_for = |active: &str, green: &[SocketAddr]| {
-        Upstreams::new(active)
-            .pool("blue", [blue.addr()])
-            .pool("green", green.iter().copied())
-            .min_healthy("green", 2)
-            .to_string()
-    };
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new().upstreams_text(&files_for("blue", &[g1.addr()])),
-    );
+    let t = GreenOfOne::start();
+    let p = &t.p;
     let st = status(p.admin).await;
     assert_eq!(st["pools"]["green"]["ready"], false, "{st}");
     assert_eq!(
@@ -63,7 +87,7 @@ async fn a_file_switch_to_a_pool_not_ready_is_pending_then_applies_by_itself() {
     assert_eq!(metric(&m, "switchyard_pool_ready{pool=\"blue\"}"), 1.0, "{m}");
 
     // The file says green: green is not ready, so the switch waits.
-    p.files.rename_upstreams(&files_for("green", &[g1.addr()]));
+    p.files.rename_upstreams(&t.file("green", 1));
     let st = wait_status(p.admin, "the switch to green pending", |st| {
         st["pending"]["active"] == "green"
     })
@@ -114,8 +138,7 @@ async fn a_file_switch_to_a_pool_not_ready_is_pending_then_applies_by_itself() {
     assert!(text.contains("NOT READY (1 of 1 healthy, needs 2)"), "{text}");
 
     // A second endpoint makes green ready: the pending switch applies by itself.
-    p.files
-        .rename_upstreams(&files_for("green", &[g1.addr(), g2.addr()]));
+    p.files.rename_upstreams(&t.file("green", 2));
     let st = wait_status(p.admin, "green active", |st| st["active"] == "green").await;
     assert_eq!(st["pending"], Value::Null, "{st}");
     assert_eq!(
@@ -207,20 +230,9 @@ async fn an_admin_switch_to_a_pool_not_ready_is_409_with_the_reason_unless_force
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_switch_cancels_a_pending_file_switch() {
-    let blue = api("0.0.1");
-    let (g1, g2) = (api("0.0.2"), api("0.0.2"));
-    let file = |active: &str, green: &[SocketAddr]| {
-        Upstreams::new(active)
-            .pool("blue", [blue.addr()])
-            .pool("green", green.iter().copied())
-            .min_healthy("green", 2)
-            .to_string()
-    };
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new().upstreams_text(&file("blue", &[g1.addr()])),
-    );
-    p.files.rename_upstreams(&file("green", &[g1.addr()]));
+    let t = GreenOfOne::start();
+    let p = &t.p;
+    p.files.rename_upstreams(&t.file("green", 1));
     wait_status(p.admin, "the switch to green pending", |st| {
         st["pending"]["active"] == "green"
     })
@@ -239,7 +251,7 @@ async fn an_admin_switch_cancels_a_pending_file_switch() {
     assert_eq!(metric(&metrics(p.admin).await, "switchyard_switch_pending"), 0.0);
 
     // Green becomes ready later: nothing is pending, so nothing switches.
-    p.files.rename_upstreams(&file("green", &[g1.addr(), g2.addr()]));
+    p.files.rename_upstreams(&t.file("green", 2));
     let st = wait_status(p.admin, "green ready", |st| st["pools"]["green"]["ready"] == true).await;
     assert_eq!(
         (&st["active"], &st["generation"]),

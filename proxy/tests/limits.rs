@@ -67,15 +67,16 @@ impl Reader {
     }
 }
 
+/// A [`Reader`] upstream, and a proxy (`config`) whose pool blue is it.
+async fn behind_reader(config: ProxyConfig) -> (Reader, Switchyard) {
+    let up = Reader::start().await;
+    let p = Switchyard::start(BIN, config.upstreams(Upstreams::blue(up.addr)));
+    (up, p)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_head_over_max_header_bytes_gets_431_counted_and_the_next_is_served() {
-    let up = Reader::start().await;
-    let mut p = Switchyard::start(
-        BIN,
-        ProxyConfig::new()
-            .max_header_bytes("2KiB")
-            .upstreams(Upstreams::blue(up.addr)),
-    );
+    let (up, mut p) = behind_reader(ProxyConfig::new().max_header_bytes("2KiB")).await;
     // Under the limit (1.5 KiB of header): served.
     let fits = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nx-pad: {}\r\nConnection: close\r\n\r\n",
@@ -101,13 +102,7 @@ async fn request_head_over_max_header_bytes_gets_431_counted_and_the_next_is_ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_header_lines_than_max_headers_get_431_counted_and_the_next_is_served() {
-    let up = Reader::start().await;
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new()
-            .max_headers(10)
-            .upstreams(Upstreams::blue(up.addr)),
-    );
+    let (up, p) = behind_reader(ProxyConfig::new().max_headers(10)).await;
     let request = |lines: usize| {
         let mut r = String::from("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
         for i in 0..lines - 2 {
@@ -127,13 +122,7 @@ async fn more_header_lines_than_max_headers_get_431_counted_and_the_next_is_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_announced_over_max_body_gets_413_before_anything_goes_upstream() {
-    let up = Reader::start().await;
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new()
-            .max_body("1KiB")
-            .upstreams(Upstreams::blue(up.addr)),
-    );
+    let (up, p) = behind_reader(ProxyConfig::new().max_body("1KiB")).await;
     // The head alone: the proxy answers without reading a byte of the body.
     let answer = exchange(
         p.http,
@@ -157,13 +146,7 @@ async fn body_announced_over_max_body_gets_413_before_anything_goes_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_growing_past_max_body_is_cut_upstream_and_answered_413() {
-    let up = Reader::start().await;
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new()
-            .max_body("1KiB")
-            .upstreams(Upstreams::blue(up.addr)),
-    );
+    let (up, p) = behind_reader(ProxyConfig::new().max_body("1KiB")).await;
     let mut s = tokio::net::TcpStream::connect(p.http).await.unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await

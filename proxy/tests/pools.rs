@@ -40,6 +40,15 @@ fn endpoints(st: &Value, pool: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `switchyard_upstream_healthy` of the endpoint `addr` of pool blue in a
+/// scrape (0 when the series is absent).
+fn healthy_in_blue(metrics: &str, addr: SocketAddr) -> f64 {
+    metric(
+        metrics,
+        &format!("switchyard_upstream_healthy{{endpoint=\"{addr}\",pool=\"blue\"}}"),
+    )
+}
+
 fn addrs(st: &Value, pool: &str) -> Vec<String> {
     endpoints(st, pool).into_iter().map(|(a, _)| a).collect()
 }
@@ -76,11 +85,26 @@ async fn pod() -> Pod {
 
 /// An upstreams file: pool blue, active, of `pods`, then `rest`.
 fn blue_of(pods: &[Pod], rest: &str) -> String {
-    let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    blue_at(pods.iter().map(|p| p.addr), rest)
+}
+
+/// An upstreams file: pool blue, active, of the endpoints `addrs`, then `rest`.
+fn blue_at(addrs: impl IntoIterator<Item = SocketAddr>, rest: &str) -> String {
+    let list: Vec<String> = addrs.into_iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "active = \"blue\"\n[pools.blue]\nendpoints = [{}]\n{rest}",
         list.join(", ")
     )
+}
+
+/// `[health]` with passive ejection: `eject_after` failures in a row eject
+/// an endpoint for an hour, with `max_ejected_percent` when given.
+fn ejecting(after: u32, max_percent: Option<u32>) -> String {
+    let mut health = format!("[health]\neject_after = {after}\neject_for = \"1h\"\n");
+    if let Some(max) = max_percent {
+        health.push_str(&format!("max_ejected_percent = {max}\n"));
+    }
+    health
 }
 
 /// `GET /hold` through the proxy in a task: a `Pod` holds its answer
@@ -147,13 +171,7 @@ async fn discovery_adds_and_removes_endpoints_without_a_new_generation() {
     );
     let (_, m) = get_text(sy.admin, "/metrics").await;
     assert_eq!(
-        metric(
-            &m,
-            &format!(
-                "switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}",
-                a.addr
-            )
-        ),
+        healthy_in_blue(&m, a.addr),
         0.0,
         "the removed endpoint's series is deleted"
     );
@@ -278,16 +296,7 @@ async fn an_endpoint_failing_its_checks_is_skipped_and_comes_back() {
     })
     .await;
     let (_, m) = get_text(sy.admin, "/metrics").await;
-    assert_eq!(
-        metric(
-            &m,
-            &format!(
-                "switchyard_upstream_healthy{{endpoint=\"{}\",pool=\"blue\"}}",
-                sick.addr
-            )
-        ),
-        0.0
-    );
+    assert_eq!(healthy_in_blue(&m, sick.addr), 0.0);
     assert_eq!(
         metric(&m, "switchyard_pool_endpoints{pool=\"blue\",state=\"unhealthy\"}"),
         1.0
@@ -308,13 +317,7 @@ async fn passive_ejection_after_connect_failures_within_max_ejected_percent() {
     let b = pod().await;
     let (c, d) = (ClosedPort::new(), ClosedPort::new());
     // Four endpoints, at most 25 % ejected: one of the two dead ones.
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\", \"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\nmax_ejected_percent = 25\n",
-        a.addr,
-        c.addr(),
-        b.addr,
-        d.addr()
-    );
+    let text = blue_at([a.addr, c.addr(), b.addr, d.addr()], &ejecting(2, Some(25)));
     let sy = Switchyard::start(BIN, ProxyConfig::new().upstreams_text(&text));
     let answers = gets(sy.http, 40).await;
     assert!(
@@ -380,11 +383,7 @@ async fn when_every_endpoint_fails_its_checks_the_pool_panics_and_still_serves()
 async fn a_blackholed_endpoint_is_ejected_after_its_connects_time_out() {
     let good = pod().await;
     let hole = testkit::net::Blackhole::new();
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\n",
-        hole.addr(),
-        good.addr
-    );
+    let text = blue_at([hole.addr(), good.addr], &ejecting(2, None));
     let sy = Switchyard::start(
         BIN,
         ProxyConfig::new()
@@ -520,10 +519,7 @@ async fn an_endpoint_that_cuts_its_bodies_is_ejected_after_eject_after() {
 async fn ejected_after_two_bodies_it_breaks(path: &str, kind: &str) {
     let faulty = testkit::upstream::faulty();
     let good = pod().await;
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\neject_after = 2\neject_for = \"1h\"\nmax_ejected_percent = 50\n",
-        faulty.addr, good.addr
-    );
+    let text = blue_at([faulty.addr, good.addr], &ejecting(2, Some(50)));
     let sy = Switchyard::start(
         BIN,
         ProxyConfig::new()
@@ -580,10 +576,7 @@ async fn ejected_after_two_bodies_it_breaks(path: &str, kind: &str) {
 async fn the_proxys_own_503_at_upstream_max_connections_is_no_ejection_input() {
     let pods = [pod().await, pod().await];
     // `eject_after = 1`: one failure counted against either would eject it.
-    let text = blue_of(
-        &pods,
-        "[health]\neject_after = 1\neject_for = \"1h\"\nmax_ejected_percent = 50\n",
-    );
+    let text = blue_of(&pods, &ejecting(1, Some(50)));
     // One core: its least-in-flight choice puts the two held requests on
     // the two endpoints.
     let sy = Switchyard::start(
@@ -639,10 +632,7 @@ async fn a_client_body_that_stops_arriving_is_the_clients_408_and_no_ejection_in
     // Upstreams that answer once a request's body is whole.
     let (r1, r2) = (testkit::upstream::recorder(), testkit::upstream::recorder());
     // `eject_after = 1`: one failure counted against either would eject it.
-    let text = format!(
-        "active = \"blue\"\n[pools.blue]\nendpoints = [\"{}\", \"{}\"]\n[health]\neject_after = 1\neject_for = \"1h\"\nmax_ejected_percent = 50\n",
-        r1.addr, r2.addr
-    );
+    let text = blue_at([r1.addr, r2.addr], &ejecting(1, Some(50)));
     let sy = Switchyard::start(
         BIN,
         ProxyConfig::new()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use testkit::config::{ProxyConfig, Upstreams};
-use testkit::http::{get_text, metric, raw, Client};
+use testkit::http::{get_text, metric, raw, rejected, Client};
 use testkit::process::Switchyard;
 use testkit::tls::{Ca, Leaf, TlsClient};
 use testkit::{eventually, upstream};
@@ -69,9 +69,18 @@ async fn https_proxy(
     leaf: &Leaf,
     more: impl FnOnce(ProxyConfig) -> ProxyConfig,
 ) -> (Switchyard, SecretMount) {
+    https_proxy_to(leaf, upstream::header_echo().await, more)
+}
+
+/// A proxy serving HTTPS with `leaf` from a Secret-style mount, in front of
+/// the upstream `up` (pool blue); `more` adds to its configuration.
+fn https_proxy_to(
+    leaf: &Leaf,
+    up: impl std::fmt::Display,
+    more: impl FnOnce(ProxyConfig) -> ProxyConfig,
+) -> (Switchyard, SecretMount) {
     let dir = tempfile::tempdir().unwrap();
     let mount = SecretMount::new(dir.path(), leaf);
-    let up = upstream::header_echo().await;
     std::fs::write(dir.path().join("upstreams.toml"), Upstreams::blue(up).to_string()).unwrap();
     let config = more(ProxyConfig::new().tls("tls/tls.crt", "tls/tls.key")).in_dir_with_upstreams(dir);
     let proxy = Switchyard::start(BIN, config);
@@ -92,12 +101,43 @@ async fn tls_status(p: &Switchyard) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["tls"].clone()
 }
 
-/// The certificate a new handshake gets (DER).
-async fn served_cert(p: &Switchyard, ca: &Ca) -> Vec<u8> {
-    TlsClient::connect(https(p), "localhost", ca.client(H1, None))
+/// A new HTTPS connection to `p` for `localhost`, offering `alpn`.
+async fn tls_client(p: &Switchyard, ca: &Ca, alpn: &[&[u8]]) -> TlsClient {
+    TlsClient::connect(https(p), "localhost", ca.client(alpn, None))
         .await
         .unwrap()
-        .peer_cert
+}
+
+/// The certificate a new handshake gets (DER).
+async fn served_cert(p: &Switchyard, ca: &Ca) -> Vec<u8> {
+    tls_client(p, ca, H1).await.peer_cert
+}
+
+/// Waits until a new handshake gets the certificate `der`.
+async fn wait_served(p: &Switchyard, ca: &Ca, der: &[u8], what: &str) {
+    eventually(WITHIN, what, || async { served_cert(p, ca).await == der }).await;
+}
+
+/// Swaps `leaf` into `mount` (the kubelet's `..data` swap) and waits until
+/// new handshakes get it.
+async fn rotate(p: &Switchyard, ca: &Ca, mount: &mut SecretMount, leaf: &Leaf) {
+    mount.swap(leaf);
+    wait_served(p, ca, &leaf.der, "new handshakes get the new certificate").await;
+}
+
+/// A TLS connection to `addr` for `localhost`, offering `alpn`: the
+/// stream itself, for a test that speaks over it by hand.
+async fn tls_to(
+    addr: SocketAddr,
+    ca: &Ca,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(ca.client(alpn, None))
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,22 +247,15 @@ async fn rotation_by_data_swap_and_by_rename_serves_the_new_pair_and_keeps_open_
     let ca = Ca::new();
     let first = ca.leaf("first", &["localhost"]);
     let (p, mut mount) = https_proxy(&first, |c| c).await;
-    let mut open_h1 = TlsClient::connect(https(&p), "localhost", ca.client(H1, None))
-        .await
-        .unwrap();
-    let mut open_h2 = TlsClient::connect(https(&p), "localhost", ca.client(H2, None))
-        .await
-        .unwrap();
+    let mut open_h1 = tls_client(&p, &ca, H1).await;
+    let mut open_h2 = tls_client(&p, &ca, H2).await;
     assert_eq!(open_h1.get("/").await.unwrap().0, 200);
     assert_eq!(open_h2.get("/").await.unwrap().0, 200);
 
     // The kubelet's `..data` swap.
     let second = ca.leaf("second", &["localhost"]);
     mount.swap(&second);
-    eventually(WITHIN, "new handshakes get the second certificate", || async {
-        served_cert(&p, &ca).await == second.der
-    })
-    .await;
+    wait_served(&p, &ca, &second.der, "new handshakes get the second certificate").await;
     assert_eq!(
         open_h1.get("/").await.unwrap().0,
         200,
@@ -242,10 +275,7 @@ async fn rotation_by_data_swap_and_by_rename_serves_the_new_pair_and_keeps_open_
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, mount.dir.join(name)).unwrap();
     }
-    eventually(WITHIN, "new handshakes get the third certificate", || async {
-        served_cert(&p, &ca).await == third.der
-    })
-    .await;
+    wait_served(&p, &ca, &third.der, "new handshakes get the third certificate").await;
     eventually(
         WITHIN,
         "/status shows no error once the pair is whole",
@@ -310,10 +340,7 @@ async fn a_bad_pair_is_rejected_with_its_reason_and_the_old_one_serves() {
     }
     // Back to a good pair: accepted, the error cleared.
     mount.swap(&other);
-    eventually(WITHIN, "the good pair is served", || async {
-        served_cert(&p, &ca).await == other.der
-    })
-    .await;
+    wait_served(&p, &ca, &other.der, "the good pair is served").await;
     assert!(tls_status(&p).await[0]["last_error"].is_null());
 }
 
@@ -356,10 +383,7 @@ async fn garbage_and_tls10_handshakes_are_refused_and_the_next_client_is_served(
         ) >= 2.0
     })
     .await;
-    let mut c = TlsClient::connect(https(&p), "localhost", ca.client(H2, None))
-        .await
-        .unwrap();
-    assert_eq!(c.get("/").await.unwrap().0, 200);
+    assert_eq!(tls_client(&p, &ca, H2).await.get("/").await.unwrap().0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,6 +438,104 @@ async fn h2c_prior_knowledge_on_the_plain_listener() {
     assert_eq!(c.get("/").await.unwrap().0, 200);
 }
 
+/// What a request body that stops arriving gets over HTTP/2 (`io`: ALPN
+/// `h2` over TLS, or h2c), from a proxy with a short `timeouts.request` in
+/// front of an upstream that answers once a body is whole (a
+/// `testkit::upstream::recorder`): a POST announcing 100 bytes sends 10,
+/// then nothing while its stream stays open. Its stream is answered 408
+/// with the proxy's JSON error, as over HTTP/1.1 but with no `Connection`
+/// header (only the stream ends), and counted once in
+/// `rejected_total{reason="body_timeout"}`; the next stream on the same
+/// connection is served. `origin`: the scheme and authority of the targets.
+async fn a_body_that_stops_gets_408_over_h2<I>(p: &Switchyard, io: I, origin: &str)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{BodyExt, Empty, StreamBody};
+    type Body = UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let before = rejected(&metrics(p).await, "body_timeout");
+    // 10 bytes of an announced 100, then the stream stays open, silent.
+    let ten = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+        bytes::Bytes::from_static(b"0123456789"),
+    ))]);
+    let stops = StreamBody::new(futures_util::StreamExt::chain(
+        ten,
+        futures_util::stream::pending(),
+    ));
+    let req = hyper::Request::post(format!("{origin}/upload"))
+        .header(http::header::CONTENT_LENGTH, "100")
+        .body(stops.boxed_unsync())
+        .unwrap();
+    let resp = answered(send.send_request(req)).await;
+    assert_eq!(resp.status(), 408, "{resp:?}");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert!(
+        resp.headers().get(http::header::CONNECTION).is_none(),
+        "no Connection header over HTTP/2: {resp:?}"
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["errors"][0], "the request body did not arrive in time", "{v}");
+    assert_eq!(
+        rejected(&metrics(p).await, "body_timeout"),
+        before + 1.0,
+        "counted once"
+    );
+    // The connection goes on: a new stream on it is served.
+    send.ready().await.unwrap();
+    let next = hyper::Request::get(format!("{origin}/"))
+        .body(Empty::new().boxed_unsync())
+        .unwrap();
+    let resp = answered(send.send_request(next)).await;
+    assert_eq!(resp.status(), 200, "{resp:?}");
+}
+
+/// The answer `sent` resolves to, which must come within [`WITHIN`].
+async fn answered<T, E: std::fmt::Debug>(sent: impl std::future::Future<Output = Result<T, E>>) -> T {
+    tokio::time::timeout(WITHIN, sent)
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_over_h2_is_the_clients_408() {
+    let ca = Ca::new();
+    let leaf = ca.leaf("leaf", &["localhost"]);
+    let up = upstream::recorder();
+    let (p, _mount) = https_proxy_to(&leaf, up.addr, |c| c.request_timeout(Duration::from_millis(500)));
+    let tls = tls_to(https(&p), &ca, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    a_body_that_stops_gets_408_over_h2(&p, tls, "https://localhost").await;
+    // A new connection is served too.
+    assert_eq!(tls_client(&p, &ca, H2).await.get("/").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_over_h2c_is_the_clients_408() {
+    let up = upstream::recorder();
+    let p = Switchyard::start(
+        BIN,
+        ProxyConfig::new()
+            .h2c(true)
+            .request_timeout(Duration::from_millis(500))
+            .upstreams(Upstreams::blue(up.addr)),
+    );
+    let tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    a_body_that_stops_gets_408_over_h2(&p, tcp, &format!("http://localhost:{}", p.http.port())).await;
+    // A new connection is served too.
+    let mut c = Client::connect(p.http).await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_https_answers_308_to_the_same_url_on_https() {
     let ca = Ca::new();
@@ -438,10 +560,7 @@ async fn redirect_https_answers_308_to_the_same_url_on_https() {
         assert_eq!(r.headers["location"], format!("https://{bare}:{port}{path}"));
     }
     // The HTTPS listener serves.
-    let mut c = TlsClient::connect(https(&p), "localhost", ca.client(H1, None))
-        .await
-        .unwrap();
-    assert_eq!(c.get("/").await.unwrap().0, 200);
+    assert_eq!(tls_client(&p, &ca, H1).await.get("/").await.unwrap().0, 200);
 }
 
 /// A raw HTTP/2 client over TLS: frames written by hand, as an attacker
@@ -471,13 +590,7 @@ fn get_headers(stream: u32) -> Vec<u8> {
 
 impl RawH2 {
     async fn connect(addr: SocketAddr, ca: &Ca) -> RawH2 {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let config: Arc<rustls::ClientConfig> = ca.client(&[b"h2"], None);
-        let mut s = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .unwrap();
+        let mut s = tls_to(addr, ca, &[b"h2"]).await;
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let mut hello = PREFACE.to_vec();
         hello.extend(frame(0x4, 0, 0, &[]));
@@ -540,9 +653,7 @@ async fn an_h2_rapid_reset_flood_gets_goaway_and_the_next_client_is_served() {
     }
     assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM, then closed");
     // The proxy serves the next client normally.
-    let mut c = TlsClient::connect(https(&p), "localhost", ca.client(H2, None))
-        .await
-        .unwrap();
+    let mut c = tls_client(&p, &ca, H2).await;
     for _ in 0..3 {
         assert_eq!(c.get("/").await.unwrap().0, 200);
     }
@@ -552,21 +663,9 @@ async fn an_h2_rapid_reset_flood_gets_goaway_and_the_next_client_is_served() {
 async fn h2_streams_beyond_the_limit_are_refused() {
     let ca = Ca::new();
     let leaf = ca.leaf("leaf", &["localhost"]);
-    let dir = tempfile::tempdir().unwrap();
-    let _mount = SecretMount::new(dir.path(), &leaf);
     // Answers take long enough for every stream to be open at once.
     let up = upstream::slow("/", Duration::from_millis(1500), "done").await;
-    std::fs::write(
-        dir.path().join("upstreams.toml"),
-        Upstreams::blue(up.addr).to_string(),
-    )
-    .unwrap();
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new()
-            .tls("tls/tls.crt", "tls/tls.key")
-            .in_dir_with_upstreams(dir),
-    );
+    let (p, _mount) = https_proxy_to(&leaf, up.addr, |c| c);
     let mut raw = RawH2::connect(https(&p), &ca).await;
     let limit = switchyard::listener::H2_MAX_CONCURRENT_STREAMS;
     let mut burst = Vec::new();
@@ -598,22 +697,8 @@ async fn h2_streams_beyond_the_limit_are_refused() {
 async fn a_websocket_upgrade_works_over_tls_with_http1() {
     let ca = Ca::new();
     let leaf = ca.leaf("leaf", &["localhost"]);
-    let dir = tempfile::tempdir().unwrap();
-    let _mount = SecretMount::new(dir.path(), &leaf);
-    let up = upstream::upgrade_echo();
-    std::fs::write(dir.path().join("upstreams.toml"), Upstreams::blue(up).to_string()).unwrap();
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new()
-            .tls("tls/tls.crt", "tls/tls.key")
-            .in_dir_with_upstreams(dir),
-    );
-    let tcp = tokio::net::TcpStream::connect(https(&p)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(ca.client(H1, None))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let (p, _mount) = https_proxy_to(&leaf, upstream::upgrade_echo(), |c| c);
+    let mut s = tls_to(https(&p), &ca, H1).await;
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -739,11 +824,7 @@ async fn rotations_under_load_fail_no_request() {
     let mut last = first.der.clone();
     for n in 0..3 {
         let leaf = ca.leaf(&format!("rotation {n}"), &["localhost"]);
-        mount.swap(&leaf);
-        eventually(WITHIN, "new handshakes get the new certificate", || async {
-            served_cert(&p, &ca).await == leaf.der
-        })
-        .await;
+        rotate(&p, &ca, &mut mount, &leaf).await;
         load_moves(100).await;
         // A broken pair in between changes nothing for the clients.
         mount.swap_raw("garbage", &leaf.key_pem);
@@ -772,26 +853,14 @@ async fn rotations_under_the_load_generator_over_tls_fail_no_request() {
     use testkit::load::{assert_no_failures, Load};
     let ca = Ca::new();
     let first = ca.leaf("first", &["localhost"]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut mount = SecretMount::new(dir.path(), &first);
     // The translation API's answer: the load generator records its version.
     let up = upstream::text(r#"{"version":"0.0.1","errors":[]}"#).await;
-    std::fs::write(dir.path().join("upstreams.toml"), Upstreams::blue(up).to_string()).unwrap();
-    let p = Switchyard::start(
-        BIN,
-        ProxyConfig::new()
-            .tls("tls/tls.crt", "tls/tls.key")
-            .in_dir_with_upstreams(dir),
-    );
+    let (p, mut mount) = https_proxy_to(&first, up, |c| c);
     let load = Load::start_tls(https(&p), "localhost", 8, "/", ca.client(H1, None)).await;
     load.wait_more(200).await;
     for n in 0..2 {
         let leaf = ca.leaf(&format!("rotation {n}"), &["localhost"]);
-        mount.swap(&leaf);
-        eventually(WITHIN, "new handshakes get the new certificate", || async {
-            served_cert(&p, &ca).await == leaf.der
-        })
-        .await;
+        rotate(&p, &ca, &mut mount, &leaf).await;
         load.wait_more(200).await;
         mount.swap_raw(&leaf.cert_pem, &first.key_pem);
         eventually(WITHIN, "the mismatched pair is rejected", || async {

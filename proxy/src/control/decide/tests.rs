@@ -68,27 +68,32 @@ fn readiness(pools: &[(&str, Readiness)]) -> BTreeMap<String, Readiness> {
     pools.iter().map(|(p, r)| (p.to_string(), *r)).collect()
 }
 
+/// `state` with the readiness of `pools` (and no other pool's).
+fn with_ready(state: ControlState, pools: &[(&str, Readiness)]) -> ControlState {
+    ControlState {
+        ready: readiness(pools),
+        ..state
+    }
+}
+
 /// Blue and green, blue active, as at start from a file hashed 1, both
 /// ready (the writer computes readiness right after the start).
 fn started() -> ControlState {
-    ControlState {
-        ready: readiness(&[("blue", UP), ("green", UP), ("canary", UP)]),
-        ..ControlState::start(
+    with_ready(
+        ControlState::start(
             file("blue", &["blue", "green"]),
             1,
             "active = \"blue\"".into(),
             false,
-        )
-    }
+        ),
+        &[("blue", UP), ("green", UP), ("canary", UP)],
+    )
 }
 
 /// Started, but green is not ready (0 of 3 endpoints healthy, needs 1),
 /// and canary not ready either.
 fn green_down() -> ControlState {
-    ControlState {
-        ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", DOWN)]),
-        ..started()
-    }
+    with_ready(started(), &[("blue", UP), ("green", DOWN), ("canary", DOWN)])
 }
 
 /// Green down, then the file says green: that switch is pending.
@@ -100,8 +105,7 @@ fn pending_green() -> ControlState {
 fn overridden_then_pending() -> ControlState {
     let s = ControlState {
         file: file("blue", &["blue", "green", "canary"]),
-        ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
-        ..started()
+        ..with_ready(started(), &[("blue", UP), ("green", DOWN), ("canary", UP)])
     };
     let s = after(&s, switch("canary", None));
     after(&s, read(2, file("green", &["blue", "green", "canary"])))
@@ -130,6 +134,11 @@ fn persisting_to_green() -> ControlState {
 /// Started, then `POST /switch {"to":"green"}`.
 fn overridden_to_green() -> ControlState {
     after(&started(), switch("green", None))
+}
+
+/// Overridden to green, then blue (the `previous` pool) is not ready.
+fn overridden_to_green_blue_down() -> ControlState {
+    with_ready(overridden_to_green(), &[("blue", DOWN), ("green", UP)])
 }
 
 fn read(hash: u64, file: Desired) -> Event {
@@ -615,10 +624,10 @@ fn rows() -> Vec<Row> {
             event: "start",
             condition: "the file's pool is not ready",
             // The writer hands in the readiness right after the start.
-            given: ControlState {
-                ready: BTreeMap::new(),
-                ..ControlState::start(file("green", &["blue", "green"]), 1, "".into(), false)
-            },
+            given: with_ready(
+                ControlState::start(file("green", &["blue", "green"]), 1, "".into(), false),
+                &[],
+            ),
             when: became(&[("blue", UP), ("green", DOWN)]),
             then: |_, d| {
                 assert_eq!(d.next.route, route("green"), "start applies without the gate");
@@ -677,10 +686,10 @@ fn rows() -> Vec<Row> {
         Row {
             event: "file accepted, new route",
             condition: "target not ready, an override in force",
-            given: ControlState {
-                ready: readiness(&[("blue", UP), ("green", UP), ("canary", DOWN)]),
-                ..overridden_to_green()
-            },
+            given: with_ready(
+                overridden_to_green(),
+                &[("blue", UP), ("green", UP), ("canary", DOWN)],
+            ),
             when: read(2, file("canary", &["blue", "green", "canary"])),
             then: |given, d| {
                 assert_eq!(d.next.pending, Some(route("canary")));
@@ -759,10 +768,7 @@ fn rows() -> Vec<Row> {
         Row {
             event: "file accepted, new route",
             condition: "a switch pending, the new target ready",
-            given: ControlState {
-                ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
-                ..pending_green()
-            },
+            given: with_ready(pending_green(), &[("blue", UP), ("green", DOWN), ("canary", UP)]),
             when: read(3, file("canary", &["blue", "green", "canary"])),
             then: |_, d| {
                 assert_eq!(d.next.route, route("canary"), "applies");
@@ -928,10 +934,7 @@ fn rows() -> Vec<Row> {
         Row {
             event: "admin switch to R",
             condition: "R is the current route, and not ready (\"already active\" comes before the gate)",
-            given: ControlState {
-                ready: readiness(&[("blue", DOWN), ("green", UP)]),
-                ..started()
-            },
+            given: with_ready(started(), &[("blue", DOWN), ("green", UP)]),
             when: switch("blue", None),
             then: |given, d| {
                 assert!(!switched(d).changed);
@@ -998,13 +1001,13 @@ fn rows() -> Vec<Row> {
         Row {
             event: "admin switch",
             condition: "otherwise, a file switch pending",
-            given: ControlState {
-                ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
-                ..after(
+            given: with_ready(
+                after(
                     &green_down(),
                     read(2, file("green", &["blue", "green", "canary"])),
-                )
-            },
+                ),
+                &[("blue", UP), ("green", DOWN), ("canary", UP)],
+            ),
             when: switch("canary", None),
             then: |_, d| {
                 assert_eq!(switched(d).active, "canary");
@@ -1027,10 +1030,7 @@ fn rows() -> Vec<Row> {
         Row {
             event: "rollback",
             condition: "`previous` not ready, no `force`",
-            given: ControlState {
-                ready: readiness(&[("blue", DOWN), ("green", UP)]),
-                ..overridden_to_green()
-            },
+            given: overridden_to_green_blue_down(),
             when: rollback(None),
             then: |given, d| {
                 assert_eq!(
@@ -1043,10 +1043,7 @@ fn rows() -> Vec<Row> {
         Row {
             event: "rollback",
             condition: "`previous` not ready, `force`",
-            given: ControlState {
-                ready: readiness(&[("blue", DOWN), ("green", UP)]),
-                ..overridden_to_green()
-            },
+            given: overridden_to_green_blue_down(),
             when: Event::Rollback {
                 if_generation: None,
                 force: true,
@@ -1063,11 +1060,7 @@ fn rows() -> Vec<Row> {
                 // Blue → canary by the file, then the file says green (not ready).
                 let s = ControlState {
                     file: file("blue", &["blue", "green", "canary"]),
-                    ..green_down()
-                };
-                let s = ControlState {
-                    ready: readiness(&[("blue", UP), ("green", DOWN), ("canary", UP)]),
-                    ..s
+                    ..with_ready(started(), &[("blue", UP), ("green", DOWN), ("canary", UP)])
                 };
                 let s = after(&s, read(2, file("canary", &["blue", "green", "canary"])));
                 after(&s, read(3, file("green", &["blue", "green", "canary"])))
@@ -1086,9 +1079,10 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-#[test]
-fn the_decision_table() {
-    for row in rows() {
+/// Decides each row from its state and checks the decision; a failure names
+/// the row (`event | condition`).
+fn check_rows(rows: Vec<Row>) {
+    for row in rows {
         let decision = decide(&row.given, row.when.clone());
         let check = std::panic::catch_unwind(|| (row.then)(&row.given, &decision));
         if let Err(panic) = check {
@@ -1106,11 +1100,13 @@ fn the_decision_table() {
 }
 
 #[test]
+fn the_decision_table() {
+    check_rows(rows());
+}
+
+#[test]
 fn every_store_moves_the_generation_by_one_and_only_then() {
-    let mut state = ControlState {
-        ready: readiness(&[("blue", UP), ("green", UP)]),
-        ..started()
-    };
+    let mut state = with_ready(started(), &[("blue", UP), ("green", UP)]);
     let events = [
         switch("green", None),
         read(2, file("blue", &["blue", "green", "canary"])),
@@ -1166,11 +1162,20 @@ const RULES: crate::table::RollbackRules = crate::table::RollbackRules {
     min_requests: 10,
 };
 
+/// A file (as [`file`]) with `[rollback]` ([`RULES`]).
+fn watched_file(active: &str, pools: &[&str]) -> Desired {
+    Desired {
+        rollback: Some(RULES),
+        ..file(active, pools)
+    }
+}
+
 /// Started from a file with `[rollback]`, both pools ready.
 fn watching() -> ControlState {
-    let mut s = started();
-    s.file.rollback = Some(RULES);
-    s
+    ControlState {
+        file: watched_file("blue", &["blue", "green"]),
+        ..started()
+    }
 }
 
 /// Watching, then `POST /switch {"to":"green"}`: a window on green is open.
@@ -1178,12 +1183,34 @@ fn switched_to_green_watched() -> ControlState {
     after(&watching(), switch("green", None))
 }
 
-fn outcomes(state: &ControlState, requests: u64, errors: u64) -> Event {
+/// Switched to green watched, then green's errors (20 of 20) rolled it
+/// back to blue by itself.
+fn rolled_back_automatically() -> ControlState {
+    let s = switched_to_green_watched();
+    after(&s, outcomes(&s, 20, 20))
+}
+
+/// Started, then `POST /switch {"to":"green","weight":w}`.
+fn split_to_green(w: u8) -> ControlState {
+    after(&started(), weighted("green", w))
+}
+
+/// What the outcome counter reports for the window of `generation`.
+fn counted(generation: u64, requests: u64, errors: u64) -> Event {
     Event::Outcomes {
-        generation: state.window.as_ref().map_or(0, |w| w.generation),
+        generation,
         requests,
         errors,
     }
+}
+
+/// What the outcome counter reports for `state`'s window (0: none open).
+fn outcomes(state: &ControlState, requests: u64, errors: u64) -> Event {
+    counted(
+        state.window.as_ref().map_or(0, |w| w.generation),
+        requests,
+        errors,
+    )
 }
 
 fn progressive_rows() -> Vec<Row> {
@@ -1225,13 +1252,7 @@ fn progressive_rows() -> Vec<Row> {
         Row {
             event: "admin switch to R (a split change)",
             condition: "a split is in force; the gate does not apply to pools that already have weight",
-            given: {
-                let s = after(&started(), weighted("green", 10));
-                ControlState {
-                    ready: readiness(&[("blue", UP), ("green", DOWN)]),
-                    ..s
-                }
-            },
+            given: with_ready(split_to_green(10), &[("blue", UP), ("green", DOWN)]),
             when: weighted("green", 50),
             then: |_, d| {
                 let o = switched(d);
@@ -1248,7 +1269,7 @@ fn progressive_rows() -> Vec<Row> {
         Row {
             event: "admin switch to R (a split change)",
             condition: "more than half to the new pool",
-            given: after(&started(), weighted("green", 50)),
+            given: split_to_green(50),
             when: weighted("green", 90),
             then: |_, d| {
                 assert_eq!(switched(d).active, "green", "the largest share is active");
@@ -1258,7 +1279,7 @@ fn progressive_rows() -> Vec<Row> {
         Row {
             event: "admin switch to R (no weight)",
             condition: "a split is in force",
-            given: after(&started(), weighted("green", 50)),
+            given: split_to_green(50),
             when: switch("green", None),
             then: |_, d| {
                 assert_eq!(
@@ -1339,7 +1360,7 @@ fn progressive_rows() -> Vec<Row> {
         Row {
             event: "file accepted, same route as `file`",
             condition: "a split override is in force, its pools still defined",
-            given: after(&started(), weighted("green", 10)),
+            given: split_to_green(10),
             when: read(2, file("blue", &["blue", "green", "canary"])),
             then: |given, d| {
                 assert_eq!(d.next.route, given.route, "the split override stays");
@@ -1349,7 +1370,7 @@ fn progressive_rows() -> Vec<Row> {
         Row {
             event: "file accepted, same route as `file`",
             condition: "it removes a pool the split override sends to",
-            given: after(&started(), weighted("green", 10)),
+            given: split_to_green(10),
             when: read(2, file("blue", &["blue"])),
             then: |_, d| {
                 let ReloadOutcome::Rejected(why) = reloaded(d) else {
@@ -1361,7 +1382,7 @@ fn progressive_rows() -> Vec<Row> {
         Row {
             event: "rollback",
             condition: "after a split change",
-            given: after(&after(&started(), weighted("green", 10)), weighted("green", 50)),
+            given: after(&split_to_green(10), weighted("green", 50)),
             when: rollback(None),
             then: |_, d| {
                 assert_eq!(d.next.route, split(&[("blue", 90), ("green", 10)], "blue"));
@@ -1396,11 +1417,7 @@ fn progressive_rows() -> Vec<Row> {
             event: "file accepted, new route",
             condition: "target ready, the file has [rollback]",
             given: watching(),
-            when: read(2, {
-                let mut f = file("green", &["blue", "green"]);
-                f.rollback = Some(RULES);
-                f
-            }),
+            when: read(2, watched_file("green", &["blue", "green"])),
             then: |_, d| {
                 assert_eq!(d.next.window.as_ref().map(|w| w.generation), Some(2));
                 assert_eq!(
@@ -1431,11 +1448,7 @@ fn progressive_rows() -> Vec<Row> {
             event: "error rate past the threshold",
             condition: "window open, `previous` ready",
             given: switched_to_green_watched(),
-            when: Event::Outcomes {
-                generation: 2,
-                requests: 20,
-                errors: 5,
-            },
+            when: counted(2, 20, 5),
             then: |given, d| {
                 assert_eq!(d.next.route, route("blue"), "back to the previous route");
                 let o = d.next.overridden.clone().expect("an override");
@@ -1462,22 +1475,14 @@ fn progressive_rows() -> Vec<Row> {
                 s.pending = Some(route("canary"));
                 s
             },
-            when: Event::Outcomes {
-                generation: 2,
-                requests: 20,
-                errors: 5,
-            },
+            when: counted(2, 20, 5),
             then: |_, d| assert_eq!(d.next.pending, None),
         },
         Row {
             event: "error rate under the threshold",
             condition: "window open",
             given: switched_to_green_watched(),
-            when: Event::Outcomes {
-                generation: 2,
-                requests: 100,
-                errors: 10,
-            },
+            when: counted(2, 100, 10),
             then: |given, d| {
                 assert_eq!(&d.next, given, "10 % is not past 10 %");
                 assert_eq!(d.store, Store::Nothing);
@@ -1487,25 +1492,14 @@ fn progressive_rows() -> Vec<Row> {
             event: "error rate past the threshold",
             condition: "fewer than min_requests",
             given: switched_to_green_watched(),
-            when: Event::Outcomes {
-                generation: 2,
-                requests: 9,
-                errors: 9,
-            },
+            when: counted(2, 9, 9),
             then: |given, d| assert_eq!(&d.next, given, "not judged yet"),
         },
         Row {
             event: "error rate past the threshold",
             condition: "`previous` not ready",
-            given: ControlState {
-                ready: readiness(&[("blue", DOWN), ("green", UP)]),
-                ..switched_to_green_watched()
-            },
-            when: Event::Outcomes {
-                generation: 2,
-                requests: 20,
-                errors: 20,
-            },
+            given: with_ready(switched_to_green_watched(), &[("blue", DOWN), ("green", UP)]),
+            when: counted(2, 20, 20),
             then: |given, d| {
                 assert_eq!(d.next.route, given.route, "no switch");
                 let why = d.next.rollback_blocked.clone().expect("the reason");
@@ -1518,33 +1512,23 @@ fn progressive_rows() -> Vec<Row> {
             event: "error rate past the threshold",
             condition: "the count is of an older window",
             given: {
-                let mut s = watching();
-                s.file = file("blue", &["blue", "green", "canary"]);
-                s.file.rollback = Some(RULES);
+                let s = ControlState {
+                    file: watched_file("blue", &["blue", "green", "canary"]),
+                    ..watching()
+                };
                 let s = after(&s, switch("green", None));
                 let s = after(&s, switch("canary", None));
                 assert_eq!(s.window.as_ref().map(|w| w.generation), Some(3));
                 s
             },
-            when: Event::Outcomes {
-                generation: 2,
-                requests: 20,
-                errors: 20,
-            },
+            when: counted(2, 20, 20),
             then: |given, d| assert_eq!(&d.next, given),
         },
         Row {
             event: "error rate past the threshold",
             condition: "no window (after an automatic rollback: never flip-flop)",
-            given: {
-                let s = switched_to_green_watched();
-                after(&s, outcomes(&s, 20, 20))
-            },
-            when: Event::Outcomes {
-                generation: 3,
-                requests: 1000,
-                errors: 1000,
-            },
+            given: rolled_back_automatically(),
+            when: counted(3, 1000, 1000),
             then: |given, d| {
                 assert_eq!(given.window, None, "the row's premise");
                 assert_eq!(&d.next, given);
@@ -1563,15 +1547,8 @@ fn progressive_rows() -> Vec<Row> {
         Row {
             event: "file accepted, new route",
             condition: "an automatic rollback override is in force",
-            given: {
-                let s = switched_to_green_watched();
-                after(&s, outcomes(&s, 20, 20))
-            },
-            when: read(2, {
-                let mut f = file("green", &["blue", "green"]);
-                f.rollback = Some(RULES);
-                f
-            }),
+            given: rolled_back_automatically(),
+            when: read(2, watched_file("green", &["blue", "green"])),
             then: |_, d| {
                 assert_eq!(d.next.overridden, None, "cleared like any override");
                 assert_eq!(d.next.route, route("green"));
@@ -1583,21 +1560,7 @@ fn progressive_rows() -> Vec<Row> {
 
 #[test]
 fn the_decision_table_of_progressive_delivery() {
-    for row in progressive_rows() {
-        let decision = decide(&row.given, row.when.clone());
-        let check = std::panic::catch_unwind(|| (row.then)(&row.given, &decision));
-        if let Err(panic) = check {
-            let why = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
-                .unwrap_or_default();
-            panic!(
-                "row `{} | {}` (event {:?}):\n{why}\ndecision: {decision:#?}",
-                row.event, row.condition, row.when
-            );
-        }
-    }
+    check_rows(progressive_rows());
 }
 
 #[test]
