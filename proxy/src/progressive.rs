@@ -54,7 +54,7 @@ pub fn choose(
 ) -> Result<Choice, PreviewRefused> {
     let preview = table.preview.as_deref();
     let sticky = table.sticky.as_deref();
-    let mut chosen = None;
+    let mut previewed = None;
     if let Some(p) = preview {
         let named = headers
             .get(&p.header)
@@ -62,52 +62,53 @@ pub fn choose(
             .or_else(|| p.cookie.as_deref().and_then(|c| cookie(headers, c)))
             .map(str::trim);
         if let Some(name) = named.filter(|_| p.allow.iter().any(|n| n.contains(&peer))) {
-            let Some(i) = table.pools.iter().position(|q| q.name == name) else {
+            let Some(i) = index(table, name) else {
                 return Err(PreviewRefused::UnknownPool(printable(name)));
             };
             if !usable(table, i) {
                 return Err(PreviewRefused::NotUsable(table.pools[i].name.clone()));
             }
-            chosen = Some(Choice {
-                pool: i,
-                set_cookie: false,
-            });
+            previewed = Some(i);
         }
         headers.remove(&p.header);
     }
-    if chosen.is_none() {
-        chosen = Some(match &table.split {
-            None => Choice {
-                pool: table.active,
-                set_cookie: false,
-            },
-            Some(pick) => {
-                let kept = sticky
-                    .and_then(|s| cookie(headers, &s.name))
-                    .and_then(|name| table.pools.iter().position(|q| q.name == name))
-                    .filter(|i| table.weights[*i] > 0 && usable(table, *i));
-                match kept {
-                    Some(i) => Choice {
-                        pool: i,
-                        set_cookie: false,
-                    },
-                    None => Choice {
-                        pool: draw(table, pick, rng),
-                        set_cookie: sticky.is_some(),
-                    },
-                }
+    let chosen = match (previewed, &table.split) {
+        (Some(i), _) => Choice {
+            pool: i,
+            set_cookie: false,
+        },
+        (None, None) => Choice {
+            pool: table.active,
+            set_cookie: false,
+        },
+        (None, Some(pick)) => {
+            let kept = sticky
+                .and_then(|s| cookie(headers, &s.name))
+                .and_then(|name| index(table, name))
+                .filter(|i| table.weights[*i] > 0 && usable(table, *i));
+            match kept {
+                Some(i) => Choice {
+                    pool: i,
+                    set_cookie: false,
+                },
+                None => Choice {
+                    pool: draw(table, pick, rng),
+                    set_cookie: sticky.is_some(),
+                },
             }
-        });
-    }
+        }
+    };
     let names = [
         preview.and_then(|p| p.cookie.as_deref()),
         sticky.map(|s| s.name.as_str()),
     ];
     strip_cookies(headers, &names);
-    Ok(chosen.unwrap_or(Choice {
-        pool: table.active,
-        set_cookie: false,
-    }))
+    Ok(chosen)
+}
+
+/// The index of the pool named `name` in the table's pools.
+fn index(table: &RoutingTable, name: &str) -> Option<usize> {
+    table.pools.iter().position(|q| q.name == name)
 }
 
 /// A draw against the split's cumulative table: a pool in proportion to its

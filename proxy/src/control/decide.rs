@@ -463,14 +463,8 @@ pub fn decide(state: &ControlState, event: Event) -> Decision {
             weight,
         } => {
             // The compare-and-swap comes first, as for every switch.
-            if let Some(expected) = if_generation.filter(|g| *g != state.generation) {
-                return refuse(
-                    state,
-                    SwitchError::Conflict {
-                        expected,
-                        current: state.generation,
-                    },
-                );
+            if let Some(conflict) = stale(state, if_generation) {
+                return conflict;
             }
             if !state.file.has_pool(&to) {
                 return refuse(state, unknown_pool(state, to));
@@ -762,6 +756,19 @@ fn refuse(state: &ControlState, error: SwitchError) -> Decision {
     settle(state, state.clone(), None, Reply::Switch(Err(error)))
 }
 
+/// The compare-and-swap: a switch that names a generation other than the
+/// current one is refused (409) before anything else is looked at.
+fn stale(state: &ControlState, if_generation: Option<u64>) -> Option<Decision> {
+    let expected = if_generation.filter(|g| *g != state.generation)?;
+    Some(refuse(
+        state,
+        SwitchError::Conflict {
+            expected,
+            current: state.generation,
+        },
+    ))
+}
+
 fn switch(
     state: &ControlState,
     to: Route,
@@ -769,14 +776,8 @@ fn switch(
     source: Source,
     force: bool,
 ) -> Decision {
-    if let Some(expected) = if_generation.filter(|g| *g != state.generation) {
-        return refuse(
-            state,
-            SwitchError::Conflict {
-                expected,
-                current: state.generation,
-            },
-        );
+    if let Some(conflict) = stale(state, if_generation) {
+        return conflict;
     }
     if let Some(pool) = to.pools().into_iter().find(|p| !state.file.has_pool(p)) {
         let pool = pool.to_string();
